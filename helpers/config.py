@@ -305,10 +305,10 @@ def _validate(raw: dict, path: Path) -> Profile:
         pool.append(_validate_entry(path, i, e, allow_random, resolve))
     ids = [e.id for e in pool]
     for i, e in enumerate(pool):
-        if ids.count(e.id) > 1:
-            raise _fail(path, f"pool[{i}].id", f"duplicate id {e.id!r}")
+        if e.id in ids[:i]:
+            raise _fail(path, f"pool[{i}].id", f"duplicate id {e.id!r} (first used by pool[{ids.index(e.id)}])")
         if e.finetuned_from is not None and e.finetuned_from not in ids:
-            raise _fail(path, f"pool[{i}].finetuned_from", f"{e.finetuned_from!r} is not an id in the pool")
+            raise _fail(path, f"pool[{i}] ({e.id}).finetuned_from", f"{e.finetuned_from!r} is not an id in the pool")
 
     return Profile(
         name=str(raw["profile"]), path=path, description=str(raw.get("description", "")).strip(),

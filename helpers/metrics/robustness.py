@@ -46,12 +46,14 @@ def effective_robustness(acc_shift, acc_in, slope: float = PAPER_SLOPE, intercep
 
 
 def accuracy_ratio(acc_shift, acc_in):
-    """%acc of Figure 1b: the mean shift accuracy as a fraction of the ImageNet accuracy."""
+    """%acc of Figure 1b: the mean shift accuracy as a fraction of the ImageNet accuracy.
+
+    Undefined (NaN) where the ImageNet accuracy is 0, as for an untrained demo model.
+    """
     acc_shift = _as_fraction("acc_shift", acc_shift)
     acc_in = _as_fraction("acc_in", acc_in)
-    if np.any(acc_in == 0):
-        raise ValueError("accuracy_ratio: ImageNet accuracy is 0, the ratio is undefined")
-    r = acc_shift / acc_in
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(acc_in > 0, acc_shift / np.where(acc_in > 0, acc_in, 1.0), np.nan)
     return float(r) if np.ndim(r) == 0 else r
 
 

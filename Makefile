@@ -1,0 +1,52 @@
+# Two commands do all set-up on a fresh machine:
+#   make book   create the environment if missing, generate the demo data, execute every notebook
+#               on the demo profile (papermill) and render the HTML book into _build/html
+#   make test   the test suite (unit tests, notebook runs, the demo book build)
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := book
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+PROFILE ?= demo
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export MPLBACKEND ?= Agg
+export PYTHONHASHSEED ?= 0
+
+.PHONY: env data run book test bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# the tested pair; installed first so no resolver pulls a newer torch
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e ".[book,test]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+env: $(STAMP)
+
+data: env
+ifeq ($(PROFILE),demo)
+	$(BIN)/clip-study demo-data --profile demo
+endif
+
+run: data
+	$(BIN)/clip-study run --profile $(PROFILE)
+
+book: run
+	$(BIN)/clip-study render --profile $(PROFILE)
+	$(BIN)/jupyter-book build . --builder html -W -n --keep-going
+
+test: env
+	$(PY) -m pytest -ra
+
+bench: env
+	$(PY) benchmarks/extraction.py
+	$(PY) benchmarks/concept_probing.py
+
+clean:
+	rm -rf _build rendered _results/demo _cache/demo

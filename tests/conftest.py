@@ -1,0 +1,35 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_profile(tmp_path: Path, pool=None, **top) -> Path:
+    """A minimal valid profile YAML in tmp_path (results and cache inside tmp_path)."""
+    import yaml
+
+    raw = {
+        "profile": "tmp",
+        "allow_random_init": True,
+        "paths": {"data_root": str(tmp_path / "data"), "cache_dir": str(tmp_path / "cache"),
+                  "results_dir": str(tmp_path / "results")},
+        "datasets": {"imagenet": "{data_root}/imagenet/val"},
+        "pool": pool or [{"id": "m1", "arch": "RN50", "family": "robust_zeroshot_clip",
+                          "pretraining": "x", "model": "demo-RN50"},
+                         {"id": "m2", "arch": "ViT-B-32", "family": "supervised",
+                          "pretraining": "x", "model": "demo-ViT-B-32"}],
+    }
+    raw.update(top)
+    path = tmp_path / "profile.yml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def tmp_profile(tmp_path):
+    return write_profile(tmp_path)

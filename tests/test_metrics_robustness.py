@@ -1,0 +1,101 @@
+"""Effective robustness (Eq. 5) against values computed by hand from Tables 1 and 2."""
+import math
+
+import numpy as np
+import pytest
+
+from helpers import paper_values
+from helpers.metrics import accuracy_ratio, effective_robustness, fit_baseline, mean_shift_accuracy
+
+
+def _by_hand(acc_s, acc_i, b1=0.76, b0=-1.49):
+    z = b1 * (math.log(acc_i) - math.log(1 - acc_i)) + b0
+    return acc_s - 1 / (1 + math.exp(-z))
+
+
+@pytest.mark.parametrize("acc_i, acc_s, expected", [
+    # RN50 OpenAI zero-shot (Tables 1-2: 60 %, 44 %): logit(.6) = .405465,
+    # .76 * .405465 - 1.49 = -1.181847, sigmoid = .234720, ER = .44 - .234720
+    (0.60, 0.44, 0.205280),
+    # RN50 OpenAI finetuned (76 %, 43 %): logit(.76) = 1.152680 -> -.613964 -> .351156
+    (0.76, 0.43, 0.078844),
+    # ViT-L-14 DataComp zero-shot (79 %, 76 %): logit(.79) = 1.324925 -> -.483057 -> .381531
+    (0.79, 0.76, 0.378469),
+    # RN50 supervised (70 %, 30 %): logit(.7) = .847298 -> -.846054 -> .300261
+    (0.70, 0.30, -0.000261),
+])
+def test_effective_robustness_matches_hand_computation(acc_i, acc_s, expected):
+    assert effective_robustness(acc_s, acc_i) == pytest.approx(expected, abs=1e-6)
+    assert effective_robustness(acc_s, acc_i) == pytest.approx(_by_hand(acc_s, acc_i), abs=1e-12)
+
+
+def test_effective_robustness_vectorised_and_custom_line():
+    acc_i = np.array([0.6, 0.76, 0.7])
+    acc_s = np.array([0.44, 0.43, 0.30])
+    er = effective_robustness(acc_s, acc_i, slope=1.0, intercept=0.0)
+    np.testing.assert_allclose(er, acc_s - acc_i)  # identity line: ER = ACC(S) - ACC(I)
+    assert er.shape == (3,)
+
+
+def test_effective_robustness_refuses_percentages():
+    with pytest.raises(ValueError, match="fractions"):
+        effective_robustness(44, 60)
+
+
+def test_zero_imagenet_accuracy_is_defined():
+    # an untrained model: ACC(I) = 0 gives a baseline of 0 and ER = ACC(S)
+    assert effective_robustness(0.01, 0.0) == pytest.approx(0.01)
+    assert math.isnan(accuracy_ratio(0.01, 0.0))
+    assert accuracy_ratio(0.44, 0.60) == pytest.approx(0.44 / 0.60)
+
+
+def test_fit_baseline_recovers_a_known_line():
+    rng = np.random.default_rng(0)
+    acc_in = rng.uniform(0.3, 0.9, 20)
+    z = 0.76 * np.log(acc_in / (1 - acc_in)) - 1.49
+    acc_shift = 1 / (1 + np.exp(-z))
+    fit = fit_baseline(acc_in, acc_shift)
+    assert fit.slope == pytest.approx(0.76, abs=1e-9)
+    assert fit.intercept == pytest.approx(-1.49, abs=1e-9)
+    assert fit.r == pytest.approx(1.0, abs=1e-12)
+    slope, intercept, r = fit
+    assert (slope, intercept) == (fit.slope, fit.intercept)
+    # points on the line have zero ER against it
+    np.testing.assert_allclose(effective_robustness(acc_shift, acc_in, slope, intercept), 0, atol=1e-12)
+
+
+def test_fit_baseline_with_noise_has_r_below_one():
+    rng = np.random.default_rng(1)
+    acc_in = rng.uniform(0.3, 0.9, 50)
+    z = 0.5 * np.log(acc_in / (1 - acc_in)) - 1 + rng.normal(0, 0.2, 50)
+    fit = fit_baseline(acc_in, 1 / (1 + np.exp(-z)))
+    assert 0.5 < fit.r < 1 and abs(fit.slope - 0.5) < 0.2
+
+
+def test_fit_baseline_bad_input():
+    with pytest.raises(ValueError, match="rows \\[1\\]"):
+        fit_baseline([0.5, 1.0, 0.6], [0.2, 0.3, 0.4])
+    with pytest.raises(ValueError, match="at least 3"):
+        fit_baseline([0.5, 0.6], [0.2, 0.3])
+    with pytest.raises(ValueError, match="3 ImageNet accuracies but 2"):
+        fit_baseline([0.5, 0.6, 0.7], [0.2, 0.3])
+
+
+def test_mean_shift_accuracy_needs_all_five():
+    accs = {"imagenet-v2": 0.5, "imagenet-r": 0.6, "imagenet-sketch": 0.4, "objectnet": 0.3, "imagenet-a": 0.0}
+    assert mean_shift_accuracy(accs) == pytest.approx(0.36)
+    del accs["objectnet"]
+    with pytest.raises(KeyError, match="objectnet"):
+        mean_shift_accuracy(accs)
+
+
+def test_paper_tables_give_the_papers_er():
+    df = paper_values.accuracies().set_index("entry")
+    assert len(df) == 43
+    assert df.loc["RN50-openai", "er"] == pytest.approx(100 * 0.205280, abs=1e-3)
+    # Figure 1a's claim: every robust zero-shot CLIP model has clearly positive ER, every
+    # ImageNet-Captions and supervised model about none
+    assert (df[df.family == "robust_zeroshot_clip"].er > 5).all()
+    assert (df[df.family.isin(["imagenet_captions_clip", "supervised"])].er.abs() < 3).all()
+    # CoCa (Table 3) keeps the printed ER
+    assert df.loc["coca-ViT-L-14-laion2b", "er"] == 34
