@@ -79,6 +79,7 @@ class LabelSpace:
     name: str
     groups: tuple[tuple[int, ...], ...]
     names: tuple[str, ...] | None = None  # None: the ImageNet class names of the groups
+    union: bool = False  # imagenet_indices as the sorted union of the groups (ObjectNet)
     _gather: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -98,11 +99,11 @@ class LabelSpace:
 
     @property
     def imagenet_indices(self) -> np.ndarray:
-        """ImageNet indices scored: the group indices in label order when each class has one
-        (ImageNet, R, A), else the sorted union (ObjectNet)."""
-        if self._gather.shape[1] == 1:
-            return self._gather[:, 0].copy()
-        return np.unique(self._gather)
+        """ImageNet indices scored: in label order, one per class (ImageNet, R, A), or with
+        ``union`` the sorted union of the groups (ObjectNet: 125 indices for 113 classes)."""
+        if self.union:
+            return np.unique(self._gather)
+        return self._gather[:, 0].copy()
 
     @property
     def classnames(self) -> list[str]:

@@ -102,21 +102,21 @@ def open_imagenet_v2(root: Path, **kw) -> ImageDataset:
     return ImageDataset("imagenet-v2", root, files, labels, imagenet_label_space("imagenet-v2"), **kw)
 
 
-def _open_subset(name: str, root: Path, wnids: tuple[str, ...], **kw) -> ImageDataset:
+def _open_subset(name: str, title: str, root: Path, wnids: tuple[str, ...], **kw) -> ImageDataset:
     position = {w: k for k, w in enumerate(wnids)}
-    what = f"one of {name.replace('imagenet', 'ImageNet')}'s {len(wnids)} wnids"
+    what = f"one of {title}'s {len(wnids)} wnids"
     files, labels = scan_class_folders(name, root, position.get, what)
     return ImageDataset(name, root, files, labels, imagenet_label_space(name, wnids), **kw)
 
 
 def open_imagenet_r(root: Path, **kw) -> ImageDataset:
     """ImageNet-R (renditions): 200 classes, scored over their 200 ImageNet logits."""
-    return _open_subset("imagenet-r", root, imagenet_r_wnids(), **kw)
+    return _open_subset("imagenet-r", "ImageNet-R", root, imagenet_r_wnids(), **kw)
 
 
 def open_imagenet_a(root: Path, **kw) -> ImageDataset:
     """ImageNet-A (natural adversarial examples): 200 classes, scored over their 200 ImageNet logits."""
-    return _open_subset("imagenet-a", root, imagenet_a_wnids(), **kw)
+    return _open_subset("imagenet-a", "ImageNet-A", root, imagenet_a_wnids(), **kw)
 
 
 def open_imagenet_sketch(root: Path, **kw) -> ImageDataset:

@@ -138,14 +138,17 @@ def read_mappings(root: Path) -> ObjectNetMapping:
 
     folders = tuple(sorted(groups))
     space = LabelSpace("objectnet", tuple(groups[f] for f in folders),
-                       names=tuple(folder_to_label[f] for f in folders))
+                       names=tuple(folder_to_label[f] for f in folders), union=True)
     return ObjectNetMapping(folders, frozenset(folder_to_label), space)
 
 
 class ObjectNetDataset(ImageDataset):
-    """ObjectNet images of the classes that map to ImageNet; :meth:`load_image` crops the border."""
+    """ObjectNet images of the classes that map to ImageNet; :meth:`load_image` crops the border.
+    ``excluded_folders``: the class folders present whose images were left out (unmapped classes)."""
 
-    excluded_folders: list[str]
+    def __init__(self, *args, excluded_folders: list[str], **kw):
+        super().__init__(*args, **kw)
+        self.excluded_folders = excluded_folders
 
     def load_image(self, i: int) -> Image.Image:
         """Image ``i`` as RGB without its 2-pixel red border (as the testbed and WiSE-FT crop it)."""
@@ -166,6 +169,5 @@ def open_objectnet(root: Path, **kw) -> ObjectNetDataset:
     # Unmapped folders are skipped by name, before any image of theirs is listed or decoded.
     files, labels = scan_class_folders("objectnet", images, position.get,
                                        f"a folder named in mappings/{FOLDER_TO_LABEL}", LAYOUT, unmapped)
-    ds = ObjectNetDataset("objectnet", root, files, labels, mapping.label_space, **kw)
-    ds.excluded_folders = [d for d in list_dirs(images) if d in unmapped]
-    return ds
+    excluded = [d for d in list_dirs(images) if d in unmapped]
+    return ObjectNetDataset("objectnet", root, files, labels, mapping.label_space, excluded_folders=excluded, **kw)

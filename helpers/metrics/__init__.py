@@ -1,6 +1,21 @@
 """The paper's metrics, each citing its equation. Submodules:
 
-- :mod:`.robustness`  Eq. (5) effective robustness, %acc, the logit-space baseline fit (Appendix A)
+- :mod:`.robustness`   Eq. (5) effective robustness, %acc, the logit-space baseline fit (Appendix A)
+- :mod:`.outliers`     Eq. (1) activation kurtosis, and its closed form for planted outliers
+- :mod:`.directions`   SVD of the head, Eq. (2) importance, Eq. (3) importance ratio, projections
+- :mod:`.concepts`     Section 5 concept probing: exact vectorised AP, Eq. (4) unique concepts,
+  polysemanticity, top concepts (Table 6), Venn regions (Figure 4), threshold sweep (footnote 3)
+- :mod:`.pruning`      Appendix G: pruning singular directions, logits and accuracy curves
+- :mod:`.cka`          Appendix C: linear CKA and the unbiased minibatch CKA of Nguyen et al.
+- :mod:`.uncertainty`  bootstrap intervals over images, rank correlations across the pool
 """
+from .cka import MinibatchCKA, cka_linear, cka_minibatch  # noqa: F401
+from .concepts import (average_precision, concept_ap, concept_overlaps,  # noqa: F401
+                       concepts_per_direction, encoded_concepts, polysemanticity, threshold_sweep,
+                       top_concepts, unique_concepts)
+from .directions import importance, importance_ratio, project, svd_head  # noqa: F401
+from .outliers import kurtosis, planted_kurtosis  # noqa: F401
+from .pruning import prune_singular_directions, pruned_logits, pruning_curve  # noqa: F401
 from .robustness import (PAPER_INTERCEPT, PAPER_SLOPE, BaselineFit, accuracy_ratio,  # noqa: F401
                          effective_robustness, expit, fit_baseline, logit, mean_shift_accuracy)
+from .uncertainty import BootstrapCI, bootstrap_ci, rank_correlation  # noqa: F401

@@ -1,0 +1,137 @@
+"""Appendix C CKA: the full-batch linear CKA and the unbiased minibatch CKA against formulas written
+out here, their invariances, planted dependence, and the faults known from torch_cka."""
+import numpy as np
+import pytest
+import torch
+
+from helpers.metrics import MinibatchCKA, cka_linear, cka_minibatch
+
+
+def hsic_biased(K, L):
+    """Gretton et al. (2005): tr(K H L H) / (n - 1)^2."""
+    n = K.shape[0]
+    H = np.eye(n) - np.ones((n, n)) / n
+    return np.trace(K @ H @ L @ H) / (n - 1) ** 2
+
+
+def hsic_unbiased(K, L):
+    """Song et al. (2012), HSIC_1, on Gram matrices with zeroed diagonals."""
+    n = K.shape[0]
+    K, L = K - np.diag(np.diag(K)), L - np.diag(np.diag(L))
+    one = np.ones(n)
+    return (np.trace(K @ L) + (one @ K @ one) * (one @ L @ one) / ((n - 1) * (n - 2))
+            - 2 / (n - 2) * one @ K @ L @ one) / (n * (n - 3))
+
+
+def cka_from(hsic, x, y):
+    K, L = x @ x.T, y @ y.T
+    return hsic(K, L) / np.sqrt(hsic(K, K) * hsic(L, L))
+
+
+def related(seed, n, p=20, q=15, noise=1.0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, p))
+    y = x @ rng.normal(size=(p, q)) + noise * rng.normal(size=(n, q))
+    return x, y
+
+
+@pytest.mark.parametrize("n", [12, 200], ids=["gram-form", "feature-form"])
+def test_cka_linear_matches_the_plain_formula(n):
+    x, y = related(0, n)
+    x += 3.0
+    assert cka_linear(x, y) == pytest.approx(cka_from(hsic_biased, x, y), rel=1e-10)
+
+
+def test_cka_linear_invariances():
+    rng = np.random.default_rng(1)
+    x, y = related(1, 100)
+    Q, _ = np.linalg.qr(rng.normal(size=(20, 20)))
+    assert cka_linear(x, x @ Q * 7.5 + 2.0) == pytest.approx(1.0, abs=1e-12)
+    assert cka_linear(x @ Q, y * 0.1) == pytest.approx(cka_linear(x, y), rel=1e-10)
+    # Not invariant to an anisotropic rescaling: CKA is not a CCA.
+    assert cka_linear(x, x * np.r_[np.full(10, 10.0), np.ones(10)]) < 0.9
+    assert cka_linear(torch.from_numpy(x).float(), torch.from_numpy(y).float()) == pytest.approx(
+        cka_linear(x, y), rel=1e-5)
+
+
+def test_one_minibatch_of_all_the_data_is_the_full_unbiased_cka():
+    x, y = related(2, 40)
+    x += 5.0
+    assert cka_minibatch([x], [y]) == pytest.approx(cka_from(hsic_unbiased, x, y), rel=1e-10)
+    assert cka_minibatch([x], [x @ np.eye(20) * 3]) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_minibatch_estimate_converges_to_the_full_unbiased_estimate():
+    x, y = related(3, 1200, noise=3.0)
+    full = cka_from(hsic_unbiased, x, y)
+    batches = range(0, 1200, 40)
+    estimate = cka_minibatch([x[i:i + 40] for i in batches], [y[i:i + 40] for i in batches])
+    assert estimate == pytest.approx(full, abs=0.02)
+    # Averaging biased per-batch CKAs instead stays far off: why the HSICs are averaged first.
+    per_batch = np.mean([cka_linear(x[i:i + 40], y[i:i + 40]) for i in batches])
+    assert per_batch - full > 0.05
+
+
+def test_independent_representations_have_unbiased_cka_near_zero():
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(1000, 30)), rng.normal(size=(1000, 30))
+    batches = range(0, 1000, 20)
+    assert abs(cka_minibatch([x[i:i + 20] for i in batches], [y[i:i + 20] for i in batches])) < 0.03
+    assert cka_linear(x[:20], y[:20]) > 0.3
+
+
+def test_grid_keeps_the_given_layer_order_and_matches_pairwise_cka():
+    rng = np.random.default_rng(5)
+    names = ["layer10", "layer2", "final"]
+    batches = []
+    for _ in range(4):
+        base = rng.normal(size=(16, 8))
+        xs = {"layer10": base, "layer2": rng.normal(size=(16, 5)), "final": base @ rng.normal(size=(8, 6))}
+        ys = {"b": torch.from_numpy(base[:, :4]).float(), "a": base[:, ::-1] * 2}
+        batches.append((xs, ys))
+    acc = MinibatchCKA(layers_x=names)
+    for xs, ys in batches:
+        acc.update(xs, ys)
+    grid = acc.compute()
+    assert grid.shape == (3, 2) and acc.layers_y == ["b", "a"] and acc.n_batches == 4
+    for i, lx in enumerate(names):
+        for j, ly in enumerate(["b", "a"]):
+            pair = cka_minibatch([xs[lx] for xs, _ in batches], [np.asarray(ys[ly]) for _, ys in batches])
+            assert grid[i, j] == pytest.approx(pair, rel=1e-6)
+    assert grid[0, 1] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("xs,ys,match", [
+    ({"a": np.ones((3, 4))}, {"b": np.ones((3, 4))}, "at least 4 images"),
+    ({"a": np.ones((50, 8, 16))}, {"b": np.ones((8, 4))}, "Pool or select tokens first"),
+    ({"a": np.ones((8, 4))}, {"b": np.ones((7, 4))}, "has 7 images but this minibatch has 8"),
+    ({"a": np.full((8, 4), np.nan)}, {"b": np.ones((8, 4))}, "NaN"),
+])
+def test_minibatch_refusals(xs, ys, match):
+    with pytest.raises(ValueError, match=match):
+        MinibatchCKA().update(xs, ys)
+
+
+def test_accumulator_refuses_changed_layers_empty_and_constant_input():
+    acc = MinibatchCKA()
+    with pytest.raises(ValueError, match="no minibatch"):
+        acc.compute()
+    rng = np.random.default_rng(6)
+    acc.update({"a": rng.normal(size=(6, 3)), "c": np.ones((6, 3))}, {"b": rng.normal(size=(6, 2))})
+    with pytest.raises(KeyError, match="missing \\['c'\\]"):
+        acc.update({"a": rng.normal(size=(6, 3))}, {"b": rng.normal(size=(6, 2))})
+    with pytest.raises(ValueError, match="same vector for every image"):
+        acc.compute()
+    with pytest.raises(ValueError, match="2 batches of x but 1 of y"):
+        cka_minibatch([np.ones((5, 2))] * 2, [np.ones((5, 2))])
+
+
+@pytest.mark.parametrize("x,y,match", [
+    (np.ones((10, 3, 2)), np.ones((10, 3)), "Pool or select tokens first"),
+    (np.ones((10, 3)), np.ones((9, 3)), "x has 10 images but y has 9"),
+    (np.ones((1, 3)), np.ones((1, 3)), "at least 2 images"),
+    (np.ones((10, 3)), np.random.default_rng(0).normal(size=(10, 3)), "x is the same vector"),
+])
+def test_cka_linear_refusals(x, y, match):
+    with pytest.raises(ValueError, match=match):
+        cka_linear(x, y)

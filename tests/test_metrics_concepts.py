@@ -1,0 +1,198 @@
+"""Section 5 concept probing: the AP engine against sklearn on every pair (ties, masks, chunking,
+both backends), planted concept directions, and the set-level summaries (Eq. 4, polysemanticity,
+Table 6, Figure 4, footnote 3)."""
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
+
+from helpers.metrics import (average_precision, concept_ap, concept_overlaps, concepts_per_direction,
+                             encoded_concepts, polysemanticity, threshold_sweep, top_concepts,
+                             unique_concepts)
+from helpers.metrics import concepts as engine
+
+
+def sklearn_grid(S, Y, M, flip=False):
+    """The oracle: one sklearn call per (direction, concept) pair."""
+    out = np.empty((S.shape[1], Y.shape[1]))
+    for i in range(S.shape[1]):
+        for c in range(Y.shape[1]):
+            keep = M[:, c]
+            out[i, c] = average_precision_score(Y[keep, c], -S[keep, i] if flip else S[keep, i])
+    return out
+
+
+def random_problem(seed, n=240, D=6, C=8, ties=False):
+    rng = np.random.default_rng(seed)
+    S = rng.normal(size=(n, D)).astype(np.float32)
+    if ties:
+        # Heavy ties: a handful of distinct values per direction, and one direction all equal.
+        S = np.round(S * 1.5).astype(np.float32)
+        S[:, 0] = 0.5
+    Y = rng.random((n, C)) < rng.uniform(0.05, 0.6, size=C)
+    M = rng.random((n, C)) < 0.7
+    Y[0] = M[0] = True
+    return S, Y, M
+
+
+BACKENDS = [engine._NumpyOps(), engine._TorchOps("cpu")]
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+@pytest.mark.parametrize("ops", BACKENDS, ids=["numpy", "torch"])
+@pytest.mark.parametrize("batch_size", [1 << 20, 100], ids=["one-block", "chunked"])
+def test_engine_equals_sklearn_on_every_pair(ties, ops, batch_size):
+    S, Y, M = random_problem(int(ties), ties=ties)
+    ap, ap_neg = engine._ap_matrix(S, Y, M, "both", ops, batch_size)
+    np.testing.assert_allclose(ap, sklearn_grid(S, Y, M), atol=1e-12)
+    np.testing.assert_allclose(ap_neg, sklearn_grid(S, Y, M, flip=True), atol=1e-12)
+
+
+def test_sparse_ties_inside_and_outside_a_concepts_selection():
+    # Like float32 projections of many images: every direction has a tie somewhere, but within
+    # concept 1's selection only direction 2 does (between a positive and a negative).
+    S, Y, M = random_problem(2)
+    S[:3, :] = S[3, :]
+    M[:3, 1] = False
+    M[3, 1] = True
+    S[5, 2] = S[6, 2]
+    M[5:7, 1] = True
+    Y[5:7, 1] = [True, False]
+    for sign, flip in (("positive", False), ("both", True)):
+        expected = sklearn_grid(S, Y, M)
+        if flip:
+            expected = np.maximum(expected, sklearn_grid(S, Y, M, flip=True))
+        np.testing.assert_allclose(concept_ap(S, Y, M, sign=sign), expected, atol=1e-12)
+
+
+def test_average_precision_shapes_and_mask():
+    S, Y, M = random_problem(3)
+    assert average_precision(S[:, 1], Y[:, 2]) == pytest.approx(
+        average_precision_score(Y[:, 2], S[:, 1]), abs=1e-12)
+    assert average_precision(S, Y[:, 2]).shape == (S.shape[1],)
+    assert average_precision(S[:, 1], Y).shape == (Y.shape[1],)
+    np.testing.assert_allclose(average_precision(S, Y, mask=M), sklearn_grid(S, Y, M), atol=1e-12)
+    np.testing.assert_allclose(average_precision(torch.from_numpy(S), torch.from_numpy(Y)),
+                               sklearn_grid(S, Y, np.ones_like(Y)), atol=1e-12)
+
+
+def test_degenerate_columns_follow_sklearn():
+    S = np.array([[0.3], [0.1], [0.3], [0.9]])
+    all_positive = np.ones((4, 1), bool)
+    assert average_precision(S, all_positive)[0, 0] == 1.0
+    labels = np.array([[True], [False], [False], [False]])
+    assert average_precision(np.zeros((4, 1)), labels)[0, 0] == pytest.approx(0.25)
+
+
+def planted_concepts(seed=0, n=600, d_H=16, C=10):
+    """Activations where direction v_i encodes concept c = i for i < 4 (i = 2 by LOW projections),
+    and every other concept is noise. Returns h, Vt, presence, selection, planted pairs."""
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.normal(size=(d_H, d_H)))
+    Vt = Q.T
+    presence = rng.random((n, C)) < 0.3
+    z = rng.normal(size=(n, d_H))
+    for i, shift in zip(range(4), (6.0, 6.0, -6.0, 6.0)):
+        z[:, i] += shift * presence[:, i]
+    h = z @ Vt
+    selection = np.zeros_like(presence)
+    for c in range(C):
+        pos = np.flatnonzero(presence[:, c])
+        neg = rng.choice(np.flatnonzero(~presence[:, c]), pos.size, replace=False)
+        selection[np.r_[pos, neg], c] = True
+    return h, Vt, presence, selection, {(i, i) for i in range(4)}
+
+
+def test_planted_concept_directions_are_found_and_only_they():
+    h, Vt, presence, selection, planted = planted_concepts()
+    ap, signs = concept_ap(h @ Vt.T, presence, selection, return_sign=True)
+    found = {tuple(x) for x in np.argwhere(ap >= 0.9)}
+    assert found == planted
+    assert signs[2, 2] == -1 and signs[0, 0] == 1
+    # With sign="positive" the low-projection concept is missed: AP of v_2 is far below 0.9.
+    ap_pos = concept_ap(h @ Vt.T, presence, selection, sign="positive")
+    assert {tuple(x) for x in np.argwhere(ap_pos >= 0.9)} == planted - {(2, 2)}
+    assert unique_concepts(ap) == 4
+    np.testing.assert_array_equal(encoded_concepts(ap), [0, 1, 2, 3])
+    np.testing.assert_array_equal(concepts_per_direction(ap), [1, 1, 1, 1] + [0] * 12)
+    assert polysemanticity(ap) == pytest.approx(4 / 16)
+    assert polysemanticity(ap[:8], d_H=16) == pytest.approx(4 / 16)
+    assert polysemanticity(ap[:8]) == pytest.approx(4 / 8)
+
+
+def test_top_concepts_orders_by_ap_and_keeps_column_order_on_ties():
+    ap = np.array([[0.2, 0.95, 0.5, 0.95, 0.1],
+                   [0.9, 0.1, 0.2, 0.3, 0.4]])
+    assert top_concepts(ap, 0) == [(1, 0.95), (3, 0.95), (2, 0.5)]
+    names = ["meshed", "flecked", "perforated", "knitted", "chequered"]
+    assert top_concepts(ap, 1, k=2, names=names) == [("meshed", 0.9), ("chequered", 0.4)]
+    with pytest.raises(IndexError):
+        top_concepts(ap, 2)
+    with pytest.raises(ValueError, match="2 names for 5 concepts"):
+        top_concepts(ap, 0, names=names[:2])
+
+
+def venn_by_membership(sets):
+    """Oracle: classify each element by the exact tuple of sets holding it."""
+    counts = {}
+    for x in set().union(*sets.values()):
+        key = tuple(name for name in sets if x in sets[name])
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def test_concept_overlaps_three_and_two_sets():
+    rng = np.random.default_rng(7)
+    sets = {name: set(rng.choice(60, size, replace=False).tolist())
+            for name, size in (("zero-shot", 35), ("finetuned", 25), ("supervised", 20))}
+    regions = concept_overlaps(sets)
+    assert len(regions) == 7 and list(regions)[:3] == [("zero-shot",), ("finetuned",), ("supervised",)]
+    oracle = venn_by_membership(sets)
+    assert {k: v for k, v in regions.items() if v} == oracle
+    assert sum(regions.values()) == len(set().union(*sets.values()))
+    two = concept_overlaps({"a": {1, 2, 3}, "b": {3, 4}})
+    assert two == {("a",): 2, ("b",): 1, ("a", "b"): 1}
+    with pytest.raises(ValueError, match="2 or 3 sets"):
+        concept_overlaps({"a": {1}})
+
+
+def test_threshold_sweep_counts_unique_concepts_at_each_threshold():
+    ap = np.random.default_rng(8).uniform(size=(12, 40))
+    thresholds = [0.8, 0.85, 0.9, 0.95]
+    expected = [unique_concepts(ap, t) for t in thresholds]
+    np.testing.assert_array_equal(threshold_sweep(ap, thresholds), expected)
+    assert expected == sorted(expected, reverse=True) and expected[0] > expected[-1]
+    assert unique_concepts(np.array([[0.9, 0.8999999]])) == 1
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda S, Y, M: concept_ap(S, Y[:-1], M), "presence has 239 rows"),
+    (lambda S, Y, M: concept_ap(S, Y, M[:, :-1]), "selection has shape"),
+    (lambda S, Y, M: concept_ap(S, Y * 2.0, M), "boolean"),
+    (lambda S, Y, M: concept_ap(S[:, 0], Y, M), "2-D"),
+    (lambda S, Y, M: concept_ap(S, Y, M, sign="negative"), "sign must be"),
+    (lambda S, Y, M: concept_ap(np.where(S > 2, np.nan, S), Y, M), "NaN"),
+    (lambda S, Y, M: concept_ap(S, np.zeros_like(Y), M), "no positive image"),
+    (lambda S, Y, M: polysemanticity(np.zeros((4, 3)), d_H=2), "smaller than the 4"),
+    (lambda S, Y, M: unique_concepts(np.full((2, 2), 1.5)), r"\[0, 1\]"),
+])
+def test_refusals(call, match):
+    S, Y, M = random_problem(9)
+    with pytest.raises(ValueError, match=match):
+        call(S, Y, M)
+
+
+def test_device_choice():
+    assert isinstance(engine._ops_for(None, np.zeros(2)), engine._NumpyOps)
+    assert isinstance(engine._ops_for("cpu"), engine._NumpyOps)
+    assert isinstance(engine._ops_for(torch.device("cpu")), engine._NumpyOps)
+    assert isinstance(engine._ops_for("cuda:0"), engine._TorchOps)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_engine_equals_sklearn():
+    S, Y, M = random_problem(10, ties=True)
+    np.testing.assert_allclose(concept_ap(S, Y, M, device="cuda"), concept_ap(S, Y, M), atol=1e-12)
+    np.testing.assert_allclose(concept_ap(S, Y, M, sign="positive", device="cuda"),
+                               sklearn_grid(S, Y, M), atol=1e-12)
