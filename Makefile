@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 export PYTHONHASHSEED ?= 0
 
-.PHONY: env data run book test bench clean
+.PHONY: env data run book test browser bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,8 +41,14 @@ book: run
 	$(BIN)/clip-study render --profile $(PROFILE)
 	$(BIN)/jupyter-book build . --builder html -W -n --keep-going
 
-test: env
+test: env browser
 	$(PY) -m pytest -ra
+
+# Debian's headless Chromium for the browser check of the built book (skipped when unavailable)
+browser:
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium unavailable: the browser check will be skipped"
 
 bench: env
 	$(PY) benchmarks/extraction.py

@@ -5,6 +5,11 @@
     clip-study run --profile paper --backbone ViT-B-32 --section outlier_features
     clip-study run --profile paper --per-entry --executor slurm --slurm partition=gpu
     clip-study render --profile demo          # place executed notebooks for the book
+    clip-study prepare-demo                   # train the demo's finetuned and supervised checkpoints
+    clip-study finetune --profile paper --entry <finetuned id>          # Appendix H.1
+    clip-study train-supervised --profile paper --entry <supervised id> # Appendix H.2
+    clip-study wiseft --profile paper --entry <finetuned id>            # Appendix I
+    torchrun --nproc_per_node=8 -m helpers.cli finetune --profile paper --entry <id>  # multi-GPU
 """
 from __future__ import annotations
 
@@ -57,6 +62,53 @@ def cmd_demo_data(args) -> int:
     return 0
 
 
+def _reported(cmd):
+    """Training and WiSE-FT commands: their errors (a diverged loss, a checkpoint of another run,
+    incompatible models, a bad dataset layout) already name the step, file or entry; print that
+    line and exit with status 2 (under torchrun every rank exits, and torchrun reports it)."""
+    def run(args) -> int:
+        try:
+            return cmd(args)
+        except (ValueError, ArithmeticError) as exc:
+            print(f"clip-study {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+    return run
+
+
+@_reported
+def cmd_prepare_demo(args) -> int:
+    import pandas as pd
+
+    from .demo_training import prepare_demo
+
+    rows = prepare_demo(load_profile(args.profile), restart=args.restart)
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+@_reported
+def cmd_finetune(args) -> int:
+    from .finetune import FinetuneRecipe, finetune
+    from .training import run_cli
+
+    return run_cli(args, finetune, FinetuneRecipe())
+
+
+@_reported
+def cmd_train_supervised(args) -> int:
+    from .supervised import SupervisedRecipe, train_supervised
+    from .training import run_cli
+
+    return run_cli(args, train_supervised, SupervisedRecipe())
+
+
+@_reported
+def cmd_wiseft(args) -> int:
+    from . import wiseft
+
+    return wiseft.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="clip-study", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,6 +136,34 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--profile", default="demo")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo_data)
+
+    from .finetune import FinetuneRecipe
+    from .supervised import SupervisedRecipe
+    from .training import add_recipe_arguments, add_run_arguments
+    from .wiseft import add_arguments as add_wiseft_arguments
+
+    pd_ = sub.add_parser("prepare-demo", help="train the demo profile's finetuned and supervised checkpoints "
+                         "(a few steps each; skips those already present)")
+    pd_.add_argument("--profile", default="demo")
+    pd_.add_argument("--restart", action="store_true", help="retrain even when the checkpoints are up to date")
+    pd_.set_defaults(func=cmd_prepare_demo)
+
+    f = sub.add_parser("finetune", help="finetune a zero-shot entry into its finetuned entry (Appendix H.1; "
+                       "works under torchrun)")
+    add_run_arguments(f)
+    add_recipe_arguments(f, FinetuneRecipe())
+    f.set_defaults(func=cmd_finetune)
+
+    t = sub.add_parser("train-supervised", help="train a supervised CLIP ResNet from scratch (Appendix H.2; "
+                       "works under torchrun)")
+    add_run_arguments(t)
+    add_recipe_arguments(t, SupervisedRecipe())
+    t.set_defaults(func=cmd_train_supervised)
+
+    w = sub.add_parser("wiseft", help="evaluate WiSE-FT mixtures of a finetuned entry and its zero-shot parent "
+                       "(Appendix I)")
+    add_wiseft_arguments(w)
+    w.set_defaults(func=cmd_wiseft)
     return ap
 
 

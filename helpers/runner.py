@@ -27,7 +27,7 @@ from .config import REPO_ROOT, Profile, load_profile
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 HELPERS_DIR = Path(__file__).resolve().parent
 #: Sections that read every other section's tables: their key covers those tables too.
-READS_ALL_TABLES = {"summary"}
+READS_ALL_TABLES = {"summary", "coca"}
 
 
 def notebooks(folder: Path = NOTEBOOK_DIR) -> dict[str, Path]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from . import paper_values
-from .config import EVAL_DATASETS
-from .metrics import accuracy_ratio, effective_robustness, mean_shift_accuracy
+from .. import paper_values
+from ..config import EVAL_DATASETS
+from ..metrics import accuracy_ratio, effective_robustness, mean_shift_accuracy
 
 SECTION = "robustness"
 
@@ -17,7 +17,7 @@ def measure(study) -> pd.DataFrame:
     Records one row per entry in the ``robustness`` results table and returns the slice's rows.
     Accuracies are fractions; ER uses the profile's beta_1 and beta_0.
     """
-    from . import extract
+    from .. import extract
 
     P = study.profile
     slope, intercept = P.metrics["er_slope"], P.metrics["er_intercept"]

@@ -1,0 +1,153 @@
+"""Section 5, concept probing: AP of every (right singular vector, Broden concept) pair on balanced
+concept sets, unique concepts (Eq. 4, Figure 3), polysemanticity (Table 7), the top concepts of the
+most privileged direction (Table 6), concept-set overlaps (Figure 4) and the threshold sweep of
+footnote 3. AP matrices are cached: forks and later chapters (WiSE-FT, diagnose) reuse them."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import paper_values
+from ..config import PoolEntry, Profile
+from ..metrics import concept_ap, importance, polysemanticity, project, svd_head, unique_concepts
+from ..store import atomic_write_json
+from .common import embeddings, head, meta
+
+SECTION = "concept_probing"
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    np.save(tmp, array)
+    tmp.replace(path)
+
+
+class BrodenSets:
+    """Broden's concepts and, per concept, the presence of each image and its balanced set."""
+
+    def __init__(self, concepts: pd.DataFrame, presence: np.ndarray, selection: np.ndarray, report: pd.DataFrame,
+                 key: str):
+        self.concepts, self.presence, self.selection, self.report, self.key = concepts, presence, selection, report, key
+
+    @property
+    def probed(self) -> np.ndarray:
+        """Indices of the concepts with a balanced set (the others are reported, not probed)."""
+        return np.flatnonzero(self.selection.any(axis=0))
+
+
+def broden_sets(profile: Profile) -> BrodenSets:
+    """Balanced positive/negative sets for every concept (Section 5), decoded from Broden's masks
+    once and cached under ``cache_dir/broden``, keyed by the dataset digest, the sample limit and
+    the balancing parameters (``metrics.broden_min_positives``, ``metrics.seed``)."""
+    from ..data import open_broden
+
+    ds = open_broden(profile.dataset_root("broden"), limit=profile.limit("broden"))
+    material = {"digest": ds.digest(), "limit": profile.limit("broden"),
+                "min_positives": profile.metrics["broden_min_positives"], "seed": profile.metrics["seed"]}
+    key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:20]
+    folder = profile.cache_dir / "broden" / key
+    if not (folder / "manifest.json").exists():
+        selection, report = ds.balanced_sets(min_positives=material["min_positives"], seed=material["seed"])
+        _save_npy(folder / "presence.npy", ds.presence)
+        _save_npy(folder / "selection.npy", selection)
+        report.to_csv(folder / "report.csv", index=False)
+        ds.concepts.to_csv(folder / "concepts.csv", index=False)
+        atomic_write_json(folder / "manifest.json", material)  # written last: the folder is complete
+    return BrodenSets(pd.read_csv(folder / "concepts.csv"), np.load(folder / "presence.npy"),
+                      np.load(folder / "selection.npy"), pd.read_csv(folder / "report.csv"), key)
+
+
+def ap_matrix(entry: PoolEntry, profile: Profile, sets: BrodenSets | None = None) -> np.ndarray:
+    """AP_i^c for every right singular vector i of W (rows, by decreasing sigma) and every Broden
+    concept c (columns; NaN for concepts without a balanced set), cached per entry."""
+    sets = sets or broden_sets(profile)
+    acts = embeddings(entry, profile, "broden")
+    sign = profile.metrics["concept_sign"]
+    material = {"activations": acts.manifest.get("key", json.dumps(acts.manifest, sort_keys=True, default=str)),
+                "broden": sets.key, "sign": sign}
+    key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:20]
+    path = profile.cache_dir / "concepts" / entry.id / f"{key}.npy"
+    if path.exists():
+        return np.load(path)
+    W, _, _ = head(entry, profile)
+    _, _, Vt = svd_head(W)
+    # h[labels] puts the embeddings in Broden's image order whatever order extraction used
+    h = np.asarray(acts.h)[np.argsort(np.asarray(acts.labels))]
+    probed = sets.probed
+    ap = np.full((Vt.shape[0], len(sets.concepts)), np.nan)
+    if probed.size:
+        ap[:, probed] = concept_ap(project(h, Vt), sets.presence[:, probed], sets.selection[:, probed], sign=sign)
+    _save_npy(path, ap)
+    return ap
+
+
+def concept_set(ap: np.ndarray, sets: BrodenSets, threshold: float) -> set[str]:
+    """Names of the concepts encoded by some direction (Eq. 4's set C)."""
+    hit = np.flatnonzero(np.nan_to_num(ap, nan=0.0).max(axis=0) >= threshold)
+    return set(sets.concepts["name"].iloc[hit])
+
+
+def measure(study, thresholds=None) -> pd.DataFrame:
+    """Record per entry and threshold: unique concepts (Eq. 4), polysemanticity averaged over d_H
+    as the paper writes it and over rank(W), and the top-3 concepts of the most privileged
+    direction (largest Importance on the ImageNet embeddings, Eq. 2)."""
+    P = study.profile
+    thresholds = thresholds or P.metrics["concept_thresholds"]
+    sets = broden_sets(P)
+    names = sets.concepts["name"].to_numpy()
+    for e in study.pool:
+        ap = ap_matrix(e, P, sets)
+        W, _, _ = head(e, P)
+        imp = importance(W, np.asarray(embeddings(e, P, "imagenet").h))
+        top_dir = int(np.argmax(imp))
+        row_ap = np.nan_to_num(ap[top_dir], nan=-1.0)
+        top = np.argsort(-row_ap, kind="stable")[:3]
+        a = np.nan_to_num(ap, nan=0.0)  # concepts without a balanced set never count as encoded
+        rows = []
+        for t in thresholds:
+            rows.append({**meta(e), "threshold": t, "unique_concepts": int(unique_concepts(a, t)),
+                         "polysemanticity": polysemanticity(a, t, d_H=W.shape[1]),
+                         "polysemanticity_rank": polysemanticity(a, t),
+                         "probed_concepts": int(sets.probed.size), "directions": ap.shape[0],
+                         "privileged_direction": top_dir + 1,
+                         **{f"top{k + 1}": names[c] for k, c in enumerate(top)},
+                         **{f"top{k + 1}_ap": float(ap[top_dir, c]) for k, c in enumerate(top)}})
+        study.record(e.id, rows)
+    return study.table()
+
+
+def at_threshold(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    return table[np.isclose(table["threshold"], threshold)].reset_index(drop=True)
+
+
+def venn_sets(study, threshold: float) -> dict[str, dict[str, set[str]]]:
+    """Per backbone, the concept sets of its zero-shot, finetuned and supervised models (Figure 4;
+    ImageNet-Captions models left out as in the paper). Only backbones with all three."""
+    P = study.profile
+    sets = broden_sets(P)
+    by_arch: dict[str, dict[str, set[str]]] = {}
+    roles = {"robust_zeroshot_clip": "zero-shot", "finetuned_clip": "finetuned", "supervised": "supervised"}
+    for e in study.pool:
+        role = roles.get(e.family)
+        # the first model of each role per backbone (the paper's Figure 4 uses the OpenAI ones)
+        if role and role not in by_arch.get(e.arch, {}):
+            by_arch.setdefault(e.arch, {})[role] = concept_set(ap_matrix(e, P, sets), sets, threshold)
+    return {a: s for a, s in by_arch.items() if len(s) == 3}
+
+
+def paper_comparison(table: pd.DataFrame, threshold: float = 0.9) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(Table 7 beside this run's polysemanticity, Table 6 beside this run's top-3 concepts)."""
+    run = at_threshold(table, threshold)
+    poly = paper_values.polysemanticity()[["entry", "polysemanticity"]].rename(columns={"polysemanticity": "paper"})
+    poly = poly.merge(run[["entry", "polysemanticity"]].rename(columns={"polysemanticity": "this run"}),
+                      on="entry", how="outer")
+    poly["difference"] = poly["this run"] - poly["paper"]
+    top = paper_values.top_concepts().pivot(index="entry", columns="rank", values="concept")
+    top.columns = [f"paper top{c}" for c in top.columns]
+    mine = run.set_index("entry")[["top1", "top2", "top3"]].add_prefix("this run ")
+    return poly, top.join(mine, how="outer").reset_index()

@@ -1,0 +1,146 @@
+"""The reproduction report: every table and figure of the paper with the paper's value beside this
+run's and their difference, and the four take-aways restated with this run's evidence, including
+how strongly each indicator tracks effective robustness across the pool (with an interval)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .. import paper_values, results
+from ..config import FAMILIES
+from ..metrics import rank_correlation
+
+SECTION = "summary"
+
+#: Every numbered table and figure of the paper, the chapter that reproduces it, and what the
+#: paper reports (a number where the paper prints one; its claim where the figure has no numbers).
+CATALOGUE = [
+    ("Figure 1a", "robustness", "ER per model", "zero-shot CLIP > finetuned > ImageNet-Captions ≈ supervised ≈ 0"),
+    ("Figure 1b", "robustness", "%acc per model", "same ordering; non-robust models below 50 %"),
+    ("Table 1", "robustness", "ImageNet top-1", "per model (%)"),
+    ("Table 2", "robustness", "mean top-1 over 5 shifts", "per model (%)"),
+    ("Figure 2a", "outlier_features", "activation kurtosis, Eq. (1)", "robust zero-shot ≫ 3; supervised, ImageNet-Captions ≈ 3"),
+    ("Figure 2b", "privileged_directions", "importance ratio, Eq. (3)", "zero-shot > finetuned > 1; supervised ≈ 1; ImageNet-Captions > 1"),
+    ("Figure 3", "concept_probing", "unique concepts, Eq. (4)", "zero-shot > finetuned, supervised; ImageNet-Captions-t/td high"),
+    ("Figure 4", "concept_probing", "concept-set overlaps", "shared by all three: 237 (RN101) to 516 (ViT-B/16); zero-shot only: 77 to 105"),
+    ("Figure 5", "wiseft", "finetuned concepts' overlap during finetuning", "zero-shot-only share falls, shared-by-all share rises"),
+    ("Figure 6", "robustness", "ER baseline in logit space", "slope 0.76, intercept -1.49, r = 0.99"),
+    ("Figures 7-8", "cka_layers", "layer-wise CKA zero-shot vs finetuned", "largest drop at the last layer"),
+    ("Figures 9-10", "privileged_directions", "importance distributions", "one direction orders of magnitude above the bulk for CLIP"),
+    ("Figures 11-14", "pruning", "accuracy and ER vs pruned fraction", "80 % of directions prunable without substantial loss"),
+    ("Figures 15-22", "wiseft", "WiSE-FT accuracies, ER, kurtosis, concepts vs alpha", "ER, kurtosis and concepts fall from zero-shot to finetuned"),
+    ("Table 3", "coca", "CoCa ER and ImageNet top-1", "zero-shot 24 / 34 points, finetuned 14 / 21"),
+    ("Table 4", "coca", "CoCa kurtosis", "zero-shot 12.0 / 15.5, finetuned 3.6 / 4.6"),
+    ("Table 5", "coca", "CoCa unique concepts", "zero-shot 674 / 747, finetuned 530 / 629"),
+    ("Table 6", "concept_probing", "top-3 concepts of the most privileged direction", "textures for zero-shot, concrete concepts after finetuning"),
+    ("Table 7", "concept_probing", "polysemanticity", "3.0 (RN50 OpenAI) to 16.0 (ViT-B-16 LAION-2B)"),
+]
+
+
+def catalogue(study) -> pd.DataFrame:
+    """The paper's tables and figures, the chapter reproducing each, and whether this run has
+    results for it (the number of models recorded)."""
+    P = study.profile
+    rows = []
+    for item, section, quantity, paper in CATALOGUE:
+        n = results.load(P, section)["entry"].nunique()
+        rows.append({"paper item": item, "chapter": section, "quantity": quantity, "paper reports": paper,
+                     "models in this run": n})
+    return pd.DataFrame(rows)
+
+
+def numeric_comparison(study) -> pd.DataFrame:
+    """Every number the paper prints per model (Tables 1-5, 7 and the ER they imply) beside this
+    run's value for the same pool entry, with the difference. Demo entries match no paper row."""
+    P = study.profile
+    paper = paper_values.accuracies()
+    rob = results.load(P, "robustness")
+    rows = []
+    if not rob.empty:
+        mine = rob.set_index("entry")
+        for _, p in paper.iterrows():
+            for item, col, run_col in (("Table 1", "imagenet", "imagenet"), ("Table 2", "shifts_mean", "shifts_mean"),
+                                       ("Figure 1a", "er", "er"), ("Figure 1b", "acc_ratio", "acc_ratio")):
+                value = mine[run_col].get(p.entry, np.nan) * 100 if p.entry in mine.index else np.nan
+                rows.append({"paper item": item, "entry": p.entry, "paper": p[col], "this run": value})
+    poly = results.load(P, "concept_probing")
+    if not poly.empty:
+        poly = poly[np.isclose(poly.threshold, P.metrics["concept_threshold"])].set_index("entry")
+    for _, p in paper_values.polysemanticity().iterrows():
+        value = poly["polysemanticity"].get(p.entry, np.nan) if not poly.empty else np.nan
+        rows.append({"paper item": "Table 7", "entry": p.entry, "paper": p.polysemanticity, "this run": value})
+    coca = results.load(P, "coca")
+    for _, p in paper_values.coca_tables().iterrows():
+        for item, col in (("Table 4", "kurtosis"), ("Table 5", "unique_concepts")):
+            value = np.nan
+            if not coca.empty and p.entry in set(coca.entry):
+                value = coca.set_index("entry")[f"this run {col}"].get(p.entry, np.nan)
+            rows.append({"paper item": item, "entry": p.entry, "paper": p[col], "this run": value})
+    df = pd.DataFrame(rows)
+    df["difference"] = df["this run"] - df["paper"]
+    return df
+
+
+def pool_indicators(study) -> pd.DataFrame:
+    """One row per model of this run: ER, %acc, kurtosis, importance ratio, unique concepts."""
+    P = study.profile
+    rob = results.load(P, "robustness")
+    if rob.empty:
+        return pd.DataFrame()
+    df = rob[["entry", "backbone", "family", "er", "acc_ratio"]].copy()
+    out = results.load(P, "outlier_features")
+    if not out.empty:
+        df = df.merge(out[["entry", "kurtosis"]], on="entry", how="left")
+    pri = results.load(P, "privileged_directions")
+    if not pri.empty:
+        df = df.merge(pri.groupby("entry", as_index=False)["importance_ratio"].first(), on="entry", how="left")
+    con = results.load(P, "concept_probing")
+    if not con.empty:
+        con = con[np.isclose(con.threshold, P.metrics["concept_threshold"])]
+        df = df.merge(con[["entry", "unique_concepts"]], on="entry", how="left")
+    return df
+
+
+def indicator_correlations(study, indicators=("kurtosis", "importance_ratio", "unique_concepts")) -> pd.DataFrame:
+    """Spearman rank correlation of each indicator with ER across this run's pool, with a bootstrap
+    interval over models: how much the indicator can say about robustness (beyond the paper)."""
+    P = study.profile
+    df = pool_indicators(study)
+    rows = []
+    for name in indicators:
+        if df.empty or name not in df:
+            continue
+        sub = df[["er", name]].dropna()
+        if len(sub) < 3 or sub[name].nunique() < 2 or sub["er"].nunique() < 2:
+            rows.append({"indicator": name, "models": len(sub), "spearman": np.nan, "low": np.nan, "high": np.nan})
+            continue
+        try:
+            ci = rank_correlation(sub[name].to_numpy(), sub["er"].to_numpy(), n_boot=P.metrics["bootstrap"],
+                                  seed=P.metrics["seed"])
+            rows.append({"indicator": name, "models": len(sub), "spearman": ci.estimate, "low": ci.low, "high": ci.high})
+        except ValueError as exc:  # too few distinct models for a bootstrap interval
+            rows.append({"indicator": name, "models": len(sub), "spearman": np.nan, "low": np.nan, "high": np.nan,
+                         "note": str(exc)})
+    return pd.DataFrame(rows)
+
+
+def by_family(study) -> pd.DataFrame:
+    """Mean of each indicator per family: the take-aways compare families."""
+    df = pool_indicators(study)
+    if df.empty:
+        return df
+    cols = [c for c in ("er", "acc_ratio", "kurtosis", "importance_ratio", "unique_concepts") if c in df]
+    out = df.groupby("family")[cols].mean()
+    for c in ("er", "acc_ratio"):
+        if c in out:
+            out[c] = 100 * out[c]
+    out.index = out.index.map(FAMILIES)
+    return out
+
+
+def paper_by_family() -> pd.DataFrame:
+    """The paper's mean ER and %acc per family (from Tables 1-3)."""
+    df = paper_values.accuracies()
+    out = df.groupby("family")[["er", "acc_ratio"]].mean()
+    out.index = out.index.map(FAMILIES)
+    return out

@@ -1,0 +1,207 @@
+"""Chapter 06: WiSE-FT mixtures between each zero-shot model and its finetuned counterpart
+(Appendix I, Figures 15-22) and the concepts of a finetuning run epoch by epoch (Section 5,
+Figure 5). The computations live in :mod:`helpers.wiseft`, :mod:`helpers.training` and
+:mod:`.concept_probing`; this module pairs the pool entries, records the tables and draws the
+figures."""
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+
+from .. import results
+from ..config import PoolEntry, Profile
+from .common import meta, supervised_counterpart
+
+SECTION = "wiseft"
+#: Figure 5's table (one per finetuned entry) lives beside the sweep's, under its own section.
+TRAJECTORY_SECTION = "finetuning_concepts"
+
+#: Figure 16 of the paper holds the pretraining sets whose zero-shot models are weak.
+LOW_ACCURACY_PRETRAINING = ("YFCC-15M", "CC-12M")
+
+#: Figure 5's regions of the Venn diagram of Figure 4, as fractions of C_fine (paper's colours).
+REGIONS = {
+    "zero-shot only": "#1f77b4",           # C_fine ∩ C_zero \ C_sup (blue in the paper)
+    "zero-shot and supervised": "#2ca02c",  # C_fine ∩ C_zero ∩ C_sup (green)
+    "supervised only": "#ff7f0e",           # C_fine ∩ C_sup \ C_zero
+    "finetuned only": "#7f7f7f",            # C_fine \ (C_zero ∪ C_sup)
+}
+
+
+def pairs(study) -> list[tuple[PoolEntry, PoolEntry]]:
+    """(zero-shot, finetuned) pairs linked by ``finetuned_from`` with either member in the slice."""
+    P = study.profile
+    ids = {e.id for e in study.pool}
+    return [(P.entry(e.finetuned_from), e) for e in P.pool
+            if e.finetuned_from and (e.id in ids or e.finetuned_from in ids)]
+
+
+def _label(zs: PoolEntry, ft: PoolEntry) -> str:
+    return f"{ft.arch} / {zs.pretraining}"
+
+
+def training_summary(study) -> pd.DataFrame:
+    """One row per pair: where the finetuned checkpoint is and the recipe and loss it recorded."""
+    from ..training import output_path, read_checkpoint
+
+    rows = []
+    for zs, ft in pairs(study):
+        path = output_path(study.profile, ft)
+        row = {"pair": _label(zs, ft), "zero-shot": zs.id, "finetuned": ft.id, "checkpoint": str(path)}
+        if path.exists():
+            state = read_checkpoint(path, required=())
+            recipe = state.get("identity", {}).get("recipe", {})
+            history = state.get("history", [])
+            row.update({"epochs": recipe.get("epochs"), "batch": recipe.get("batch_size"), "lr": recipe.get("lr"),
+                        "images": state.get("identity", {}).get("images"),
+                        "loss, first epoch": history[0]["loss"] if history else None,
+                        "loss, last epoch": history[-1]["loss"] if history else None})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def measure(study, alphas) -> pd.DataFrame:
+    """The WiSE-FT sweep (:func:`helpers.wiseft.evaluate`) for every pair, recorded per finetuned
+    entry; returns the slice's table with a ``pair`` label and the paper's figure group."""
+    from ..wiseft import evaluate
+
+    for zs, ft in pairs(study):
+        table = evaluate(study.profile, zs.id, ft.id, alphas)
+        group = "Figure 16" if zs.pretraining in LOW_ACCURACY_PRETRAINING else "Figure 15"
+        study.record(ft.id, table.assign(**meta(ft), zeroshot=zs.id, pair=_label(zs, ft), figure=group))
+    return study.table(entries=[ft.id for _, ft in pairs(study)])
+
+
+def sweep_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The sweep's headline columns (those present: ER needs the five shifts, concepts Broden)."""
+    wanted = ["pair", "alpha", "imagenet", "shifts_mean", "er", "kurtosis", "kurtosis_shifts", "unique_concepts"]
+    return table[[c for c in wanted if c in table.columns]]
+
+
+def sweep_figure(table: pd.DataFrame, series: dict[str, str], ylabel: str, title: str, scale: float = 1.0,
+                 ref: float | None = None):
+    """One panel per pair, value against alpha, one line per ``series`` (legend label -> column)."""
+    import matplotlib.pyplot as plt
+
+    labels = list(dict.fromkeys(table["pair"])) if "pair" in table else []
+    if not labels or not any(c in table for c in series.values()):
+        fig, ax = plt.subplots(figsize=(6, 1.2))
+        ax.text(0.5, 0.5, "no (zero-shot, finetuned) pair with these values in this slice", ha="center", va="center")
+        ax.axis("off")
+        fig.suptitle(title)
+        return fig
+    n = max(len(labels), 1)
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.4 * rows), squeeze=False, sharex=True)
+    for ax, label in zip(axes.flat, labels):
+        sub = table[table["pair"] == label].sort_values("alpha")
+        for name, column in series.items():
+            if column in sub and sub[column].notna().any():
+                ax.plot(sub["alpha"], scale * sub[column], marker="o", ms=4, label=name)
+        if ref is not None:
+            ax.axhline(ref, color="0.4", lw=0.8, ls="--")
+        ax.set(title=label, xlabel="α (0: zero-shot, 1: finetuned)", ylabel=ylabel)
+    for ax in list(axes.flat)[len(labels):]:
+        ax.set_visible(False)
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    if len(series) > 1 and handles:
+        fig.legend(handles, names, loc="lower center", ncol=len(names), frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.06 if len(series) > 1 else 0, 1, 1))
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Figure 5: the finetuned model's concepts, epoch by epoch
+
+
+def epoch_entries(profile: Profile, finetuned: PoolEntry) -> list[tuple[int, PoolEntry]]:
+    """The epoch checkpoints of a finetuning run as pool entries (``<id>.epoch<k>``). The last
+    epoch's weights are the final checkpoint's, so that epoch is the finetuned entry itself (whose
+    activations other chapters have already cached)."""
+    from ..training import epoch_checkpoints, output_path, read_checkpoint, run_dir
+
+    epochs = epoch_checkpoints(run_dir(profile, finetuned))
+    final = output_path(profile, finetuned)
+    # Only an entry that loads the final checkpoint (``checkpoint:`` set) can stand for an epoch.
+    last = (read_checkpoint(final, required=()).get("epoch")
+            if epochs and finetuned.checkpoint and final.exists() else None)
+    return [(k, finetuned if k == last else
+             dataclasses.replace(finetuned, id=f"{finetuned.id}.epoch{k}", checkpoint=str(path), pretrained=None))
+            for k, path in epochs]
+
+
+def overlap_fractions(c_fine: set, c_zero: set, c_sup: set) -> dict[str, float]:
+    """Figure 5's quantities: the regions of the Venn diagram of (C_zero, C_sup) that C_fine falls
+    in, each divided by |C_fine| (NaN when the finetuned model encodes no concept)."""
+    sizes = {"zero-shot only": len(c_fine & (c_zero - c_sup)), "zero-shot and supervised": len(c_fine & c_zero & c_sup),
+             "supervised only": len(c_fine & (c_sup - c_zero)), "finetuned only": len(c_fine - (c_zero | c_sup))}
+    n = len(c_fine)
+    return {k: (v / n if n else float("nan")) for k, v in sizes.items()}
+
+
+def concept_trajectory(study, threshold: float | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """For every pair with epoch checkpoints and a supervised model of its backbone: the overlap of
+    the finetuned concepts C_fine (Eq. 4 at ``threshold``, default the profile's) with the zero-shot
+    and supervised concept sets at each epoch, epoch 0 being the zero-shot model (Figure 5).
+    Recorded per finetuned entry under :data:`TRAJECTORY_SECTION`. Returns the long table (one row
+    per pair, epoch and region) and notes on the pairs that could not be traced."""
+    from ..wiseft import broden_available
+    from .concept_probing import ap_matrix, broden_sets, concept_set
+
+    P = study.profile
+    threshold = P.metrics["concept_threshold"] if threshold is None else threshold
+    if not broden_available(P):
+        return pd.DataFrame(), ["Broden is not on disk for this profile: no concept sets to compare."]
+    sets, frames = broden_sets(P), []
+    notes = [] if pairs(study) else ["No (zero-shot, finetuned) pair in this slice."]
+    for zs, ft in pairs(study):
+        sup = supervised_counterpart(list(P.pool), zs.arch)
+        epochs = epoch_entries(P, ft)
+        if sup is None or not epochs:
+            notes.append(f"{ft.id}: " + ("no supervised model of backbone " + zs.arch if sup is None else
+                                         "no epoch checkpoints (train it with `clip-study finetune`)"))
+            continue
+        # Epoch checkpoints load through a profile whose pool holds them (finetuned_from checks included).
+        Pe = dataclasses.replace(P, pool=P.pool + tuple(e for _, e in epochs))
+        c_zero = concept_set(ap_matrix(zs, P, sets), sets, threshold)
+        c_sup = concept_set(ap_matrix(sup, P, sets), sets, threshold)
+        rows = []
+        for k, e in [(0, zs)] + epochs:
+            c_fine = concept_set(ap_matrix(e, Pe, sets), sets, threshold)
+            for region, fraction in overlap_fractions(c_fine, c_zero, c_sup).items():
+                rows.append({"epoch": k, "region": region, "fraction": fraction, "n_fine": len(c_fine),
+                             "n_zero": len(c_zero), "n_sup": len(c_sup), "supervised": sup.id, "threshold": threshold})
+        table = pd.DataFrame(rows).assign(**meta(ft), zeroshot=zs.id, pair=_label(zs, ft))
+        results.record(P, TRAJECTORY_SECTION, ft.id, table)
+        frames.append(table.assign(entry=ft.id))
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), notes
+
+
+def trajectory_figure(table: pd.DataFrame):
+    """Figure 5: per pair, the fraction of C_fine in each region against the finetuning epoch."""
+    import matplotlib.pyplot as plt
+
+    labels = list(dict.fromkeys(table["pair"]))
+    fig, axes = plt.subplots(1, len(labels), figsize=(4.6 * len(labels), 3.6), squeeze=False)
+    for ax, label in zip(axes.flat, labels):
+        sub = table[table["pair"] == label]
+        for region, color in REGIONS.items():
+            r = sub[sub["region"] == region].sort_values("epoch")
+            ax.plot(r["epoch"], 100 * r["fraction"], marker="o", ms=4, color=color, label=region)
+        ax.set(title=label, xlabel="finetuning epoch (0: zero-shot)", ylabel="% of finetuned concepts")
+        ax.set_xticks(sorted(sub["epoch"].unique()))
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=len(names), frameon=False)
+    fig.suptitle("Figure 5: overlap of the finetuned concepts with the zero-shot and supervised ones")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def trajectory_wide(table: pd.DataFrame) -> pd.DataFrame:
+    """Figure 5's numbers as one row per (pair, epoch) and one column per region (in %)."""
+    wide = table.pivot(index=["pair", "epoch", "n_fine"], columns="region", values="fraction")
+    return (100 * wide[[r for r in REGIONS if r in wide.columns]]).reset_index()
+

@@ -1,0 +1,238 @@
+"""WiSE-FT weight-space ensembles (Appendix I; Wortsman et al., 2022b).
+
+Given a zero-shot model f_{theta_0} and its finetuned counterpart f_{theta_1} (same architecture;
+the finetuned head started from the zero-shot head, Appendix H.1), the mixture
+
+    theta_alpha = (1 - alpha) * theta_0 + alpha * theta_1,   alpha in [0, 1],
+
+is taken over every parameter and floating-point buffer, the classification head W included (as
+in the WiSE-FT reference code); logits stay W h/||h||. Integer buffers (BatchNorm's batch counter,
+unused at inference) are taken from the nearer endpoint. alpha = 0 gives the zero-shot model and
+alpha = 1 the finetuned one exactly, bit for bit.
+
+:func:`evaluate` sweeps a grid of alpha through the extraction engine (accuracies on ImageNet and
+its five shifts, ER of Eq. (5), the kurtosis of Eq. (1), unique Broden concepts of Eq. (4)) with the
+mixtures held in memory: no checkpoint per alpha is written unless ``save=True``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .config import EVAL_DATASETS, SHIFTS, PoolEntry, Profile
+
+#: The paper's grid: 0, 0.1, ..., 1.0.
+DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+class WiseFTError(ValueError):
+    """Two models that cannot be interpolated, or an alpha outside [0, 1]; names both models."""
+
+
+def check_compatible(zeroshot, finetuned) -> None:
+    """Raise :class:`WiseFTError` unless the two loaded models share architecture, head shape, logit
+    rule and input normalisation, i.e. unless their weight vectors live in the same space."""
+    def name(m):
+        return f"{m.entry.id!r} ({m.entry.source} {m.entry.model})"
+
+    pair = f"cannot interpolate {name(zeroshot)} with {name(finetuned)}"
+    if (zeroshot.entry.source, zeroshot.entry.model) != (finetuned.entry.source, finetuned.entry.model):
+        raise WiseFTError(f"{pair}: different architectures")
+    if zeroshot.normalize_features != finetuned.normalize_features:
+        raise WiseFTError(f"{pair}: one computes W h/||h||, the other W h + b")
+    if (zeroshot.image_mean, zeroshot.image_std) != (finetuned.image_mean, finetuned.image_std):
+        raise WiseFTError(f"{pair}: different input normalisation")
+    s0, s1 = zeroshot.state_dict(), finetuned.state_dict()
+    if s0.keys() != s1.keys():
+        extra = sorted(set(s0) ^ set(s1))
+        raise WiseFTError(f"{pair}: different parameters (e.g. {', '.join(extra[:3])})")
+    for k in s0:
+        if s0[k].shape != s1[k].shape or s0[k].dtype != s1[k].dtype:
+            raise WiseFTError(f"{pair}: parameter {k} is {tuple(s0[k].shape)} {s0[k].dtype} in one and "
+                              f"{tuple(s1[k].shape)} {s1[k].dtype} in the other")
+
+
+def mixture_entry(finetuned: PoolEntry, alpha: float) -> PoolEntry:
+    """The pool entry a mixture is reported under: the finetuned entry's, with an id naming alpha."""
+    return dataclasses.replace(finetuned, id=f"{finetuned.id}.wiseft-{alpha:.2f}", checkpoint=None,
+                               note=f"WiSE-FT mixture alpha={alpha:g} of {finetuned.finetuned_from} and {finetuned.id}")
+
+
+def interpolate(zeroshot, finetuned, alpha: float, out=None):
+    """theta_alpha = (1 - alpha) theta_0 + alpha theta_1 as a :class:`~helpers.models.LoadedModel`
+    (Appendix I). ``out``: a mixture returned before for the same pair, overwritten in place instead
+    of copying the model again (one extra model in memory for a whole sweep)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise WiseFTError(f"alpha must be in [0, 1], found {alpha}")
+    check_compatible(zeroshot, finetuned)
+    import torch
+
+    s0, s1 = zeroshot.state_dict(), finetuned.state_dict()
+    with torch.no_grad():
+        mixed = {k: ((1.0 - alpha) * s0[k] + alpha * s1[k].to(s0[k].device)) if s0[k].is_floating_point()
+                 else (s1[k] if alpha >= 0.5 else s0[k]).clone()
+                 for k in s0}
+    model = out if out is not None else copy.deepcopy(zeroshot)
+    model.load_state_dict(mixed)
+    model.entry = mixture_entry(finetuned.entry, alpha)
+    model.weights_digest = hashlib.sha256(json.dumps(
+        ["wiseft", zeroshot.weights_digest, finetuned.weights_digest, float(alpha)]).encode()).hexdigest()
+    model.weights_source = (f"WiSE-FT alpha={alpha:g}: (1 - alpha) x {zeroshot.entry.id} "
+                            f"[{zeroshot.weights_source}] + alpha x {finetuned.entry.id} [{finetuned.weights_source}]")
+    model.head_source = model.weights_source
+    return model.eval()
+
+
+def mixture_path(profile: Profile, finetuned: PoolEntry, alpha: float) -> Path:
+    """Where ``save=True`` writes a mixture: ``<checkpoints_dir>/<finetuned id>/wiseft/alpha_<a>.pt``."""
+    return profile.paths["checkpoints_dir"] / finetuned.id / "wiseft" / f"alpha_{alpha:.2f}.pt"
+
+
+def _mixture_activations(profile: Profile, model, dataset: str):
+    """The extraction engine run on an in-memory mixture (cached under the mixture's entry id and
+    weights digest like any pool entry)."""
+    from .extract import extract_many
+
+    return extract_many([model.entry], dataset, profile, models={model.entry.id: model})[model.entry.id]
+
+
+def broden_available(profile: Profile) -> bool:
+    """Whether the profile names a Broden folder that exists (unique concepts need it)."""
+    return "broden" in profile.datasets and Path(profile.dataset_root("broden")).is_dir()
+
+
+def unique_concepts_of(profile: Profile, acts, W, sets=None, threshold: float | None = None) -> int:
+    """Eq. (4), |C|, for a model known only by its Broden activations ``acts`` and its head ``W``
+    (a mixture); the same computation as :func:`helpers.chapters.concept_probing.ap_matrix`, which
+    reads a pool entry's."""
+    from .chapters.concept_probing import broden_sets
+    from .metrics import concept_ap, project, svd_head, unique_concepts
+
+    sets = sets or broden_sets(profile)
+    threshold = profile.metrics["concept_threshold"] if threshold is None else threshold
+    # As the concept-probing chapter does: float32 W (svd_head's rank tolerance depends on the
+    # dtype) and rows in Broden's image order.
+    _, _, Vt = svd_head(np.asarray(W, dtype=np.float32))
+    h = np.asarray(acts.h)[np.argsort(np.asarray(acts.labels))]
+    probed = sets.probed
+    if not probed.size:
+        return 0
+    ap = concept_ap(project(h, Vt), sets.presence[:, probed], sets.selection[:, probed],
+                    sign=profile.metrics["concept_sign"])
+    return int(unique_concepts(np.nan_to_num(ap, nan=0.0), threshold))
+
+
+def evaluate(profile: Profile, zeroshot_id: str, finetuned_id: str, alphas: Sequence[float] = DEFAULT_ALPHAS,
+             datasets: Sequence[str] = EVAL_DATASETS, concepts: bool | None = None, save: bool = False):
+    """One row per alpha for the WiSE-FT sweep between two pool entries (Figures 15-22): top-1 per
+    dataset (fractions), ``shifts_mean``, ``er`` (Eq. 5 with the profile's beta), ``kurtosis`` on
+    ImageNet and ``kurtosis_shifts`` (mean over the shifts, Eq. 1), and ``unique_concepts`` (Eq. 4
+    at the profile's threshold) when ``concepts`` (default: when Broden is on disk).
+
+    alpha = 0 and 1 are the two pool entries themselves (their cached activations are reused);
+    the mixtures in between exist only in memory unless ``save`` writes them to
+    :func:`mixture_path`. Returns a DataFrame.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from .metrics import effective_robustness, kurtosis
+    from .models import load_from_profile, save_classifier
+
+    zs_entry, ft_entry = profile.entry(zeroshot_id), profile.entry(finetuned_id)
+    zs = load_from_profile(profile, zs_entry.id, device="cpu")
+    ft = load_from_profile(profile, ft_entry.id, device="cpu")
+    check_compatible(zs, ft)
+    concepts = broden_available(profile) if concepts is None else concepts
+    if concepts:
+        from .chapters.concept_probing import ap_matrix, broden_sets
+        from .metrics import unique_concepts
+
+        sets = broden_sets(profile)
+    shifts = [d for d in datasets if d in SHIFTS]
+    rows, mixture = [], None
+    for alpha in tqdm(list(alphas), desc=f"WiSE-FT {zs_entry.id} -> {ft_entry.id}", unit="alpha"):
+        alpha = float(alpha)
+        if alpha in (0.0, 1.0):
+            # The endpoints equal the pool entries bit for bit (tests/test_wiseft.py): reuse their caches.
+            model = zs if alpha == 0.0 else ft
+            acts = {d: _entry_activations(profile, model.entry, d) for d in datasets}
+        else:
+            model = mixture = interpolate(zs, ft, alpha, out=mixture)
+            if save:
+                save_classifier(model, mixture_path(profile, ft_entry, alpha), entry=model.entry.id,
+                                wiseft={"alpha": alpha, "zeroshot": zs_entry.id, "finetuned": ft_entry.id})
+            acts = {d: _mixture_activations(profile, model, d) for d in datasets}
+        row = {"alpha": alpha, **{d: acts[d].accuracy for d in datasets}}
+        if "imagenet" in acts:
+            row["kurtosis"] = kurtosis(np.asarray(acts["imagenet"].h))
+        if shifts:
+            row["shifts_mean"] = float(np.mean([row[d] for d in shifts]))
+            row["kurtosis_shifts"] = float(np.mean([kurtosis(np.asarray(acts[d].h)) for d in shifts]))
+        if "imagenet" in acts and len(shifts) == len(SHIFTS):
+            row["er"] = effective_robustness(row["shifts_mean"], row["imagenet"], profile.metrics["er_slope"],
+                                             profile.metrics["er_intercept"])
+        if concepts:
+            if alpha in (0.0, 1.0):
+                ap = np.nan_to_num(ap_matrix(model.entry, profile, sets), nan=0.0)
+                row["unique_concepts"] = int(unique_concepts(ap, profile.metrics["concept_threshold"]))
+            else:
+                row["unique_concepts"] = unique_concepts_of(profile, _mixture_activations(profile, model, "broden"),
+                                                            model.head.detach().cpu().numpy(), sets)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _entry_activations(profile: Profile, entry: PoolEntry, dataset: str):
+    from .extract import activations
+
+    return activations(entry, dataset, profile)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line: `clip-study wiseft` / `python -m helpers.wiseft`
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m helpers.wiseft", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    return ap
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--profile", default="demo", help="profile name (demo, paper) or YAML path")
+    ap.add_argument("--entry", required=True, help="finetuned pool entry (its finetuned_from is the zero-shot end)")
+    ap.add_argument("--alphas", type=float, nargs="+", default=list(DEFAULT_ALPHAS),
+                    help="interpolation weights of the finetuned model (default 0, 0.1, ..., 1)")
+    ap.add_argument("--no-concepts", action="store_true", help="skip the unique-concept count (Broden)")
+    ap.add_argument("--save", action="store_true", help="also write each mixture as a classifier checkpoint")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .config import load_profile
+
+    profile = load_profile(args.profile)
+    entry = profile.entry(args.entry)
+    if not entry.finetuned_from:
+        raise WiseFTError(f"entry {entry.id!r} has no finetuned_from: name a finetuned entry")
+    table = evaluate(profile, entry.finetuned_from, entry.id, args.alphas,
+                     concepts=False if args.no_concepts else None, save=args.save)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
