@@ -32,6 +32,7 @@ env: $(STAMP)
 data: env
 ifeq ($(PROFILE),demo)
 	$(BIN)/clip-study demo-data --profile demo
+	$(BIN)/clip-study prepare-demo --profile demo
 endif
 
 run: data

@@ -4,7 +4,6 @@ The book renders with ``execute_notebooks: "off"``; execution happened in :func:
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Iterable
 
@@ -29,12 +28,25 @@ def render_sources(profile: Profile, sections: Iterable[str] | None = None, note
             raise FileNotFoundError(f"section {section!r} has no executed notebook at {src}; "
                                     f"run `clip-study run --profile {profile.name} --section {section}` first")
         target = dest / f"{md.stem}.ipynb"
-        shutil.copyfile(src, target)
+        _copy_hiding_injected_parameters(src, target)
         copied.append(target)
     pool = dest / "pool.md"
     pool.write_text(pool_page(profile))
     copied.append(pool)
     return copied
+
+
+def _copy_hiding_injected_parameters(src: Path, target: Path) -> None:
+    """papermill's injected-parameters cell records how the run was called; the reader of the book
+    learns that from the profile banner, so the cell is removed from the page (kept in the file)."""
+    import nbformat
+
+    nb = nbformat.read(src, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    nbformat.write(nb, target)
 
 
 def _pool_table(profile: Profile) -> str:

@@ -10,6 +10,7 @@
     clip-study train-supervised --profile paper --entry <supervised id> # Appendix H.2
     clip-study wiseft --profile paper --entry <finetuned id>            # Appendix I
     torchrun --nproc_per_node=8 -m helpers.cli finetune --profile paper --entry <id>  # multi-GPU
+    clip-study diagnose --model ViT-B-32-quickgelu --pretrained openai --images <folder> --profile paper
 """
 from __future__ import annotations
 
@@ -109,6 +110,13 @@ def cmd_wiseft(args) -> int:
     return wiseft.run(args)
 
 
+@_reported
+def cmd_diagnose(args) -> int:
+    from .diagnose import run_cli
+
+    return run_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="clip-study", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -164,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "(Appendix I)")
     add_wiseft_arguments(w)
     w.set_defaults(func=cmd_wiseft)
+
+    from .diagnose import add_arguments as add_diagnose_arguments
+
+    dg = sub.add_parser("diagnose", help="the paper's robustness indicators (kurtosis, importance ratio, unique "
+                        "concepts) for any open_clip model on a folder of images, placed against the pool")
+    add_diagnose_arguments(dg)
+    dg.set_defaults(func=cmd_diagnose)
     return ap
 
 

@@ -156,7 +156,9 @@ def plan(profile: Profile, sections: Iterable[str] | None = None, entry: str | N
         md = available[section]
         declared = _declared_parameters(md)
         for label, sl in slices:
-            params = {"profile": str(profile.path)} | sl | (extra or {})
+            # a named profile is passed by name, so executed notebooks do not carry local paths
+            named = profile.path.parent == REPO_ROOT / "configs" and profile.path.stem == profile.name
+            params = {"profile": profile.name if named else str(profile.path)} | sl | (extra or {})
             params = {k: v for k, v in params.items() if k in declared}
             out = profile.results_dir / "executed" / section / f"{label}.ipynb"
             key = _sha(json.dumps({

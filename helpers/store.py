@@ -16,10 +16,11 @@ Cache entry layout (one folder per key; the key is a hash of everything the cont
         partial/            a build in progress: preallocated <array>.npy + progress.json
 
 A reader trusts an entry only if ``manifest.json`` exists, carries the expected key and its arrays
-have the recorded shapes. A build writes into ``partial/``; every chunk is flushed and then recorded
-in ``progress.json`` (atomically), so a killed build resumes from its last complete chunk. Commit =
-rename ``partial/`` to a fresh ``run-<id>/``, then replace ``manifest.json``: until that replace,
-the previous complete state stays readable.
+have the recorded shapes. A build writes into ``partial/``; at each checkpoint (:class:`Checkpoints`)
+the memmaps are flushed and then the number of complete rows is recorded in ``progress.json``
+(atomically), so a killed build resumes from its last checkpoint. Commit = rename ``partial/`` to a
+fresh ``run-<id>/``, then replace ``manifest.json``: until that replace, the previous complete state
+stays readable.
 """
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ import numpy as np
 
 #: Bump when the stored pixels would change for the same inputs (decoding, resizing, layout).
 STORE_VERSION = 1
+
+#: Images and seconds between two resume checkpoints of a build (:class:`Checkpoints`).
+CHUNK_IMAGES = 8192
+CHECKPOINT_S = 30.0
 
 _MANIFEST = "manifest.json"
 _PARTIAL = "partial"
@@ -69,6 +74,24 @@ def atomic_write_json(path: Path, obj: Any) -> None:
         raise
 
 
+class Checkpoints:
+    """When a build records its progress: after ``rows`` rows or ``seconds`` of work since the last
+    checkpoint, whichever comes first. Rows bound the loss on a fast GPU run without flushing every
+    fraction of a second; seconds bound it on a slow CPU run (a ViT-L-14 does a few images a second)."""
+
+    def __init__(self, rows: int, seconds: float = CHECKPOINT_S, done: int = 0):
+        self.rows, self.seconds = rows, seconds
+        self.count, self._rows, self._t = 0, done, time.monotonic()
+
+    def due(self, done: int) -> bool:
+        return done - self._rows >= self.rows or time.monotonic() - self._t >= self.seconds
+
+    def mark(self, done: int) -> int:
+        """Record a checkpoint at ``done`` rows; returns how many this build has written."""
+        self.count, self._rows, self._t = self.count + 1, done, time.monotonic()
+        return self.count
+
+
 class CacheEntry:
     """One keyed entry: a folder of named ``.npy`` arrays committed together with a manifest."""
 
@@ -77,28 +100,27 @@ class CacheEntry:
         self.key = key_of(self.material)
         self.dir = Path(root) / f"{name}-{self.key[:16]}"
 
-    def manifest(self) -> dict | None:
-        """The committed manifest if this entry is complete and matches its key, else None."""
-        try:
-            m = json.loads((self.dir / _MANIFEST).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-        if m.get("key") != self.key:
-            return None
-        for name, spec in m["arrays"].items():
-            path = self.dir / m["run"] / f"{name}.npy"
+    def load(self) -> tuple[dict, dict[str, np.ndarray]] | None:
+        """The committed manifest and read-only memmaps of its arrays, if this entry is complete and
+        matches its key; else None. The arrays are opened while checking, so a forced recompute
+        that replaces them later cannot pull them from under the reader (POSIX keeps an unlinked
+        file readable while it is mapped)."""
+        for _ in range(2):  # a second look when a concurrent commit swapped the run in between
             try:
-                arr = np.load(path, mmap_mode="r")
+                m = json.loads((self.dir / _MANIFEST).read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                return None
+            if m.get("key") != self.key:
+                return None
+            try:
+                arrays = {name: np.load(self.dir / m["run"] / f"{name}.npy", mmap_mode="r") for name in m["arrays"]}
             except (FileNotFoundError, ValueError):
-                return None
-            if list(arr.shape) != spec["shape"] or str(arr.dtype) != spec["dtype"]:
-                return None
-        return m
-
-    def open(self, manifest: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Read-only memmaps of the committed arrays, in manifest order."""
-        return {name: np.load(self.dir / manifest["run"] / f"{name}.npy", mmap_mode="r")
-                for name in manifest["arrays"]}
+                continue
+            if all(list(a.shape) == m["arrays"][n]["shape"] and str(a.dtype) == m["arrays"][n]["dtype"]
+                   for n, a in arrays.items()):
+                return m, arrays
+            return None
+        return None
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -126,6 +148,12 @@ class CacheEntry:
                 progress = None
             if progress is not None and (progress.get("key") != self.key or progress.get("arrays") != specs):
                 progress = None
+        mm = None
+        if progress is not None:
+            try:
+                mm = {n: np.lib.format.open_memmap(pdir / f"{n}.npy", mode="r+") for n in specs}
+            except (FileNotFoundError, ValueError):
+                progress = None  # arrays lost or damaged: start over
         if progress is None:
             shutil.rmtree(pdir, ignore_errors=True)
             pdir.mkdir(parents=True)
@@ -133,8 +161,6 @@ class CacheEntry:
                                                shape=tuple(s["shape"])) for n, s in specs.items()}
             progress = {"key": self.key, "arrays": specs, "done": 0, "state": dict(state or {})}
             atomic_write_json(pdir / _PROGRESS, progress)
-        else:
-            mm = {n: np.lib.format.open_memmap(pdir / f"{n}.npy", mode="r+") for n in specs}
         return Partial(self, pdir, mm, progress)
 
     def discard_runs(self, keep: str | None) -> None:
@@ -168,9 +194,9 @@ class Partial:
         self._progress = {**self._progress, "done": int(done), "state": dict(state or self.state)}
         atomic_write_json(self.dir / _PROGRESS, self._progress)
 
-    def commit(self, info: Mapping[str, Any], rows: int | None = None) -> dict:
-        """Publish the arrays (optionally keeping only their first ``rows`` rows) and return the
-        manifest. The manifest replace is the commit point."""
+    def commit(self, info: Mapping[str, Any], rows: int | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+        """Publish the arrays (optionally keeping only their first ``rows`` rows); returns what
+        :meth:`CacheEntry.load` returns. The manifest replace is the commit point."""
         if rows is not None:
             for n, a in list(self.arrays.items()):
                 if a.shape[0] != rows:
@@ -186,7 +212,7 @@ class Partial:
                     "arrays": specs, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **dict(info)}
         atomic_write_json(self.entry.dir / _MANIFEST, manifest)
         self.entry.discard_runs(keep=run)
-        return manifest
+        return manifest, {n: np.load(self.entry.dir / run / f"{n}.npy", mmap_mode="r") for n in specs}
 
 
 def _shrink(path: Path, a: np.memmap, rows: int) -> np.memmap:
@@ -301,57 +327,63 @@ def store_material(dataset_name: str, dataset: Any, geometry: Geometry, limit: i
 
 def ensure_store(dataset_name: str, dataset: Any, geometry: Geometry, cache_dir: Path, *,
                  limit: int | None = None, skip_unreadable: bool = False, batch_size: int = 64,
-                 num_workers: int = 0, chunk_images: int = 1024, force: bool = False,
-                 on_chunk: Callable[[int], None] | None = None) -> ImageStore:
+                 num_workers: int = 0, chunk_images: int = CHUNK_IMAGES,
+                 on_chunk: Callable[[int], None] | None = None, material: dict | None = None) -> ImageStore:
     """Decode ``dataset`` once into the uint8 store for ``geometry`` (or open the cached one).
 
     Decoding runs in a DataLoader with ``num_workers`` processes; the store is filled in order and
-    checkpointed every ``chunk_images`` images, so an interrupted build resumes. An undecodable
+    checkpointed every ``chunk_images`` images or :data:`CHECKPOINT_S` seconds, so an interrupted
+    build resumes (``on_chunk(k)`` is called after the k-th checkpoint is on disk). An undecodable
     image raises :class:`DecodeError` naming its path, unless ``skip_unreadable``: then it is left
-    out and listed in the manifest's ``skipped``.
+    out and listed in the manifest's ``skipped``. ``material``: :func:`store_material` of these
+    arguments when the caller has it already (it stats every file).
     """
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
     entry = CacheEntry(Path(cache_dir) / "stores", f"{dataset_name}-{geometry.key}",
-                       store_material(dataset_name, dataset, geometry, limit, skip_unreadable))
-    m = None if force else entry.manifest()
-    if m is None:
+                       material or store_material(dataset_name, dataset, geometry, limit, skip_unreadable))
+    loaded = entry.load()
+    if loaded is None:
         with entry.lock():
-            m = None if force else entry.manifest()
-            if m is None:
-                n, s = len(dataset.files), geometry.image_size
-                part = entry.partial({"pixels": ((n, 3, s, s), "uint8"), "labels": ((n,), "int64"),
-                                      "index": ((n,), "int64")},
-                                     fresh=force, state={"next": 0, "skipped": []})
-                rows, nxt, skipped = part.done, int(part.state["next"]), list(part.state["skipped"])
-                start = nxt
-                loader = DataLoader(_Decode(dataset, geometry, nxt), batch_size=batch_size,
-                                    num_workers=num_workers, collate_fn=_collate,
-                                    persistent_workers=False)
-                labels = np.asarray(dataset.labels)
-                chunks = 0
-                bar = tqdm(total=n, initial=nxt, unit="img", desc=f"decode {dataset_name} ({geometry.key})",
-                           smoothing=0.1)
-                for batch in loader:
-                    for i, px, err in batch:
-                        if px is None:
-                            if not skip_unreadable:
-                                raise DecodeError(err)
-                            skipped.append(err)
-                        else:
-                            part.arrays["pixels"][rows] = px
-                            part.arrays["labels"][rows] = labels[i]
-                            part.arrays["index"][rows] = i
-                            rows += 1
-                        nxt = i + 1
-                    bar.update(len(batch))
-                    if nxt - part.state["next"] >= chunk_images or nxt == n:
-                        part.advance(rows, {"next": nxt, "skipped": skipped})
-                        chunks += 1
-                        if on_chunk is not None:
-                            on_chunk(chunks)
-                bar.close()
-                m = part.commit({"n": rows, "resumed_at": start, "skipped": skipped}, rows=rows)
-    arrays = entry.open(m)
+            # Another process may have built it while this one waited for the lock.
+            loaded = entry.load() or _build_store(entry, dataset_name, dataset, geometry, skip_unreadable,
+                                                  batch_size, num_workers, chunk_images, on_chunk)
+    m, arrays = loaded
     return ImageStore(entry, m, arrays["pixels"], arrays["labels"], arrays["index"])
+
+
+def _build_store(entry: CacheEntry, dataset_name: str, dataset: Any, geometry: Geometry, skip_unreadable: bool,
+                 batch_size: int, num_workers: int, chunk_images: int,
+                 on_chunk: Callable[[int], None] | None) -> tuple[dict, dict[str, np.ndarray]]:
+    """Fill (or resume filling) the store's partial build in dataset order, then commit it."""
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm  # plain bars: notebook widgets need ipywidgets and would warn
+
+    n, s = len(dataset.files), geometry.image_size
+    part = entry.partial({"pixels": ((n, 3, s, s), "uint8"), "labels": ((n,), "int64"), "index": ((n,), "int64")},
+                         state={"next": 0, "skipped": []})
+    # rows: store rows written; nxt: next dataset image to decode (they differ once images are skipped)
+    rows, nxt, skipped = part.done, int(part.state["next"]), list(part.state["skipped"])
+    start = nxt
+    loader = DataLoader(_Decode(dataset, geometry, nxt), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=_collate)
+    labels = np.asarray(dataset.labels)
+    checkpoints = Checkpoints(chunk_images, done=nxt)
+    with tqdm(total=n, initial=nxt, unit="img", desc=f"decode {dataset_name} ({geometry.key})", smoothing=0.1) as bar:
+        for batch in loader:
+            for i, px, err in batch:
+                if px is None:
+                    if not skip_unreadable:
+                        raise DecodeError(err)
+                    skipped.append(err)
+                else:
+                    part.arrays["pixels"][rows] = px
+                    part.arrays["labels"][rows] = labels[i]
+                    part.arrays["index"][rows] = i
+                    rows += 1
+                nxt = i + 1
+            bar.update(len(batch))
+            if nxt == n or checkpoints.due(nxt):
+                part.advance(rows, {"next": nxt, "skipped": skipped})
+                k = checkpoints.mark(nxt)
+                if on_chunk is not None:
+                    on_chunk(k)
+    return part.commit({"n": rows, "resumed_at": start, "skipped": skipped}, rows=rows)

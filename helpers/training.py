@@ -392,7 +392,7 @@ def fit(model, dataset, recipe: Recipe, run_dir: str | os.PathLike, final: str |
     import torch
     import torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain bars: notebook widgets need ipywidgets and would warn
 
     from .models import save_classifier
 

@@ -142,7 +142,7 @@ def evaluate(profile: Profile, zeroshot_id: str, finetuned_id: str, alphas: Sequ
     :func:`mixture_path`. Returns a DataFrame.
     """
     import pandas as pd
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain bars: notebook widgets need ipywidgets and would warn
 
     from .metrics import effective_robustness, kurtosis
     from .models import load_from_profile, save_classifier

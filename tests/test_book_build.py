@@ -101,3 +101,20 @@ def test_browser_sees_a_real_page(built_book, page, tmp_path):
     assert stat.stddev[0] > 10, f"{page} renders blank (pixel std {stat.stddev[0]:.1f})"
     # a rendered page has text and figures: many distinct grey levels, not a flat error page
     assert len(set(img.getdata())) > 50, f"{page} looks empty"
+
+
+def test_executed_notebooks_print_no_warning(built_book):
+    """The book hides stderr (progress bars), so warnings are checked here instead."""
+    import json
+
+    from helpers.config import load_profile
+
+    executed = load_profile("demo").results_dir / "executed"
+    found = []
+    for nb_path in sorted(executed.glob("*/all.ipynb")):
+        for cell in json.loads(nb_path.read_text())["cells"]:
+            for out in cell.get("outputs", []):
+                text = "".join(out.get("text", ""))
+                if out.get("output_type") == "stream" and ("Warning" in text or "warn(" in text):
+                    found.append(f"{nb_path.parent.name}: {text.strip().splitlines()[0][:200]}")
+    assert not found, "warnings printed while executing the book:\n" + "\n".join(found)
