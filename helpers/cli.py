@@ -3,7 +3,7 @@
     clip-study demo-data                      # write the demo datasets (real on-disk layouts)
     clip-study run --profile demo             # every section on the whole pool
     clip-study run --profile paper --backbone ViT-B-32 --section outlier_features
-    clip-study run --profile paper --per-entry --executor slurm --slurm partition=gpu
+    clip-study run --profile paper --per-entry --executor slurm --slurm slurm_partition=gpu
     clip-study render --profile demo          # place executed notebooks for the book
     clip-study prepare-demo                   # train the demo's finetuned and supervised checkpoints
     clip-study finetune --profile paper --entry <finetuned id>          # Appendix H.1

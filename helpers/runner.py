@@ -13,8 +13,10 @@ failed or interrupted job runs again.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -179,6 +181,21 @@ def is_current(job: Job) -> bool:
     return kp.exists() and Path(job.output).exists() and kp.read_text().strip() == job.key
 
 
+@contextlib.contextmanager
+def _inline_figures():
+    """Kernels inherit the environment: a headless MPLBACKEND=Agg (CI, tests) would make
+    ``plt.show()`` draw nothing into the notebook, so kernels get the inline backend."""
+    old = os.environ.get("MPLBACKEND")
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MPLBACKEND", None)
+        else:
+            os.environ["MPLBACKEND"] = old
+
+
 def execute(job: Job) -> Outcome:
     """Run one job with papermill; on failure keep the partial notebook for inspection."""
     import papermill
@@ -187,7 +204,7 @@ def execute(job: Job) -> Outcome:
     out = Path(job.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     _key_path(job).unlink(missing_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _inline_figures():
         src = _to_ipynb(Path(job.notebook), Path(tmp))
         partial = Path(tmp) / "executed.ipynb"
         try:

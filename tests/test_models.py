@@ -268,7 +268,8 @@ def test_logits_normalised_for_clip_and_affine_for_supervised(demo_models):
 
 def test_encoder_output_is_encode_image_without_normalisation(demo):
     x = torch.randn(2, 3, 224, 224)
-    for eid in ("demo-rn-supervised", "demo-vit-zeroshot", "demo-coca-zeroshot"):
+    # random-init entries, so build_architecture gives the same weights (demo-rn-captions: a modified ResNet)
+    for eid in ("demo-rn-captions", "demo-vit-zeroshot", "demo-coca-zeroshot"):
         e = demo.entry(eid)
         clip = models.build_architecture(e).eval()  # same seed, same weights
         with torch.no_grad():
