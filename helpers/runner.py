@@ -157,7 +157,9 @@ def plan(profile: Profile, sections: Iterable[str] | None = None, entry: str | N
     for section in wanted:
         md = available[section]
         declared = _declared_parameters(md)
-        for label, sl in slices:
+        # a notebook that takes no slice (synthetic data) runs once, whatever the slice
+        own_slices = slices if {"entry", "backbone"} & set(declared) else [("all", {})]
+        for label, sl in own_slices:
             # a named profile is passed by name, so executed notebooks do not carry local paths
             named = profile.path.parent == REPO_ROOT / "configs" and profile.path.stem == profile.name
             params = {"profile": profile.name if named else str(profile.path)} | sl | (extra or {})

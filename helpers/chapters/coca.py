@@ -27,6 +27,9 @@ def tables(study, threshold: float = 0.9) -> pd.DataFrame:
     if not con.empty:
         con = con[(con["threshold"] - threshold).abs() < 1e-9]
         run = run.merge(con[["entry", "unique_concepts"]], on="entry", how="left")
+    for c in ("imagenet", "er", "kurtosis", "unique_concepts"):
+        if c not in run:  # no CoCa model in this slice, or its chapter has not run: a gap, not an error
+            run[c] = float("nan")
     paper = paper_values.coca_tables().rename(columns={"imagenet": "paper imagenet", "er": "paper er",
                                                        "kurtosis": "paper kurtosis", "unique_concepts": "paper unique_concepts"})
     run = run.rename(columns={c: f"this run {c}" for c in ("imagenet", "er", "kurtosis", "unique_concepts")})
