@@ -52,9 +52,10 @@ def open_study(section: str, profile: str = "demo", entry: str | None = None, ba
 def banner_text(P: Profile, pool: list[PoolEntry]) -> str:
     if P.is_demo:
         head = ("**Profile `demo`.** The numbers on this page come from small, randomly initialised, "
-                "untrained models run on generated images. They only show that the pipeline runs end to "
-                "end and carry no meaning about CLIP; the paper's values are shown beside them for "
-                "reference. Run the `paper` profile on real weights and data to reproduce the study.")
+                "untrained models (the finetuned and supervised ones trained for a few steps) run on generated "
+                "images. They only show that the pipeline runs end to end and carry no meaning about CLIP; "
+                "the paper's values are shown beside them for reference. Run the `paper` profile on real "
+                "weights and data to reproduce the study.")
     else:
         head = f"**Profile `{P.name}`.** {P.description}"
     return f"{head}\n\nPool slice: {len(pool)} model(s) ({', '.join(sorted({e.arch for e in pool}))})."
