@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .config import PoolEntry, Profile, load_profile
-from .store import atomic_write_json, key_of
+from .store import atomic_write_json, atomic_write_text, key_of
 
 #: Bump when cached activations or heads would change for the same weights and images.
 DIAGNOSE_VERSION = 1
@@ -838,7 +838,6 @@ def diagnose(images: str | os.PathLike | None = None, model: str | None = None, 
 
     from .data.base import DatasetLayoutError, digest_of, preview
     from .metrics import BootstrapCI, bootstrap_ci, importance_ratio, kurtosis, svd_head
-    from .results import atomic_write_text
 
     P = profile if isinstance(profile, Profile) else load_profile(profile)
     device = device or P.device

@@ -4,31 +4,17 @@ the summary chapter and the tests read them back with :func:`load` instead of sc
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
 from .config import Profile
+from .store import atomic_write_text
 
 
 def table_path(profile: Profile, section: str, entry_id: str) -> Path:
     return profile.results_dir / "tables" / section / f"{entry_id}.csv"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a reader sees the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def record(profile: Profile, section: str, entry_id: str,

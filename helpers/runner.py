@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .config import REPO_ROOT, Profile, load_profile
+from .config import REPO_ROOT, Profile
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 HELPERS_DIR = Path(__file__).resolve().parent

@@ -59,19 +59,26 @@ def key_of(material: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write JSON so that a reader sees the old file or the new one, never half of one (fsync then
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text so that a reader sees the old file or the new one, never half of one (fsync then
     ``os.replace``: the rename is atomic on POSIX and survives a crash once the data is on disk)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True, default=str)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """:func:`atomic_write_text` of ``obj`` as JSON."""
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=str))
 
 
 class Checkpoints:
