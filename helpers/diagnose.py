@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .config import PoolEntry, Profile, load_profile
-from .store import atomic_write_json, atomic_write_text, key_of
+from .store import atomic_save_npy, atomic_write_json, atomic_write_text, key_of
 
 #: Bump when cached activations or heads would change for the same weights and images.
 DIAGNOSE_VERSION = 1
@@ -207,14 +207,7 @@ def _cached(folder: Path, kind: str, material: dict, compute: Callable[[], tuple
     except (FileNotFoundError, json.JSONDecodeError, ValueError, KeyError):
         pass
     a, meta = compute()
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{npy.name}.", suffix=".tmp.npy")
-    os.close(fd)
-    try:
-        np.save(tmp, a)
-        os.replace(tmp, npy)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_save_npy(npy, a)
     atomic_write_json(manifest, {"key": key, "material": material, "shape": list(a.shape), "meta": meta})
     return a, meta
 
@@ -988,9 +981,9 @@ def _concepts(P: Profile, Vt: np.ndarray, encode_paths: Callable, cached: Callab
     """Eq. (4): unique Broden concepts of the right singular vectors of W (rows of ``Vt``), probed
     as in Section 5 (:mod:`helpers.chapters.concept_probing`: same balanced sets, AP threshold and
     sign rule)."""
-    from .chapters.concept_probing import broden_sets
+    from .chapters.concept_probing import broden_sets, probe
     from .data import open_broden
-    from .metrics import concept_ap, project, unique_concepts
+    from .metrics import unique_concepts
 
     sets = broden_sets(P)
 
@@ -1001,9 +994,7 @@ def _concepts(P: Profile, Vt: np.ndarray, encode_paths: Callable, cached: Callab
     h, _ = cached("broden", {"broden": sets.key}, compute)
     probed = sets.probed
     threshold, sign = P.metrics["concept_threshold"], P.metrics["concept_sign"]
-    ap = np.zeros((Vt.shape[0], len(sets.concepts)))
-    if probed.size:
-        ap[:, probed] = concept_ap(project(h, Vt), sets.presence[:, probed], sets.selection[:, probed], sign=sign)
+    ap = np.nan_to_num(probe(h, Vt, sets, sign), nan=0.0)  # concepts without a balanced set: not encoded
     return unique_concepts(ap, threshold), {"threshold": threshold, "sign": sign, "probed_concepts": int(probed.size),
                                             "directions": int(Vt.shape[0]), "broden_images": int(h.shape[0])}
 

@@ -76,6 +76,19 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    """``np.save`` with the same all-or-nothing guarantee as :func:`atomic_write_text`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npy")
+    try:
+        np.save(tmp, array)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     """:func:`atomic_write_text` of ``obj`` as JSON."""
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=str))

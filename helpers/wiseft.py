@@ -113,20 +113,12 @@ def unique_concepts_of(profile: Profile, acts, W, sets=None, threshold: float | 
     """Eq. (4), |C|, for a model known only by its Broden activations ``acts`` and its head ``W``
     (a mixture); the same computation as :func:`helpers.chapters.concept_probing.ap_matrix`, which
     reads a pool entry's."""
-    from .chapters.concept_probing import broden_sets
-    from .metrics import concept_ap, project, svd_head, unique_concepts
+    from .chapters.concept_probing import broden_sets, probe_activations
+    from .metrics import unique_concepts
 
     sets = sets or broden_sets(profile)
     threshold = profile.metrics["concept_threshold"] if threshold is None else threshold
-    # As the concept-probing chapter does: float32 W (svd_head's rank tolerance depends on the
-    # dtype) and rows in Broden's image order.
-    _, _, Vt = svd_head(np.asarray(W, dtype=np.float32))
-    h = np.asarray(acts.h)[np.argsort(np.asarray(acts.labels))]
-    probed = sets.probed
-    if not probed.size:
-        return 0
-    ap = concept_ap(project(h, Vt), sets.presence[:, probed], sets.selection[:, probed],
-                    sign=profile.metrics["concept_sign"])
+    ap = probe_activations(acts, W, sets, profile.metrics["concept_sign"])
     return int(unique_concepts(np.nan_to_num(ap, nan=0.0), threshold))
 
 

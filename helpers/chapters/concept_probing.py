@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,17 +13,10 @@ import pandas as pd
 from .. import paper_values
 from ..config import PoolEntry, Profile
 from ..metrics import concept_ap, importance, polysemanticity, project, svd_head, unique_concepts
-from ..store import atomic_write_json
+from ..store import atomic_save_npy, atomic_write_json
 from .common import embeddings, head, meta
 
 SECTION = "concept_probing"
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npy")
-    np.save(tmp, array)
-    tmp.replace(path)
 
 
 class BrodenSets:
@@ -53,8 +45,8 @@ def broden_sets(profile: Profile) -> BrodenSets:
     folder = profile.cache_dir / "broden" / key
     if not (folder / "manifest.json").exists():
         selection, report = ds.balanced_sets(min_positives=material["min_positives"], seed=material["seed"])
-        _save_npy(folder / "presence.npy", ds.presence)
-        _save_npy(folder / "selection.npy", selection)
+        atomic_save_npy(folder / "presence.npy", ds.presence)
+        atomic_save_npy(folder / "selection.npy", selection)
         report.to_csv(folder / "report.csv", index=False)
         ds.concepts.to_csv(folder / "concepts.csv", index=False)
         atomic_write_json(folder / "manifest.json", material)  # written last: the folder is complete
@@ -74,16 +66,28 @@ def ap_matrix(entry: PoolEntry, profile: Profile, sets: BrodenSets | None = None
     path = profile.cache_dir / "concepts" / entry.id / f"{key}.npy"
     if path.exists():
         return np.load(path)
-    W, _, _ = head(entry, profile)
-    _, _, Vt = svd_head(W)
-    # h[labels] puts the embeddings in Broden's image order whatever order extraction used
-    h = np.asarray(acts.h)[np.argsort(np.asarray(acts.labels))]
+    ap = probe_activations(acts, head(entry, profile)[0], sets, sign)
+    atomic_save_npy(path, ap)
+    return ap
+
+
+def probe(h: np.ndarray, Vt: np.ndarray, sets: BrodenSets, sign: str) -> np.ndarray:
+    """AP_i^c of Section 5 for Broden embeddings ``h`` (rows in Broden's image order) projected on
+    the right singular vectors ``Vt``: directions x concepts, NaN for concepts without a balanced set."""
     probed = sets.probed
     ap = np.full((Vt.shape[0], len(sets.concepts)), np.nan)
     if probed.size:
         ap[:, probed] = concept_ap(project(h, Vt), sets.presence[:, probed], sets.selection[:, probed], sign=sign)
-    _save_npy(path, ap)
     return ap
+
+
+def probe_activations(acts, W: np.ndarray, sets: BrodenSets, sign: str) -> np.ndarray:
+    """:func:`probe` for cached Broden activations of a model with head ``W`` (a pool entry or a
+    WiSE-FT mixture). W is taken in float32, as heads are stored: svd_head's rank tolerance depends
+    on the dtype, so every caller gets the same directions."""
+    _, _, Vt = svd_head(np.asarray(W, dtype=np.float32))
+    # h[argsort(labels)] puts the embeddings in Broden's image order whatever order extraction used
+    return probe(np.asarray(acts.h)[np.argsort(np.asarray(acts.labels))], Vt, sets, sign)
 
 
 def concept_set(ap: np.ndarray, sets: BrodenSets, threshold: float) -> set[str]:

@@ -6,26 +6,10 @@ import numpy as np
 import pandas as pd
 
 from ..config import EVAL_DATASETS, SHIFTS
-from ..data import accuracy
-from ..metrics import effective_robustness, svd_head
+from ..metrics import effective_robustness, mean_shift_accuracy, pruning_curve, svd_head
 from .common import embeddings, head, meta
 
 SECTION = "pruning"
-
-
-def _pruned_logit_fn(W: np.ndarray, b: np.ndarray | None, normalize: bool, h: np.ndarray):
-    """Logits of W_p = sum_{i kept} sigma_i u_i v_i^T for any kept set, from one projection of h on
-    the right singular vectors (no re-extraction, one SVD per model)."""
-    U, sigma, Vt = svd_head(W)
-    x = h / np.linalg.norm(h, axis=1, keepdims=True) if normalize else h
-    proj = x @ Vt.T  # N x rank
-
-    def logits(n_pruned: int) -> np.ndarray:
-        keep = slice(0, sigma.size - n_pruned)  # sigma is sorted decreasing: prune from the end
-        out = (proj[:, keep] * sigma[keep]) @ U[:, keep].T
-        return out if b is None else out + b
-
-    return logits, sigma.size
 
 
 def measure(study, fractions=None, datasets=EVAL_DATASETS) -> pd.DataFrame:
@@ -35,16 +19,17 @@ def measure(study, fractions=None, datasets=EVAL_DATASETS) -> pd.DataFrame:
     fractions = fractions or P.metrics["prune_fractions"]
     for e in study.pool:
         W, b, normalize = head(e, P)
-        acts = {d: embeddings(e, P, d) for d in datasets}
-        fns = {d: _pruned_logit_fn(W, b, normalize, np.asarray(a.h, dtype=np.float64)) for d, a in acts.items()}
+        rank = svd_head(W)[1].size
+        curves = {}
+        for d in datasets:
+            a = embeddings(e, P, d)
+            # argmax in the dataset's label space (ImageNet-R/A subsets, ObjectNet's collapse)
+            curves[d] = pruning_curve(W, np.asarray(a.h), a.labels, fractions, normalize=normalize, bias=b,
+                                      predict=lambda logits, ds=a.dataset: ds.collapse(logits).argmax(axis=1))
         rows = []
-        for p in fractions:
-            row = {**meta(e), "fraction": p}
-            for d, a in acts.items():
-                fn, rank = fns[d]
-                row[d] = float(accuracy(d, fn(int(np.floor(p * rank))), a.labels, dataset=a.dataset))
-            row["rank"] = rank
-            row["shifts_mean"] = float(np.mean([row[s] for s in SHIFTS])) if all(s in row for s in SHIFTS) else np.nan
+        for k, p in enumerate(fractions):
+            row = {**meta(e), "fraction": p, **{d: float(curves[d][k]) for d in datasets}, "rank": rank}
+            row["shifts_mean"] = mean_shift_accuracy(row) if all(s in row for s in SHIFTS) else np.nan
             row["er"] = effective_robustness(row["shifts_mean"], row["imagenet"], P.metrics["er_slope"],
                                              P.metrics["er_intercept"]) if not np.isnan(row["shifts_mean"]) else np.nan
             rows.append(row)
