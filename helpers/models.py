@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -172,19 +173,17 @@ def preprocessing(entry: PoolEntry) -> Preprocessing:
     return Preprocessing(int(size), interpolation, resize_mode, mean, std)
 
 
-def _uint8_transform(prep: Preprocessing):
-    """PIL image -> uint8 tensor (3, S, S): the geometric half of open_clip's eval transform, in
-    its order (resize, crop, then RGB conversion)."""
-    from torchvision import transforms as T
+class _Uint8Pixels:
+    """PIL image -> uint8 tensor (3, S, S): the geometric half of open_clip's eval transform, the
+    very pixels the extraction engine's stores hold (:func:`helpers.store.pixel_transform`)."""
 
-    interp = T.InterpolationMode.BICUBIC if prep.interpolation == "bicubic" else T.InterpolationMode.BILINEAR
-    return T.Compose([T.Resize(prep.image_size, interpolation=interp), T.CenterCrop(prep.image_size),
-                      _ConvertRGB(), T.PILToTensor()])
+    def __init__(self, prep: Preprocessing):
+        from .store import Geometry, pixel_transform
 
+        self._pixels = pixel_transform(Geometry(prep.image_size, prep.interpolation, prep.resize_mode))
 
-class _ConvertRGB:
-    def __call__(self, image):
-        return image.convert("RGB")
+    def __call__(self, image) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self._pixels(image)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -685,7 +684,7 @@ class LoadedModel(nn.Module):
                                              interpolation=prep.interpolation)
         #: PIL image -> uint8 tensor (3, S, S): the same transform before scaling and normalisation,
         #: for stores decoded once per ``geometry_key``; ``normalize_input`` completes it.
-        self.to_uint8 = _uint8_transform(prep)
+        self.to_uint8 = _Uint8Pixels(prep)
         self.eval()
 
     def extra_repr(self) -> str:
