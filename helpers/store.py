@@ -254,26 +254,49 @@ def _shrink(path: Path, a: np.memmap, rows: int) -> np.memmap:
 
 @dataclass(frozen=True)
 class Geometry:
-    """How an image becomes an ``S x S`` model input before normalisation (open_clip's eval
-    transform: resize with ``interpolation`` by ``resize_mode``, then centre crop)."""
+    """How an image becomes an ``S x S`` model input before normalisation.
+
+    ``resize_size`` None (open_clip's eval transform): resize by ``resize_mode`` to ``image_size``
+    with ``interpolation``, then centre crop. ``resize_size`` R (torchvision's
+    ``ImageClassification`` preset, e.g. its ViTs: R = 256, bilinear): resize the shortest side to
+    R with antialiasing, then centre crop ``image_size``. One uint8 store per distinct geometry."""
 
     image_size: int
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"
+    resize_size: int | None = None
 
     @property
     def key(self) -> str:
-        return f"{self.image_size}-{self.interpolation}-{self.resize_mode}"
+        base = f"{self.image_size}-{self.interpolation}-{self.resize_mode}"
+        return base if self.resize_size in (None, self.image_size) else f"{base}-from{self.resize_size}"
 
     @classmethod
     def of(cls, model: Any) -> "Geometry":
         """The geometry a loaded model expects (``helpers.models.LoadedModel``)."""
-        return cls(int(model.image_size), str(model.interpolation), str(model.resize_mode))
+        resize = getattr(model, "resize_size", None)
+        return cls(int(model.image_size), str(model.interpolation), str(model.resize_mode),
+                   None if resize is None else int(resize))
 
 
 def pixel_transform(geometry: Geometry) -> Callable:
-    """PIL image -> ``3 x S x S`` uint8 array, bit-identical to the pixels open_clip's eval
-    preprocess feeds to ``ToTensor``: its own resize/crop transforms, minus ToTensor and Normalize."""
+    """PIL image -> ``3 x S x S`` uint8 array, bit-identical to the pixels the model's eval
+    preprocess feeds to ``ToTensor``: open_clip's own resize/crop transforms (minus ToTensor and
+    Normalize), or, with ``resize_size``, torchvision's preset (resize R, centre crop S)."""
+    if geometry.resize_size not in (None, geometry.image_size):
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as TF
+
+        mode = InterpolationMode(geometry.interpolation)
+
+        def to_uint8_tv(img):
+            # the operations of torchvision.transforms._presets.ImageClassification on a PIL image
+            img = TF.resize(img.convert("RGB"), geometry.resize_size, interpolation=mode, antialias=True)
+            img = TF.center_crop(img, geometry.image_size)
+            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+        return to_uint8_tv
+
     from open_clip.transform import image_transform
 
     full = image_transform(geometry.image_size, is_train=False, resize_mode=geometry.resize_mode,

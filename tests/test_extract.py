@@ -121,8 +121,14 @@ def test_activations_are_the_models_outputs_and_a_hit_reloads_nothing(world, tmp
         h = torch.cat([model.encode(x[i:i + 2]) for i in range(0, N, 2)])
         np.testing.assert_allclose(a.h, h.numpy(), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(a.logits, model.logits_from_features(h).numpy(), rtol=1e-4, atol=1e-5)
-    assert a.accuracy == accuracy("imagenet", np.asarray(a.logits), ds.labels)
-    assert extract.accuracies("t-vit-a", P, datasets=("imagenet",)) == {"imagenet": a.accuracy}
+    # The logits are derived, not stored: the cache holds h and labels only.
+    assert set(a.manifest["arrays"]) == {"h", "labels"}
+    assert not list(P.cache_dir.rglob("logits*.npy"))
+    # Accuracy by hand: argmax of W h + b (a supervised head) in float64 against the labels.
+    W, bias = model.head.detach().double().numpy(), model.bias.detach().double().numpy()
+    by_hand = float(np.mean((np.asarray(a.h, dtype=np.float64) @ W.T + bias).argmax(axis=1) == ds.labels))
+    assert a.accuracy == by_hand
+    assert extract.accuracies("t-vit-a", P, datasets=("imagenet",)) == {"imagenet": by_hand}
 
     def refuse(*args, **kwargs):
         raise AssertionError("a cache hit must not load or run a model")
@@ -133,6 +139,11 @@ def test_activations_are_the_models_outputs_and_a_hit_reloads_nothing(world, tmp
     assert b.manifest == a.manifest
     for k in ("h", "logits", "labels"):
         np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
+    # The head comes from the head cache too: no model is built for it.
+    head = extract.head("t-vit-a", P)
+    np.testing.assert_array_equal(head.W, model.head.detach().numpy())
+    np.testing.assert_array_equal(head.b, model.bias.detach().numpy())
+    assert head.normalize is False
 
 
 def test_changed_checkpoint_is_a_miss(world, tmp_path):
