@@ -460,6 +460,18 @@ def _head_from_model(model: Any, info: _ModelInfo) -> Head:
     return Head(W, b, bool(model.normalize_features), info.head_digest)
 
 
+def _open_dataset(dataset_name: str, profile: Profile) -> Any:
+    """The profile's dataset, limited. Unreadable files are dropped while decoding into the store
+    (not by the datasets' up-front scan, which would decode every image again on each call, cache
+    hits included)."""
+    from .data import open_broden, open_dataset
+
+    root, limit = profile.dataset_root(dataset_name), profile.limit(dataset_name)
+    if dataset_name == "broden":
+        return open_broden(root, limit=limit)
+    return open_dataset(dataset_name, root, limit=limit)
+
+
 @dataclass
 class _Plan:
     entries: list[PoolEntry]
@@ -478,19 +490,11 @@ def _plan(entries, dataset_name: str, profile: Profile, *, device, layers, force
     cache entries, with what is already cached loaded (``probe_cache``)."""
     import torch
 
-    from .data import open_broden, open_dataset
-
     entries = list({e.id: e for e in (profile.entry(e) if isinstance(e, str) else e for e in entries)}.values())
     dev = torch.device(device or profile.device)
     dtype = "fp32" if dev.type == "cpu" else profile.precision
     limit = profile.limit(dataset_name)
-    # Unreadable files are dropped while decoding into the store (not by the datasets' up-front
-    # scan, which would decode every image again on each call, cache hits included).
-    root = profile.dataset_root(dataset_name)
-    if dataset_name == "broden":
-        dataset = open_broden(root, limit=limit)
-    else:
-        dataset = open_dataset(dataset_name, root, limit=limit)
+    dataset = _open_dataset(dataset_name, profile)
     stores: dict[Geometry, dict] = {}
     jobs: list[_Job] = []
     heads: dict[str, Head] = {}
