@@ -360,3 +360,29 @@ def test_in_memory_models_are_keyed_by_their_own_digest(world, tmp_path):
     np.testing.assert_allclose(out.h, 3 * np.asarray(base.h), rtol=1e-4, atol=1e-5)
     assert out.manifest["material"]["weights_digest"] == "tripled projection"
     assert not (P.cache_dir / "models" / f"{e.id}.json").exists()  # nothing to memoise: no weights file
+
+
+def test_torchvision_entries_use_torchvisions_own_transform(world, tmp_path):
+    """Issue 12: torchvision ViTs are evaluated as torchvision does (resize 256 bilinear, centre crop
+    224, ImageNet mean/std), in a store of their own beside open_clip's bicubic one."""
+    import torchvision.transforms as T
+    from torchvision.models import ViT_B_32_Weights
+
+    P = profile(world, tmp_path)
+    assert models.preprocessing(load_profile("paper").entry("ViT-B-32-supervised")).resize_size == 256
+    extract.activations("t-tv", "imagenet", P)
+    extract.activations("t-vit-a", "imagenet", P)
+    stores = sorted(p.name for p in (P.cache_dir / "stores").glob("imagenet-*"))
+    assert len(stores) == 2 and any("224-bilinear-shortest-from256" in s for s in stores)
+    tv = next(p for p in (P.cache_dir / "stores").glob("imagenet-224-bilinear-shortest-from256-*"))
+    run = json.loads((tv / "manifest.json").read_text())["run"]
+    pixels = np.load(tv / run / "pixels.npy")
+    ds = open_dataset("imagenet", P.dataset_root("imagenet"))
+    direct = T.Compose([T.Resize(256, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(224), T.PILToTensor()])
+    for i in range(N):  # both fixture sizes: 500 x 375 (downscaled) and 150 x 200 (upscaled)
+        np.testing.assert_array_equal(pixels[i], direct(ds.load_image(i)).numpy(), err_msg=str(ds.files[i]))
+    # the model's float preprocess is torchvision's preset of the real weights
+    model = models.load_from_profile(P, "t-tv")
+    preset = ViT_B_32_Weights.IMAGENET1K_V1.transforms()
+    img = ds.load_image(0)
+    torch.testing.assert_close(model.preprocess(img), preset(img), atol=1e-6, rtol=0)
