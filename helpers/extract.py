@@ -57,7 +57,7 @@ import numpy as np
 
 from .config import EVAL_DATASETS, PoolEntry, Profile
 from .store import (CHUNK_IMAGES, CacheEntry, Checkpoints, Geometry, ImageStore, atomic_write_json, ensure_store,
-                    key_of, store_material)
+                    key_of, store_entry, store_material)
 
 #: Bump when cached activations would change for the same model, data and settings.
 #: 2: no logits array (derived from h and the cached head); heads cached per entry.
@@ -239,21 +239,20 @@ def extract_many(entries: Iterable[PoolEntry | str], dataset_name: str, profile:
         group = [j for j in misses if j.entry.id in group_ids]
         for geometry in dict.fromkeys(j.geometry for j in group):
             todo = [j for j in group if j.geometry == geometry]
-            store = ensure_store(dataset_name, dataset, geometry, profile.cache_dir, limit=limit,
-                                 skip_unreadable=skip_unreadable, batch_size=profile.batch_size,
-                                 num_workers=profile.num_workers, material=plan.stores[geometry])
-            if not keep:
-                _run_pass(todo, store, dataset_name, dev, dtype, profile, True, chunk_images, on_chunk, keep=False)
-                continue
+            keep_store = keeps_store(profile, geometry)
+            sentry = store_entry(dataset_name, geometry, profile.cache_dir, plan.stores[geometry])
             with contextlib.ExitStack() as held:
-                # Locks are taken in one global order, so two processes cannot deadlock on them.
-                for j in sorted(todo, key=lambda j: str(j.cache.dir)):
-                    held.enter_context(j.cache.lock())
-                    # Another process may have committed this key while we waited for the lock.
-                    j.loaded = None if force else j.cache.load()
-                todo = [j for j in todo if j.loaded is None]
-                if todo:
-                    _run_pass(todo, store, dataset_name, dev, dtype, profile, force, chunk_images, on_chunk)
+                if not keep_store:
+                    held.enter_context(sentry.reading())  # before it is opened: see remove_unused
+                store = ensure_store(dataset_name, dataset, geometry, profile.cache_dir, limit=limit,
+                                     skip_unreadable=skip_unreadable, batch_size=profile.batch_size,
+                                     num_workers=profile.num_workers, material=plan.stores[geometry])
+                if not keep:
+                    _run_pass(todo, store, dataset_name, dev, dtype, profile, True, chunk_images, on_chunk, keep=False)
+                else:
+                    _locked_pass(todo, store, dataset_name, dev, dtype, profile, force, chunk_images, on_chunk)
+            if not keep_store:
+                sentry.remove_unused()
         for j in group:
             j.model = None  # drop this call's reference (the memo keeps at most MODELS_IN_MEMORY)
 
@@ -264,6 +263,46 @@ def extract_many(entries: Iterable[PoolEntry | str], dataset_name: str, profile:
         out[e.id] = Activations(e.id, dataset_name, a["h"], a["labels"], m, head=plan.heads[e.id],
                                 layers=per_layer[0].loaded[1] if per_layer else None, dataset=dataset)
     return out
+
+
+def _locked_pass(todo: list["_Job"], store: ImageStore, dataset_name: str, dev, dtype: str, profile: Profile,
+                 force: bool, chunk_images: int, on_chunk) -> None:
+    with contextlib.ExitStack() as held:
+        # Locks are taken in one global order, so two processes cannot deadlock on them.
+        for j in sorted(todo, key=lambda j: str(j.cache.dir)):
+            held.enter_context(j.cache.lock())
+            # Another process may have committed this key while we waited for the lock.
+            j.loaded = None if force else j.cache.load()
+        todo = [j for j in todo if j.loaded is None]
+        if todo:
+            _run_pass(todo, store, dataset_name, dev, dtype, profile, force, chunk_images, on_chunk)
+
+
+#: A geometry's uint8 store is kept on disk when at least this many pool entries read it; the
+#: store of a rarer geometry (the torchvision ViTs' 256 -> 224 bilinear: two models) is removed
+#: after each pass, saving its 150,528 B per image (35 GB for the paper's datasets) for one more
+#: decode per model.
+KEEP_STORE_MIN_ENTRIES = 3
+
+_GEOMETRY_USERS: dict[str, dict] = {}
+
+
+def keeps_store(profile: Profile, geometry: Geometry) -> bool:
+    """Whether the store of ``geometry`` stays on disk for ``profile`` (see
+    :data:`KEEP_STORE_MIN_ENTRIES`); resolved from the pool's preprocessing, no weights read."""
+    from .models import ModelError, preprocessing
+
+    key = profile.digest()
+    if key not in _GEOMETRY_USERS:
+        counts: dict = {}
+        for e in profile.pool:
+            try:
+                g = preprocessing(e).geometry
+            except ModelError:
+                continue  # loading it will report the entry
+            counts[g] = counts.get(g, 0) + 1
+        _GEOMETRY_USERS[key] = counts
+    return _GEOMETRY_USERS[key].get(geometry, 0) >= KEEP_STORE_MIN_ENTRIES or geometry not in _GEOMETRY_USERS[key]
 
 
 def accuracies(entry: PoolEntry | str, profile: Profile,

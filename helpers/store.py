@@ -183,6 +183,38 @@ class CacheEntry:
             atomic_write_json(pdir / _PROGRESS, progress)
         return Partial(self, pdir, mm, progress)
 
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Shared lock held while this entry's files are read (by this process and its DataLoader
+        workers): :meth:`remove_unused` leaves an entry alone while anyone holds it."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".readers", "a+") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def remove_unused(self) -> bool:
+        """Delete the committed content (manifest first, then the runs) if no process is reading
+        it (:meth:`reading`); returns whether it was removed. For derived entries whose disk cost
+        outweighs a rebuild (stores of a geometry few models read)."""
+        try:
+            f = open(self.dir / ".readers", "a+")
+        except FileNotFoundError:
+            return False
+        with f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # someone reads it: the last reader removes it
+            try:
+                (self.dir / _MANIFEST).unlink(missing_ok=True)
+                self.discard_runs(keep=None)
+                return True
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
     def discard_runs(self, keep: str | None) -> None:
         """Remove committed runs other than ``keep`` (superseded by a forced recompute)."""
         for p in self.dir.glob("run-*"):
@@ -368,6 +400,11 @@ def store_material(dataset_name: str, dataset: Any, geometry: Geometry, limit: i
             "limit": limit, "skip_unreadable": bool(skip_unreadable)}
 
 
+def store_entry(dataset_name: str, geometry: Geometry, cache_dir: Path, material: dict) -> CacheEntry:
+    """The cache entry of a dataset's uint8 store for one geometry (``material``: :func:`store_material`)."""
+    return CacheEntry(Path(cache_dir) / "stores", f"{dataset_name}-{geometry.key}", material)
+
+
 def ensure_store(dataset_name: str, dataset: Any, geometry: Geometry, cache_dir: Path, *,
                  limit: int | None = None, skip_unreadable: bool = False, batch_size: int = 64,
                  num_workers: int = 0, chunk_images: int = CHUNK_IMAGES,
@@ -381,8 +418,8 @@ def ensure_store(dataset_name: str, dataset: Any, geometry: Geometry, cache_dir:
     out and listed in the manifest's ``skipped``. ``material``: :func:`store_material` of these
     arguments when the caller has it already (it stats every file).
     """
-    entry = CacheEntry(Path(cache_dir) / "stores", f"{dataset_name}-{geometry.key}",
-                       material or store_material(dataset_name, dataset, geometry, limit, skip_unreadable))
+    entry = store_entry(dataset_name, geometry, cache_dir,
+                        material or store_material(dataset_name, dataset, geometry, limit, skip_unreadable))
     loaded = entry.load()
     if loaded is None:
         with entry.lock():

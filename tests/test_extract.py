@@ -364,25 +364,32 @@ def test_in_memory_models_are_keyed_by_their_own_digest(world, tmp_path):
 
 def test_torchvision_entries_use_torchvisions_own_transform(world, tmp_path):
     """Issue 12: torchvision ViTs are evaluated as torchvision does (resize 256 bilinear, centre crop
-    224, ImageNet mean/std), in a store of their own beside open_clip's bicubic one."""
+    224, ImageNet mean/std), from a store of their own beside open_clip's bicubic one."""
     import torchvision.transforms as T
     from torchvision.models import ViT_B_32_Weights
 
     P = profile(world, tmp_path)
     assert models.preprocessing(load_profile("paper").entry("ViT-B-32-supervised")).resize_size == 256
-    extract.activations("t-tv", "imagenet", P)
-    extract.activations("t-vit-a", "imagenet", P)
-    stores = sorted(p.name for p in (P.cache_dir / "stores").glob("imagenet-*"))
-    assert len(stores) == 2 and any("224-bilinear-shortest-from256" in s for s in stores)
-    tv = next(p for p in (P.cache_dir / "stores").glob("imagenet-224-bilinear-shortest-from256-*"))
-    run = json.loads((tv / "manifest.json").read_text())["run"]
-    pixels = np.load(tv / run / "pixels.npy")
+    prep = models.preprocessing(P.entry("t-tv"))
+    assert (prep.image_size, prep.resize_size, prep.interpolation) == (224, 256, "bilinear")
     ds = open_dataset("imagenet", P.dataset_root("imagenet"))
+    store = ensure_store("imagenet", ds, prep.geometry, tmp_path / "direct", batch_size=3)
     direct = T.Compose([T.Resize(256, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(224), T.PILToTensor()])
     for i in range(N):  # both fixture sizes: 500 x 375 (downscaled) and 150 x 200 (upscaled)
-        np.testing.assert_array_equal(pixels[i], direct(ds.load_image(i)).numpy(), err_msg=str(ds.files[i]))
-    # the model's float preprocess is torchvision's preset of the real weights
+        np.testing.assert_array_equal(store.pixels[i], direct(ds.load_image(i)).numpy(), err_msg=str(ds.files[i]))
+    # the model's float preprocess is torchvision's preset of the real weights, and the engine feeds it that
     model = models.load_from_profile(P, "t-tv")
     preset = ViT_B_32_Weights.IMAGENET1K_V1.transforms()
     img = ds.load_image(0)
     torch.testing.assert_close(model.preprocess(img), preset(img), atol=1e-6, rtol=0)
+    a = extract.activations("t-tv", "imagenet", P)
+    with torch.inference_mode():
+        h = torch.cat([model.encode(torch.stack([preset(ds.load_image(i)) for i in range(k, k + 2)]))
+                       for k in range(0, N, 2)])
+    np.testing.assert_allclose(a.h, h.numpy(), rtol=1e-4, atol=1e-5)
+    extract.activations("t-vit-a", "imagenet", P)
+    kept = {p.name.split("-", 1)[1].rsplit("-", 1)[0] for p in (P.cache_dir / "stores").glob("imagenet-*/manifest.json")
+            for p in [p.parent]}
+    # one store per geometry; the torchvision one (a single pool entry reads it) is removed after its pass
+    assert kept == {"224-bicubic-shortest"}
+    assert list((P.cache_dir / "stores").glob("imagenet-224-bilinear-shortest-from256-*"))
