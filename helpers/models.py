@@ -119,20 +119,50 @@ def _open_clip_config(entry: PoolEntry) -> dict:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """The eval transform of an entry: resize the shortest side to ``image_size`` (``interpolation``),
-    centre-crop ``image_size`` x ``image_size``, scale to [0, 1], subtract ``image_mean``, divide by
-    ``image_std``."""
+    """The eval transform of an entry. open_clip entries (``resize_size`` None): resize the
+    shortest side to ``image_size`` (``interpolation``), centre-crop ``image_size`` x ``image_size``.
+    torchvision entries: resize the shortest side to ``resize_size`` (their preset: 256, bilinear,
+    antialiased), centre-crop ``image_size``. Then scale to [0, 1], subtract ``image_mean``, divide
+    by ``image_std``."""
 
     image_size: int
     interpolation: str
     resize_mode: str
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
+    resize_size: int | None = None
+
+    @property
+    def geometry(self):
+        """The uint8 images before normalisation (one decoded store per geometry)."""
+        from .store import Geometry
+
+        return Geometry(self.image_size, self.interpolation, self.resize_mode, self.resize_size)
 
     @property
     def geometry_key(self) -> str:
         """Identifies the uint8 images before normalisation (one decoded store per key)."""
-        return f"{self.image_size}-{self.interpolation}-{self.resize_mode}"
+        return self.geometry.key
+
+
+def _torchvision_eval_transform(entry: PoolEntry, size: int) -> tuple[int, str]:
+    """(resize size, interpolation) of torchvision's own eval preset for the builder's ImageNet
+    weights (``IMAGENET1K_V1``: ViT-B/16 and B/32 resize 256 bilinear, crop 224); demo builders
+    keep torchvision's 256/224 ratio."""
+    import torchvision.models
+
+    try:
+        weights = torchvision.models.get_model_weights(entry.model)
+    except (ValueError, KeyError):
+        return int(round(size * 256 / 224)), "bilinear"
+    chosen = getattr(weights, "IMAGENET1K_V1", None) or next(iter(weights))
+    kw = dict(getattr(chosen.transforms, "keywords", {}))
+    crop = int(kw.get("crop_size", size))
+    if crop != size:
+        raise ModelError(f"{_label(entry)}: torchvision's {chosen} weights are evaluated at {crop} px but "
+                         f"the {entry.model} builder takes {size} px")
+    interpolation = kw.get("interpolation")
+    return int(kw.get("resize_size", 256)), (interpolation.value if interpolation is not None else "bilinear")
 
 
 def preprocessing(entry: PoolEntry) -> Preprocessing:
@@ -141,13 +171,17 @@ def preprocessing(entry: PoolEntry) -> Preprocessing:
     Mean / std: the entry's own ``image_mean`` / ``image_std`` win, then the pretrained tag's
     (ViT-L-14 ``laion2b_s32b_b82k``: 0.5), then the source's default (open_clip: OpenAI's;
     torchvision: ImageNet's). A weights file carries no normalisation, which is why the paper
-    profile repeats the 0.5 of LAION-2B ViT-L-14 on its entries. Geometry: the pool's single one
-    (224 px, bicubic, shortest side, centre crop), also for the torchvision ViTs (methods page).
+    profile repeats the 0.5 of LAION-2B ViT-L-14 on its entries. Geometry: open_clip entries use
+    their tag's (224 px, bicubic, shortest side, centre crop); torchvision entries their weights'
+    own preset (ViT-B/16 and B/32: resize 256 bilinear, centre crop 224), without which their
+    published 81.1 % / 75.9 % cannot be met (methods page).
     """
+    resize = None
     if entry.source == "torchvision":
         with torch.device("meta"):
             size = _torchvision_builder(entry)(weights=None).image_size
-        interpolation, resize_mode = "bicubic", "shortest"
+        resize, interpolation = _torchvision_eval_transform(entry, int(size))
+        resize_mode = "shortest"
         from open_clip.constants import IMAGENET_MEAN, IMAGENET_STD
 
         mean, std = IMAGENET_MEAN, IMAGENET_STD
@@ -170,20 +204,33 @@ def preprocessing(entry: PoolEntry) -> Preprocessing:
     if resize_mode != "shortest" or interpolation not in ("bicubic", "bilinear"):
         raise ModelError(f"{_label(entry)}: preprocessing {interpolation}/{resize_mode} is not supported "
                          "(expected bicubic or bilinear resizing of the shortest side)")
-    return Preprocessing(int(size), interpolation, resize_mode, mean, std)
+    return Preprocessing(int(size), interpolation, resize_mode, mean, std, resize)
 
 
 class _Uint8Pixels:
-    """PIL image -> uint8 tensor (3, S, S): the geometric half of open_clip's eval transform, the
+    """PIL image -> uint8 tensor (3, S, S): the geometric half of the entry's eval transform, the
     very pixels the extraction engine's stores hold (:func:`helpers.store.pixel_transform`)."""
 
     def __init__(self, prep: Preprocessing):
-        from .store import Geometry, pixel_transform
+        from .store import pixel_transform
 
-        self._pixels = pixel_transform(Geometry(prep.image_size, prep.interpolation, prep.resize_mode))
+        self._pixels = pixel_transform(prep.geometry)
 
     def __call__(self, image) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(self._pixels(image)))
+
+
+class _EvalTransform:
+    """PIL image -> normalised float tensor (3, S, S): :class:`_Uint8Pixels`, scaled to [0, 1]
+    and normalised (torchvision's preset and open_clip's eval transform alike)."""
+
+    def __init__(self, prep: Preprocessing):
+        self._pixels = _Uint8Pixels(prep)
+        self._mean = torch.tensor(prep.image_mean).view(3, 1, 1)
+        self._std = torch.tensor(prep.image_std).view(3, 1, 1)
+
+    def __call__(self, image) -> torch.Tensor:
+        return (self._pixels(image).float().div_(255) - self._mean) / self._std
 
 
 # --------------------------------------------------------------------------------------------
@@ -570,24 +617,54 @@ def _template_text(template: str | Callable[[str], str]) -> str:
     return template("{}") if callable(template) else template
 
 
+#: Prompts per text-tower forward when a zero-shot head is built (classes per batch = this // templates).
+HEAD_PROMPTS_PER_BATCH = {"cpu": 800, "cuda": 4000}
+
+
+def _autocast(device: str | torch.device, precision: str):
+    from contextlib import nullcontext
+
+    dev = torch.device(device)
+    if dev.type == "cpu" or precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device_type=dev.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
+
+
 def zero_shot_head(clip_model: nn.Module, tokenizer, classnames: Sequence[str],
                    templates: Sequence[str | Callable[[str], str]], device: str | torch.device = "cpu",
-                   batch_size: int = 10) -> torch.Tensor:
+                   batch_size: int = 10, precision: str = "fp32") -> torch.Tensor:
     """Zero-shot head W (K x d_H) of Section 2: W_k = tau^-1 * normalise(mean over templates t of
     normalise(f_t(t(class_k)))), with tau^-1 = ``logit_scale.exp()``.
 
     ``clip_model`` is an open_clip CLIP / CoCa already on ``device``; ``templates`` are callables
     or ``str.format`` strings (open_clip.OPENAI_IMAGENET_TEMPLATES: 80); ``batch_size`` classes are
-    encoded per forward pass. The averaging is open_clip's ``build_zero_shot_classifier``.
+    encoded per forward pass, under ``precision`` autocast on CUDA (the normalisations and the
+    mean run in float32 on the text features). The averaging is open_clip's
+    ``build_zero_shot_classifier``.
     """
     oc = _open_clip()
     # open_clip decides between str.format and calling from the first template only
     templates = [t if callable(t) else t.format for t in templates]
     clip_model.eval()
-    with torch.no_grad():
-        directions = oc.build_zero_shot_classifier(clip_model, _MemoTokenizer(tokenizer), list(classnames),
-                                                   templates, num_classes_per_batch=batch_size, device=device)
-        return (clip_model.logit_scale.exp() * directions.T).float()
+    with torch.no_grad(), _autocast(device, precision):
+        directions = oc.build_zero_shot_classifier(_FloatText(clip_model), _MemoTokenizer(tokenizer),
+                                                   list(classnames), templates, num_classes_per_batch=batch_size,
+                                                   device=device, use_tqdm=len(classnames) * len(templates) > 20_000)
+    return (clip_model.logit_scale.detach().float().exp() * directions.float().T).float()
+
+
+class _FloatText:
+    """``encode_text`` of a CLIP in float32 output (autocast may give bf16), for open_clip's head
+    builder: the per-template normalisation and the mean are then float32."""
+
+    def __init__(self, clip_model: nn.Module):
+        self._m = clip_model
+
+    def encode_text(self, tokens, normalize: bool = False):
+        import torch.nn.functional as F
+
+        x = self._m.encode_text(tokens).float()
+        return F.normalize(x, dim=-1) if normalize else x
 
 
 def _head_file(cache_dir: str | os.PathLike, model: str, key: str) -> Path:
@@ -595,14 +672,17 @@ def _head_file(cache_dir: str | os.PathLike, model: str, key: str) -> Path:
 
 
 def _zero_shot_head_cached(entry: PoolEntry, clip_model: nn.Module, weights_digest: str, cache_dir,
-                           classnames, templates, device, batch_size) -> tuple[torch.Tensor, str]:
+                           classnames, templates, device, batch_size, precision: str = "fp32") -> tuple[torch.Tensor, str]:
     """The zero-shot head, read from ``cache_dir/heads/`` when computed before for these weights,
-    class names and templates."""
+    class names, templates and compute dtype (then the text tower is never moved nor run);
+    otherwise the CLIP model is moved to ``device`` and the head built there."""
     oc = _open_clip(entry.model)
     classnames = list(oc.IMAGENET_CLASSNAMES if classnames is None else classnames)
     templates = list(oc.OPENAI_IMAGENET_TEMPLATES if templates is None else templates)
+    dev = torch.device(device)
+    dtype = "fp32" if dev.type == "cpu" else precision
     key = _digest(_HEAD_CACHE_VERSION, weights_digest, json.dumps(classnames),
-                  json.dumps([_template_text(t) for t in templates]))
+                  json.dumps([_template_text(t) for t in templates]), *([] if dtype == "fp32" else [dtype]))
     path = _head_file(cache_dir, entry.model, key) if cache_dir is not None else None
     if path is not None and path.exists():
         try:
@@ -615,11 +695,14 @@ def _zero_shot_head_cached(entry: PoolEntry, clip_model: nn.Module, weights_dige
             raise ModelError(f"{_label(entry)}: cached zero-shot head {path} does not match these weights and "
                              "classes; delete it to recompute")
         return payload["W"], f"zero-shot head, cached {path}"
-    W = zero_shot_head(clip_model, oc.get_tokenizer(entry.model), classnames, templates, device, batch_size)
+    if batch_size is None:
+        batch_size = max(1, HEAD_PROMPTS_PER_BATCH.get(dev.type, 800) // len(templates))
+    clip_model.to(dev).eval()
+    W = zero_shot_head(clip_model, oc.get_tokenizer(entry.model), classnames, templates, dev, batch_size, precision)
     if path is not None:
         _atomic_torch_save({"key": key, "W": W.cpu(), "model": entry.model, "weights_digest": weights_digest,
-                            "classes": len(classnames), "templates": len(templates)}, path)
-    return W, f"zero-shot head over {len(classnames)} classes x {len(templates)} templates"
+                            "classes": len(classnames), "templates": len(templates), "dtype": dtype}, path)
+    return W, f"zero-shot head over {len(classnames)} classes x {len(templates)} templates ({dtype} on {dev.type})"
 
 
 def _atomic_torch_save(obj: Any, path: Path, verify: bool = False) -> None:
@@ -669,6 +752,7 @@ class LoadedModel(nn.Module):
         self.image_size = prep.image_size
         self.interpolation = prep.interpolation
         self.resize_mode = prep.resize_mode
+        self.resize_size = prep.resize_size
         self.image_mean = prep.image_mean
         self.image_std = prep.image_std
         self.geometry_key = prep.geometry_key
@@ -677,11 +761,14 @@ class LoadedModel(nn.Module):
         self.head_source = head_source
         self.register_buffer("_input_mean", torch.tensor(prep.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_input_std", torch.tensor(prep.image_std).view(1, 3, 1, 1), persistent=False)
-        oc = _open_clip()
-        #: PIL image -> normalised tensor (3, S, S): open_clip's eval transform.
-        self.preprocess = oc.image_transform(prep.image_size, is_train=False, mean=prep.image_mean,
-                                             std=prep.image_std, resize_mode=prep.resize_mode,
-                                             interpolation=prep.interpolation)
+        if prep.resize_size is None:
+            oc = _open_clip()
+            #: PIL image -> normalised tensor (3, S, S): open_clip's eval transform (or torchvision's preset).
+            self.preprocess = oc.image_transform(prep.image_size, is_train=False, mean=prep.image_mean,
+                                                 std=prep.image_std, resize_mode=prep.resize_mode,
+                                                 interpolation=prep.interpolation)
+        else:
+            self.preprocess = _EvalTransform(prep)
         #: PIL image -> uint8 tensor (3, S, S): the same transform before scaling and normalisation,
         #: for stores decoded once per ``geometry_key``; ``normalize_input`` completes it.
         self.to_uint8 = _Uint8Pixels(prep)
@@ -727,13 +814,18 @@ class LoadedModel(nn.Module):
 
 def load(entry: PoolEntry, device: str | torch.device = "cpu", cache_dir: str | os.PathLike | None = None,
          hf_cache: str | os.PathLike | None = None, *, classnames: Sequence[str] | None = None,
-         templates: Sequence[str | Callable[[str], str]] | None = None, batch_size: int = 10) -> LoadedModel:
+         templates: Sequence[str | Callable[[str], str]] | None = None, batch_size: int | None = None,
+         precision: str = "fp32") -> LoadedModel:
     """Load a pool entry as a :class:`LoadedModel` on ``device``.
 
     ``cache_dir``: zero-shot heads are cached under ``cache_dir/heads/`` (None: not cached).
     ``hf_cache``: the Hugging Face hub cache holding open_clip tags' weights (None: the default).
     ``classnames`` / ``templates``: a zero-shot head over other classes than ImageNet's 1,000
     (default ``open_clip.IMAGENET_CLASSNAMES`` x ``OPENAI_IMAGENET_TEMPLATES``); zero-shot heads only.
+    Zero-shot heads are built on ``device`` (the text tower moved there only for that, then
+    released), ``batch_size`` classes per forward (default: about :data:`HEAD_PROMPTS_PER_BATCH`
+    prompts), under ``precision`` autocast on CUDA (fp32 on the CPU); a cached head skips the text
+    tower entirely (built on the CPU by open_clip's loader, never moved nor run).
     """
     check_entry(entry)
     prep = preprocessing(entry)
@@ -778,12 +870,15 @@ def load(entry: PoolEntry, device: str | torch.device = "cpu", cache_dir: str | 
     if required is not None and required != _has_quick_gelu(clip_model):
         raise ModelError(f"{_label(entry)}: the built model {'lacks' if required else 'has'} QuickGELU "
                          f"activations, but its weights were trained {'with' if required else 'without'} them")
-    clip_model.to(device).eval()
     W, head_source = _zero_shot_head_cached(entry, clip_model, digest, cache_dir, classnames, templates,
-                                            device, batch_size)
+                                            device, batch_size, precision)
     encoder, kind = _image_encoder(clip_model, entry)
+    del clip_model  # the text tower goes with it: only the image tower is kept (and moved)
     model = LoadedModel(entry, encoder, W, None, True, kind, prep, digest, source, head_source)
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()  # the text tower's blocks, when the head was built on the device
+    return model
 
 
 def _architecture_fingerprint(entry: PoolEntry) -> str:
@@ -827,7 +922,7 @@ def _from_classifier(entry: PoolEntry, ckpt: dict, prep: Preprocessing) -> Loade
         if own[0] is not None and (tuple(own[0]), tuple(own[1])) != stored:
             raise ModelError(f"{where} was trained on images normalised with mean {stored[0]} / std {stored[1]}, "
                              f"but the entry sets {own[0]} / {own[1]}")
-        prep = Preprocessing(prep.image_size, prep.interpolation, prep.resize_mode, *stored)
+        prep = Preprocessing(prep.image_size, prep.interpolation, prep.resize_mode, *stored, prep.resize_size)
     digest = _digest("file", entry.model, file_sha256(entry.checkpoint))
     return LoadedModel(entry, encoder, W, b, bool(ckpt["normalize_features"]), kind, prep, digest,
                        f"classifier checkpoint {entry.checkpoint}", f"classifier checkpoint {entry.checkpoint}")
@@ -856,6 +951,7 @@ def load_from_profile(profile, entry_id: str, device: str | torch.device | None 
     entry against its pool (QuickGELU through ``finetuned_from``, parent architecture)."""
     entry = profile.entry(entry_id)
     check_entry(entry, profile.pool)
+    kwargs.setdefault("precision", profile.precision)
     return load(entry, device or profile.device, profile.cache_dir, profile.paths.get("hf_cache"), **kwargs)
 
 

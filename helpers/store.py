@@ -183,6 +183,38 @@ class CacheEntry:
             atomic_write_json(pdir / _PROGRESS, progress)
         return Partial(self, pdir, mm, progress)
 
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Shared lock held while this entry's files are read (by this process and its DataLoader
+        workers): :meth:`remove_unused` leaves an entry alone while anyone holds it."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".readers", "a+") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def remove_unused(self) -> bool:
+        """Delete the committed content (manifest first, then the runs) if no process is reading
+        it (:meth:`reading`); returns whether it was removed. For derived entries whose disk cost
+        outweighs a rebuild (stores of a geometry few models read)."""
+        try:
+            f = open(self.dir / ".readers", "a+")
+        except FileNotFoundError:
+            return False
+        with f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # someone reads it: the last reader removes it
+            try:
+                (self.dir / _MANIFEST).unlink(missing_ok=True)
+                self.discard_runs(keep=None)
+                return True
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
     def discard_runs(self, keep: str | None) -> None:
         """Remove committed runs other than ``keep`` (superseded by a forced recompute)."""
         for p in self.dir.glob("run-*"):
@@ -254,26 +286,49 @@ def _shrink(path: Path, a: np.memmap, rows: int) -> np.memmap:
 
 @dataclass(frozen=True)
 class Geometry:
-    """How an image becomes an ``S x S`` model input before normalisation (open_clip's eval
-    transform: resize with ``interpolation`` by ``resize_mode``, then centre crop)."""
+    """How an image becomes an ``S x S`` model input before normalisation.
+
+    ``resize_size`` None (open_clip's eval transform): resize by ``resize_mode`` to ``image_size``
+    with ``interpolation``, then centre crop. ``resize_size`` R (torchvision's
+    ``ImageClassification`` preset, e.g. its ViTs: R = 256, bilinear): resize the shortest side to
+    R with antialiasing, then centre crop ``image_size``. One uint8 store per distinct geometry."""
 
     image_size: int
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"
+    resize_size: int | None = None
 
     @property
     def key(self) -> str:
-        return f"{self.image_size}-{self.interpolation}-{self.resize_mode}"
+        base = f"{self.image_size}-{self.interpolation}-{self.resize_mode}"
+        return base if self.resize_size in (None, self.image_size) else f"{base}-from{self.resize_size}"
 
     @classmethod
     def of(cls, model: Any) -> "Geometry":
         """The geometry a loaded model expects (``helpers.models.LoadedModel``)."""
-        return cls(int(model.image_size), str(model.interpolation), str(model.resize_mode))
+        resize = getattr(model, "resize_size", None)
+        return cls(int(model.image_size), str(model.interpolation), str(model.resize_mode),
+                   None if resize is None else int(resize))
 
 
 def pixel_transform(geometry: Geometry) -> Callable:
-    """PIL image -> ``3 x S x S`` uint8 array, bit-identical to the pixels open_clip's eval
-    preprocess feeds to ``ToTensor``: its own resize/crop transforms, minus ToTensor and Normalize."""
+    """PIL image -> ``3 x S x S`` uint8 array, bit-identical to the pixels the model's eval
+    preprocess feeds to ``ToTensor``: open_clip's own resize/crop transforms (minus ToTensor and
+    Normalize), or, with ``resize_size``, torchvision's preset (resize R, centre crop S)."""
+    if geometry.resize_size not in (None, geometry.image_size):
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as TF
+
+        mode = InterpolationMode(geometry.interpolation)
+
+        def to_uint8_tv(img):
+            # the operations of torchvision.transforms._presets.ImageClassification on a PIL image
+            img = TF.resize(img.convert("RGB"), geometry.resize_size, interpolation=mode, antialias=True)
+            img = TF.center_crop(img, geometry.image_size)
+            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+        return to_uint8_tv
+
     from open_clip.transform import image_transform
 
     full = image_transform(geometry.image_size, is_train=False, resize_mode=geometry.resize_mode,
@@ -345,6 +400,11 @@ def store_material(dataset_name: str, dataset: Any, geometry: Geometry, limit: i
             "limit": limit, "skip_unreadable": bool(skip_unreadable)}
 
 
+def store_entry(dataset_name: str, geometry: Geometry, cache_dir: Path, material: dict) -> CacheEntry:
+    """The cache entry of a dataset's uint8 store for one geometry (``material``: :func:`store_material`)."""
+    return CacheEntry(Path(cache_dir) / "stores", f"{dataset_name}-{geometry.key}", material)
+
+
 def ensure_store(dataset_name: str, dataset: Any, geometry: Geometry, cache_dir: Path, *,
                  limit: int | None = None, skip_unreadable: bool = False, batch_size: int = 64,
                  num_workers: int = 0, chunk_images: int = CHUNK_IMAGES,
@@ -358,8 +418,8 @@ def ensure_store(dataset_name: str, dataset: Any, geometry: Geometry, cache_dir:
     out and listed in the manifest's ``skipped``. ``material``: :func:`store_material` of these
     arguments when the caller has it already (it stats every file).
     """
-    entry = CacheEntry(Path(cache_dir) / "stores", f"{dataset_name}-{geometry.key}",
-                       material or store_material(dataset_name, dataset, geometry, limit, skip_unreadable))
+    entry = store_entry(dataset_name, geometry, cache_dir,
+                        material or store_material(dataset_name, dataset, geometry, limit, skip_unreadable))
     loaded = entry.load()
     if loaded is None:
         with entry.lock():

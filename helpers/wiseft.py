@@ -12,7 +12,8 @@ alpha = 1 the finetuned one exactly, bit for bit.
 
 :func:`evaluate` sweeps a grid of alpha through the extraction engine (accuracies on ImageNet and
 its five shifts, ER of Eq. (5), the kurtosis of Eq. (1), unique Broden concepts of Eq. (4)) with the
-mixtures held in memory: no checkpoint per alpha is written unless ``save=True``.
+mixtures held in memory: no checkpoint per alpha is written unless ``save=True``, and no
+activation array of a mixture is cached (only the numbers the figures read).
 """
 from __future__ import annotations
 
@@ -96,17 +97,62 @@ def mixture_path(profile: Profile, finetuned: PoolEntry, alpha: float) -> Path:
     return profile.paths["checkpoints_dir"] / finetuned.id / "wiseft" / f"alpha_{alpha:.2f}.pt"
 
 
-def _mixture_activations(profile: Profile, model, dataset: str):
-    """The extraction engine run on an in-memory mixture (cached under the mixture's entry id and
-    weights digest like any pool entry)."""
-    from .extract import extract_many
-
-    return extract_many([model.entry], dataset, profile, models={model.entry.id: model})[model.entry.id]
-
-
 def broden_available(profile: Profile) -> bool:
     """Whether the profile names a Broden folder that exists (unique concepts need it)."""
     return "broden" in profile.datasets and Path(profile.dataset_root("broden")).is_dir()
+
+
+#: What :func:`summaries` keeps per (model, dataset); bump when the computation changes.
+SUMMARY_VERSION = 1
+
+
+def summaries(profile: Profile, model, dataset: str) -> dict[str, float]:
+    """Top-1 ``accuracy`` and ``kurtosis`` (Eq. 1) of an in-memory model (a WiSE-FT mixture, an
+    epoch checkpoint) on ``dataset``, from activations computed in memory and never written: only
+    these two numbers are cached, under ``<cache_dir>/summaries/<id>/``, keyed by the key the
+    activations would have (weights digest, head, store, dtype, ...)."""
+    from .extract import activation_keys, extract_many
+    from .metrics import kurtosis
+    from .store import CacheEntry
+
+    e = model.entry
+    key = activation_keys([e], dataset, profile, models={e.id: model})[e.id]
+    cache = CacheEntry(profile.cache_dir / "summaries" / e.id, dataset,
+                       {"kind": "summary", "version": SUMMARY_VERSION, "activations": key})
+    loaded = cache.load()
+    if loaded is None:
+        acts = extract_many([e], dataset, profile, models={e.id: model}, keep=False)[e.id]
+        with cache.lock():
+            part = cache.partial({"accuracy": ((1,), "float64"), "kurtosis": ((1,), "float64")}, fresh=True)
+            part.arrays["accuracy"][0] = acts.accuracy
+            part.arrays["kurtosis"][0] = kurtosis(np.asarray(acts.h))
+            loaded = part.commit({"entry": e.id, "dataset": dataset, "n": int(len(acts.h))})
+    return {k: float(v[0]) for k, v in loaded[1].items()}
+
+
+def transient_ap(profile: Profile, model, sets=None) -> np.ndarray:
+    """AP matrix (directions x concepts, Section 5) of an in-memory model on Broden, from
+    activations computed in memory and never written; the matrix is cached where
+    :func:`helpers.chapters.concept_probing.ap_matrix` caches a pool entry's (same key material:
+    the activations' key, the balanced sets, the sign rule)."""
+    import hashlib
+
+    from .chapters.concept_probing import broden_sets, probe_activations
+    from .extract import activation_keys, extract_many
+    from .store import atomic_save_npy
+
+    sets = sets or broden_sets(profile)
+    e, sign = model.entry, profile.metrics["concept_sign"]
+    key = activation_keys([e], "broden", profile, models={e.id: model})[e.id]
+    material = {"activations": key, "broden": sets.key, "sign": sign}
+    path = profile.cache_dir / "concepts" / e.id / (
+        hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:20] + ".npy")
+    if path.exists():
+        return np.load(path)
+    acts = extract_many([e], "broden", profile, models={e.id: model}, keep=False)[e.id]
+    ap = probe_activations(acts, model.head.detach().float().cpu().numpy(), sets, sign)
+    atomic_save_npy(path, ap)
+    return ap
 
 
 def unique_concepts_of(profile: Profile, acts, W, sets=None, threshold: float | None = None) -> int:
@@ -131,22 +177,23 @@ def evaluate(profile: Profile, zeroshot_id: str, finetuned_id: str, alphas: Sequ
 
     alpha = 0 and 1 are the two pool entries themselves (their cached activations are reused);
     the mixtures in between exist only in memory unless ``save`` writes them to
-    :func:`mixture_path`. Returns a DataFrame.
+    :func:`mixture_path`, and so do their activations: per (alpha, dataset) only the accuracy and
+    the kurtosis (:func:`summaries`) and the Broden AP matrix (:func:`transient_ap`) are cached.
+    Both models are built once, on the profile's device. Returns a DataFrame.
     """
     import pandas as pd
     from tqdm import tqdm  # plain bars: notebook widgets need ipywidgets and would warn
 
-    from .metrics import effective_robustness, kurtosis
-    from .models import load_from_profile, save_classifier
+    from .extract import extract_datasets, loaded_model
+    from .metrics import effective_robustness, kurtosis, unique_concepts
+    from .models import save_classifier
 
     zs_entry, ft_entry = profile.entry(zeroshot_id), profile.entry(finetuned_id)
-    zs = load_from_profile(profile, zs_entry.id, device="cpu")
-    ft = load_from_profile(profile, ft_entry.id, device="cpu")
+    zs, ft = loaded_model(zs_entry, profile), loaded_model(ft_entry, profile)
     check_compatible(zs, ft)
     concepts = broden_available(profile) if concepts is None else concepts
     if concepts:
         from .chapters.concept_probing import ap_matrix, broden_sets
-        from .metrics import unique_concepts
 
         sets = broden_sets(profile)
     shifts = [d for d in datasets if d in SHIFTS]
@@ -156,37 +203,29 @@ def evaluate(profile: Profile, zeroshot_id: str, finetuned_id: str, alphas: Sequ
         if alpha in (0.0, 1.0):
             # The endpoints equal the pool entries bit for bit (tests/test_wiseft.py): reuse their caches.
             model = zs if alpha == 0.0 else ft
-            acts = {d: _entry_activations(profile, model.entry, d) for d in datasets}
+            acts = extract_datasets(model.entry, datasets, profile)
+            stats = {d: {"accuracy": acts[d].accuracy, "kurtosis": kurtosis(np.asarray(acts[d].h))} for d in datasets}
         else:
             model = mixture = interpolate(zs, ft, alpha, out=mixture)
             if save:
                 save_classifier(model, mixture_path(profile, ft_entry, alpha), entry=model.entry.id,
                                 wiseft={"alpha": alpha, "zeroshot": zs_entry.id, "finetuned": ft_entry.id})
-            acts = {d: _mixture_activations(profile, model, d) for d in datasets}
-        row = {"alpha": alpha, **{d: acts[d].accuracy for d in datasets}}
-        if "imagenet" in acts:
-            row["kurtosis"] = kurtosis(np.asarray(acts["imagenet"].h))
+            stats = {d: summaries(profile, model, d) for d in datasets}
+        row = {"alpha": alpha, **{d: stats[d]["accuracy"] for d in datasets}}
+        if "imagenet" in stats:
+            row["kurtosis"] = stats["imagenet"]["kurtosis"]
         if shifts:
             row["shifts_mean"] = float(np.mean([row[d] for d in shifts]))
-            row["kurtosis_shifts"] = float(np.mean([kurtosis(np.asarray(acts[d].h)) for d in shifts]))
-        if "imagenet" in acts and len(shifts) == len(SHIFTS):
+            row["kurtosis_shifts"] = float(np.mean([stats[d]["kurtosis"] for d in shifts]))
+        if "imagenet" in stats and len(shifts) == len(SHIFTS):
             row["er"] = effective_robustness(row["shifts_mean"], row["imagenet"], profile.metrics["er_slope"],
                                              profile.metrics["er_intercept"])
         if concepts:
-            if alpha in (0.0, 1.0):
-                ap = np.nan_to_num(ap_matrix(model.entry, profile, sets), nan=0.0)
-                row["unique_concepts"] = int(unique_concepts(ap, profile.metrics["concept_threshold"]))
-            else:
-                row["unique_concepts"] = unique_concepts_of(profile, _mixture_activations(profile, model, "broden"),
-                                                            model.head.detach().cpu().numpy(), sets)
+            ap = ap_matrix(model.entry, profile, sets) if alpha in (0.0, 1.0) else transient_ap(profile, model, sets)
+            row["unique_concepts"] = int(unique_concepts(np.nan_to_num(ap, nan=0.0),
+                                                         profile.metrics["concept_threshold"]))
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _entry_activations(profile: Profile, entry: PoolEntry, dataset: str):
-    from .extract import activations
-
-    return activations(entry, dataset, profile)
 
 
 # --------------------------------------------------------------------------------------------

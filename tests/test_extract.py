@@ -121,8 +121,14 @@ def test_activations_are_the_models_outputs_and_a_hit_reloads_nothing(world, tmp
         h = torch.cat([model.encode(x[i:i + 2]) for i in range(0, N, 2)])
         np.testing.assert_allclose(a.h, h.numpy(), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(a.logits, model.logits_from_features(h).numpy(), rtol=1e-4, atol=1e-5)
-    assert a.accuracy == accuracy("imagenet", np.asarray(a.logits), ds.labels)
-    assert extract.accuracies("t-vit-a", P, datasets=("imagenet",)) == {"imagenet": a.accuracy}
+    # The logits are derived, not stored: the cache holds h and labels only.
+    assert set(a.manifest["arrays"]) == {"h", "labels"}
+    assert not list(P.cache_dir.rglob("logits*.npy"))
+    # Accuracy by hand: argmax of W h + b (a supervised head) in float64 against the labels.
+    W, bias = model.head.detach().double().numpy(), model.bias.detach().double().numpy()
+    by_hand = float(np.mean((np.asarray(a.h, dtype=np.float64) @ W.T + bias).argmax(axis=1) == ds.labels))
+    assert a.accuracy == by_hand
+    assert extract.accuracies("t-vit-a", P, datasets=("imagenet",)) == {"imagenet": by_hand}
 
     def refuse(*args, **kwargs):
         raise AssertionError("a cache hit must not load or run a model")
@@ -133,6 +139,11 @@ def test_activations_are_the_models_outputs_and_a_hit_reloads_nothing(world, tmp
     assert b.manifest == a.manifest
     for k in ("h", "logits", "labels"):
         np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
+    # The head comes from the head cache too: no model is built for it.
+    head = extract.head("t-vit-a", P)
+    np.testing.assert_array_equal(head.W, model.head.detach().numpy())
+    np.testing.assert_array_equal(head.b, model.bias.detach().numpy())
+    assert head.normalize is False
 
 
 def test_changed_checkpoint_is_a_miss(world, tmp_path):
@@ -349,3 +360,36 @@ def test_in_memory_models_are_keyed_by_their_own_digest(world, tmp_path):
     np.testing.assert_allclose(out.h, 3 * np.asarray(base.h), rtol=1e-4, atol=1e-5)
     assert out.manifest["material"]["weights_digest"] == "tripled projection"
     assert not (P.cache_dir / "models" / f"{e.id}.json").exists()  # nothing to memoise: no weights file
+
+
+def test_torchvision_entries_use_torchvisions_own_transform(world, tmp_path):
+    """Issue 12: torchvision ViTs are evaluated as torchvision does (resize 256 bilinear, centre crop
+    224, ImageNet mean/std), from a store of their own beside open_clip's bicubic one."""
+    import torchvision.transforms as T
+    from torchvision.models import ViT_B_32_Weights
+
+    P = profile(world, tmp_path)
+    assert models.preprocessing(load_profile("paper").entry("ViT-B-32-supervised")).resize_size == 256
+    prep = models.preprocessing(P.entry("t-tv"))
+    assert (prep.image_size, prep.resize_size, prep.interpolation) == (224, 256, "bilinear")
+    ds = open_dataset("imagenet", P.dataset_root("imagenet"))
+    store = ensure_store("imagenet", ds, prep.geometry, tmp_path / "direct", batch_size=3)
+    direct = T.Compose([T.Resize(256, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(224), T.PILToTensor()])
+    for i in range(N):  # both fixture sizes: 500 x 375 (downscaled) and 150 x 200 (upscaled)
+        np.testing.assert_array_equal(store.pixels[i], direct(ds.load_image(i)).numpy(), err_msg=str(ds.files[i]))
+    # the model's float preprocess is torchvision's preset of the real weights, and the engine feeds it that
+    model = models.load_from_profile(P, "t-tv")
+    preset = ViT_B_32_Weights.IMAGENET1K_V1.transforms()
+    img = ds.load_image(0)
+    torch.testing.assert_close(model.preprocess(img), preset(img), atol=1e-6, rtol=0)
+    a = extract.activations("t-tv", "imagenet", P)
+    with torch.inference_mode():
+        h = torch.cat([model.encode(torch.stack([preset(ds.load_image(i)) for i in range(k, k + 2)]))
+                       for k in range(0, N, 2)])
+    np.testing.assert_allclose(a.h, h.numpy(), rtol=1e-4, atol=1e-5)
+    extract.activations("t-vit-a", "imagenet", P)
+    kept = {p.name.split("-", 1)[1].rsplit("-", 1)[0] for p in (P.cache_dir / "stores").glob("imagenet-*/manifest.json")
+            for p in [p.parent]}
+    # one store per geometry; the torchvision one (a single pool entry reads it) is removed after its pass
+    assert kept == {"224-bicubic-shortest"}
+    assert list((P.cache_dir / "stores").glob("imagenet-224-bilinear-shortest-from256-*"))

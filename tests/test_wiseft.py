@@ -91,32 +91,65 @@ def test_incompatible_models_are_refused(profile, pair):
         interpolate(zs, zs, 1.5)
 
 
-def test_sweep_runs_through_the_extraction_engine(profile):
-    from helpers.extract import activations
+def _direct(model, profile, dataset):
+    """h of ``model`` on ``dataset`` by the model's own preprocess and encoder, images in file order."""
+    from helpers.data import open_broden, open_dataset
+
+    root = profile.dataset_root(dataset)
+    ds = open_broden(root) if dataset == "broden" else open_dataset(dataset, root)
+    with torch.no_grad():
+        x = torch.stack([model.preprocess(ds.load_image(i)) for i in range(len(ds.files))])
+        h = torch.cat([model.encode(x[i:i + 8]) for i in range(0, len(x), 8)]).double().numpy()
+    return h, np.asarray(ds.labels)
+
+
+def _unique_concepts_by_hand(h, W, sets, threshold):
+    """Eq. (4) from scratch: numpy SVD of W, projections on its right singular vectors, sklearn's AP
+    of v and -v on each concept's balanced set, concepts whose best direction reaches the threshold."""
+    from sklearn.metrics import average_precision_score
+
+    _, sigma, Vt = np.linalg.svd(np.asarray(W, dtype=np.float64), full_matrices=False)
+    Vt = Vt[sigma > max(W.shape) * np.finfo(np.float32).eps * sigma[0]]
+    z = h @ Vt.T
+    hits = 0
+    for c in sets.probed:
+        m = sets.selection[:, c]
+        y = sets.presence[m, c]
+        best = max(max(average_precision_score(y, z[m, i]), average_precision_score(y, -z[m, i]))
+                   for i in range(z.shape[1]))
+        hits += best >= threshold
+    return hits
+
+
+def test_sweep_values_equal_the_mixtures_recomputed_from_their_embeddings(profile):
+    from scipy.stats import kurtosis as scipy_kurtosis
+
+    from helpers.chapters.concept_probing import broden_sets
 
     # Two same-architecture entries with fast random heads stand for the pair: the plumbing is the same.
-    table = evaluate(profile, "sup-a", "sup-b", alphas=[0.0, 0.5, 1.0], datasets=("imagenet",), save=True)
-    assert list(table["alpha"]) == [0.0, 0.5, 1.0] and "er" not in table
-    assert (table["unique_concepts"] >= 0).all()
-    assert table["imagenet"].iloc[0] == activations("sup-a", "imagenet", profile).accuracy
-    assert table["imagenet"].iloc[2] == activations("sup-b", "imagenet", profile).accuracy
-    assert np.isfinite(table["kurtosis"]).all()
+    alphas = [0.0, 0.5, 1.0]
+    table = evaluate(profile, "sup-a", "sup-b", alphas=alphas, datasets=("imagenet",), save=True)
+    assert list(table["alpha"]) == alphas and "er" not in table
+    a, b = load(profile.entry("sup-a")), load(profile.entry("sup-b"))
+    sets = broden_sets(profile)
+    for alpha, row in zip(alphas, table.itertuples()):
+        model = interpolate(a, b, alpha)
+        W, bias = model.head.detach().double().numpy(), model.bias.detach().double().numpy()
+        h, labels = _direct(model, profile, "imagenet")
+        assert row.imagenet == np.mean((h @ W.T + bias).argmax(axis=1) == labels), alpha
+        assert row.kurtosis == pytest.approx(scipy_kurtosis(h, axis=1, fisher=False).mean(), rel=1e-4), alpha
+        hb, _ = _direct(model, profile, "broden")
+        assert row.unique_concepts == _unique_concepts_by_hand(hb, W, sets, 0.9), alpha
+    assert len(set(table["kurtosis"])) == 3  # the mixture is neither endpoint
     saved = mixture_path(profile, profile.entry("sup-b"), 0.5)
     entry = dataclasses.replace(profile.entry("sup-b"), id="mix", checkpoint=str(saved))
-    mixed = interpolate(load(profile.entry("sup-a")), load(profile.entry("sup-b")), 0.5)
-    assert torch.equal(load(entry).head, mixed.head)
+    assert torch.equal(load(entry).head, interpolate(a, b, 0.5).head)
 
 
-def test_mixture_concept_count_matches_the_concept_chapter(profile):
-    from helpers.chapters.common import head
-    from helpers.chapters.concept_probing import ap_matrix
-    from helpers.extract import activations
-    from helpers.metrics import unique_concepts
-    from helpers.wiseft import unique_concepts_of
-
-    # The count a mixture gets (from its activations and head) is the one the concept-probing
-    # chapter gives a pool entry (from its cached AP matrix).
-    for e in ("sup-a", "sup-b"):
-        W, _, _ = head(profile.entry(e), profile)
-        mine = unique_concepts_of(profile, activations(e, "broden", profile), W)
-        assert mine == unique_concepts(np.nan_to_num(ap_matrix(profile.entry(e), profile)), 0.9)
+def test_mixtures_cache_only_their_summaries(profile):
+    # Mixtures keep the numbers their figures read (accuracy, kurtosis, AP), never activations.
+    evaluate(profile, "sup-a", "sup-b", alphas=[0.3], datasets=("imagenet",))
+    cache = profile.cache_dir
+    assert not list((cache / "activations").glob("sup-b.wiseft-*"))
+    assert list((cache / "summaries" / "sup-b.wiseft-0.30").glob("imagenet-*/manifest.json"))
+    assert list((cache / "concepts" / "sup-b.wiseft-0.30").glob("*.npy"))

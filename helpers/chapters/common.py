@@ -15,28 +15,28 @@ def meta(e: PoolEntry) -> dict:
     return {"backbone": e.arch, "family": e.family, "pretraining": e.pretraining}
 
 
-_HEADS: dict[tuple[str, str], tuple] = {}
-
-
 def head(entry: PoolEntry, profile: Profile) -> tuple[np.ndarray, np.ndarray | None, bool]:
     """(W, b, normalize_features) of an entry: K x d_H head, bias or None, and whether logits are
-    W h/||h|| (CLIP, CoCa) or W h + b (supervised). Loaded once per process."""
-    key = (profile.digest(), entry.id)
-    if key not in _HEADS:
-        from ..models import load_from_profile
+    W h/||h|| (CLIP, CoCa) or W h + b (supervised). Read from the extraction engine's head cache
+    (no model is built when it is cached; otherwise once, on the profile's device)."""
+    from ..extract import head as cached_head
 
-        m = load_from_profile(profile, entry.id, device="cpu")
-        W = m.head.detach().float().cpu().numpy()
-        b = None if m.bias is None else m.bias.detach().float().cpu().numpy()
-        _HEADS[key] = (W, b, bool(m.normalize_features))
-    return _HEADS[key]
+    h = cached_head(entry, profile)
+    return np.asarray(h.W), None if h.b is None else np.asarray(h.b), h.normalize
 
 
 def embeddings(entry: PoolEntry, profile: Profile, dataset: str = "imagenet"):
-    """Cached extraction of ``entry`` on ``dataset`` (h, logits, labels), computed on first use."""
+    """Cached extraction of ``entry`` on ``dataset`` (h, labels; logits derived), computed on first use."""
     from ..extract import activations
 
     return activations(entry, dataset, profile)
+
+
+def embeddings_many(entry: PoolEntry, profile: Profile, datasets) -> dict:
+    """:func:`embeddings` over several datasets with one model build (``extract.extract_datasets``)."""
+    from ..extract import extract_datasets
+
+    return extract_datasets(entry, list(datasets), profile)
 
 
 def finetuning_pairs(pool: list[PoolEntry]) -> list[tuple[PoolEntry, PoolEntry]]:

@@ -7,7 +7,7 @@ import pandas as pd
 
 from ..config import EVAL_DATASETS, SHIFTS
 from ..metrics import effective_robustness, mean_shift_accuracy, pruning_curve, svd_head
-from .common import embeddings, head, meta
+from .common import embeddings_many, head, meta
 
 SECTION = "pruning"
 
@@ -21,8 +21,7 @@ def measure(study, fractions=None, datasets=EVAL_DATASETS) -> pd.DataFrame:
         W, b, normalize = head(e, P)
         rank = svd_head(W)[1].size
         curves = {}
-        for d in datasets:
-            a = embeddings(e, P, d)
+        for d, a in embeddings_many(e, P, datasets).items():
             # argmax in the dataset's label space (ImageNet-R/A subsets, ObjectNet's collapse)
             curves[d] = pruning_curve(W, np.asarray(a.h), a.labels, fractions, normalize=normalize, bias=b,
                                       predict=lambda logits, ds=a.dataset: ds.collapse(logits).argmax(axis=1))

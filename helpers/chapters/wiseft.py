@@ -120,7 +120,8 @@ def sweep_figure(table: pd.DataFrame, series: dict[str, str], ylabel: str, title
 def epoch_entries(profile: Profile, finetuned: PoolEntry) -> list[tuple[int, PoolEntry]]:
     """The epoch checkpoints of a finetuning run as pool entries (``<id>.epoch<k>``). The last
     epoch's weights are the final checkpoint's, so that epoch is the finetuned entry itself (whose
-    activations other chapters have already cached)."""
+    activations other chapters have already cached). The other epochs cache only their Broden AP
+    matrices (:func:`helpers.wiseft.transient_ap`), not their activations."""
     from ..training import epoch_checkpoints, output_path, read_checkpoint, run_dir
 
     epochs = epoch_checkpoints(run_dir(profile, finetuned))
@@ -148,7 +149,8 @@ def concept_trajectory(study, threshold: float | None = None) -> tuple[pd.DataFr
     and supervised concept sets at each epoch, epoch 0 being the zero-shot model (Figure 5).
     Recorded per finetuned entry under :data:`TRAJECTORY_SECTION`. Returns the long table (one row
     per pair, epoch and region) and notes on the pairs that could not be traced."""
-    from ..wiseft import broden_available
+    from ..extract import loaded_model
+    from ..wiseft import broden_available, transient_ap
     from .concept_probing import ap_matrix, broden_sets, concept_set
 
     P = study.profile
@@ -170,7 +172,13 @@ def concept_trajectory(study, threshold: float | None = None) -> tuple[pd.DataFr
         c_sup = concept_set(ap_matrix(sup, P, sets), sets, threshold)
         rows = []
         for k, e in [(0, zs)] + epochs:
-            c_fine = concept_set(ap_matrix(e, Pe, sets), sets, threshold)
+            if e.id in {zs.id, ft.id}:
+                ap = ap_matrix(e, Pe, sets)
+            else:
+                # An epoch checkpoint keeps only its AP matrix (Figure 5 reads nothing else): its
+                # Broden activations are computed in memory and dropped.
+                ap = transient_ap(Pe, loaded_model(e, Pe), sets)
+            c_fine = concept_set(ap, sets, threshold)
             for region, fraction in overlap_fractions(c_fine, c_zero, c_sup).items():
                 rows.append({"epoch": k, "region": region, "fraction": fraction, "n_fine": len(c_fine),
                              "n_zero": len(c_zero), "n_sup": len(c_sup), "supervised": sup.id, "threshold": threshold})

@@ -82,7 +82,9 @@ class MinibatchCKA:
     ``update(xs, ys)`` takes one minibatch: dicts {layer name: (b, features) tensor or array}, the
     same b images in every entry, b >= 4. ``compute()`` returns the (len(layers_x), len(layers_y))
     grid, rows and columns in the order of ``layers_x`` / ``layers_y`` (given here, or the key order
-    of the first update). Gram matrices are formed on the tensors' own device in float64."""
+    of the first update). Gram matrices are formed on the tensors' own device in float64 and the
+    HSIC sums stay there (no copy to the host per minibatch). ``state()`` / ``load_state()`` give
+    the accumulators as numpy arrays, so a long pass can checkpoint and resume them."""
 
     def __init__(self, layers_x=None, layers_y=None):
         self.layers_x = None if layers_x is None else list(layers_x)
@@ -90,7 +92,7 @@ class MinibatchCKA:
         self.n_batches = 0
         self._xy = self._xx = self._yy = None
         # U(K) of a layer whose vectors are all equal is 0 only up to rounding; track it exactly.
-        self._varied = {}
+        self._varied_x = self._varied_y = None
 
     def _grams(self, batch: dict, order: list, side: str, b: int | None):
         import torch
@@ -99,7 +101,7 @@ class MinibatchCKA:
             missing, extra = sorted(set(order) - set(batch)), sorted(set(batch) - set(order))
             raise KeyError(f"layers of {side} differ from the expected ones: missing {missing}, "
                            f"unexpected {extra}")
-        grams, varied = [], []
+        grams, varied, finite = [], [], []
         for layer in order:
             x = batch[layer]
             _check_2d(x, f"{side}[{layer!r}]")
@@ -113,11 +115,14 @@ class MinibatchCKA:
             if b < MIN_BATCH:
                 raise ValueError(f"minibatch CKA needs at least {MIN_BATCH} images per batch (the "
                                  f"unbiased HSIC divides by n (n - 3)); got {b}")
-            if not torch.isfinite(x).all():
-                raise ValueError(f"{side}[{layer!r}] contains NaN or inf")
-            varied.append(not bool((x == x[0]).all()))
+            finite.append(torch.isfinite(x).all())
+            varied.append(~(x == x[0]).all())
             grams.append(_u_centred_gram(x))
-        return torch.stack(grams), b, varied
+        ok = torch.stack(finite)
+        if not bool(ok.all()):  # one host sync per side and minibatch
+            bad = order[int((~ok).nonzero()[0, 0])]
+            raise ValueError(f"{side}[{bad!r}] contains NaN or inf")
+        return torch.stack(grams), b, torch.stack(varied)
 
     def update(self, xs: dict, ys: dict) -> None:
         """Add one minibatch: ``xs``/``ys`` map layer names to (b, features) activations."""
@@ -127,31 +132,62 @@ class MinibatchCKA:
             self.layers_y = list(ys)
         gx, b, varied_x = self._grams(xs, self.layers_x, "xs", None)
         gy, _, varied_y = self._grams(ys, self.layers_y, "ys", b)
-        names = [f"xs[{layer!r}]" for layer in self.layers_x] + [f"ys[{layer!r}]" for layer in self.layers_y]
-        for name, varied in zip(names, varied_x + varied_y):
-            self._varied[name] = self._varied.get(name, False) or varied
-        gy = gy.to(gx.device)
+        gy, varied_y = gy.to(gx.device), varied_y.to(gx.device)
         scale = b * (b - 3)
-        xy = (gx @ gy.T).cpu().numpy() / scale
-        xx = (gx * gx).sum(dim=1).cpu().numpy() / scale
-        yy = (gy * gy).sum(dim=1).cpu().numpy() / scale
-        if self.n_batches == 0:
+        xy = (gx @ gy.T) / scale
+        xx = (gx * gx).sum(dim=1) / scale
+        yy = (gy * gy).sum(dim=1) / scale
+        if self._xy is None:
             self._xy, self._xx, self._yy = xy, xx, yy
+            self._varied_x, self._varied_y = varied_x, varied_y
         else:
-            self._xy += xy
-            self._xx += xx
-            self._yy += yy
+            self._xy = self._xy + xy.to(self._xy.device)
+            self._xx = self._xx + xx.to(self._xx.device)
+            self._yy = self._yy + yy.to(self._yy.device)
+            self._varied_x = self._varied_x | varied_x.to(self._xy.device)
+            self._varied_y = self._varied_y | varied_y.to(self._xy.device)
         self.n_batches += 1
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The accumulators on the host: sums of HSIC_1 terms ``xy`` (Lx, Ly), ``xx`` (Lx), ``yy``
+        (Ly) over the minibatches, ``varied_x`` / ``varied_y`` and ``n_batches`` (1,)."""
+        if self._xy is None:
+            raise ValueError("MinibatchCKA.state: no minibatch was added")
+        return {"xy": self._xy.cpu().numpy(), "xx": self._xx.cpu().numpy(), "yy": self._yy.cpu().numpy(),
+                "varied_x": self._varied_x.cpu().numpy(), "varied_y": self._varied_y.cpu().numpy(),
+                "n_batches": np.array([self.n_batches], dtype=np.int64)}
+
+    def load_state(self, state, device=None) -> None:
+        """Restore what :meth:`state` returned (resume a pass), on ``device`` (default CPU)."""
+        import torch
+
+        n = int(np.asarray(state["n_batches"]).reshape(-1)[0])
+        if n == 0:
+            return
+        t = {k: torch.as_tensor(np.array(state[k]), device=device) for k in ("xy", "xx", "yy", "varied_x", "varied_y")}
+        if t["xy"].shape != (len(self.layers_x), len(self.layers_y)):
+            raise ValueError(f"saved CKA state is {tuple(t['xy'].shape)}, expected "
+                             f"({len(self.layers_x)}, {len(self.layers_y)})")
+        self._xy, self._xx, self._yy = t["xy"].double(), t["xx"].double(), t["yy"].double()
+        self._varied_x, self._varied_y = t["varied_x"].bool(), t["varied_y"].bool()
+        self.n_batches = n
+
+    @staticmethod
+    def ratio(xy, xx, yy) -> np.ndarray:
+        """CKA grid from summed (or averaged) HSIC terms: xy / sqrt(xx yy^T)."""
+        return np.asarray(xy) / np.sqrt(np.outer(xx, yy))
 
     def compute(self) -> np.ndarray:
         """CKA = mean HSIC_1(K, L) / sqrt(mean HSIC_1(K, K) * mean HSIC_1(L, L)), means over the
         minibatches seen. Returns (len(layers_x), len(layers_y)) float64."""
         if self.n_batches == 0:
             raise ValueError("MinibatchCKA.compute: no minibatch was added")
-        flat = [layer for layer, varied in self._varied.items() if not varied]
+        flat = [f"xs[{layer!r}]" for layer, v in zip(self.layers_x, self._varied_x.tolist()) if not v] + \
+               [f"ys[{layer!r}]" for layer, v in zip(self.layers_y, self._varied_y.tolist()) if not v]
         if flat:
             raise ValueError(f"layers {flat} give the same vector for every image: CKA is undefined")
-        return self._xy / np.sqrt(np.outer(self._xx, self._yy))
+        s = self.state()
+        return self.ratio(s["xy"], s["xx"], s["yy"])
 
 
 def cka_minibatch(batches_x, batches_y) -> float:
