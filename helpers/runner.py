@@ -172,10 +172,11 @@ def plan(profile: Profile, sections: Iterable[str] | None = None, entry: str | N
     Checked here, before any job starts: section names, the slice, every ``-p`` name (declared by
     some selected notebook) and the profile as each job will load it (its overrides applied)."""
     available = notebooks(notebook_dir)
-    wanted = list(available) if not sections else list(sections)
+    wanted = list(available) if not sections else list(dict.fromkeys(sections))
     unknown = [s for s in wanted if s not in available]
     if unknown:
         raise KeyError(f"unknown section(s) {', '.join(unknown)}; sections: {', '.join(available)}")
+    wanted = [s for s in available if s in wanted]  # paper order: a reader runs after what it reads
     why = _empty_slice_message(profile, entry, backbone)
     if why:
         raise KeyError(why)
@@ -367,14 +368,24 @@ def _child(job_file: str) -> int:
     tmp = Path(job_file).parent
 
     class Handler(logging.Handler):
+        at_line_start = True
+
         def emit(self, record):
             msg = record.getMessage()
-            # stderr stream of the kernel (tqdm bars, warnings) and cell progress go to the console;
-            # other cell output (stdout, displayed values) to the log only
-            shown = record.levelno >= logging.WARNING or msg.startswith(("Executing Cell", "Ending Cell"))
-            text = msg if shown else "".join(_LOG_ONLY + ln + "\n" for ln in msg.splitlines())
-            sys.stdout.write(text if text.endswith(("\n", "\r")) else text + "\n")
-            sys.stdout.flush()
+            # the kernel's stderr stream (tqdm bars, warnings) is passed through as written, so a
+            # bar's "\r" updates stay updates; cell progress goes to the console too; other cell
+            # output (stdout, displayed values) to the log only
+            if record.levelno >= logging.WARNING and record.name == "papermill":
+                text = msg
+            else:
+                shown = msg.startswith(("Executing Cell", "Ending Cell")) or record.levelno >= logging.WARNING
+                text = "".join(("" if shown else _LOG_ONLY) + ln + "\n" for ln in msg.splitlines())
+                if not Handler.at_line_start:
+                    text = "\n" + text
+            if text:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+                Handler.at_line_start = text.endswith("\n")
 
     log = logging.getLogger("papermill")
     log.handlers[:] = [Handler()]
