@@ -13,7 +13,7 @@ import pytest
 from helpers import provenance, results, runner
 from helpers.config import load_profile
 from helpers.fixtures import write_broden, write_imagenet, write_objectnet
-from tests.conftest import write_profile
+from tests.conftest import REPO, write_profile
 from tests.test_runner import _notebook
 
 
@@ -187,3 +187,55 @@ def test_a_changed_input_reruns_exactly_the_jobs_that_read_it(data, tmp_path):
         assert _tables(P) == incremental, mutate.__name__
     agg = results.load(P, "agg")
     assert agg.objectnet_images.iloc[0] == results.load(P, "objnet").images.iloc[0]
+
+
+@pytest.mark.slow
+def test_real_chapters_follow_their_data_and_a_failed_job_never_reaches_the_summary(tmp_path):
+    """The robustness and summary chapters on the demo layouts, one demo model: an image added two
+    levels down in ObjectNet re-runs robustness (and the summary only if robustness's table
+    changed), equal to --force; an unreadable ImageNet image fails robustness, and the summary then
+    reads no robustness numbers and names the failed job."""
+    import yaml
+
+    from helpers.chapters import summary as summary_chapter
+    from helpers.fixtures import write_demo_data
+    from helpers.study import Study
+
+    data = write_demo_data(tmp_path / "data")
+    raw = yaml.safe_load((REPO / "configs" / "demo.yml").read_text())
+    raw["paths"] = {"data_root": str(data), "cache_dir": str(tmp_path / "cache"),
+                    "results_dir": str(tmp_path / "results"), "checkpoints_dir": str(tmp_path / "ckpt")}
+    raw["pool"] = raw["pool"][:1]
+    raw["profile"] = "real-check"
+    (tmp_path / "p.yml").write_text(yaml.safe_dump(raw))
+    P = load_profile(tmp_path / "p.yml")
+    sections = ["robustness", "summary"]
+
+    def run(force=False):
+        out = runner.run(runner.plan(P, sections=sections), force=force, echo=lambda *a: None)
+        return {o.job.section: o.status for o in out.outcomes}, out
+
+    assert run()[0] == {"robustness": "ran", "summary": "ran"}
+    assert run()[0] == {"robustness": "skipped", "summary": "skipped"}
+    table = P.results_dir / "tables" / "robustness" / f"{P.pool[0].id}.csv"
+    before = table.read_text()
+    images = data / "objectnet-1.0" / "images"
+    a, b = sorted(images.iterdir())[:2]
+    shutil.copy(sorted(b.iterdir())[0], a / "0000added.png")  # another class's image, two levels down
+    provenance._TREE_MEMO.clear()
+    status, _ = run()
+    assert status["robustness"] == "ran"
+    assert status["summary"] == ("ran" if table.read_text() != before else "skipped")
+    incremental = _tables(P)
+    run(force=True)
+    assert _tables(P) == incremental
+    # an unreadable image: robustness fails, its stale table is not read, the summary says so
+    bad = sorted((data / "imagenet" / "val").glob("*/*.JPEG"))[0]
+    bad.write_bytes(b"not a jpeg")
+    provenance._TREE_MEMO.clear()
+    status, out = run()
+    assert status == {"robustness": "failed", "summary": "ran"}
+    assert results.load(P, "robustness").empty
+    cat = summary_chapter.catalogue(Study(P, list(P.pool), "summary")).set_index("paper item")
+    assert cat.loc["Table 1", "models in this run"] == 0
+    assert P.pool[0].id in cat.loc["Table 1", "failed (stale table ignored)"]
