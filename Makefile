@@ -16,7 +16,10 @@ export HF_HUB_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 export PYTHONHASHSEED ?= 0
 
-.PHONY: env data run book test browser bench clean
+.PHONY: env notebooks data run book test browser bench clean
+
+# papermill reads .ipynb: each MyST chapter gets its jupytext pair (generated, not committed)
+NOTEBOOKS_IPYNB := $(patsubst %.md,%.ipynb,$(wildcard notebooks/[0-9][0-9]_*.md))
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +30,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
-env: $(STAMP)
+notebooks/%.ipynb: notebooks/%.md | $(STAMP)
+	$(BIN)/jupytext --quiet --to ipynb --output $@ $<
+
+notebooks: $(NOTEBOOKS_IPYNB)
+
+env: $(STAMP) notebooks
 
 data: env
 ifeq ($(PROFILE),demo)
@@ -35,8 +43,9 @@ ifeq ($(PROFILE),demo)
 	$(BIN)/clip-study prepare-demo --profile demo
 endif
 
+# GPUS=0,1,2,3 spreads the jobs over those devices of this node
 run: data
-	$(BIN)/clip-study run --profile $(PROFILE)
+	$(BIN)/clip-study run --profile $(PROFILE) $(if $(GPUS),--gpus $(GPUS))
 
 book: run
 	$(BIN)/clip-study render --profile $(PROFILE)
@@ -56,4 +65,4 @@ bench: env
 	$(PY) benchmarks/concept_probing.py
 
 clean:
-	rm -rf _build rendered _results/demo _cache/demo
+	rm -rf _build rendered _results/demo _cache/demo $(NOTEBOOKS_IPYNB)

@@ -4,6 +4,7 @@
     clip-study run --profile demo             # every section on the whole pool
     clip-study run --profile paper --backbone ViT-B-32 --section outlier_features
     clip-study run --profile paper --per-entry --executor slurm --slurm slurm_partition=gpu
+    clip-study run --profile paper --per-entry --gpus 0,1,2,3  # one GPU node, no Slurm
     clip-study render --profile demo          # place executed notebooks for the book
     clip-study prepare-demo                   # train the demo's finetuned and supervised checkpoints
     clip-study finetune --profile paper --entry <finetuned id>          # Appendix H.1
@@ -36,12 +37,51 @@ def cmd_run(args) -> int:
     from . import runner
 
     profile = load_profile(args.profile)
+    if args.list:
+        print(slice_listing(profile))
+        return 0
+    extra = _overrides(args.param)
+    if args.skip_unreadable:
+        extra["skip_unreadable"] = True
+    # every check before any job starts: sections, slice, -p names, the profile with each job's overrides
     jobs = runner.plan(profile, sections=args.section, entry=args.entry, backbone=args.backbone,
-                       per_entry=args.per_entry, extra=_overrides(args.param))
+                       per_entry=args.per_entry, extra=extra)
+    try:
+        from . import preflight
+    except ImportError:
+        preflight = None
+    if preflight is not None and hasattr(preflight, "check"):
+        problems = preflight.check(profile, entry=args.entry, backbone=args.backbone, sections=args.section)
+        if problems:
+            print("clip-study run: not started; the run would fail:", file=sys.stderr)
+            for p in problems:
+                print(f"  {p}", file=sys.stderr)
+            return 2
     slurm = _overrides(args.slurm)
-    summary = runner.run(jobs, executor=args.executor, force=args.force, slurm=slurm)
+    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+    summary = runner.run(jobs, executor=args.executor, force=args.force, slurm=slurm, gpus=gpus)
     print(summary.report())
     return 1 if summary.failures else 0
+
+
+def slice_listing(profile) -> str:
+    """Sections, backbones and entries a run of ``profile`` can select (``run --list``, ``run --help``)."""
+    from .runner import notebooks
+
+    by_arch: dict[str, list[str]] = {}
+    for e in profile.pool:
+        by_arch.setdefault(e.arch, []).append(e.id)
+    lines = [f"sections (--section): {', '.join(notebooks())}",
+             f"backbones (--backbone) and entries (--entry) of profile {profile.name!r}:"]
+    lines += [f"  {arch}: {', '.join(ids)}" for arch, ids in by_arch.items()]
+    return "\n".join(lines)
+
+
+def _run_epilog() -> str:
+    try:
+        return slice_listing(load_profile("demo")) + "\n(--list --profile P lists another profile's)"
+    except Exception:  # help must never fail
+        return ""
 
 
 def cmd_render(args) -> int:
@@ -122,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="execute chapter notebooks with papermill")
+    r = sub.add_parser("run", help="execute chapter notebooks with papermill", epilog=_run_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("--profile", default="demo", help="profile name (demo, paper) or YAML path")
     r.add_argument("--section", action="append", help="section name (repeatable; default: all)")
     r.add_argument("--entry", help="one pool entry id")
@@ -134,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--param", "-p", action="append", metavar="NAME=VALUE",
                    help="notebook parameter, e.g. device=cuda data_root=/data batch_size=512 limit=1000")
     r.add_argument("--force", action="store_true", help="re-run even when up to date")
+    r.add_argument("--gpus", metavar="0,1,2,3", help="one GPU node without Slurm: run up to one job per listed "
+                   "device at a time (each job sees only its device through CUDA_VISIBLE_DEVICES)")
+    r.add_argument("--skip-unreadable", action="store_true", help="skip unreadable images (each one listed) "
+                   "instead of failing the job (profile key skip_unreadable)")
+    r.add_argument("--list", action="store_true", help="list the sections, backbones and entries of the profile and exit")
     r.set_defaults(func=cmd_run)
 
     rr = sub.add_parser("render", help="copy executed notebooks where the book expects them")

@@ -56,3 +56,37 @@ def test_methods_page_cites_every_choice_key_of_the_profiles():
             if e.note:
                 tag = e.pretrained or e.model
                 assert tag in methods, f"{name}: entry {e.id} has a note but methods.md never mentions {tag}"
+
+
+def test_papermill_pairs_match_their_myst_sources():
+    """``make env`` writes notebooks/<chapter>.ipynb (papermill reads only .ipynb); a pair that
+    exists runs the same code as its MyST source, and the provenance digest of the code that
+    runs is the same from either (so a plain papermill run is recognised by the runner)."""
+    import nbformat
+
+    from helpers import provenance
+
+    for section, md in runner.notebooks().items():
+        pair = md.with_suffix(".ipynb")
+        if not pair.exists():
+            continue
+        nb = nbformat.read(pair, as_version=4)
+        code = [c.source for c in nb.cells if c.cell_type == "code"]
+        assert provenance.code_digest(code) == provenance.notebook_digest(md), \
+            f"{pair.name} is out of date with {md.name}: run `make notebooks`"
+        assert provenance.parameters_cell(nb) == provenance.parameters_cell(md), pair.name
+
+
+def test_makefile_writes_the_papermill_pairs():
+    make = (REPO_ROOT / "Makefile").read_text()
+    assert "notebooks/%.ipynb: notebooks/%.md" in make and "jupytext" in make
+    assert re.search(r"^env: .*notebooks", make, re.M)
+    assert "/notebooks/*.ipynb" in (REPO_ROOT / ".gitignore").read_text()
+    assert "notebooks/*" in CONFIG["exclude_patterns"]  # the book renders from rendered/, not the pairs
+
+
+def test_every_chapter_ends_by_recording_its_provenance():
+    for section, md in runner.notebooks().items():
+        nb = jupytext.read(md)
+        last = [c for c in nb.cells if c.cell_type == "code"][-1]
+        assert "finish(" in last.source and "remove-cell" in last.metadata.get("tags", []), md.name

@@ -43,10 +43,32 @@ def catalogue(study) -> pd.DataFrame:
     P = study.profile
     rows = []
     for item, section, quantity, paper in CATALOGUE:
-        n = results.load(P, section)["entry"].nunique()
+        n = _load(study, section)["entry"].nunique()
+        bad = results.status(P, section, _ids(study, section))
+        failed = bad[bad.status == "failed"]
         rows.append({"paper item": item, "chapter": section, "quantity": quantity, "paper reports": paper,
-                     "models in this run": n})
+                     "models in this run": n,
+                     "failed (stale table ignored)": ", ".join(f"{r.entry} ({r.job})" for r in failed.itertuples())})
     return pd.DataFrame(rows)
+
+
+def _ids(study, section: str) -> list[str]:
+    """The entries of this slice a section records: the pool slice (CoCa: its CoCa entries)."""
+    return [e.id for e in study.pool]
+
+
+def _load(study, section: str) -> pd.DataFrame:
+    """This slice's trusted tables of a section: a slice summary reads only its slice, and tables
+    of failed or unfinished jobs never enter an aggregate (:func:`helpers.results.load`)."""
+    return results.load(study.profile, section, _ids(study, section))
+
+
+def jobs_without_results(study, sections=None) -> pd.DataFrame:
+    """Per section the entries of this slice whose table is missing or belongs to a failed job
+    (section, entry, status, job): what the numbers on this page do not include."""
+    sections = sections or list(dict.fromkeys(s for _, s, _, _ in CATALOGUE))
+    frames = [results.status(study.profile, s, _ids(study, s)) for s in sections]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["section", "entry", "status", "job"])
 
 
 def numeric_comparison(study) -> pd.DataFrame:
@@ -54,7 +76,7 @@ def numeric_comparison(study) -> pd.DataFrame:
     run's value for the same pool entry, with the difference. Demo entries match no paper row."""
     P = study.profile
     paper = paper_values.accuracies()
-    rob = results.load(P, "robustness")
+    rob = _load(study, "robustness")
     rows = []
     if not rob.empty:
         mine = rob.set_index("entry")
@@ -63,13 +85,13 @@ def numeric_comparison(study) -> pd.DataFrame:
                                        ("Figure 1a", "er", "er"), ("Figure 1b", "acc_ratio", "acc_ratio")):
                 value = mine[run_col].get(p.entry, np.nan) * 100 if p.entry in mine.index else np.nan
                 rows.append({"paper item": item, "entry": p.entry, "paper": p[col], "this run": value})
-    poly = results.load(P, "concept_probing")
+    poly = _load(study, "concept_probing")
     if not poly.empty:
         poly = poly[np.isclose(poly.threshold, P.metrics["concept_threshold"])].set_index("entry")
     for _, p in paper_values.polysemanticity().iterrows():
         value = poly["polysemanticity"].get(p.entry, np.nan) if not poly.empty else np.nan
         rows.append({"paper item": "Table 7", "entry": p.entry, "paper": p.polysemanticity, "this run": value})
-    coca = results.load(P, "coca")
+    coca = _load(study, "coca")
     for _, p in paper_values.coca_tables().iterrows():
         for item, col in (("Table 4", "kurtosis"), ("Table 5", "unique_concepts")):
             value = np.nan
@@ -84,17 +106,17 @@ def numeric_comparison(study) -> pd.DataFrame:
 def pool_indicators(study) -> pd.DataFrame:
     """One row per model of this run: ER, %acc, kurtosis, importance ratio, unique concepts."""
     P = study.profile
-    rob = results.load(P, "robustness")
+    rob = _load(study, "robustness")
     if rob.empty:
         return pd.DataFrame()
     df = rob[["entry", "backbone", "family", "er", "acc_ratio"]].copy()
-    out = results.load(P, "outlier_features")
+    out = _load(study, "outlier_features")
     if not out.empty:
         df = df.merge(out[["entry", "kurtosis"]], on="entry", how="left")
-    pri = results.load(P, "privileged_directions")
+    pri = _load(study, "privileged_directions")
     if not pri.empty:
         df = df.merge(pri.groupby("entry", as_index=False)["importance_ratio"].first(), on="entry", how="left")
-    con = results.load(P, "concept_probing")
+    con = _load(study, "concept_probing")
     if not con.empty:
         con = con[np.isclose(con.threshold, P.metrics["concept_threshold"])]
         df = df.merge(con[["entry", "unique_concepts"]], on="entry", how="left")

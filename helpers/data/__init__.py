@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from .base import IMAGE_EXTENSIONS, LIMIT_SEED, DatasetLayoutError, ImageDataset, UnreadableImageError  # noqa: F401
-from .broden import BrodenDataset, open_broden  # noqa: F401
+from .broden import BrodenDataset  # noqa: F401
+from .broden import open_broden as _open_broden
 from .classes import LabelSpace, imagenet_classnames, imagenet_wnids  # noqa: F401
 from .imagenet import (open_imagenet, open_imagenet_a, open_imagenet_r, open_imagenet_sketch,
                        open_imagenet_v2)
@@ -40,6 +41,7 @@ def open_dataset(name: str, root: str | Path, transform: Callable | None = None,
     dropped and listed in ``.skipped`` (so a later pass never fails half-way).
     """
     root = Path(root)
+    _provenance().note_dataset(name, root)  # every file at any depth of root: the job's input
     kw = dict(transform=transform, skip_unreadable=skip_unreadable, limit=limit)
     if name in ("imagenet", "imagenet-train"):
         return open_imagenet(name, root, **kw)
@@ -56,3 +58,15 @@ def open_dataset(name: str, root: str | Path, transform: Callable | None = None,
     if name == "broden":
         return open_broden(root, **kw)
     raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(OPENABLE)}")
+
+
+def open_broden(root: str | Path, **kw) -> BrodenDataset:
+    """Broden (:func:`.broden.open_broden`), recorded as an input of the current job."""
+    _provenance().note_dataset("broden", root)
+    return _open_broden(root, **kw)
+
+
+def _provenance():
+    from .. import provenance
+
+    return provenance
