@@ -89,7 +89,7 @@ class Activations:
 # --------------------------------------------------------------------------------------------
 
 def activations(entry: PoolEntry | str, dataset_name: str, profile: Profile, force: bool = False,
-                skip_unreadable: bool = False) -> Activations:
+                skip_unreadable: bool | None = None) -> Activations:
     """``h`` (N x d_H), logits (N x 1000) and labels of one pool entry on one dataset, computed once
     and then read from the cache (Section 4: "activation vectors h^(n) = f_v(x^(n))").
 
@@ -109,7 +109,7 @@ def layer_activations(entry: PoolEntry | str, dataset_name: str, profile: Profil
 
 def extract_many(entries: Iterable[PoolEntry | str], dataset_name: str, profile: Profile, *,
                  layers: Sequence[str] | str | None = None, force: bool = False,
-                 skip_unreadable: bool = False, models_per_pass: int | None = None,
+                 skip_unreadable: bool | None = None, models_per_pass: int | None = None,
                  device: str | None = None, chunk_images: int = CHUNK_IMAGES,
                  on_chunk: Callable[[int], None] | None = None,
                  models: Mapping[str, Any] | None = None) -> dict[str, Activations]:
@@ -133,6 +133,7 @@ def extract_many(entries: Iterable[PoolEntry | str], dataset_name: str, profile:
     dev = torch.device(device or profile.device)
     dtype = "fp32" if dev.type == "cpu" else profile.precision
     limit = profile.limit(dataset_name)
+    skip_unreadable = profile.skip_unreadable if skip_unreadable is None else skip_unreadable
     # Unreadable files are dropped while decoding into the store (not by the datasets' up-front
     # scan, which would decode every image again on each call, cache hits included).
     root = profile.dataset_root(dataset_name)
