@@ -252,8 +252,10 @@ def checkpoint_status(profile: Profile, entries: Iterable[PoolEntry] | None = No
         if Path(e.checkpoint).is_file():
             out.append((e, key, "present", e.checkpoint))
         elif e.family in PRODUCED_BY and e.source == "open_clip":
-            out.append((e, key, "produced", f"produced by: clip-study {PRODUCED_BY[e.family]} "
-                                              f"--profile {profile.name} --entry {e.id} (into {e.checkpoint})"))
+            # the demo's few-step checkpoints come from one command for all of them
+            command = (f"prepare-demo --profile {profile.name}" if profile.is_demo
+                       else f"{PRODUCED_BY[e.family]} --profile {profile.name} --entry {e.id}")
+            out.append((e, key, "produced", f"produced by: clip-study {command} (into {e.checkpoint})"))
         else:
             out.append((e, key, "missing", f"checkpoint file {e.checkpoint} not found, and no command of this "
                                            f"project writes it; expected {_expected_weights(e)}"))

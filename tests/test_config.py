@@ -185,7 +185,7 @@ def test_checkpoints_present_produced_or_missing(tmp_path):
              "finetuned_from": "zs", "checkpoint": "{checkpoints_dir}/ft/final.pt"},
             {"id": "cap", "arch": "RN50", "family": "imagenet_captions_clip", "pretraining": "x", "model": "demo-RN50",
              "checkpoint": str(tmp_path / "captions.pt")}]
-    path = write_profile(tmp_path, pool=pool)
+    path = write_profile(tmp_path, pool=pool, kind="smoke")
     P = load_profile(path)  # a machine fact, not a profile error: loads without check_files
     status = {e.id: (key, state, detail) for e, key, state, detail in checkpoint_status(P)}
     assert status["ft"][1] == "produced"
@@ -196,5 +196,9 @@ def test_checkpoints_present_produced_or_missing(tmp_path):
     msg = str(err.value)
     assert f"{path}: pool[2] (cap).checkpoint: checkpoint file {tmp_path / 'captions.pt'} not found" in msg
     assert "(ft)" not in msg  # produced by a named command: not an error
+    demo = load_profile("demo", overrides={"paths.checkpoints_dir": str(tmp_path / "none")})
+    status = {e.id: (state, d) for e, _, state, d in checkpoint_status(demo)}
+    assert status["demo-rn-finetuned"] == ("produced", "produced by: clip-study prepare-demo --profile demo (into "
+                                           f"{tmp_path / 'none' / 'demo-rn-finetuned' / 'final.pt'})")
     (tmp_path / "captions.pt").write_bytes(b"x")
     assert load_profile(path, check_files=True).entry("cap").checkpoint == str(tmp_path / "captions.pt")

@@ -1,12 +1,14 @@
 """Mistakes found before any GPU time (issue 11.5, 12.3-12.5): the published-accuracy guard, every
 unreadable image named (or skipped and listed), and ``clip-study plan``."""
+import re
 import shutil
 import warnings
+from pathlib import Path
 
 import pytest
 import yaml
 
-from helpers import fixtures
+from helpers import cli, fixtures, preflight
 from helpers.config import load_profile
 from helpers.store import DecodeError
 from helpers.study import Study
@@ -26,6 +28,7 @@ def data(tmp_path_factory):
     fixtures.write_imagenet_sketch(root / "sketch", classes=CLASSES, **per)
     fixtures.write_imagenet_a(root / "imagenet-a", classes=CLASSES, **per)
     fixtures.write_objectnet(root / "objectnet-1.0", folders=("tie", "broom", "coaster"), **per)
+    fixtures.write_broden(root / "broden1_224", n_images=6)
     return root
 
 
@@ -39,7 +42,7 @@ def _profile(tmp_path, data, published_top1=None, **top):
            "paths": {"data_root": str(data), "cache_dir": str(tmp_path / "cache"),
                      "results_dir": str(tmp_path / "results")},
            "datasets": {k: "{data_root}/" + str(v.relative_to(demo.paths["data_root"]))
-                        for k, v in demo.datasets.items() if k not in ("broden", "imagenet-train")},
+                        for k, v in demo.datasets.items() if k != "imagenet-train"},
            "pool": [entry], **top}
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "planted.yml"
@@ -97,3 +100,98 @@ def test_every_unreadable_image_is_named_then_skipped_and_listed(tmp_path, data)
     listed = robustness.skipped_files(Study(P, list(P.pool), robustness.SECTION), datasets=["imagenet"])
     assert sorted(listed.file) == sorted(map(str, bad))
     assert set(listed.dataset) == {"imagenet"} and set(listed.entries) == {"planted"}
+
+
+EVAL_IMAGES = 50_000 + 10_000 + 30_000 + 50_889 + 18_574 + 7_500  # the published sizes (facts.md)
+
+
+def test_plan_for_the_paper_profile_here_lists_what_is_missing_within_80_gb(capsys):
+    rc = cli.main(["plan", "--profile", "paper"])
+    out = capsys.readouterr().out
+    total = re.fullmatch(r"total cache: (\d+) GB", out.strip().splitlines()[-1])
+    assert total and int(total.group(1)) <= 80
+    if not Path("/data/imagenet/val").exists():
+        assert rc == 1
+        assert "datasets.imagenet: imagenet: /data/imagenet/val does not exist; expected <root>/<wnid>/*.JPEG" in out
+    assert "produced by: clip-study finetune --profile paper --entry RN50-openai-ft" in out
+    assert "pool[37] (ViT-B-16-supervised).checkpoint: checkpoint file" in out  # nothing here produces it
+    for stage in ("stores", "heads", "extraction", "CKA", "finetuning", "WiSE-FT", "Broden probing"):
+        assert re.search(rf"^  {stage} +\S+ (GB|MB|kB) ", out, re.M), stage
+
+
+def test_plan_cache_bytes_follow_the_per_image_formula():
+    """One ViT-B-32 (d_H 512) over the six evaluation sets of their published sizes: 224 x 224 x 3
+    uint8 pixels and 4 x 512 float32 bytes of h per image, a 1,000 x 512 float32 head."""
+    report = preflight.check("paper", sections=["robustness"], entry="ViT-B-32-openai")
+    stages = {s.name: s for s in report.stages}
+    assert stages["stores"].cache_bytes == 224 * 224 * 3 * EVAL_IMAGES
+    assert stages["extraction"].cache_bytes == 4 * 512 * EVAL_IMAGES
+    assert stages["heads"].cache_bytes == 1000 * 512 * 4
+    assert stages["extraction"].gpu_hours == pytest.approx(8.82e9 / 100e12 * EVAL_IMAGES / 3600)
+    assert stages["Broden probing"].cache_bytes == stages["CKA"].cache_bytes == 0
+    assert report.total_cache_bytes == sum(s.cache_bytes for s in report.stages)
+
+
+def test_plan_passes_on_a_complete_demo_slice(tmp_path, data, capsys):
+    P = _profile(tmp_path, data)
+    report = preflight.check(P, sections=["robustness", "concept_probing"])
+    assert report.ok and report.ready and not report.todo, report.problems
+    rows = {r["dataset"]: r for r in report.datasets}
+    assert rows["imagenet"]["images"] == 4 and rows["imagenet"]["classes"] == 2
+    assert rows["objectnet"]["images"] == 4 and rows["broden"]["images"] == 6
+    assert rows["broden"]["classes"] == len(fixtures.BRODEN_CONCEPTS)
+    assert cli.main(["plan", "--profile", str(P.path), "--section", "robustness"]) == 0
+    assert capsys.readouterr().out.strip().endswith("total cache: 0 GB")
+
+
+def test_plan_compares_a_paper_kind_profile_with_the_published_sizes(tmp_path, data):
+    report = preflight.check(_profile(tmp_path, data, kind="paper"), sections=["robustness"])
+    assert not report.ok
+    text = "\n".join(report.problems)
+    assert (f"datasets.imagenet ({data / 'imagenet' / 'val'}): expected 50,000 images in 1,000 classes "
+            "(the published size), found 4 in 2") in text
+    assert "datasets.objectnet" in text and "expected about 18,574 images in 113 classes" in text
+
+
+def test_plan_lists_every_bad_value_and_missing_folder(tmp_path, data, capsys):
+    P = _profile(tmp_path, data)
+    raw = yaml.safe_load(P.path.read_text())
+    raw.update(device="gpu", metrics={"bootstrap": "many"})
+    P.path.write_text(yaml.safe_dump(raw))
+    assert cli.main(["plan", "--profile", str(P.path)]) == 1
+    out = capsys.readouterr().out
+    assert f"{P.path}: device: expected a torch device" in out and f"{P.path}: metrics.bootstrap: " in out
+
+    P = _profile(tmp_path / "b", data)
+    raw = yaml.safe_load(P.path.read_text())
+    raw["datasets"]["imagenet-sketch"] = str(tmp_path / "no-sketch")
+    del raw["datasets"]["broden"]
+    P.path.write_text(yaml.safe_dump(raw))
+    report = preflight.check(load_profile(P.path))
+    text = "\n".join(report.problems)
+    assert f"datasets.imagenet-sketch: imagenet-sketch: {tmp_path / 'no-sketch'} does not exist" in text
+    assert "datasets.broden: not set, but concept_probing" in text
+
+
+def test_plan_refuses_a_run_that_would_not_fit_on_disk(tmp_path, data, monkeypatch):
+    P = _profile(tmp_path, data)
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 1000))
+    report = preflight.check(P, sections=["robustness"])
+    assert any("paths.cache_dir" in p and "not enough disk" in p and "found 0.0 GB" in p for p in report.problems)
+
+
+def test_plan_names_checkpoints_to_produce_and_to_supply(tmp_path, data):
+    P = _profile(tmp_path, data, kind="smoke")
+    raw = yaml.safe_load(P.path.read_text())
+    raw["pool"] = [
+        {"id": "zs", "arch": "RN50", "family": "robust_zeroshot_clip", "pretraining": "x", "model": "demo-RN50"},
+        {"id": "ft", "arch": "RN50", "family": "finetuned_clip", "pretraining": "x", "model": "demo-RN50",
+         "finetuned_from": "zs", "checkpoint": "{checkpoints_dir}/ft/final.pt"},
+        {"id": "tv", "arch": "ViT-B-32", "family": "supervised", "pretraining": "x", "source": "torchvision",
+         "model": "demo_vit_b_32", "checkpoint": str(tmp_path / "tv.pth")}]
+    P.path.write_text(yaml.safe_dump(raw))
+    report = preflight.check(load_profile(P.path), sections=["robustness"])
+    assert report.pending == [f"produced by: clip-study finetune --profile planted --entry ft (into "
+                              f"{tmp_path / 'cache' / 'checkpoints' / 'ft' / 'final.pt'})"]
+    assert any(f"pool[2] (tv).checkpoint: checkpoint file {tmp_path / 'tv.pth'} not found" in p for p in report.problems)
+    assert not report.ready
