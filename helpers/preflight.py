@@ -166,7 +166,50 @@ def _check_checkpoints(profile: Profile, entries: list[PoolEntry], report: Repor
     n = sum(1 for e in wanted if e.checkpoint)
     if n:
         report.checked.append(f"checkpoints: {present} of {n} present, {len(to_produce)} produced by a command")
+    for e in wanted:
+        problem = _activation_of_training_run(e)
+        if problem:
+            report.problems.append(f"{profile.path}: pool[{[x.id for x in profile.pool].index(e.id)}] ({e.id}).model: "
+                                   f"{problem}")
     return to_produce
+
+
+def _training_params(checkpoint: Path) -> tuple[Path, dict[str, str]] | None:
+    """The ``params.txt`` open_clip's trainer writes beside its run (``<logs>/<name>/params.txt``,
+    checkpoints in ``<logs>/<name>/checkpoints/``), parsed, if the checkpoint sits in such a run."""
+    for folder in (checkpoint.parent, checkpoint.parent.parent):
+        f = folder / "params.txt"
+        if f.is_file():
+            pairs = (line.split(": ", 1) for line in f.read_text(errors="replace").splitlines() if ": " in line)
+            return f, {k.strip(): v.strip() for k, v in pairs}
+    return None
+
+
+def _activation_of_training_run(e: PoolEntry) -> str | None:
+    """The QuickGELU trap of a local open_clip state dict (issue 12): GELU and QuickGELU have no
+    parameters, so the weights cannot tell which one they were trained with and any model name
+    loads them. What can be seen cheaply is the training run's ``params.txt`` (its ``model`` and
+    ``force_quick_gelu``); without one, the published-accuracy guard is what catches the mismatch
+    (book/methods.md)."""
+    if not e.checkpoint or e.source != "open_clip" or not Path(e.checkpoint).is_file():
+        return None
+    found = _training_params(Path(e.checkpoint))
+    if found is None or "model" not in found[1]:
+        return None
+    from .models import _open_clip
+
+    path, params = found
+    trained_model = params["model"]
+    cfg = _open_clip(trained_model).get_model_config(trained_model) or {}
+    trained = bool(cfg.get("quick_gelu", False)) or params.get("force_quick_gelu", "False") == "True"
+    runs = bool((_open_clip(e.model).get_model_config(e.model) or {}).get("quick_gelu", False))
+    if trained == runs:
+        return None
+    base = e.model[: -len("-quickgelu")] if e.model.endswith("-quickgelu") else e.model
+    return (f"{e.checkpoint} was trained with {'QuickGELU' if trained else 'plain GELU'} ({path}: model "
+            f"{trained_model}, force_quick_gelu {params.get('force_quick_gelu', 'False')}), but open_clip model "
+            f"{e.model!r} runs {'plain GELU' if trained else 'QuickGELU'}; expected model "
+            f"{(base + '-quickgelu') if trained else base!r}")
 
 
 def _check_dataset(profile: Profile, name: str, readers: list[str], report: Report) -> int | None:

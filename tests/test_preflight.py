@@ -195,3 +195,21 @@ def test_plan_names_checkpoints_to_produce_and_to_supply(tmp_path, data):
                               f"{tmp_path / 'cache' / 'checkpoints' / 'ft' / 'final.pt'})"]
     assert any(f"pool[2] (tv).checkpoint: checkpoint file {tmp_path / 'tv.pth'} not found" in p for p in report.problems)
     assert not report.ready
+
+
+def test_quickgelu_trap_of_a_local_checkpoint_is_seen_in_its_training_params(tmp_path, data):
+    """A plain-GELU open_clip training run (params.txt: model RN50) loaded under a QuickGELU model name."""
+    run = tmp_path / "logs" / "captions-run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "epoch_32.pt").write_bytes(b"weights")
+    (run / "params.txt").write_text("batch_size: 256\nforce_quick_gelu: False\nmodel: RN50\n")
+    P = _profile(tmp_path, data)
+    raw = yaml.safe_load(P.path.read_text())
+    raw["pool"] = [{"id": "cap", "arch": "RN50", "family": "imagenet_captions_clip", "pretraining": "x",
+                    "model": "demo-RN50", "checkpoint": str(run / "checkpoints" / "epoch_32.pt")}]
+    P.path.write_text(yaml.safe_dump(raw))
+    report = preflight.check(load_profile(P.path), sections=["robustness"])
+    [problem] = [p for p in report.problems if "(cap).model" in p]
+    assert "was trained with plain GELU" in problem and "runs QuickGELU" in problem and str(run / "params.txt") in problem
+    (run / "params.txt").write_text("force_quick_gelu: True\nmodel: RN50\n")  # trained with --force-quick-gelu
+    assert not [p for p in preflight.check(load_profile(P.path), sections=["robustness"]).problems if "(cap)" in p]
