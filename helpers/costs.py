@@ -184,27 +184,29 @@ def estimate(profile: Profile, entries: list[PoolEntry], sections: list[str], *,
     dev, prec = profile.device, profile.precision
     stages = {n: Stage(n) for n in ("stores", "heads", "extraction", "CKA", "finetuning", "WiSE-FT",
                                     "Broden probing")}
-    by_id = {e.id: e for e in profile.pool}
+    # pairs within the slice, as the chapters form them (chapters.common.finetuning_pairs)
+    by_id = {e.id: e for e in entries}
     pairs = [(by_id[e.finetuned_from], e) for e in entries if e.finetuned_from in by_id]
     need: dict[str, set[str]] = {e.id: set() for e in entries}  # entry -> datasets with h
     for s in sections:
         for e in entries:
             need[e.id] |= set(SECTION_DATASETS.get(s, ()))
-    if any(s in PAIR_SECTIONS for s in sections):
-        for zs, ft in pairs:
-            need.setdefault(zs.id, set())
     dims = {e.id: feature_dim(e) for e in entries}
-    all_entries = {e.id: e for e in entries}
 
     stores: set[tuple[str, str]] = set()
     for eid, datasets in need.items():
-        e = all_entries.get(eid) or by_id[eid]
+        e = by_id[eid]
         for d in sorted(datasets):
             n = images.get(d, 0)
             target = stages["Broden probing" if d == "broden" else "extraction"]
-            target.cache_bytes += 4 * dims.get(eid, feature_dim(e)) * n
+            target.cache_bytes += 4 * dims[eid] * n
             target.add_time(forward_seconds(e, dev, prec), e.id, n)
             stores.add((d, geometries[eid]))
+    for s in sections:
+        if s in PAIR_SECTIONS:  # both models of a pair read the stores of the evaluation sets (and Broden)
+            for zs, ft in pairs:
+                for d in EVAL_DATASETS + (("broden",) if s == "wiseft" and "broden" in images else ()):
+                    stores.update({(d, geometries[zs.id]), (d, geometries[ft.id])})
     for d, g in sorted(stores):
         size = int(g.split("-")[0])
         stages["stores"].cache_bytes += 3 * size * size * images.get(d, 0)
@@ -212,8 +214,11 @@ def estimate(profile: Profile, entries: list[PoolEntry], sections: list[str], *,
         stages["stores"].notes.append(f"{len(stores)} (dataset, geometry) store(s), decoded once on CPU workers")
     if "broden" in {d for d, _ in stores}:
         stages["Broden probing"].cache_bytes += images.get("broden", 0) * BRODEN_CONCEPTS
+    loaded = {e.id for e in entries if need.get(e.id)}
+    if any(s in PAIR_SECTIONS for s in sections):
+        loaded |= {zs.id for zs, _ in pairs}
     for e in entries:
-        if e.family in ZERO_SHOT_FAMILIES and need.get(e.id):
+        if e.family in ZERO_SHOT_FAMILIES and e.id in loaded:
             stages["heads"].cache_bytes += HEAD_CLASSES * dims[e.id] * 4
             stages["heads"].add_time(head_seconds(e, dev), e.id)
     if "cka_layers" in sections:
@@ -239,10 +244,8 @@ def estimate(profile: Profile, entries: list[PoolEntry], sections: list[str], *,
         st = stages["finetuning"]
         st.add_time(training_seconds(e), e.id, recipe.epochs * train_images)
         mp = IMAGE_MPARAMS.get(base_model(e))
-        if mp is None:
-            st.unknown.append(e.id) if e.id not in st.unknown else None
-            continue
-        st.checkpoint_bytes += mp * 1e6 * (4 * 3 * recipe.epochs + 4)
+        if mp is not None:  # (an unknown model is listed by add_time above)
+            st.checkpoint_bytes += mp * 1e6 * (4 * 3 * recipe.epochs + 4)
     if to_train:
         st = stages["finetuning"]
         st.notes.append(f"{len(to_train)} checkpoint(s) to produce (finetune: {FinetuneRecipe().epochs} epochs, "

@@ -82,7 +82,8 @@ def _sections(requested: list[str] | None, report: Report) -> list[str]:
 def _datasets_needed(sections: list[str], entries: list[PoolEntry], profile: Profile) -> dict[str, list[str]]:
     """dataset -> the sections that read it."""
     need: dict[str, list[str]] = {}
-    has_pairs = any(e.finetuned_from for e in entries)
+    ids = {e.id for e in entries}
+    has_pairs = any(e.finetuned_from in ids for e in entries)
     for s in sections:
         names = list(costs.SECTION_DATASETS.get(s, ()))
         if s in costs.PAIR_SECTIONS and has_pairs:
