@@ -1,6 +1,7 @@
 """``clip-study``: the study's command line.
 
     clip-study demo-data                      # write the demo datasets (real on-disk layouts)
+    clip-study plan --profile paper           # check everything that can fail, print the run's cost
     clip-study run --profile demo             # every section on the whole pool
     clip-study run --profile paper --backbone ViT-B-32 --section outlier_features
     clip-study run --profile paper --per-entry --executor slurm --slurm slurm_partition=gpu
@@ -82,6 +83,15 @@ def _run_epilog() -> str:
         return slice_listing(load_profile("demo")) + "\n(--list --profile P lists another profile's)"
     except Exception:  # help must never fail
         return ""
+
+
+def cmd_plan(args) -> int:
+    from . import preflight
+
+    report = preflight.check(args.profile, sections=args.section, entry=args.entry, backbone=args.backbone,
+                             per_entry=args.per_entry)
+    print(preflight.format(report))
+    return 0 if report.ready else 1
 
 
 def cmd_render(args) -> int:
@@ -181,6 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "instead of failing the job (profile key skip_unreadable)")
     r.add_argument("--list", action="store_true", help="list the sections, backbones and entries of the profile and exit")
     r.set_defaults(func=cmd_run)
+
+    pl = sub.add_parser("plan", help="check, in seconds and without weights or a GPU, everything a run needs, "
+                        "and print its cache bytes and GPU-hours per stage (exit 1 listing every problem)")
+    pl.add_argument("--profile", default="demo", help="profile name (demo, paper) or YAML path")
+    pl.add_argument("--section", action="append", help="section name (repeatable; default: all)")
+    pl.add_argument("--entry", help="one pool entry id")
+    pl.add_argument("--backbone", help="one backbone (RN50, RN101, ViT-B-16, ViT-B-32, ViT-L-14, ...)")
+    pl.add_argument("--per-entry", action="store_true", help="count one job per pool entry of the slice")
+    pl.set_defaults(func=cmd_plan)
 
     rr = sub.add_parser("render", help="copy executed notebooks where the book expects them")
     rr.add_argument("--profile", default="demo")

@@ -1,15 +1,24 @@
 """Study configuration: one commented YAML per profile (``configs/demo.yml``, ``configs/paper.yml``).
 
 A profile holds the global parameters (device, batch size, workers, cache/results folders, dataset
-roots, sample limits, the paper's constants) and the model pool. :func:`load_profile` validates it
-and every error names the offending key, e.g. ``configs/paper.yml: pool[3].family: 'zero-shot' is
-not one of ...``.
+roots, sample limits, the paper's constants) and the model pool. :func:`load_profile` validates every value (types, ranges, open_clip model
+and tag names, torchvision builders) and raises one :class:`ConfigError` listing every problem, each
+naming the file and the key, e.g. ``configs/paper.yml: metrics.bootstrap: expected an integer >= 1,
+got 'many'``. Whether the checkpoint files exist is a fact of the machine, not of the profile:
+:func:`checkpoint_status` says, per entry, whether its file is present, produced by a named command
+(finetuned and supervised entries) or missing; ``load_profile(..., check_files=True)`` and
+``clip-study plan`` turn the missing ones into errors.
+
+Path values may use ``{data_root}``-style references to earlier ``paths`` keys, ``~``, and
+environment variables as ``$VAR``, ``${VAR}`` or ``${VAR:-default}`` (the default is used when the
+variable is unset or empty), e.g. ``cache_dir: "${CLIP_STUDY_CACHE:-~/.cache/clip-study}/paper"``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
@@ -31,6 +40,9 @@ FAMILIES = {
     "coca_zeroshot": "CoCa zero-shot",
     "coca_finetuned": "CoCa fine-tuned",
 }
+
+#: What a profile is for (top-level ``kind``): the banner of every chapter follows it.
+KINDS = ("demo", "smoke", "paper")
 
 #: The five natural distribution shifts of Section 3, in the paper's order.
 SHIFTS = ("imagenet-v2", "imagenet-r", "imagenet-sketch", "objectnet", "imagenet-a")
@@ -63,6 +75,10 @@ class PoolEntry:
     image_std: tuple[float, float, float] | None = None
     seed: int = 0
     note: str = ""
+    #: Published ImageNet top-1 (%) of these weights; after extraction a deviation of more than
+    #: ``PUBLISHED_TOLERANCE`` points is a loud warning (activation, normalisation, preprocessing or
+    #: checkpoint mismatch; :mod:`helpers.chapters.robustness`). None: nothing to compare with.
+    published_top1: float | None = None
 
     @property
     def backbone(self) -> str:
@@ -99,6 +115,11 @@ class Profile:
     metrics: dict[str, Any]
     pool: tuple[PoolEntry, ...]
     raw: dict = field(repr=False, compare=False, default_factory=dict)
+    #: demo | smoke | paper (top-level ``kind``; default: demo when ``allow_random_init``, else paper).
+    kind: str = "paper"
+    #: Leave undecodable images out (listed in the manifests and the robustness chapter) instead of
+    #: stopping at the end of the decoding pass with every unreadable file named.
+    skip_unreadable: bool = False
 
     @property
     def cache_dir(self) -> Path:
@@ -110,7 +131,7 @@ class Profile:
 
     @property
     def is_demo(self) -> bool:
-        return self.allow_random_init
+        return self.kind == "demo"
 
     def entry(self, entry_id: str) -> PoolEntry:
         for e in self.pool:
@@ -149,8 +170,8 @@ class Profile:
         return hashlib.sha256(json.dumps(self.raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-_TOP_KEYS = {"profile", "description", "device", "batch_size", "num_workers", "precision",
-             "allow_random_init", "paths", "datasets", "limits", "metrics", "pool"}
+_TOP_KEYS = {"profile", "kind", "description", "device", "batch_size", "num_workers", "precision",
+             "allow_random_init", "skip_unreadable", "paths", "datasets", "limits", "metrics", "pool"}
 _REQUIRED_TOP = {"profile", "paths", "datasets", "pool"}
 _PATH_KEYS = {"data_root", "cache_dir", "results_dir", "checkpoints_dir", "hf_cache"}
 _METRIC_DEFAULTS = {
@@ -168,6 +189,11 @@ _ENTRY_REQUIRED = ("id", "arch", "family", "pretraining", "model")
 _ENTRY_KEYS = {f.name for f in fields(PoolEntry)}
 _PRECISIONS = ("fp32", "bf16", "fp16")
 _SOURCES = ("open_clip", "torchvision")
+_DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
+#: Points of ImageNet top-1 a measured accuracy may differ from ``published_top1`` before it is flagged.
+PUBLISHED_TOLERANCE = 1.5
+#: Families whose checkpoint a command of this project writes (helpers.models' family groups).
+PRODUCED_BY = {"finetuned_clip": "finetune", "coca_finetuned": "finetune", "supervised": "train-supervised"}
 
 
 def profile_path(name_or_path: str | os.PathLike) -> Path:
@@ -181,12 +207,15 @@ def profile_path(name_or_path: str | os.PathLike) -> Path:
     return candidate
 
 
-def load_profile(name_or_path: str | os.PathLike = "demo", overrides: dict[str, Any] | None = None) -> Profile:
+def load_profile(name_or_path: str | os.PathLike = "demo", overrides: dict[str, Any] | None = None, *,
+                 check_files: bool = False) -> Profile:
     """Load and validate a profile by name (``demo``, ``paper``) or YAML path.
 
     ``overrides`` maps dotted keys to values (``{"device": "cuda", "paths.data_root": "/data"}``)
     and is applied before validation; so is the environment variable ``CLIP_STUDY_DATA_ROOT``,
-    which replaces ``paths.data_root``.
+    which replaces ``paths.data_root``. Every problem found is listed in one :class:`ConfigError`.
+    ``check_files``: also fail on checkpoint files that are missing and that no command of this
+    project produces (:func:`checkpoint_status`).
     """
     path = profile_path(name_or_path)
     if not path.exists():
@@ -201,7 +230,42 @@ def load_profile(name_or_path: str | os.PathLike = "demo", overrides: dict[str, 
         raw.setdefault("paths", {})["data_root"] = os.environ["CLIP_STUDY_DATA_ROOT"]
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value, path)
-    return _validate(raw, path)
+    profile = _validate(raw, path)
+    if check_files:
+        missing = [f"{path}: {where}: {detail}" for where, state, detail in
+                   (s[1:] for s in checkpoint_status(profile)) if state == "missing"]
+        if missing:
+            raise ConfigError(_joined(missing))
+    return profile
+
+
+def checkpoint_status(profile: Profile, entries: Iterable[PoolEntry] | None = None) -> list[tuple[PoolEntry, str, str, str]]:
+    """``(entry, key, state, detail)`` for each entry with a ``checkpoint``: state ``present``,
+    ``produced`` (missing, but ``detail`` names the command that writes it: finetuned and supervised
+    CLIP entries) or ``missing`` (nothing in this project writes it; ``detail`` says what is expected)."""
+    out = []
+    ids = [e.id for e in profile.pool]
+    for e in profile.pool if entries is None else entries:
+        if not e.checkpoint:
+            continue
+        key = f"pool[{ids.index(e.id)}] ({e.id}).checkpoint" if e.id in ids else f"{e.id}.checkpoint"
+        if Path(e.checkpoint).is_file():
+            out.append((e, key, "present", e.checkpoint))
+        elif e.family in PRODUCED_BY and e.source == "open_clip":
+            # the demo's few-step checkpoints come from one command for all of them
+            command = (f"prepare-demo --profile {profile.name}" if profile.is_demo
+                       else f"{PRODUCED_BY[e.family]} --profile {profile.name} --entry {e.id}")
+            out.append((e, key, "produced", f"produced by: clip-study {command} (into {e.checkpoint})"))
+        else:
+            out.append((e, key, "missing", f"checkpoint file {e.checkpoint} not found, and no command of this "
+                                           f"project writes it; expected {_expected_weights(e)}"))
+    return out
+
+
+def _expected_weights(e: PoolEntry) -> str:
+    if e.source == "torchvision":
+        return f"torchvision's {e.model} state dict (e.g. {e.model}-<hash>.pth from download.pytorch.org)"
+    return f"an open_clip state dict for {e.model} (torch.save(model.state_dict()))"
 
 
 def _set_dotted(raw: dict, dotted: str, value: Any, path: Path) -> None:
@@ -214,149 +278,284 @@ def _set_dotted(raw: dict, dotted: str, value: Any, path: Path) -> None:
     node[keys[-1]] = value
 
 
-def _fail(path: Path, key: str, msg: str) -> ConfigError:
-    return ConfigError(f"{path}: {key}: {msg}")
+_ENV = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
 
 
-def _expect(path: Path, key: str, value: Any, typ: type | tuple, what: str) -> Any:
-    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise _fail(path, key, f"expected {what}, found {value!r}")
-    return value
+def expand_env(value: str) -> str:
+    """``$VAR``, ``${VAR}`` and ``${VAR:-default}`` (default when unset or empty), then ``~``.
+    An unset variable without a default is left as written, as ``os.path.expandvars`` does."""
+    def sub(m: re.Match) -> str:
+        name = m.group("braced") or m.group("bare")
+        got = os.environ.get(name)
+        if m.group("default") is not None:
+            return got if got else m.group("default")
+        return got if got is not None else m.group(0)
+
+    return os.path.expanduser(_ENV.sub(sub, value))
+
+
+def _joined(problems: list[str]) -> str:
+    if len(problems) == 1:
+        return problems[0]
+    return f"{len(problems)} problems:\n" + "\n".join(f"  {p}" for p in problems)
+
+
+class _Problems:
+    """Collects every problem of one profile, each as ``<file>: <key>: <message>``."""
+
+    def __init__(self, path: Path):
+        self.path, self.items = path, []
+
+    def add(self, key: str, msg: str) -> None:
+        self.items.append(f"{self.path}: {key}: {msg}")
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise ConfigError(_joined(self.items))
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check(problems: _Problems, key: str, value: Any, ok: bool, what: str) -> bool:
+    if not ok:
+        problems.add(key, f"expected {what}, got {value!r}")
+    return ok
+
+
+def _valid_device(s: Any) -> bool:
+    if not isinstance(s, str) or not _DEVICE.match(s):
+        return False
+    import torch
+
+    try:
+        torch.device(s)
+    except (RuntimeError, ValueError):
+        return False
+    return True
 
 
 def _validate(raw: dict, path: Path) -> Profile:
-    unknown = set(raw) - _TOP_KEYS
-    if unknown:
-        raise _fail(path, sorted(unknown)[0], f"unknown key (allowed: {', '.join(sorted(_TOP_KEYS))})")
-    missing = _REQUIRED_TOP - set(raw)
-    if missing:
-        raise _fail(path, sorted(missing)[0], "required key is missing")
+    P = _Problems(path)
+    for k in sorted(set(raw) - _TOP_KEYS):
+        P.add(k, f"unknown key (allowed: {', '.join(sorted(_TOP_KEYS))})")
+    for k in sorted(_REQUIRED_TOP - set(raw)):
+        P.add(k, "required key is missing")
+    P.raise_if_any()
 
     base = path.parent.parent if path.parent.name == "configs" else path.parent
-    paths_raw = _expect(path, "paths", raw["paths"], dict, "a mapping of folder names to paths")
+    paths_raw = raw["paths"]
+    if not isinstance(paths_raw, dict):
+        P.add("paths", f"expected a mapping of folder names to paths, got {paths_raw!r}")
+        paths_raw = {}
     for k in paths_raw:
         if k not in _PATH_KEYS:
-            raise _fail(path, f"paths.{k}", f"unknown key (allowed: {', '.join(sorted(_PATH_KEYS))})")
+            P.add(f"paths.{k}", f"unknown key (allowed: {', '.join(sorted(_PATH_KEYS))})")
     for k in ("data_root", "cache_dir", "results_dir"):
-        if k not in paths_raw:
-            raise _fail(path, f"paths.{k}", "required key is missing")
+        if k not in paths_raw and isinstance(raw["paths"], dict):
+            P.add(f"paths.{k}", "required key is missing")
 
-    def resolve(key: str, value: Any) -> Path:
-        _expect(path, key, value, str, "a path string")
-        value = os.path.expandvars(os.path.expanduser(value))
-        value = value.format(**{k: v for k, v in paths_resolved.items()})
+    paths_resolved: dict[str, str] = {}
+
+    def resolve(key: str, value: Any) -> Path | None:
+        if not isinstance(value, str):
+            P.add(key, f"expected a path string, got {value!r}")
+            return None
+        value = expand_env(value)
+        try:
+            value = value.format(**paths_resolved)
+        except KeyError as exc:
+            P.add(key, f"refers to {{{exc.args[0]}}}, which is not a paths key defined before it "
+                       f"(defined: {', '.join(paths_resolved) or 'none'})")
+            return None
+        except (ValueError, IndexError) as exc:
+            P.add(key, f"expected a path with {{paths key}} references, got {value!r} ({exc})")
+            return None
         p = Path(value)
         return p if p.is_absolute() else (base / p).resolve()
 
-    paths_resolved: dict[str, str] = {}
     paths: dict[str, Path] = {}
     for k in ("data_root", "cache_dir", "results_dir", "checkpoints_dir", "hf_cache"):
         if paths_raw.get(k) is not None:
-            try:
-                paths[k] = resolve(f"paths.{k}", paths_raw[k])
-            except KeyError as exc:
-                raise _fail(path, f"paths.{k}", f"refers to {{{exc.args[0]}}}, which is not defined before it") from None
-            paths_resolved[k] = str(paths[k])
-    paths.setdefault("checkpoints_dir", paths["cache_dir"] / "checkpoints")
-    paths_resolved.setdefault("checkpoints_dir", str(paths["checkpoints_dir"]))
+            got = resolve(f"paths.{k}", paths_raw[k])
+            if got is not None:
+                paths[k] = got
+                paths_resolved[k] = str(got)
+    if "cache_dir" in paths:
+        paths.setdefault("checkpoints_dir", paths["cache_dir"] / "checkpoints")
+        paths_resolved.setdefault("checkpoints_dir", str(paths["checkpoints_dir"]))
 
-    ds_raw = _expect(path, "datasets", raw["datasets"], dict, "a mapping of dataset names to folders")
-    datasets = {}
-    for k, v in ds_raw.items():
-        if k not in DATASETS:
-            raise _fail(path, f"datasets.{k}", f"unknown dataset (allowed: {', '.join(DATASETS)})")
-        try:
-            datasets[k] = resolve(f"datasets.{k}", v)
-        except KeyError as exc:
-            raise _fail(path, f"datasets.{k}", f"refers to {{{exc.args[0]}}}, not a key of paths") from None
+    ds_raw = raw["datasets"]
+    datasets: dict[str, Path] = {}
+    if _check(P, "datasets", ds_raw, isinstance(ds_raw, dict), "a mapping of dataset names to folders"):
+        for k, v in ds_raw.items():
+            if k not in DATASETS:
+                P.add(f"datasets.{k}", f"unknown dataset (allowed: {', '.join(DATASETS)})")
+                continue
+            got = resolve(f"datasets.{k}", v)
+            if got is not None:
+                datasets[k] = got
 
-    limits = {}
-    for k, v in (raw.get("limits") or {}).items():
-        if k != "default" and k not in DATASETS:
-            raise _fail(path, f"limits.{k}", f"unknown dataset (allowed: default, {', '.join(DATASETS)})")
-        if v is not None:
-            _expect(path, f"limits.{k}", v, int, "a positive integer or null")
-            if v <= 0:
-                raise _fail(path, f"limits.{k}", f"expected a positive integer or null, found {v}")
-        limits[k] = v
+    limits: dict[str, int | None] = {}
+    limits_raw = raw.get("limits") or {}
+    if _check(P, "limits", limits_raw, isinstance(limits_raw, dict), "a mapping of dataset names to image counts"):
+        for k, v in limits_raw.items():
+            if k != "default" and k not in DATASETS:
+                P.add(f"limits.{k}", f"unknown dataset (allowed: default, {', '.join(DATASETS)})")
+                continue
+            if _check(P, f"limits.{k}", v, v is None or (_is_int(v) and v > 0), "a positive integer or null"):
+                limits[k] = v
 
     metrics = dict(_METRIC_DEFAULTS)
-    for k, v in (raw.get("metrics") or {}).items():
-        if k not in _METRIC_DEFAULTS:
-            raise _fail(path, f"metrics.{k}", f"unknown key (allowed: {', '.join(_METRIC_DEFAULTS)})")
-        metrics[k] = v
-    for k in ("er_slope", "er_intercept", "concept_threshold"):
-        _expect(path, f"metrics.{k}", metrics[k], (int, float), "a number")
-    if metrics["concept_sign"] not in ("positive", "both"):
-        raise _fail(path, "metrics.concept_sign", f"expected 'positive' or 'both', found {metrics['concept_sign']!r}")
+    metrics_raw = raw.get("metrics") or {}
+    if _check(P, "metrics", metrics_raw, isinstance(metrics_raw, dict), "a mapping"):
+        for k, v in metrics_raw.items():
+            if k not in _METRIC_DEFAULTS:
+                P.add(f"metrics.{k}", f"unknown key (allowed: {', '.join(_METRIC_DEFAULTS)})")
+            else:
+                metrics[k] = v
+    _validate_metrics(P, metrics)
 
     precision = raw.get("precision", "fp32")
-    if precision not in _PRECISIONS:
-        raise _fail(path, "precision", f"expected one of {', '.join(_PRECISIONS)}, found {precision!r}")
-    batch_size = _expect(path, "batch_size", raw.get("batch_size", 64), int, "a positive integer")
-    num_workers = _expect(path, "num_workers", raw.get("num_workers", 0), int, "a non-negative integer")
-    allow_random = _expect(path, "allow_random_init", raw.get("allow_random_init", False), bool, "true or false")
+    _check(P, "precision", precision, precision in _PRECISIONS, f"one of {', '.join(_PRECISIONS)}")
+    device = raw.get("device", "cpu")
+    _check(P, "device", device, _valid_device(device), "a torch device: cpu, cuda or cuda:N")
+    batch_size = raw.get("batch_size", 64)
+    _check(P, "batch_size", batch_size, _is_int(batch_size) and batch_size > 0, "a positive integer")
+    num_workers = raw.get("num_workers", 0)
+    _check(P, "num_workers", num_workers, _is_int(num_workers) and num_workers >= 0, "a non-negative integer")
+    allow_random = raw.get("allow_random_init", False)
+    if not _check(P, "allow_random_init", allow_random, isinstance(allow_random, bool), "true or false"):
+        allow_random = False
+    skip_unreadable = raw.get("skip_unreadable", False)
+    _check(P, "skip_unreadable", skip_unreadable, isinstance(skip_unreadable, bool), "true or false")
+    kind = raw.get("kind", "demo" if allow_random else "paper")
+    _check(P, "kind", kind, kind in KINDS, f"one of {', '.join(KINDS)}")
 
-    pool_raw = _expect(path, "pool", raw["pool"], list, "a list of model entries")
-    if not pool_raw:
-        raise _fail(path, "pool", "the pool is empty")
+    pool_raw = raw["pool"]
     pool: list[PoolEntry] = []
-    for i, e in enumerate(pool_raw):
-        pool.append(_validate_entry(path, i, e, allow_random, resolve))
+    where: list[int] = []  # position in the YAML list of each validated entry
+    if _check(P, "pool", pool_raw, isinstance(pool_raw, list), "a list of model entries"):
+        if not pool_raw:
+            P.add("pool", "the pool is empty")
+        for i, e in enumerate(pool_raw):
+            entry = _validate_entry(P, i, e, allow_random, resolve)
+            if entry is not None:
+                pool.append(entry)
+                where.append(i)
     ids = [e.id for e in pool]
-    for i, e in enumerate(pool):
-        if e.id in ids[:i]:
-            raise _fail(path, f"pool[{i}].id", f"duplicate id {e.id!r} (first used by pool[{ids.index(e.id)}])")
+    for k, (i, e) in enumerate(zip(where, pool)):
+        if e.id in ids[:k]:
+            P.add(f"pool[{i}].id", f"duplicate id {e.id!r} (first used by pool[{where[ids.index(e.id)]}])")
         if e.finetuned_from is not None and e.finetuned_from not in ids:
-            raise _fail(path, f"pool[{i}] ({e.id}).finetuned_from", f"{e.finetuned_from!r} is not an id in the pool")
+            P.add(f"pool[{i}] ({e.id}).finetuned_from", f"{e.finetuned_from!r} is not an id in the pool")
+    _validate_models(P, pool, where)
+    P.raise_if_any()
 
     return Profile(
         name=str(raw["profile"]), path=path, description=str(raw.get("description", "")).strip(),
-        device=str(raw.get("device", "cpu")), batch_size=batch_size, num_workers=num_workers,
+        device=str(device), batch_size=batch_size, num_workers=num_workers,
         precision=precision, allow_random_init=allow_random, paths=paths, datasets=datasets,
-        limits=limits, metrics=metrics, pool=tuple(pool), raw=raw,
+        limits=limits, metrics=metrics, pool=tuple(pool), raw=raw, kind=kind, skip_unreadable=skip_unreadable,
     )
 
 
-def _validate_entry(path: Path, i: int, e: Any, allow_random: bool, resolve) -> PoolEntry:
+def _validate_metrics(P: _Problems, m: dict) -> None:
+    def fraction(v: Any) -> bool:
+        return _is_number(v) and 0 < v <= 1
+
+    for k in ("er_slope", "er_intercept"):
+        _check(P, f"metrics.{k}", m[k], _is_number(m[k]), "a number")
+    _check(P, "metrics.concept_threshold", m["concept_threshold"], fraction(m["concept_threshold"]),
+           "a number in (0, 1]")
+    v = m["concept_thresholds"]
+    _check(P, "metrics.concept_thresholds", v, isinstance(v, list) and bool(v) and all(fraction(x) for x in v),
+           "a non-empty list of numbers in (0, 1]")
+    _check(P, "metrics.concept_sign", m["concept_sign"], m["concept_sign"] in ("positive", "both"),
+           "'positive' or 'both'")
+    v = m["broden_min_positives"]
+    _check(P, "metrics.broden_min_positives", v, _is_int(v) and v >= 1, "an integer >= 1")
+    v = m["prune_fractions"]
+    _check(P, "metrics.prune_fractions", v,
+           isinstance(v, list) and bool(v) and all(_is_number(x) and 0 <= x < 1 for x in v),
+           "a non-empty list of numbers in [0, 1)")
+    _check(P, "metrics.bootstrap", m["bootstrap"], _is_int(m["bootstrap"]) and m["bootstrap"] >= 1,
+           "an integer >= 1")
+    _check(P, "metrics.seed", m["seed"], _is_int(m["seed"]), "an integer")
+
+
+def _validate_entry(P: _Problems, i: int, e: Any, allow_random: bool, resolve) -> PoolEntry | None:
     where = f"pool[{i}]"
-    _expect(path, where, e, dict, "a mapping")
+    if not isinstance(e, dict):
+        P.add(where, f"expected a mapping, got {e!r}")
+        return None
     if "id" in e:
         where = f"pool[{i}] ({e['id']})"
+    n = len(P.items)
     for k in e:
         if k not in _ENTRY_KEYS:
-            raise _fail(path, f"{where}.{k}", f"unknown key (allowed: {', '.join(sorted(_ENTRY_KEYS))})")
+            P.add(f"{where}.{k}", f"unknown key (allowed: {', '.join(sorted(_ENTRY_KEYS))})")
     for k in _ENTRY_REQUIRED:
         if k not in e:
-            raise _fail(path, f"{where}.{k}", "required key is missing")
-        _expect(path, f"{where}.{k}", e[k], str, "a string")
+            P.add(f"{where}.{k}", "required key is missing")
+        else:
+            _check(P, f"{where}.{k}", e[k], isinstance(e[k], str), "a string")
+    if len(P.items) > n:
+        return None
     if e["arch"] not in ARCHS:
-        raise _fail(path, f"{where}.arch", f"{e['arch']!r} is not one of {', '.join(ARCHS)}")
+        P.add(f"{where}.arch", f"{e['arch']!r} is not one of {', '.join(ARCHS)}")
     if e["family"] not in FAMILIES:
-        raise _fail(path, f"{where}.family", f"{e['family']!r} is not one of {', '.join(FAMILIES)}")
+        P.add(f"{where}.family", f"{e['family']!r} is not one of {', '.join(FAMILIES)}")
     source = e.get("source", "open_clip")
     if source not in _SOURCES:
-        raise _fail(path, f"{where}.source", f"{source!r} is not one of {', '.join(_SOURCES)}")
+        P.add(f"{where}.source", f"{source!r} is not one of {', '.join(_SOURCES)}")
+    for k in ("pretrained", "checkpoint", "finetuned_from", "note", "pretraining"):
+        if e.get(k) is not None:
+            _check(P, f"{where}.{k}", e[k], isinstance(e[k], str), "a string")
     if e.get("pretrained") and e.get("checkpoint"):
-        raise _fail(path, f"{where}.checkpoint", "give either pretrained or checkpoint, not both")
+        P.add(f"{where}.checkpoint", "give either pretrained or checkpoint, not both")
     if not e.get("pretrained") and not e.get("checkpoint") and not allow_random:
-        raise _fail(path, f"{where}.pretrained",
-                    "no weights: give an open_clip pretrained tag or a checkpoint path "
-                    "(random initialisation is allowed only in profiles with allow_random_init: true)")
-    if e.get("finetuned_from") is not None:
-        _expect(path, f"{where}.finetuned_from", e["finetuned_from"], str, "a pool entry id")
+        P.add(f"{where}.pretrained", "no weights: give an open_clip pretrained tag or a checkpoint path "
+                                     "(random initialisation is allowed only in profiles with allow_random_init: true)")
     kw = dict(e)
-    if kw.get("checkpoint"):
-        try:
-            kw["checkpoint"] = str(resolve(f"{where}.checkpoint", kw["checkpoint"]))
-        except KeyError as exc:
-            raise _fail(path, f"{where}.checkpoint", f"refers to {{{exc.args[0]}}}, not a key of paths") from None
+    if isinstance(kw.get("checkpoint"), str) and kw["checkpoint"]:
+        got = resolve(f"{where}.checkpoint", kw["checkpoint"])
+        kw["checkpoint"] = None if got is None else str(got)
     for k in ("image_mean", "image_std"):
         if kw.get(k) is not None:
             v = kw[k]
-            if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):
-                raise _fail(path, f"{where}.{k}", f"expected a list of three numbers, found {v!r}")
-            kw[k] = tuple(float(x) for x in v)
+            if _check(P, f"{where}.{k}", v, isinstance(v, list) and len(v) == 3 and all(_is_number(x) for x in v),
+                      "a list of three numbers"):
+                kw[k] = tuple(float(x) for x in v)
     if "seed" in kw:
-        _expect(path, f"{where}.seed", kw["seed"], int, "an integer")
+        _check(P, f"{where}.seed", kw["seed"], _is_int(kw["seed"]), "an integer")
+    if kw.get("published_top1") is not None:
+        v = kw["published_top1"]
+        if _check(P, f"{where}.published_top1", v, _is_number(v) and 0 < v <= 100,
+                  "an ImageNet top-1 in percent, in (0, 100], or null"):
+            kw["published_top1"] = float(v)
+    if len(P.items) > n:
+        return None
     return PoolEntry(**kw)
+
+
+def _validate_models(P: _Problems, pool: list[PoolEntry], where: list[int]) -> None:
+    """Every model name, (model, tag) pair and torchvision builder known to the installed
+    open_clip / torchvision, the QuickGELU rule and finetuned lineage (``helpers.models.check_entry``,
+    which builds nothing and reads no weights)."""
+    from .models import ModelError, check_entry
+
+    ids = {e.id for e in pool}
+    for i, e in zip(where, pool):
+        try:
+            # an entry whose parent is not in the pool is reported above; check it alone
+            check_entry(e, pool if e.finetuned_from in ids or e.finetuned_from is None else ())
+        except ModelError as exc:
+            msg = str(exc)
+            key = "pretrained" if "list_pretrained" in msg else "model"
+            P.add(f"pool[{i}] ({e.id}).{key}", msg)

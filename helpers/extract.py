@@ -144,7 +144,7 @@ class Activations:
 # --------------------------------------------------------------------------------------------
 
 def activations(entry: PoolEntry | str, dataset_name: str, profile: Profile, force: bool = False,
-                skip_unreadable: bool = False) -> Activations:
+                skip_unreadable: bool | None = None) -> Activations:
     """``h`` (N x d_H) and labels of one pool entry on one dataset, computed once and then read
     from the cache (Section 4: "activation vectors h^(n) = f_v(x^(n))"); ``.logits`` derives from h.
 
@@ -155,7 +155,7 @@ def activations(entry: PoolEntry | str, dataset_name: str, profile: Profile, for
 
 
 def extract_datasets(entry: PoolEntry | str, datasets: Sequence[str], profile: Profile, *, force: bool = False,
-                     skip_unreadable: bool = False, layers: Sequence[str] | str | None = None,
+                     skip_unreadable: bool | None = None, layers: Sequence[str] | str | None = None,
                      device: str | None = None) -> dict[str, Activations]:
     """One entry over several datasets with one model build: the model (built only when some
     dataset misses the cache) stays in the process memo across the datasets. Returns
@@ -195,11 +195,12 @@ def head(entry: PoolEntry | str, profile: Profile, device: str | None = None) ->
 
 
 def activation_keys(entries: Iterable[PoolEntry | str], dataset_name: str, profile: Profile, *,
-                    models: Mapping[str, Any] | None = None, skip_unreadable: bool = False,
+                    models: Mapping[str, Any] | None = None, skip_unreadable: bool | None = None,
                     device: str | None = None) -> dict[str, str]:
     """The cache key :func:`extract_many` gives each entry's activations on ``dataset_name``
     (without running any model when the entries' memos are fresh): what results computed from
     those activations, without caching them, are keyed on (WiSE-FT mixtures, epoch checkpoints)."""
+    skip_unreadable = profile.skip_unreadable if skip_unreadable is None else skip_unreadable
     plan = _plan(entries, dataset_name, profile, device=device, layers=None, force=False,
                  skip_unreadable=skip_unreadable, models=models, probe_cache=False)
     return {j.entry.id: j.cache.key for j in plan.jobs}
@@ -207,7 +208,7 @@ def activation_keys(entries: Iterable[PoolEntry | str], dataset_name: str, profi
 
 def extract_many(entries: Iterable[PoolEntry | str], dataset_name: str, profile: Profile, *,
                  layers: Sequence[str] | str | None = None, force: bool = False,
-                 skip_unreadable: bool = False, models_per_pass: int | None = None,
+                 skip_unreadable: bool | None = None, models_per_pass: int | None = None,
                  device: str | None = None, chunk_images: int = CHUNK_IMAGES,
                  on_chunk: Callable[[int], None] | None = None,
                  models: Mapping[str, Any] | None = None, keep: bool = True) -> dict[str, Activations]:
@@ -226,6 +227,8 @@ def extract_many(entries: Iterable[PoolEntry | str], dataset_name: str, profile:
     small summaries (WiSE-FT mixtures, epoch checkpoints). Returns ``{entry id: Activations}`` in
     the order of ``entries``.
     """
+    # None: the profile's skip_unreadable (a profile key and `clip-study run --skip-unreadable`)
+    skip_unreadable = profile.skip_unreadable if skip_unreadable is None else skip_unreadable
     plan = _plan(entries, dataset_name, profile, device=device, layers=layers, force=force,
                  skip_unreadable=skip_unreadable, models=models, probe_cache=keep and not force,
                  keep_models=models_per_pass is None)

@@ -65,7 +65,7 @@ DEMO_LAYOUT = {
 }
 
 #: Bump when the generated data change for the same arguments (it invalidates the demo marker).
-FIXTURE_VERSION = 1
+FIXTURE_VERSION = 2
 DEMO_MARKER = ".demo-data.json"
 
 Size = tuple[int, int]
@@ -477,9 +477,12 @@ def write_broden(root: str | Path, n_images: int = 120, seed: int = 0) -> tuple[
                      "sh": _MASK, "sw": _MASK, **{c: ";".join(written[c]) for c in BRODEN_CATEGORIES}})
     _write_csv(out / "index.csv", ["image", "split", "ih", "iw", "sh", "sw", *BRODEN_CATEGORIES], rows)
 
-    frequency = {n: sum(n in s for s in truth.values()) for n in BRODEN_CONCEPTS}
+    # As in broden1_224's label.csv: no row 0 (the unlabeled pixel), numbers from 1, and a frequency
+    # that sums the per-category counts of the category cell (an object that is also a part counts
+    # in both); each c_<category>.csv lists its codes by descending frequency in that category.
+    frequency = {n: sum(in_category[c].get(n, 0) for c in cats) for n, (_, cats) in BRODEN_CONCEPTS.items()}
     coverage = {n: round(pixels.get(n, 0.0), 6) for n in BRODEN_CONCEPTS}
-    label_rows = [{"number": 0, "name": "-", "category": "", "frequency": 0, "coverage": 0, "syns": ""}]
+    label_rows = []
     for n, (name, cats) in sorted(BRODEN_CONCEPTS.items()):
         cell = ";".join(f"{c}({in_category[c].get(n, 0)})" for c in cats)
         label_rows.append({"number": n, "name": name, "category": cell, "frequency": frequency[n],
@@ -487,7 +490,7 @@ def write_broden(root: str | Path, n_images: int = 120, seed: int = 0) -> tuple[
     _write_csv(out / "label.csv", ["number", "name", "category", "frequency", "coverage", "syns"], label_rows)
     cat_rows = []
     for c in BRODEN_CATEGORIES:
-        numbers = by_cat[c]
+        numbers = sorted(by_cat[c], key=lambda n: (-in_category[c].get(n, 0), n))
         cat_rows.append({"name": c, "first": min(numbers), "last": max(numbers), "count": len(numbers),
                          "frequency": sum(any(n in s for n in numbers) for s in truth.values())})
         _write_csv(out / f"c_{c}.csv", ["code", "number", "name", "frequency", "coverage"],

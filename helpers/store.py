@@ -413,9 +413,10 @@ def ensure_store(dataset_name: str, dataset: Any, geometry: Geometry, cache_dir:
 
     Decoding runs in a DataLoader with ``num_workers`` processes; the store is filled in order and
     checkpointed every ``chunk_images`` images or :data:`CHECKPOINT_S` seconds, so an interrupted
-    build resumes (``on_chunk(k)`` is called after the k-th checkpoint is on disk). An undecodable
-    image raises :class:`DecodeError` naming its path, unless ``skip_unreadable``: then it is left
-    out and listed in the manifest's ``skipped``. ``material``: :func:`store_material` of these
+    build resumes (``on_chunk(k)`` is called after the k-th checkpoint is on disk). Undecodable
+    images raise one :class:`DecodeError` at the end of the pass naming every one of them (the
+    build keeps its last checkpoint before the first), unless ``skip_unreadable``: then they are
+    left out and listed in the manifest's ``skipped``. ``material``: :func:`store_material` of these
     arguments when the caller has it already (it stats every file).
     """
     entry = store_entry(dataset_name, geometry, cache_dir,
@@ -447,12 +448,15 @@ def _build_store(entry: CacheEntry, dataset_name: str, dataset: Any, geometry: G
                         collate_fn=_collate)
     labels = np.asarray(dataset.labels)
     checkpoints = Checkpoints(chunk_images, done=nxt)
+    failed: list[str] = []  # without skip_unreadable: every bad file of the pass, then one error
     with tqdm(total=n, initial=nxt, unit="img", desc=f"decode {dataset_name} ({geometry.key})", smoothing=0.1) as bar:
         for batch in loader:
             for i, px, err in batch:
+                if px is None and not skip_unreadable:
+                    failed.append(err)
+                if failed:
+                    continue  # keep decoding to name every bad file; record nothing past the first
                 if px is None:
-                    if not skip_unreadable:
-                        raise DecodeError(err)
                     skipped.append(err)
                 else:
                     part.arrays["pixels"][rows] = px
@@ -461,9 +465,12 @@ def _build_store(entry: CacheEntry, dataset_name: str, dataset: Any, geometry: G
                     rows += 1
                 nxt = i + 1
             bar.update(len(batch))
-            if nxt == n or checkpoints.due(nxt):
+            if not failed and (nxt == n or checkpoints.due(nxt)):
                 part.advance(rows, {"next": nxt, "skipped": skipped})
                 k = checkpoints.mark(nxt)
                 if on_chunk is not None:
                     on_chunk(k)
+    if failed:
+        raise DecodeError(f"{dataset_name}: {len(failed)} image(s) cannot be decoded (fix or remove them, or set "
+                          "skip_unreadable: true in the profile to leave them out):\n" + "\n".join(failed))
     return part.commit({"n": rows, "resumed_at": start, "skipped": skipped}, rows=rows)

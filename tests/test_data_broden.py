@@ -130,3 +130,37 @@ def test_real_broden_has_63305_images_and_1197_concepts():
 
     ds = open_broden(load_profile("paper").datasets["broden"])
     assert len(ds) == 63305 and len(ds.concepts) == 1197
+
+
+def test_fixture_writes_the_real_label_format(broden):
+    """broden1_224's label.csv: no row 0, frequency = sum of the category cell's counts; c_*.csv
+    codes 1, 2, ... by descending frequency in that category (facts.md)."""
+    root, _ = broden
+    with open(root / "label.csv") as f:
+        labels = list(csv.DictReader(f))
+    assert int(labels[0]["number"]) == 1 and all(int(r["number"]) > 0 for r in labels)
+    for r in labels:
+        counts = [int(part.rstrip(")").split("(")[1]) for part in r["category"].split(";")]
+        assert int(r["frequency"]) == sum(counts)
+    wheel = next(r for r in labels if r["name"] == "wheel")
+    assert wheel["category"].count(";") == 1 and int(wheel["frequency"]) > max(
+        int(p.rstrip(")").split("(")[1]) for p in wheel["category"].split(";"))  # counted in part and object
+    for cat in fixtures.BRODEN_CATEGORIES:
+        with open(root / f"c_{cat}.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert [int(r["code"]) for r in rows] == list(range(1, len(rows) + 1))
+        freq = [int(r["frequency"]) for r in rows]
+        assert freq == sorted(freq, reverse=True)
+    ds = open_broden(root)  # the reader takes this format
+    assert len(ds.concepts) == len(fixtures.BRODEN_CONCEPTS) and 0 not in ds.concepts.number.tolist()
+
+
+def test_image_listed_in_index_but_missing_is_a_layout_error(tmp_path):
+    root, truth = fixtures.write_broden(tmp_path / "broden1_224", n_images=6)
+    gone = sorted(truth)[1:3]
+    for g in gone:
+        (root / "images" / g).unlink()
+    with pytest.raises(DatasetLayoutError) as err:
+        open_broden(root)
+    msg = str(err.value)
+    assert "index.csv: lists 2 image(s) missing from" in msg and all(f"images/{g}" in msg for g in gone)

@@ -1,21 +1,88 @@
 """Section 3 and Appendices A-B: accuracies on ImageNet and its five shifts for a pool slice, the
-two robustness metrics (ER of Eq. 5 and %acc), and the paper's Tables 1-2 beside this run."""
+two robustness metrics (ER of Eq. 5 and %acc), and the paper's Tables 1-2 beside this run.
+
+Two guards against numbers that look fine and are not: the published-accuracy check (a pool entry
+whose ImageNet top-1 is more than ``PUBLISHED_TOLERANCE`` points from its ``published_top1`` is a
+loud warning and a flagged row) and the list of images left out as unreadable."""
 from __future__ import annotations
+
+import sys
+import warnings
 
 import pandas as pd
 
 from .. import paper_values
-from ..config import EVAL_DATASETS
+from ..config import EVAL_DATASETS, PUBLISHED_TOLERANCE, PoolEntry
 from ..metrics import accuracy_ratio, effective_robustness, mean_shift_accuracy
 
 SECTION = "robustness"
+
+#: What makes loaded weights miss their published accuracy, most frequent first (facts.md).
+LIKELY_CAUSES = ("activation (QuickGELU weights run with plain GELU, or the reverse: check the -quickgelu "
+                 "model name)", "normalisation (image_mean / image_std, e.g. 0.5 for ViT-L-14 LAION-2B)",
+                 "preprocessing (resize, crop, interpolation of the entry's evaluation transform)",
+                 "wrong checkpoint or tag (another epoch, run or file than the published one)")
+
+
+class PublishedAccuracyWarning(UserWarning):
+    """A pool entry's measured ImageNet top-1 is far from the accuracy published for its weights."""
+
+
+def published_check(entry: PoolEntry, imagenet_accuracy: float, n_images: int | None = None) -> dict:
+    """Compare the measured ImageNet top-1 (fraction) with ``entry.published_top1`` (%).
+
+    Returns the columns every robustness row carries: ``published_top1`` (%), ``top1_deviation``
+    (measured - published, points of %) and ``published_flag`` (True beyond ``PUBLISHED_TOLERANCE``
+    points). A flagged entry also raises a :class:`PublishedAccuracyWarning` and prints the same
+    text to stderr, so that it reaches the terminal of the run and not only the notebook.
+    """
+    if entry.published_top1 is None:
+        return {"published_top1": None, "top1_deviation": None, "published_flag": False}
+    got = 100 * float(imagenet_accuracy)
+    deviation = got - entry.published_top1
+    flag = abs(deviation) > PUBLISHED_TOLERANCE
+    if flag:
+        subset = f" on a subset of {n_images} images" if n_images is not None else ""
+        msg = (f"entry {entry.id!r} ({entry.weights_label}): ImageNet top-1 {got:.2f} % measured{subset}, "
+               f"expected {entry.published_top1:.2f} % (published), deviation {deviation:+.2f} points "
+               f"(tolerance {PUBLISHED_TOLERANCE}). Likely causes: " + "; ".join(LIKELY_CAUSES) + ".")
+        print(f"WARNING: {msg}", file=sys.stderr)
+        warnings.warn(msg, PublishedAccuracyWarning, stacklevel=2)
+    return {"published_top1": entry.published_top1, "top1_deviation": deviation, "published_flag": flag}
+
+
+def flagged(run: pd.DataFrame) -> pd.DataFrame:
+    """The rows of :func:`measure` whose ImageNet top-1 misses the published one (points of %)."""
+    if "published_flag" not in run:
+        return run.iloc[:0]
+    rows = run[run["published_flag"].astype(str).str.lower() == "true"].copy()
+    rows["measured"] = 100 * rows["imagenet"]
+    return rows[["entry", "backbone", "family", "published_top1", "measured", "top1_deviation"]]
+
+
+def skipped_files(study, datasets=EVAL_DATASETS) -> pd.DataFrame:
+    """Every image left out as unreadable (``skip_unreadable``), read from the manifests of the
+    slice's cached activations: one row per (dataset, file), with the entries whose numbers lack it."""
+    from .. import extract
+
+    rows: dict[tuple[str, str], dict] = {}
+    for e in study.pool:
+        for d in datasets:
+            for reason in extract.activations(e, d, study.profile).manifest.get("skipped", []):
+                file, _, why = str(reason).partition(": ")
+                row = rows.setdefault((d, file), {"dataset": d, "file": file, "reason": why, "entries": []})
+                row["entries"].append(e.id)
+    out = pd.DataFrame(list(rows.values()), columns=["dataset", "file", "reason", "entries"])
+    out["entries"] = out["entries"].map(", ".join)
+    return out
 
 
 def measure(study) -> pd.DataFrame:
     """Accuracies from cached logits (extracted once per model and dataset), ER and %acc.
 
     Records one row per entry in the ``robustness`` results table and returns the slice's rows.
-    Accuracies are fractions; ER uses the profile's beta_1 and beta_0.
+    Accuracies are fractions; ER uses the profile's beta_1 and beta_0. Each row also carries the
+    published-accuracy check of :func:`published_check`.
     """
     from .. import extract
 
@@ -29,6 +96,7 @@ def measure(study) -> pd.DataFrame:
             "shifts_mean": acc_s,
             "er": effective_robustness(acc_s, accs["imagenet"], slope, intercept),
             "acc_ratio": accuracy_ratio(acc_s, accs["imagenet"]),
+            **published_check(e, accs["imagenet"], P.limit("imagenet")),
         })
     return study.table()
 

@@ -12,7 +12,9 @@ Layout of ``broden1_224`` (NetDissect's release; every CSV is read by its header
 A category cell of ``index.csv`` holds ``;``-separated entries. An entry made of digits is an
 image-level label number (scene and texture); any other entry is a PNG under ``images/`` whose pixel
 (R, G, B) carries the global label number R + 256 G (color, object, part, material); 0 is unlabeled.
-A concept is a row of ``label.csv`` other than number 0 ("-"): 1,197 in broden1_224. An image is a
+A concept is a row of ``label.csv`` (numbers from 1; a row 0 "-", found in some copies, is the
+unlabeled pixel and is skipped): 1,197 in broden1_224. ``frequency`` (a sum over categories) and
+the codes of ``c_<category>.csv`` are not read. An image is a
 positive of a concept when one of its image-level labels is the concept or any pixel of one of its
 masks carries it. Each concept's category is its first most frequent one in ``label.csv``'s
 ``category`` cell (``material(36);object(3)`` -> material). All images are used, both splits.
@@ -120,6 +122,11 @@ class BrodenDataset(torch.utils.data.Dataset):
         keep = balanced_subsample(np.zeros(len(rows), dtype=np.int64), limit)
         rows = [rows[i] for i in keep]
         files = [self.root / "images" / r["image"] for r in rows]
+        absent = [str(f.relative_to(self.root)) for f in files if not os.path.isfile(f)]
+        if absent:
+            raise DatasetLayoutError(f"broden: {index_path}: lists {len(absent)} image(s) missing from "
+                                     f"{self.root / 'images'}: {preview(absent)}; expected every image of "
+                                     f"index.csv under images/ (an incomplete download or extraction)")
         self.labels = np.arange(len(files), dtype=np.int64)
         self.skipped: list[Path] = []
         if skip_unreadable:
