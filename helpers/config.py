@@ -253,8 +253,9 @@ def checkpoint_status(profile: Profile, entries: Iterable[PoolEntry] | None = No
             out.append((e, key, "present", e.checkpoint))
         elif e.family in PRODUCED_BY and e.source == "open_clip":
             # the demo's few-step checkpoints come from one command for all of them
-            command = (f"prepare-demo --profile {profile.name}" if profile.is_demo
-                       else f"{PRODUCED_BY[e.family]} --profile {profile.name} --entry {e.id}")
+            name = profile.name if profile.path == CONFIG_DIR / f"{profile.name}.yml" else str(profile.path)
+            command = (f"prepare-demo --profile {name}" if profile.is_demo
+                       else f"{PRODUCED_BY[e.family]} --profile {name} --entry {e.id}")
             out.append((e, key, "produced", f"produced by: clip-study {command} (into {e.checkpoint})"))
         else:
             out.append((e, key, "missing", f"checkpoint file {e.checkpoint} not found, and no command of this "

@@ -189,7 +189,7 @@ def test_checkpoints_present_produced_or_missing(tmp_path):
     P = load_profile(path)  # a machine fact, not a profile error: loads without check_files
     status = {e.id: (key, state, detail) for e, key, state, detail in checkpoint_status(P)}
     assert status["ft"][1] == "produced"
-    assert status["ft"][2].startswith("produced by: clip-study finetune --profile tmp --entry ft")
+    assert status["ft"][2].startswith(f"produced by: clip-study finetune --profile {path} --entry ft")
     assert status["cap"][:2] == ("pool[2] (cap).checkpoint", "missing")
     with pytest.raises(ConfigError) as err:
         load_profile(path, check_files=True)

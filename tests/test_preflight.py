@@ -191,7 +191,7 @@ def test_plan_names_checkpoints_to_produce_and_to_supply(tmp_path, data):
          "model": "demo_vit_b_32", "checkpoint": str(tmp_path / "tv.pth")}]
     P.path.write_text(yaml.safe_dump(raw))
     report = preflight.check(load_profile(P.path), sections=["robustness"])
-    assert report.pending == [f"produced by: clip-study finetune --profile planted --entry ft (into "
+    assert report.pending == [f"produced by: clip-study finetune --profile {P.path} --entry ft (into "
                               f"{tmp_path / 'cache' / 'checkpoints' / 'ft' / 'final.pt'})"]
     assert any(f"pool[2] (tv).checkpoint: checkpoint file {tmp_path / 'tv.pth'} not found" in p for p in report.problems)
     assert not report.ready
