@@ -223,6 +223,7 @@ def test_epochs_keep_weights_only_and_the_newest_the_resume_state(fresh, zero_sh
     from helpers.models import LoadedModel
 
     start = copy.deepcopy(zero_shot["zs-vit"])
+    n_params = sum(p.numel() for p in start.parameters())
     folder = run_dir(fresh, fresh.entry("ft-vit"))
     seen = {}
 
@@ -230,6 +231,8 @@ def test_epochs_keep_weights_only_and_the_newest_the_resume_state(fresh, zero_sh
         seen[k] = ([j for j, _ in epoch_checkpoints(folder)], [j for j, _ in resume_states(folder)])
         resume = torch.load(folder / f"resume_{k}.pt", weights_only=True)
         assert set(CHECKPOINT_KEYS) | {"scaler", "rng"} <= set(resume) and resume["epoch"] == k
+        # weights and the two AdamW moments: 3 x 4 bytes per parameter
+        assert 3 * 4 * n_params <= (folder / f"resume_{k}.pt").stat().st_size < 3 * 4 * n_params * 1.05 + 1e6
         weights = torch.load(path, weights_only=True)
         assert torch.equal(weights["head"], resume["head"])
         for name in weights["encoder"]:
@@ -238,7 +241,6 @@ def test_epochs_keep_weights_only_and_the_newest_the_resume_state(fresh, zero_sh
     result = finetune(fresh, "ft-vit", tiny(FinetuneRecipe, epochs=3), start=start, on_epoch_end=inspect)
     assert seen == {1: ([1], [1]), 2: ([1, 2], [2]), 3: ([1, 2, 3], [3])}
     assert resume_states(folder) == [] and result.final.exists()
-    n_params = sum(p.numel() for p in start.parameters())
     assert n_params == sum(v.numel() for v in start.encoder.state_dict().values() if v.is_floating_point()) + start.head.numel()
     keys = set(torch.load(folder / "epoch_1.pt", weights_only=True)["encoder"])
     assert keys == set(start.encoder.state_dict())  # the image tower (open_clip's model.visual) ...
@@ -256,6 +258,9 @@ def test_epochs_keep_weights_only_and_the_newest_the_resume_state(fresh, zero_sh
         if k == 3:
             assert torch.equal(state["head"], final["head"])
     assert checkpoint_bytes(4 * n_params, 3, "all") == (4 * 4 * n_params, 2 * 3 * 4 * n_params)
+    on_disk = sum(f.stat().st_size for f in folder.iterdir())  # epoch_1..3.pt and final.pt, nothing else
+    assert sorted(f.name for f in folder.iterdir()) == ["epoch_1.pt", "epoch_2.pt", "epoch_3.pt", "final.pt"]
+    assert 4 * 4 * n_params <= on_disk < 4 * 4 * n_params * 1.05 + 4 * 200_000
     assert checkpoint_bytes(4 * n_params, 3, "last") == (2 * 4 * n_params, 2 * 3 * 4 * n_params)
 
 
@@ -308,3 +313,21 @@ def test_supervised_resnet_checkpoint_loads_as_its_entry(fresh):
     state = torch.load(result.final, weights_only=True)
     assert state["identity"] == run_identity(tiny(SupervisedRecipe, epochs=1), dataset,
                                              start=state["identity"]["start"], start_entry=None)
+
+
+def test_plan_counts_the_checkpoint_layout():
+    """``clip-study plan``'s finetuning checkpoint bytes, against the layout written out with the
+    published parameter counts: ViT-L-14 finetuned (image tower 303.97 M, head 1,000 x 768) keeps
+    10 epochs + final.pt, RN50 supervised (38.32 M, head 1,000 x 1,024 + bias) its last epoch + final.pt,
+    and the largest run needs two resume states of 3 W each while it trains."""
+    from helpers import costs
+
+    P = load_profile("paper")
+    vit_l = next(e for e in P.pool if e.finetuned_from and e.model.startswith("ViT-L-14"))
+    rn50 = next(e for e in P.pool if e.family == "supervised" and e.model.startswith("RN50"))
+    w_vit_l, w_rn50 = 4 * (303.97e6 + 1000 * 768), 4 * (38.32e6 + 1000 * 1024 + 1000)
+    (stage,) = [s for s in costs.estimate(P, [], [], to_train=[vit_l, rn50], train_images=1) if s.name == "finetuning"]
+    assert math.isclose(stage.checkpoint_bytes, 11 * w_vit_l + 2 * w_rn50 + 2 * 3 * w_vit_l, rel_tol=1e-9)
+    (last,) = [s for s in costs.estimate(P, [], [], to_train=[vit_l, rn50], train_images=1, keep_epochs="last")
+               if s.name == "finetuning"]
+    assert math.isclose(last.checkpoint_bytes, 2 * w_vit_l + 2 * w_rn50 + 6 * w_vit_l, rel_tol=1e-9)
