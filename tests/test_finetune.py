@@ -331,3 +331,21 @@ def test_plan_counts_the_checkpoint_layout():
     (last,) = [s for s in costs.estimate(P, [], [], to_train=[vit_l, rn50], train_images=1, keep_epochs="last")
                if s.name == "finetuning"]
     assert math.isclose(last.checkpoint_bytes, 2 * w_vit_l + 2 * w_rn50 + 6 * w_vit_l, rel_tol=1e-9)
+
+
+def test_plan_disk_counts_only_the_runs_still_to_train(fresh):
+    """Finished runs beside the ones still to train are not "already written" checkpoint bytes; an
+    interrupted run's own epochs are. (Sparse files: sizes without disk.)"""
+    from helpers import costs, preflight
+
+    ckpt = fresh.paths["checkpoints_dir"]
+    (ckpt / "done-run").mkdir(parents=True)
+    with open(ckpt / "done-run" / "epoch_1.pt", "wb") as f:
+        f.truncate(20 * 10**9)
+    todo = fresh.entry("ft-vit")
+    run_dir(fresh, todo).mkdir(parents=True)
+    with open(run_dir(fresh, todo) / "epoch_1.pt", "wb") as f:
+        f.truncate(2 * 10**9)
+    report = preflight.Report(fresh, stages=[costs.Stage("finetuning", checkpoint_bytes=5e9)], to_train=[todo])
+    preflight._check_disk(fresh, report)
+    assert len(report.disk) == 1 and "3.0 GB still to write" in report.disk[0], report.disk
