@@ -349,3 +349,22 @@ def test_plan_disk_counts_only_the_runs_still_to_train(fresh):
     report = preflight.Report(fresh, stages=[costs.Stage("finetuning", checkpoint_bytes=5e9)], to_train=[todo])
     preflight._check_disk(fresh, report)
     assert len(report.disk) == 1 and "3.0 GB still to write" in report.disk[0], report.disk
+
+
+def test_command_line_passes_keep_epochs(fresh, capsys):
+    from pathlib import Path
+
+    from helpers.finetune import build_parser
+    from helpers.training import TrainResult, run_cli
+
+    got = {}
+
+    def train(profile, entry_id, recipe, **kw):
+        got.update(kw, entry=entry_id, epochs=recipe.epochs)
+        return TrainResult(Path("final.pt"), [1, 2])
+
+    for flags, want in (([], None), (["--keep-epochs", "last"], "last")):
+        args = build_parser().parse_args(["--profile", str(fresh.path), "--entry", "ft-vit", "--device", "cpu",
+                                          "--epochs", "2", *flags])
+        assert run_cli(args, train, FinetuneRecipe()) == 0
+        assert (got["keep_epochs"], got["entry"], got["epochs"]) == (want, "ft-vit", 2)
