@@ -274,10 +274,10 @@ def estimate(profile: Profile, entries: list[PoolEntry], sections: list[str], *,
         st.checkpoint_bytes = kept + peak_extra
         st.notes.append(f"{len(to_train)} checkpoint(s) to produce (finetune: {FinetuneRecipe().epochs} epochs, "
                         f"train-supervised: {SupervisedRecipe().epochs} epochs, over {train_images:,} images); "
-                        f"{kept / GB:.1f} GB kept (weights-only epochs, final.pt) + {peak_extra / GB:.1f} GB "
-                        "of resume states while a run trains"
-                        + (f" (--keep-epochs last: {kept_last / GB:.1f} GB kept, Figure 5 then has only the final "
-                           "epoch)" if kept_last < kept else ""))
+                        f"{kept / GB:.1f} GB kept (weights-only epochs, final.pt), {peak_extra / GB:.1f} GB more "
+                        "while a run trains (resume states)"
+                        + (f"; --keep-epochs last keeps {kept_last / GB:.1f} GB (Figure 5: final epoch only)"
+                           if kept_last < kept else ""))
     return list(stages.values())
 
 
