@@ -16,8 +16,12 @@ uint8 store (3 x S x S bytes per image); per (entry, dataset) the float32 embedd
 per image; no logits, no per-layer arrays); per zero-shot entry its head W (1,000 x d_H float32);
 per (finetuning pair, dataset) the CKA accumulators (a few KB); WiSE-FT mixtures and epoch
 checkpoints keep only their tables. Finetuning and supervised training write checkpoints under
-``paths.checkpoints_dir``: every epoch's weights with the two AdamW moments (3 x 4 bytes per
-trainable image-tower parameter) plus the final classifier, counted apart from the cache.
+``paths.checkpoints_dir``, counted apart from the cache, in the layout of :mod:`helpers.training`
+(:func:`helpers.training.checkpoint_bytes`): with W = 4 bytes x the trained parameters (image tower
++ head W (+ bias); the text tower is neither trained nor stored), a finetuning run keeps its 10
+weights-only epochs (Figure 5) and ``final.pt``, 11 W; a supervised run its newest epoch and
+``final.pt``, 2 W; and while one trains, its resume states (weights + two AdamW moments, 3 W; two
+of them for a moment) need 6 W more, counted once (for the largest run: runs train one at a time).
 """
 from __future__ import annotations
 
@@ -128,6 +132,16 @@ def head_seconds(entry: PoolEntry, device: str) -> float | None:
     return HEAD_PROMPTS * TEXT_GFLOPS[name] * 1e9 / INFERENCE_FLOPS
 
 
+def trained_weight_bytes(entry: PoolEntry) -> float | None:
+    """W: float32 bytes of what training updates and an epoch file stores: the image tower
+    (:data:`IMAGE_MPARAMS`) and the head (1,000 x d_H, plus the bias of a supervised head)."""
+    mp = IMAGE_MPARAMS.get(base_model(entry))
+    if mp is None:
+        return None
+    head = HEAD_CLASSES * feature_dim(entry) + (HEAD_CLASSES if entry.family == "supervised" else 0)
+    return 4 * (mp * 1e6 + head)
+
+
 def download_bytes(entry: PoolEntry) -> float | None:
     """Approximate size of an open_clip tag's weights file (float32)."""
     mp = MODEL_MPARAMS.get(base_model(entry))
@@ -155,19 +169,23 @@ class Stage:
 
 def estimate(profile: Profile, entries: list[PoolEntry], sections: list[str], *,
              images: dict[str, int] | None = None, geometries: dict[str, str] | None = None,
-             to_train: list[PoolEntry] | None = None, train_images: int | None = None) -> list[Stage]:
+             to_train: list[PoolEntry] | None = None, train_images: int | None = None,
+             keep_epochs: str | None = None) -> list[Stage]:
     """Per-stage cache bytes and GPU-hours for ``entries`` over ``sections``.
 
     ``images``: images per dataset (default: the published sizes under the profile's limits;
     ``clip-study plan`` passes the counts found on disk); ``geometries``: each entry's input
     geometry key, one uint8 store per (dataset, geometry) (default: ``models.preprocessing``);
     ``to_train``: entries whose checkpoint a finetuning or training command still has to write
-    (default: none), over ``train_images`` ImageNet training images.
+    (default: none), over ``train_images`` ImageNet training images, keeping ``keep_epochs`` epoch
+    weights files (default: each command's, ``all`` for finetuning and ``last`` for supervised runs).
     """
     from .data import published
+    from . import finetune, supervised
     from .finetune import FinetuneRecipe
     from .models import preprocessing
     from .supervised import SupervisedRecipe
+    from .training import checkpoint_bytes
 
     def limited(d: str, n: int) -> int:
         lim = profile.limit(d)
@@ -239,18 +257,27 @@ def estimate(profile: Profile, entries: list[PoolEntry], sections: list[str], *,
         if pairs:
             stages["WiSE-FT"].notes.append(f"{len(pairs)} pair(s) x {WISEFT_MIXTURES} mixtures (the paper's alphas) "
                                            f"and {ft_epochs - 1} epoch checkpoints on Broden (Figure 5); tables only")
+    kept, kept_last, peak_extra = 0.0, 0.0, 0.0
     for e in to_train:
-        recipe = SupervisedRecipe() if e.family == "supervised" else FinetuneRecipe()
+        sup = e.family == "supervised"
+        recipe = SupervisedRecipe() if sup else FinetuneRecipe()
         st = stages["finetuning"]
         st.add_time(training_seconds(e), e.id, recipe.epochs * train_images)
-        mp = IMAGE_MPARAMS.get(base_model(e))
-        if mp is not None:  # (an unknown model is listed by add_time above)
-            st.checkpoint_bytes += mp * 1e6 * (4 * 3 * recipe.epochs + 4)
+        w = trained_weight_bytes(e)
+        if w is not None:  # (an unknown model is listed by add_time above)
+            keep = keep_epochs or (supervised.KEEP_EPOCHS_DEFAULT if sup else finetune.KEEP_EPOCHS_DEFAULT)
+            k, x = checkpoint_bytes(w, recipe.epochs, keep)
+            kept, peak_extra = kept + k, max(peak_extra, x)
+            kept_last += checkpoint_bytes(w, recipe.epochs, "last")[0]
     if to_train:
         st = stages["finetuning"]
+        st.checkpoint_bytes = kept + peak_extra
         st.notes.append(f"{len(to_train)} checkpoint(s) to produce (finetune: {FinetuneRecipe().epochs} epochs, "
                         f"train-supervised: {SupervisedRecipe().epochs} epochs, over {train_images:,} images); "
-                        "every epoch is kept with its AdamW state")
+                        f"{kept / GB:.1f} GB kept (weights-only epochs, final.pt), {peak_extra / GB:.1f} GB more "
+                        "while a run trains (resume states)"
+                        + (f"; --keep-epochs last keeps {kept_last / GB:.1f} GB (Figure 5: final epoch only)"
+                           if kept_last < kept else ""))
     return list(stages.values())
 
 

@@ -9,9 +9,16 @@ linear warm-up steps, gradient norm clipped at 1.0, RandomResizedCrop(scale 0.9-
 no flip (the WiSE-FT reference loop; the clipping and augmentation are its choices, the paper is
 silent on them).
 
-The result is the pool entry whose ``finetuned_from`` names the zero-shot entry: epoch checkpoints
-go to ``<checkpoints_dir>/<entry id>/epoch_<k>.pt`` and the final classifier to the entry's
-``checkpoint:`` path (default ``<checkpoints_dir>/<entry id>/final.pt``).
+The result is the pool entry whose ``finetuned_from`` names the zero-shot entry: each epoch's
+weights (weights only, what Figure 5 reads) go to ``<checkpoints_dir>/<entry id>/epoch_<k>.pt``,
+the newest epoch's resume state to ``resume_<k>.pt`` beside them (deleted once the run is done), and
+the final classifier to the entry's ``checkpoint:`` path (default
+``<checkpoints_dir>/<entry id>/final.pt``). Disk per run (:func:`helpers.training.checkpoint_bytes`,
+W = 4 bytes x the image encoder's and head's parameters, 1.2 GB for ViT-L-14): ``keep_epochs="all"``
+(the default) keeps 10 W + W for final.pt (13 GB for ViT-L-14) and needs 6 W more while it trains
+(two resume states for a moment); ``"last"`` keeps 2 W but leaves Figure 5 only the final epoch.
+Once Figure 5's table for the entry is recorded, ``--keep-epochs last`` on the finished run drops
+epochs 1 to 9 (refused before: they could not be made again without finetuning anew).
 
 Run it with ``clip-study finetune --entry <id>`` or, on several GPUs or nodes,
 ``torchrun --nproc_per_node=8 -m helpers.finetune --profile paper --entry <id>``.
@@ -25,9 +32,12 @@ from typing import Callable
 
 from . import ddp
 from .config import Profile
-from .training import (Recipe, TrainResult, add_recipe_arguments, add_run_arguments, fit, output_path,
-                       precision_for, run_cli, run_dir, run_identity, single_process, training_set,
-                       weights_digest)
+from .training import (Recipe, TrainResult, add_recipe_arguments, add_run_arguments, epoch_checkpoints,
+                       final_is_current, fit, output_path, precision_for, run_cli, run_dir, run_identity,
+                       single_process, training_set, weights_digest)
+
+#: Finetuning keeps every epoch's weights: Figure 5 reads them.
+KEEP_EPOCHS_DEFAULT = "all"
 
 
 @dataclass(frozen=True)
@@ -52,14 +62,16 @@ class FinetuneRecipe(Recipe):
 
 def finetune(profile: Profile, entry_id: str, recipe: FinetuneRecipe | None = None, *, start=None,
              ctx: ddp.Context | None = None, limit: int | None = None, restart: bool = False,
-             on_epoch_end: Callable | None = None) -> TrainResult:
+             keep_epochs: str | None = None, on_epoch_end: Callable | None = None) -> TrainResult:
     """Finetune the zero-shot parent of pool entry ``entry_id`` (its ``finetuned_from``) on ImageNet
     (Appendix H.1) and write the entry's checkpoint.
 
     ``start``: the parent as an already loaded :class:`~helpers.models.LoadedModel` (default: load it
     from the profile). ``ctx``: from :func:`helpers.ddp.setup` under ``torchrun`` (default: one
     process on the profile's device). ``limit``: train on a class-balanced subset of that many
-    images. Resumes an interrupted run; returns at once when the checkpoint is already this run's.
+    images. ``keep_epochs``: ``all`` (default) or ``last`` (:func:`helpers.training.fit`; on a
+    finished run, ``last`` drops the older epochs once Figure 5's table for the entry exists).
+    Resumes an interrupted run; returns at once when the checkpoint is already this run's.
     """
     from .models import load_from_profile
 
@@ -83,10 +95,30 @@ def finetune(profile: Profile, entry_id: str, recipe: FinetuneRecipe | None = No
                          "zero-shot CLIP or CoCa head (W h/||h||)")
     dataset = training_set(profile, limit)
     identity = run_identity(recipe, dataset, start=weights_digest(model), start_entry=parent.id)
+    keep_epochs = keep_epochs or KEEP_EPOCHS_DEFAULT
+    if keep_epochs == "last" and not restart:  # on every rank: all raise together
+        _check_figure5_recorded(profile, entry, identity)
     return fit(model, dataset, recipe, run_dir(profile, entry), output_path(profile, entry), identity=identity,
                ctx=ctx, label=entry.id, precision=precision_for(profile, ctx), num_workers=profile.num_workers,
                restart=restart, final_extra={"entry": entry.id, "finetuned_from": parent.id, "trained_by": "finetune"},
-               on_epoch_end=on_epoch_end)
+               keep_epochs=keep_epochs, on_epoch_end=on_epoch_end)
+
+
+def _check_figure5_recorded(profile: Profile, entry, identity: dict) -> None:
+    """Refuse to drop a finished run's older epochs before Figure 5's table for it is recorded:
+    they cannot be made again without finetuning anew."""
+    from . import results
+    from .chapters.wiseft import TRAJECTORY_SECTION
+
+    final = output_path(profile, entry)
+    older = epoch_checkpoints(run_dir(profile, entry))[:-1]
+    if not older or not final_is_current(final, identity):
+        return  # nothing finished to drop (a run in progress with "last" keeps what it was told)
+    table = results.table_path(profile, TRAJECTORY_SECTION, entry.id)
+    if not table.exists():
+        raise ValueError(f"{entry.id}: keep_epochs='last' would delete {older[0][1]}..{older[-1][1].name}, the "
+                         f"epochs Figure 5 reads, but its table {table} is not recorded yet; run the wiseft section "
+                         f"first (clip-study run --profile {profile.name} --section wiseft), then drop them")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,6 +49,7 @@ class Report:
     disk: list[str] = field(default_factory=list)
     stages: list[costs.Stage] = field(default_factory=list)
     jobs: int = 0
+    to_train: list[PoolEntry] = field(default_factory=list)  # checkpoints a training command still writes
 
     @property
     def ok(self) -> bool:
@@ -269,11 +270,18 @@ def _existing_parent(p: Path) -> Path:
 
 
 def _check_disk(profile: Profile, report: Report) -> None:
-    """Free space against what is still to be written, per file system."""
+    """Free space against what is still to be written, per file system. The checkpoint bytes are
+    those of the runs still to train (:func:`helpers.costs.estimate`), so only their own run
+    folders count as written (an interrupted run's epochs), not the finished runs beside them."""
+    from .training import run_dir
+
     needs: dict[int, list] = {}
     for key, folder, need in (("paths.cache_dir", profile.cache_dir, report.total_cache_bytes),
                               ("paths.checkpoints_dir", profile.paths["checkpoints_dir"], report.checkpoint_bytes)):
-        have = _tree_bytes(folder) if folder.exists() else 0
+        if key == "paths.checkpoints_dir":
+            have = sum(_tree_bytes(d) for d in {run_dir(profile, e) for e in report.to_train} if d.exists())
+        else:
+            have = _tree_bytes(folder) if folder.exists() else 0
         if key == "paths.cache_dir" and profile.paths["checkpoints_dir"].is_relative_to(folder) and folder.exists():
             have -= _tree_bytes(profile.paths["checkpoints_dir"]) if profile.paths["checkpoints_dir"].exists() else 0
         todo = max(0.0, need - have)
@@ -315,7 +323,7 @@ def check(profile: Profile | str | os.PathLike, sections: list[str] | None = Non
     entries = report.entries
     report.jobs = len(report.sections) * (len(entries) if per_entry else 1)
 
-    to_train = _check_checkpoints(profile, entries, report)
+    to_train = report.to_train = _check_checkpoints(profile, entries, report)
     _check_hub(profile, entries, report)
 
     need = _datasets_needed(report.sections, entries, profile)

@@ -12,6 +12,11 @@ flip, label smoothing. Where the paper gives no value the choices are those of t
 reference recipe: label smoothing 0.1, RandomResizedCrop scale (0.08, 1.0) with bilinear
 interpolation; and as in finetuning: weight decay on every parameter, no gradient clipping.
 
+Checkpoints (:mod:`helpers.training`): nothing reads a supervised run's intermediate epochs, so by
+default only the newest epoch's weights file is kept (``keep_epochs="last"``) beside the newest
+resume state: 2 W kept after the run (W = 4 bytes per parameter of the image tower and head: 0.16 GB
+for RN50) and 6 W more while it trains; ``"all"`` would keep 90 W (14 GB for RN50).
+
 The supervised ViTs of the paper are torchvision's released weights: nothing is trained for them.
 Run with ``clip-study train-supervised --entry <id>`` or under ``torchrun -m helpers.supervised``.
 """
@@ -28,6 +33,9 @@ from .config import Profile
 from .training import (Recipe, TrainResult, add_recipe_arguments, add_run_arguments, fit, output_path,
                        precision_for, run_cli, run_dir, run_identity, single_process, training_set,
                        weights_digest)
+
+#: Nothing reads the epochs of a run from scratch: keep the newest only.
+KEEP_EPOCHS_DEFAULT = "last"
 
 
 @dataclass(frozen=True)
@@ -71,11 +79,12 @@ def initial_model(profile: Profile, entry_id: str):
 
 def train_supervised(profile: Profile, entry_id: str, recipe: SupervisedRecipe | None = None, *,
                      ctx: ddp.Context | None = None, limit: int | None = None, restart: bool = False,
-                     on_epoch_end: Callable | None = None) -> TrainResult:
+                     keep_epochs: str | None = None, on_epoch_end: Callable | None = None) -> TrainResult:
     """Train supervised pool entry ``entry_id`` from scratch on ImageNet (Appendix H.2) and write its
     checkpoint (``checkpoint:`` path, default ``<checkpoints_dir>/<id>/final.pt``).
 
-    ``ctx``, ``limit``, ``restart``, ``on_epoch_end``: as for :func:`helpers.finetune.finetune`.
+    ``ctx``, ``limit``, ``restart``, ``on_epoch_end``: as for :func:`helpers.finetune.finetune`;
+    ``keep_epochs``: ``last`` (default: the newest epoch's weights only) or ``all``.
     """
     recipe = recipe or SupervisedRecipe()
     entry = profile.entry(entry_id)
@@ -86,7 +95,7 @@ def train_supervised(profile: Profile, entry_id: str, recipe: SupervisedRecipe |
     return fit(model, dataset, recipe, run_dir(profile, entry), output_path(profile, entry), identity=identity,
                ctx=ctx, label=entry.id, precision=precision_for(profile, ctx), num_workers=profile.num_workers,
                restart=restart, final_extra={"entry": entry.id, "trained_by": "supervised"},
-               on_epoch_end=on_epoch_end)
+               keep_epochs=keep_epochs or KEEP_EPOCHS_DEFAULT, on_epoch_end=on_epoch_end)
 
 
 def build_parser() -> argparse.ArgumentParser:

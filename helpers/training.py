@@ -7,16 +7,28 @@ normalise on the device with the model's own mean/std, compute the logits of the
 (``W h/||h||`` for CLIP and CoCa, ``W h + b`` for a supervised model), the cross-entropy, one AdamW
 step with gradient clipping, and a learning-rate schedule stepped per iteration.
 
-Checkpoints: after every epoch ``k`` the run folder gets ``epoch_<k>.pt`` in the
-``clip-study-classifier/1`` format of :func:`helpers.models.save_classifier` (so any epoch loads as
-a model, as Figure 5 needs) plus the optimiser, scheduler, gradient scaler, every rank's RNG
-states, the epoch, the global step, the loss history and the run's identity (recipe, training
-images, starting weights); at the end the classifier alone goes to the pool entry's checkpoint path
-(``final.pt``). Files are written to a temporary name and renamed, so a reader never sees half a
-file. A run that finds checkpoints resumes from the newest one that loads (a corrupt file is named
-in a warning and the previous epoch is used); one of another identity is refused. Data order and
-augmentation are functions of ``(seed, epoch, image index)`` alone, so a resumed run feeds the model
-the same batches as an uninterrupted one and, on the CPU, ends with bit-identical weights.
+Checkpoints (the layout :func:`checkpoint_bytes` counts): after every epoch ``k`` the run folder gets
+
+- ``epoch_<k>.pt``: the classifier's weights alone, in the ``clip-study-classifier/1`` format of
+  :func:`helpers.models.save_classifier` (so any epoch loads as a model, as Figure 5 needs), with
+  the epoch, step, loss history and run identity but no optimiser state: 4 bytes per trained
+  parameter (image encoder + head W (+ bias b); the text tower is not trained and not stored);
+- ``resume_<k>.pt``: everything a resume needs, self-contained: the same weights, the optimiser
+  (the two AdamW moments: twice the weights again), scheduler, gradient scaler, every rank's RNG
+  states, epoch, global step, loss history and identity: about 3x the weights.
+
+Only the newest epoch keeps a resume state: ``resume_<k-1>.pt`` is deleted once ``resume_<k>.pt``
+is written, read back and flushed to disk, so a job killed at any moment finds at least one usable
+resume state (for a moment two; the newest that loads wins). ``keep_epochs`` (:data:`KEEP_EPOCHS`)
+decides which weights files stay: ``all`` (every epoch, E x the weights; what Figure 5 reads, the
+finetuning default) or ``last`` (the newest only: 1 x the weights; the default of supervised
+training, whose epochs nothing reads). At the end the classifier goes to the pool entry's checkpoint
+path (``final.pt``) and the resume state is deleted. Files are written to a temporary name and
+renamed, so a reader never sees half a file. A run that finds resume states resumes from the newest
+one that loads (a corrupt file is named in a warning and the previous one, if still there, is
+used); one of another identity is refused. Data order and augmentation are functions of
+``(seed, epoch, image index)`` alone, so a resumed run feeds the model the same batches as an
+uninterrupted one and, on the CPU, ends with bit-identical weights.
 """
 from __future__ import annotations
 
@@ -33,8 +45,14 @@ import numpy as np
 
 from . import ddp
 
-#: What an epoch checkpoint holds beyond the classifier fields of ``save_classifier``.
+#: What a resume state (``resume_<k>.pt``) holds beyond the classifier fields of ``save_classifier``.
 CHECKPOINT_KEYS = ("encoder", "head", "optimizer", "scheduler", "epoch", "step", "identity")
+#: The resume-only fields: what an ``epoch_<k>.pt`` weights file does not hold.
+RESUME_ONLY_KEYS = ("optimizer", "scheduler", "scaler", "rng")
+#: Which per-epoch weights files a run keeps (see the module docstring and :func:`checkpoint_bytes`).
+KEEP_EPOCHS = ("all", "last")
+#: AdamW keeps two moments per parameter, each the parameter's size (fp32).
+ADAMW_MOMENTS = 2
 
 
 class TrainingDiverged(FloatingPointError):
@@ -182,7 +200,7 @@ class SeededAugment:
 @dataclass
 class TrainResult:
     """What :func:`fit` did: the final checkpoint, the epochs run in this call (1-based), the
-    checkpoint it resumed from (None: from the start; the final file itself: nothing to do) and the
+    resume state it resumed from (None: from the start; the final file itself: nothing to do) and the
     per-epoch history of the whole run (mean loss, last step's learning rate, seconds, images/s)."""
 
     final: Path
@@ -192,18 +210,49 @@ class TrainResult:
 
 
 def epoch_path(run_dir: Path, epoch: int) -> Path:
+    """The weights-only file of epoch ``epoch`` (what Figure 5 loads)."""
     return Path(run_dir) / f"epoch_{epoch}.pt"
 
 
-def epoch_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """``(k, path)`` of the ``epoch_<k>.pt`` files of a run folder, by increasing epoch."""
+def resume_path(run_dir: Path, epoch: int) -> Path:
+    """The resume state written after epoch ``epoch`` (weights, optimiser, scheduler, RNG, step)."""
+    return Path(run_dir) / f"resume_{epoch}.pt"
+
+
+def _numbered(run_dir: str | os.PathLike, prefix: str) -> list[tuple[int, Path]]:
     run_dir = Path(run_dir)
     out = []
-    for p in run_dir.glob("epoch_*.pt") if run_dir.is_dir() else []:
+    for p in run_dir.glob(f"{prefix}_*.pt") if run_dir.is_dir() else []:
         k = p.stem.split("_", 1)[1]
         if k.isdigit():
             out.append((int(k), p))
     return sorted(out)
+
+
+def epoch_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(k, path)`` of the ``epoch_<k>.pt`` weights files of a run folder, by increasing epoch."""
+    return _numbered(run_dir, "epoch")
+
+
+def resume_states(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(k, path)`` of the ``resume_<k>.pt`` files of a run folder, by increasing epoch (one, or two
+    when a job was killed between writing the newest and deleting the previous)."""
+    return _numbered(run_dir, "resume")
+
+
+def checkpoint_bytes(weights_bytes: float, epochs: int, keep_epochs: str = "all") -> tuple[float, float]:
+    """Disk a run of ``epochs`` epochs uses under its run folder and checkpoint path, from the size
+    of one copy of its trained weights (4 bytes per parameter of the image encoder and head).
+
+    Returns ``(kept, peak_extra)``: ``kept`` stays after the run (the ``epoch_<k>.pt`` files
+    ``keep_epochs`` keeps, E or 1 times the weights, plus ``final.pt``); ``peak_extra`` is what the
+    run needs on top of that while it trains: two resume states of 3x the weights each (weights and
+    the two AdamW moments) for the moment between writing the newest and deleting the previous."""
+    if keep_epochs not in KEEP_EPOCHS:
+        raise ValueError(f"keep_epochs must be one of {', '.join(KEEP_EPOCHS)}, found {keep_epochs!r}")
+    resume = (1 + ADAMW_MOMENTS) * weights_bytes
+    kept = (epochs if keep_epochs == "all" else 1) * weights_bytes + weights_bytes
+    return kept, 2 * resume
 
 
 def read_checkpoint(path: Path, required: tuple[str, ...] = CHECKPOINT_KEYS) -> dict:
@@ -259,17 +308,17 @@ def _mismatch(path: Path, saved: dict, identity: dict) -> str | None:
 
 
 def latest_good_checkpoint(run_dir: Path, identity: dict) -> tuple[Path, dict] | None:
-    """The newest ``epoch_<k>.pt`` that loads, with its state; unreadable ones are skipped with a
-    :class:`CorruptCheckpointWarning` naming them. A readable checkpoint of another run (other
+    """The newest ``resume_<k>.pt`` that loads, with its state; unreadable ones are skipped with a
+    :class:`CorruptCheckpointWarning` naming them. A readable resume state of another run (other
     recipe, training images or starting weights) raises :class:`CheckpointError`: resuming it would
     silently mix two runs."""
-    for k, path in reversed(epoch_checkpoints(run_dir)):
+    for k, path in reversed(resume_states(run_dir)):
         try:
             state = read_checkpoint(path)
             if state["epoch"] != k:
                 raise CheckpointError(f"{path}: holds epoch {state['epoch']}, not {k}")
         except CheckpointError as exc:
-            warnings.warn(f"{exc}; resuming from the previous epoch's checkpoint instead",
+            warnings.warn(f"{exc}; resuming from the previous epoch's resume state instead",
                           CorruptCheckpointWarning, stacklevel=3)
             continue
         problem = _mismatch(path, state["identity"], identity)
@@ -277,6 +326,11 @@ def latest_good_checkpoint(run_dir: Path, identity: dict) -> tuple[Path, dict] |
             raise CheckpointError(f"{problem}; resume with the same settings, or pass restart=True "
                                   f"(--restart) to start over")
         return path, state
+    epochs = epoch_checkpoints(run_dir)
+    if epochs:
+        warnings.warn(f"{run_dir}: epoch weights {epochs[0][1].name}..{epochs[-1][1].name} but no usable resume "
+                      "state (resume_<k>.pt): training starts over and rewrites them", CorruptCheckpointWarning,
+                      stacklevel=3)
     return None
 
 
@@ -300,10 +354,40 @@ def final_is_current(final: Path, identity: dict) -> bool:
 
 
 def clear_run(run_dir: Path, final: Path) -> None:
-    """Remove a run's epoch checkpoints and final file (``restart=True``)."""
-    for _, p in epoch_checkpoints(run_dir):
+    """Remove a run's epoch weights, resume states and final file (``restart=True``)."""
+    for _, p in epoch_checkpoints(run_dir) + resume_states(run_dir):
         p.unlink()
     final.unlink(missing_ok=True)
+
+
+def _flush(*paths: Path) -> None:
+    """fsync files and their folders, so that what was renamed into place survives a power loss
+    before anything older is deleted (a killed process needs no more than the rename)."""
+    for p in list(paths) + sorted({Path(p).parent for p in paths}):
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        except OSError:  # some file systems refuse fsync on a folder
+            pass
+        finally:
+            os.close(fd)
+
+
+def prune(run_dir: Path, keep_epochs: str, current: int, *, finished: bool = False) -> None:
+    """Delete what the layout no longer needs once epoch ``current``'s files are on disk
+    (:func:`_flush`): every resume state but ``resume_<current>.pt`` (all of them when the run is
+    ``finished``: its ``final.pt`` is written) and, for ``keep_epochs="last"``, every weights file
+    but ``epoch_<current>.pt`` (stale later ones of an earlier attempt included)."""
+    for k, p in resume_states(run_dir):
+        if finished or k != current:
+            p.unlink(missing_ok=True)
+    if keep_epochs == "last":
+        for k, p in epoch_checkpoints(run_dir):
+            if k != current:
+                p.unlink(missing_ok=True)
 
 
 def _rng_state() -> dict:
@@ -377,17 +461,19 @@ def _autocast(device, precision: str):
 def fit(model, dataset, recipe: Recipe, run_dir: str | os.PathLike, final: str | os.PathLike, *,
         identity: dict | None = None, ctx: ddp.Context | None = None, label: str = "training",
         precision: str = "fp32", num_workers: int = 0, restart: bool = False, final_extra: dict | None = None,
-        on_epoch_end: Callable[[int, Path, dict], None] | None = None) -> TrainResult:
+        keep_epochs: str = "all", on_epoch_end: Callable[[int, Path, dict], None] | None = None) -> TrainResult:
     """Train ``model`` (a :class:`helpers.models.LoadedModel`: encoder, head and bias trained
     together) on ``dataset`` (an ``ImageDataset`` giving ``(PIL image, label)``, e.g.
     ``open_dataset("imagenet-train", root)``) with ``recipe``.
 
-    Epoch checkpoints go to ``run_dir``, the final classifier to ``final`` (``final_extra`` is
-    stored in both, e.g. ``entry=<id>``). ``identity``: :func:`run_identity` (default: from the
+    Epoch weights and the newest resume state go to ``run_dir``, the final classifier to ``final``
+    (``final_extra`` is stored in all, e.g. ``entry=<id>``); ``keep_epochs``: which epoch weights
+    files stay (:data:`KEEP_EPOCHS`; disk per run: :func:`checkpoint_bytes`; a finished run called
+    with ``last`` drops its older ones). ``identity``: :func:`run_identity` (default: from the
     recipe and the dataset). A run resumes from its newest good checkpoint and returns at once when
     ``final`` is already this run's; ``restart`` starts over. ``precision``: ``fp32``, or autocast
-    ``bf16``/``fp16`` on CUDA. ``on_epoch_end(epoch, checkpoint, stats)`` runs on every rank once
-    the epoch's checkpoint is on disk. Raises :class:`TrainingDiverged` when the loss becomes NaN.
+    ``bf16``/``fp16`` on CUDA. ``on_epoch_end(epoch, weights_file, stats)`` runs on every rank once
+    the epoch's weights and resume state are on disk. Raises :class:`TrainingDiverged` when the loss becomes NaN.
     """
     import torch
     import torch.nn.functional as F
@@ -396,6 +482,8 @@ def fit(model, dataset, recipe: Recipe, run_dir: str | os.PathLike, final: str |
 
     from .models import save_classifier
 
+    if keep_epochs not in KEEP_EPOCHS:
+        raise ValueError(f"keep_epochs must be one of {', '.join(KEEP_EPOCHS)}, found {keep_epochs!r}")
     ctx = ctx or ddp.Context(0, 1, 0, torch.device("cpu"))
     run_dir, final = Path(run_dir), Path(final)
     identity = identity or run_identity(recipe, dataset)
@@ -404,6 +492,9 @@ def fit(model, dataset, recipe: Recipe, run_dir: str | os.PathLike, final: str |
     ddp.barrier(ctx)
     if ddp.broadcast(ctx, final_is_current(final, identity) if ctx.is_main else None):
         state = read_checkpoint(final, required=())
+        if ctx.is_main:  # a job killed after final.pt but before its clean-up; or keep_epochs changed
+            prune(run_dir, keep_epochs, int(state.get("epoch", 0)), finished=True)
+        ddp.barrier(ctx)
         return TrainResult(final, [], final, list(state.get("history", [])))
 
     train_set = SeededAugment(dataset, train_transform(model.image_size, recipe), recipe.seed)
@@ -484,15 +575,20 @@ def fit(model, dataset, recipe: Recipe, run_dir: str | os.PathLike, final: str |
                  "images_per_s": steps_per_epoch * recipe.batch_size / seconds}
         history.append(stats)
         rngs = _gather_rng(ctx)
-        path = epoch_path(run_dir, epoch)
+        path, resume = epoch_path(run_dir, epoch), resume_path(run_dir, epoch)
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            save_classifier(model, path, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                            scaler=None if scaler is None else scaler.state_dict(), rng=rngs, epoch=epoch,
-                            step=step, identity=identity, world_size=ctx.world_size, history=history,
+            progress = dict(epoch=epoch, step=step, identity=identity, world_size=ctx.world_size, history=history,
                             **(final_extra or {}))
+            save_classifier(model, path, **progress)  # weights only: what Figure 5 loads
+            save_classifier(model, resume, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                            scaler=None if scaler is None else scaler.state_dict(), rng=rngs, **progress)
+            # Both files were read back before their rename; once they are flushed, the previous
+            # resume state (and, for keep_epochs="last", the previous weights) can go.
+            _flush(path, resume)
+            prune(run_dir, keep_epochs, epoch)
         ddp.barrier(ctx)
-        last_good, epochs_run = str(path), epochs_run + [epoch]
+        last_good, epochs_run = str(resume), epochs_run + [epoch]
         if on_epoch_end is not None:
             on_epoch_end(epoch, path, stats)
 
@@ -501,12 +597,14 @@ def fit(model, dataset, recipe: Recipe, run_dir: str | os.PathLike, final: str |
         final.parent.mkdir(parents=True, exist_ok=True)
         save_classifier(model, final, epoch=epoch, step=step, identity=identity, history=history,
                         **(final_extra or {}))
+        _flush(final)
+        prune(run_dir, keep_epochs, epoch, finished=True)  # nothing is left to resume
     ddp.barrier(ctx)
     return TrainResult(final, epochs_run, None if resumed is None else Path(resumed), history)
 
 
 def _diverged(label: str, what: str, value: float, step: int, epoch: int, i: int, n: int, last_good: str | None) -> str:
-    resume = (f"the last good checkpoint is {last_good}" if last_good else
+    resume = (f"the last good checkpoint (resume state) is {last_good}" if last_good else
               "no checkpoint was written yet (it diverged in the first epoch)")
     return (f"{label}: {what} became {value} at step {step + 1} (epoch {epoch}, batch {i + 1} of {n}); "
             f"training stopped before applying that step; {resume}. Lower the learning rate or check the data, "
@@ -537,7 +635,7 @@ def restore_weights(model, state: dict) -> None:
 
 
 def run_dir(profile, entry) -> Path:
-    """Folder of a trained entry's epoch checkpoints: ``<checkpoints_dir>/<entry id>``."""
+    """Folder of a trained entry's epoch weights and resume state: ``<checkpoints_dir>/<entry id>``."""
     return profile.paths["checkpoints_dir"] / entry.id
 
 
@@ -572,6 +670,10 @@ def add_run_arguments(parser) -> None:
     parser.add_argument("--device", help="cpu | cuda (default: the profile's; under torchrun one GPU per process)")
     parser.add_argument("--limit", type=int, help="train on a class-balanced subset of this many images")
     parser.add_argument("--restart", action="store_true", help="discard this entry's checkpoints and start over")
+    parser.add_argument("--keep-epochs", choices=KEEP_EPOCHS,
+                        help="epoch weights files to keep: all (every epoch, weights only: what Figure 5 reads) or "
+                             "last (the newest only; on a finished run: drop the others). Default: all for finetune, "
+                             "last for train-supervised; the newest epoch alone also keeps a resume state")
 
 
 _FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "lr_milestones", "lr_decay", "grad_clip",
@@ -611,7 +713,7 @@ def run_cli(args, train: Callable, defaults: Recipe) -> int:
     ctx = ddp.setup(args.device or profile.device)
     try:
         result = train(profile, args.entry, recipe_from_args(args, defaults), ctx=ctx, limit=args.limit,
-                       restart=args.restart)
+                       restart=args.restart, keep_epochs=getattr(args, "keep_epochs", None))
     finally:
         ddp.teardown()
     if ctx.is_main:
