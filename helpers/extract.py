@@ -47,6 +47,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -327,7 +328,8 @@ def loaded_model(entry: PoolEntry | str, profile: Profile, device: str | None = 
 
 def release_models() -> None:
     """Empty the process memo of loaded models (and the CUDA cache allocator's free blocks)."""
-    _LOADED.clear()
+    with _LOADED_LOCK:
+        _LOADED.clear()
     import gc
 
     gc.collect()
@@ -441,6 +443,7 @@ def _info_of(model: Any) -> _ModelInfo:
 
 #: (entry id, fingerprint, device, precision) -> LoadedModel, least recently used first.
 _LOADED: "OrderedDict[tuple, Any]" = OrderedDict()
+_LOADED_LOCK = threading.Lock()
 
 
 def _load(entry: PoolEntry, profile: Profile, device, fingerprint: str | None = None) -> Any:
@@ -450,17 +453,20 @@ def _load(entry: PoolEntry, profile: Profile, device, fingerprint: str | None = 
     from .models import load, load_from_profile
 
     key = (entry.id, fingerprint or _fingerprint(entry, profile), str(device), profile.precision)
-    if key in _LOADED:
-        _LOADED.move_to_end(key)
-        return _LOADED[key]
-    while len(_LOADED) >= MODELS_IN_MEMORY:
-        _LOADED.popitem(last=False)  # freed before the next build, not after it
+    with _LOADED_LOCK:
+        model = _LOADED.get(key)
+        if model is not None:
+            _LOADED.move_to_end(key)
+            return model
+        while len(_LOADED) >= MODELS_IN_MEMORY:
+            _LOADED.popitem(last=False)  # freed before the next build, not after it
     if entry in profile.pool:
         model = load_from_profile(profile, entry.id, device=str(device), precision=profile.precision)
     else:
         model = load(entry, str(device), profile.cache_dir, profile.paths.get("hf_cache"),
                      precision=profile.precision)
-    _LOADED[key] = model
+    with _LOADED_LOCK:
+        _LOADED[key] = model
     return model
 
 
@@ -776,7 +782,8 @@ def _run_pass(jobs: list[_Job], store: ImageStore, dataset_name: str, device, dt
                         outs[i] = (js, _forward(js[0].model, x8, device, dtype, captured[i]), clock.stop())
                 # Copy back only once every model's batch is queued: the device never waits for the host.
                 for i, (js, o, clock) in outs.items():
-                    host = {k: v.cpu().numpy() for k, v in o.items()}
+                    needed = dict.fromkeys(n_ for j in js for n_ in (("h",) if j.kind == "final" else j.layers))
+                    host = {k: o[k].cpu().numpy() for k in needed}
                     busy[i] += clock.seconds()
                     for k, v in host.items():
                         if not np.isfinite(v).all():

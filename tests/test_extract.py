@@ -393,3 +393,51 @@ def test_torchvision_entries_use_torchvisions_own_transform(world, tmp_path):
     # one store per geometry; the torchvision one (a single pool entry reads it) is removed after its pass
     assert kept == {"224-bicubic-shortest"}
     assert list((P.cache_dir / "stores").glob("imagenet-224-bilinear-shortest-from256-*"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_extraction_and_device_heads_agree_with_fp32(world, tmp_path):
+    """The paper profile's path (device cuda, precision bf16): h under bf16 autocast agrees with the
+    CPU's fp32 h, and a zero-shot head built on the GPU under bf16 agrees with the CPU's."""
+    cpu = extract.activations("t-vit-a", "imagenet", profile(world, tmp_path / "cpu"))
+    gpu = extract.activations("t-vit-a", "imagenet", profile(world, tmp_path / "gpu", device="cuda", precision="bf16"))
+    assert gpu.manifest["dtype"] == "bf16" and gpu.manifest["device"].startswith("cuda")
+    a, b = np.asarray(cpu.h, np.float64), np.asarray(gpu.h, np.float64)
+    cos = np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.999
+    from helpers.config import PoolEntry
+    from helpers.metrics import kurtosis
+
+    assert abs(kurtosis(a) - kurtosis(b)) < 0.02 * kurtosis(a)
+    zs = PoolEntry(id="zs", arch="ViT-B-32", family="robust_zeroshot_clip", pretraining="x", model="demo-ViT-B-32")
+    few = dict(classnames=["tench", "goldfish", "great white shark", "tiger shark"], templates=["a photo of a {}.", "a {}."])
+    W_cpu = models.load(zs, "cpu", tmp_path / "h-cpu", **few).head.detach().double()
+    W_gpu = models.load(zs, "cuda", tmp_path / "h-gpu", precision="bf16", **few).head.detach().double().cpu()
+    assert torch.nn.functional.cosine_similarity(W_cpu, W_gpu, dim=1).min() > 0.999
+    assert len(list((tmp_path / "h-gpu" / "heads").glob("*.pt"))) == 1
+
+
+def test_head_is_built_once_on_the_profiles_device_then_read_from_its_cache(world, tmp_path, monkeypatch):
+    """chapters.common.head never builds a model on the CPU when the profile names a GPU, and a
+    cached head builds none (issue 11, item 3). The build is intercepted: no GPU is needed."""
+    from helpers.chapters import common
+
+    P = profile(world, tmp_path, device="cuda:0")
+    calls, real = [], models.load_from_profile
+
+    def spy(prof, entry_id, device=None, **kwargs):
+        calls.append((entry_id, str(device), kwargs.get("precision")))
+        return real(prof, entry_id, device="cpu", **kwargs)
+    monkeypatch.setattr(models, "load_from_profile", spy)
+    extract.release_models()
+    W, b, normalize = common.head(P.entry("t-vit-b"), P)
+    assert calls == [("t-vit-b", "cuda:0", "fp32")]
+    reference = real(P, "t-vit-b", device="cpu")
+    np.testing.assert_array_equal(W, reference.head.detach().numpy())
+    np.testing.assert_array_equal(b, reference.bias.detach().numpy())
+    assert normalize is False
+    extract.release_models()
+    again, _, _ = common.head(P.entry("t-vit-b"), P)
+    assert len(calls) == 1  # read from <cache_dir>/linear_heads: no model built
+    np.testing.assert_array_equal(again, W)

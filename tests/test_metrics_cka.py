@@ -135,3 +135,26 @@ def test_accumulator_refuses_changed_layers_empty_and_constant_input():
 def test_cka_linear_refusals(x, y, match):
     with pytest.raises(ValueError, match=match):
         cka_linear(x, y)
+
+
+def test_state_round_trip_resumes_the_same_sums():
+    """A pass checkpointed after k minibatches and resumed from state() gives the same grid as one
+    uninterrupted pass (helpers.cka_pass stores exactly these accumulators)."""
+    rng = np.random.default_rng(3)
+    batches = [({"a": rng.normal(size=(8, 5)), "b": rng.normal(size=(8, 3))},
+                {"c": rng.normal(size=(8, 4))}) for _ in range(4)]
+    whole = MinibatchCKA()
+    for xs, ys in batches:
+        whole.update(xs, ys)
+    first = MinibatchCKA()
+    for xs, ys in batches[:2]:
+        first.update(xs, ys)
+    resumed = MinibatchCKA(["a", "b"], ["c"])
+    resumed.load_state({k: np.array(v) for k, v in first.state().items()})
+    for xs, ys in batches[2:]:
+        resumed.update(xs, ys)
+    assert resumed.n_batches == 4
+    np.testing.assert_array_equal(resumed.compute(), whole.compute())
+    # and the sums are the per-minibatch HSIC_1 terms: one layer pair against cka_minibatch
+    np.testing.assert_allclose(whole.compute()[0, 0], cka_minibatch([x["a"] for x, _ in batches],
+                                                                    [y["c"] for _, y in batches]), rtol=1e-12)
