@@ -112,7 +112,7 @@ def extract_many(entries: Iterable[PoolEntry | str], dataset_name: str, profile:
                  skip_unreadable: bool = False, models_per_pass: int | None = None,
                  device: str | None = None, chunk_images: int = CHUNK_IMAGES,
                  on_chunk: Callable[[int], None] | None = None,
-                 models: Mapping[str, Any] | None = None) -> dict[str, Activations]:
+                 models: Mapping[str, Any] | None = None, dataset: Any = None) -> dict[str, Activations]:
     """Run several pool entries over one dataset: decode it once into the uint8 store, then one pass
     over the store for up to ``models_per_pass`` models at a time (default: all that miss the cache).
 
@@ -123,7 +123,9 @@ def extract_many(entries: Iterable[PoolEntry | str], dataset_name: str, profile:
     checkpoint every ``chunk_images`` images or ``helpers.store.CHECKPOINT_S`` seconds and then calls
     ``on_chunk(k)``. ``models``: ``{entry id: LoadedModel}`` already in memory (e.g. WiSE-FT mixtures
     of Appendix I, which have no weights file); they are keyed by their own ``weights_digest`` and
-    moved to the device. Returns ``{entry id: Activations}`` in the order of ``entries``.
+    moved to the device. ``dataset``: an opened dataset to read instead of the profile's
+    ``dataset_name`` folder (``diagnose``'s :class:`helpers.data.folder.ImageFolderDataset`; its own
+    ``limit`` applies). Returns ``{entry id: Activations}`` in the order of ``entries``.
     """
     import torch
 
@@ -132,14 +134,13 @@ def extract_many(entries: Iterable[PoolEntry | str], dataset_name: str, profile:
     entries = list({e.id: e for e in (profile.entry(e) if isinstance(e, str) else e for e in entries)}.values())
     dev = torch.device(device or profile.device)
     dtype = "fp32" if dev.type == "cpu" else profile.precision
-    limit = profile.limit(dataset_name)
+    limit = profile.limit(dataset_name) if dataset is None else None
     # Unreadable files are dropped while decoding into the store (not by the datasets' up-front
     # scan, which would decode every image again on each call, cache hits included).
-    root = profile.dataset_root(dataset_name)
-    if dataset_name == "broden":
-        dataset = open_broden(root, limit=limit)
-    else:
-        dataset = open_dataset(dataset_name, root, limit=limit)
+    if dataset is None and dataset_name == "broden":
+        dataset = open_broden(profile.dataset_root(dataset_name), limit=limit)
+    elif dataset is None:
+        dataset = open_dataset(dataset_name, profile.dataset_root(dataset_name), limit=limit)
     stores: dict[Geometry, dict] = {}
 
     jobs: list[_Job] = []
@@ -210,6 +211,8 @@ def layer_names(model: Any) -> list[str]:
     Block numbers are zero-padded so that a lexical sort keeps depth order."""
     if model.arch_kind == "modified_resnet":
         return [f"layer{i}" for i in range(1, 5)] + ["embedding"]
+    if model.arch_kind not in ("vit", "coca", "torchvision_vit"):
+        return ["embedding"]  # an encoder of unknown structure (a plain module given to diagnose)
     blocks = _blocks(model)
     width = len(str(len(blocks) - 1))
     return [f"block{i:0{width}d}.{p}" for i in range(len(blocks)) for p in ("cls", "mean")] + ["embedding"]
@@ -347,6 +350,8 @@ def _layer_hooks(model: Any, names: Sequence[str], out: dict) -> list:
     3.x and torchvision): token 0 is the class token; the mean runs over the patch tokens only."""
     wanted = {n.split(".")[0] for n in names if n != "embedding"}
     handles = []
+    if not wanted:
+        return handles
     if model.arch_kind == "modified_resnet":
         for stage in sorted(wanted):
             def pool_space(_m, _i, y, stage=stage):

@@ -594,15 +594,38 @@ def _head_file(cache_dir: str | os.PathLike, model: str, key: str) -> Path:
     return Path(cache_dir) / "heads" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', model)}-{key[:32]}.pt"
 
 
+def _head_key(entry: PoolEntry, weights_digest: str, classnames, templates) -> tuple[list, list, str]:
+    oc = _open_clip(entry.model)
+    classnames = list(oc.IMAGENET_CLASSNAMES if classnames is None else classnames)
+    templates = list(oc.OPENAI_IMAGENET_TEMPLATES if templates is None else templates)
+    return classnames, templates, _digest(_HEAD_CACHE_VERSION, weights_digest, json.dumps(classnames),
+                                          json.dumps([_template_text(t) for t in templates]))
+
+
+def head_without_model(entry: PoolEntry, weights_digest: str, cache_dir: str | os.PathLike,
+                       classnames: Sequence[str] | None = None) -> torch.Tensor | None:
+    """The head W that :func:`load` gives ``entry``, read without building the model when it can be:
+    a classifier checkpoint's own head, or the zero-shot head cached under ``cache_dir/heads/`` for
+    these weights and class names. None when only a load can give it."""
+    if entry.checkpoint:
+        ckpt = _read_checkpoint(entry)
+        if isinstance(ckpt, dict) and ckpt.get("format") == CLASSIFIER_FORMAT:
+            return ckpt["head"].float()
+    if entry.family not in ZERO_SHOT_FAMILIES:
+        return None
+    key = _head_key(entry, weights_digest, classnames, None)[2]
+    path = _head_file(cache_dir, entry.model, key)
+    if not path.exists():
+        return None
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    return payload["W"].float() if payload.get("key") == key else None
+
+
 def _zero_shot_head_cached(entry: PoolEntry, clip_model: nn.Module, weights_digest: str, cache_dir,
                            classnames, templates, device, batch_size) -> tuple[torch.Tensor, str]:
     """The zero-shot head, read from ``cache_dir/heads/`` when computed before for these weights,
     class names and templates."""
-    oc = _open_clip(entry.model)
-    classnames = list(oc.IMAGENET_CLASSNAMES if classnames is None else classnames)
-    templates = list(oc.OPENAI_IMAGENET_TEMPLATES if templates is None else templates)
-    key = _digest(_HEAD_CACHE_VERSION, weights_digest, json.dumps(classnames),
-                  json.dumps([_template_text(t) for t in templates]))
+    classnames, templates, key = _head_key(entry, weights_digest, classnames, templates)
     path = _head_file(cache_dir, entry.model, key) if cache_dir is not None else None
     if path is not None and path.exists():
         try:
@@ -615,7 +638,8 @@ def _zero_shot_head_cached(entry: PoolEntry, clip_model: nn.Module, weights_dige
             raise ModelError(f"{_label(entry)}: cached zero-shot head {path} does not match these weights and "
                              "classes; delete it to recompute")
         return payload["W"], f"zero-shot head, cached {path}"
-    W = zero_shot_head(clip_model, oc.get_tokenizer(entry.model), classnames, templates, device, batch_size)
+    W = zero_shot_head(clip_model, _open_clip(entry.model).get_tokenizer(entry.model), classnames, templates, device,
+                       batch_size)
     if path is not None:
         _atomic_torch_save({"key": key, "W": W.cpu(), "model": entry.model, "weights_digest": weights_digest,
                             "classes": len(classnames), "templates": len(templates)}, path)
