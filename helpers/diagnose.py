@@ -368,14 +368,19 @@ def _extract(subject: _Subject, dataset_name: str, P: Profile, device: str, data
     return out[subject.entry.id]
 
 
-def _head(subject: _Subject, P: Profile, weights_digest: str, device: str) -> np.ndarray | None:
-    """W (K x d) of the subject: given, the classifier checkpoint's own, or the zero-shot head,
-    read without a model build when the models helper has it (checkpoint file, head cache);
-    otherwise built by :func:`helpers.models.load` on the profile's device (and cached there)."""
+def _head(subject: _Subject, P: Profile, acts, device: str) -> np.ndarray | None:
+    """W (K x d) of the subject: given, the classifier checkpoint's own, or the zero-shot head. The
+    entry's own head comes with its activations when the engine carries it (``acts.head``); else,
+    and for a zero-shot head over other class names, it is read without a model build when the
+    models helper has it (checkpoint file, head cache), or built by :func:`helpers.models.load` on
+    the profile's device (and cached there)."""
     from . import models
 
     if subject.head_kind in (None, "given"):
         return subject.head
+    if subject.classnames is None and getattr(acts, "head", None) is not None:
+        return np.asarray(acts.head.W, dtype=np.float32)
+    weights_digest = acts.manifest["material"]["weights_digest"]
     try:
         W = models.head_without_model(subject.entry, weights_digest, P.cache_dir, classnames=subject.classnames)
         if W is None:
@@ -867,12 +872,11 @@ def diagnose(images: str | os.PathLike | None = None, model: str | None = None, 
     skipped = [(_relative(msg, ds), msg) for msg in acts.manifest.get("skipped", [])]
     if skipped:
         notes.append(f"{len(skipped)} unreadable image(s) skipped: {preview([s[0] for s in skipped])}")
-    weights_digest = acts.manifest["material"]["weights_digest"]
-    subject.description.setdefault("weights_digest", weights_digest)
+    subject.description.setdefault("weights_digest", acts.manifest["material"]["weights_digest"])
 
     per_image, kci = _kurtosis(h, subject.label, P, warnings_, notes)
 
-    W = _head(subject, P, weights_digest, device)
+    W = _head(subject, P, acts, device)
     ir = importance_ratio(W, h, svd=svd_head(W)) if W is not None else None
     if W is None:
         notes.append("no linear head: importance ratio (Eq. 3) and unique concepts (Eq. 4) not computed"
