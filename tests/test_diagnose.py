@@ -305,6 +305,25 @@ def test_open_clip_state_dict_given_as_pretrained_path(study, tmp_path):
     assert d.importance_ratio == pytest.approx(_importance_ratio(lm.head.detach().numpy(), h), rel=1e-4)
 
 
+def test_classifier_checkpoint_brings_its_own_head(study, tmp_path):
+    """A classifier checkpoint of this project: its own head W, read from the file (no class names),
+    and the importance ratio of that W on h recomputed here."""
+    P = study["profile"]
+    zs = dg._entry_for("demo-ViT-B-32", None, P, seed=2)[0]
+    ckpt = models.save_classifier(models.load(zs, classnames=["a", "b", "c", "d"]), tmp_path / "clf.pt")
+    d = dg.diagnose(study["images"], model="demo-ViT-B-32", pretrained=str(ckpt), classnames=study["classes"],
+                    profile=P, concepts=False, write=False)
+    entry, own_head = dg._entry_for("demo-ViT-B-32", str(ckpt), P, seed=0)
+    assert own_head and entry.family == "finetuned_clip"
+    clf = models.load(entry)
+    h = _forward_each(_images_of(study["images"]), clf.preprocess, clf.encode)
+    assert clf.head.shape[0] == 4 and d.description["head"] == "the classifier checkpoint's own head"
+    assert d.importance_ratio == pytest.approx(_importance_ratio(clf.head.detach().numpy(), h), rel=1e-4)
+    assert any("own head: the class names were not used" in n for n in d.notes)
+    W = models.head_without_model(entry, clf.weights_digest, P.cache_dir)  # read from the file, no build
+    assert torch.equal(W, clf.head.detach())
+
+
 def test_plain_torch_encoder_with_head_is_cached_by_its_parameters(study):
     net, W = _PlantedEncoder(), torch.randn(5, 16)
     kw = dict(encoder=net, preprocess=_preprocess(), head=W, profile=study["profile"], concepts=False,
