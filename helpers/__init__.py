@@ -16,6 +16,7 @@ One module per concern, each importable without a GPU; heavy imports live inside
                              Appendix H's recipes, resumable, on one GPU or many (torchrun)
 - :mod:`helpers.wiseft`      Appendix I's weight-space mixtures
 - :mod:`helpers.diagnose`    the paper's indicators for a new encoder
+- :mod:`helpers.forking`     ``clip-study new-notebook``: a fork from the template; layer names
 - :mod:`helpers.results`     one results table per (section, entry)
 - :mod:`helpers.runner`      papermill execution of the notebooks, locally or through submitit
 - :mod:`helpers.book`        the book's sources: executed notebooks and the pool page

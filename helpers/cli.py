@@ -244,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "concepts) for any open_clip model on a folder of images, placed against the pool")
     add_diagnose_arguments(dg)
     dg.set_defaults(func=cmd_diagnose)
+
+    from .forking import add_arguments as add_fork_arguments, run_cli as run_fork
+
+    nb = sub.add_parser("new-notebook", help="start a fork: copy notebooks/templates/new_hypothesis.md to "
+                        "notebooks/<next number>_<name>.md and list it in _toc.yml under 'Going further'")
+    add_fork_arguments(nb)
+    nb.set_defaults(func=_reported(run_fork))
     return ap
 
 

@@ -18,19 +18,28 @@ and reads the pool's indicators and effective robustness (Eq. 5) from the profil
 correlation of each indicator with ER across the pool and the new model's place among the pool's
 models. It writes ``<out>/report.md``, ``<out>/summary.json`` and two figures beside them.
 
-Activations are cached under ``<cache_dir>/diagnose/<slug>/``, keyed by the weights digest and a
-digest of the image files (relative path, size, mtime), so a rerun loads no model and runs no
-forward pass. A plain encoder is cached under the digest of its parameters when it is an
-``nn.Module``, under the ``name`` given otherwise, and not at all without one.
+One engine: the model under diagnosis is a transient pool entry (a :class:`~helpers.config.PoolEntry`
+built from the model name and weights, never written to the profile), and the folder is a dataset
+(:class:`helpers.data.folder.ImageFolderDataset`). Extraction, the decode-once uint8 store, the
+resumable cache, the progress bars and model loading are those of every chapter
+(:func:`helpers.extract.extract_many`, :mod:`helpers.store`, :func:`helpers.models.load`): the
+activations land under ``<cache_dir>/stores/folder-...`` and ``<cache_dir>/activations/diagnose-<slug>/``,
+so a rerun loads no model and runs no forward pass. The head comes from the classifier checkpoint
+or the zero-shot head cache (:func:`helpers.models.head_without_model`), and Eq. (4) is probed by
+:func:`helpers.chapters.concept_probing.probe_activations`, as for the pool.
+
+A plain encoder (any ``nn.Module`` or callable) goes through the same engine as an in-memory
+:class:`~helpers.models.LoadedModel`, keyed by the digest of its parameters (a named callable: by
+its name; an unnamed callable is recomputed on every call).
 
 The paper computes none of the placement: the rank correlations, the pool percentile and the
 nearest models are this project's (methods page), and they are only as meaningful as the pool.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
-import json
 import math
 import os
 import re
@@ -42,10 +51,10 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .config import PoolEntry, Profile, load_profile
-from .store import atomic_save_npy, atomic_write_json, atomic_write_text, key_of
+from .store import atomic_write_json, atomic_write_text, key_of
 
-#: Bump when cached activations or heads would change for the same weights and images.
-DIAGNOSE_VERSION = 1
+#: Bump when the report or summary would change for the same activations.
+DIAGNOSE_VERSION = 2
 
 #: Below this many images the mean kurtosis moves too much with the sample to place a model: the
 #: report says so (and still gives the interval). The paper averages over all 50,000 ImageNet
@@ -66,8 +75,10 @@ INDICATORS = {
 #: How many pool models are listed as the nearest to the new one.
 NEAREST = 3
 
+#: Prefix of the transient entries' ids: their cache folders are ``activations/diagnose-<slug>/``.
+ENTRY_PREFIX = "diagnose-"
+
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
-_TEMPLATES = "open_clip.OPENAI_IMAGENET_TEMPLATES"
 
 
 class DiagnoseError(ValueError):
@@ -76,176 +87,29 @@ class DiagnoseError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------
-# Images
-
-
-def list_images(folder: str | os.PathLike, limit: int | None = None, seed: int = 0) -> list[Path]:
-    """Image files under ``folder``, recursively, sorted (hidden files and folders left out).
-
-    ``limit`` keeps a random subset of that many, drawn with ``seed`` and kept in sorted order.
-    Raises :class:`DiagnoseError` for a missing folder, an empty one, or one without images."""
-    from .data.base import IMAGE_EXTENSIONS, is_image, preview
-
-    folder = Path(folder).expanduser()
-    expected = f"a folder of images ({', '.join(IMAGE_EXTENSIONS)}), searched recursively"
-    if not folder.exists():
-        raise DiagnoseError(f"images folder {folder} does not exist; expected {expected}")
-    if not folder.is_dir():
-        raise DiagnoseError(f"images folder {folder} is a file, not a folder; expected {expected}")
-    files = []
-    for root, dirs, names in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files += [Path(root) / n for n in names if not n.startswith(".")]
-    files.sort()
-    images = [f for f in files if is_image(f.name)]
-    if not files:
-        raise DiagnoseError(f"images folder {folder} is empty; expected {expected}")
-    if not images:
-        names = [f.relative_to(folder).as_posix() for f in files]
-        raise DiagnoseError(f"images folder {folder} holds {len(files)} file(s) but no image: {preview(names)}; "
-                            f"expected {expected}")
-    if limit is not None:
-        if not (isinstance(limit, int) and limit > 0):
-            raise DiagnoseError(f"limit must be a positive number of images or None; got {limit!r}")
-        if limit < len(images):
-            keep = np.sort(np.random.default_rng(seed).choice(len(images), size=limit, replace=False))
-            images = [images[i] for i in keep]
-    return images
-
-
-class _ImageFiles:
-    """Map-style dataset over image files: ``(index, transform(image) or None, error or None)``.
-
-    An unreadable file is returned as an error instead of raised, so that the caller decides
-    (stop and name it, or skip and count it) without a second decoding pass over the folder."""
-
-    def __init__(self, files: Sequence[Path], transform: Callable):
-        self.files, self.transform = list(files), transform
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int):
-        from .data.base import UnreadableImageError, decode_rgb
-
-        try:
-            image = decode_rgb(self.files[i])
-        except UnreadableImageError as exc:
-            return i, None, str(exc)
-        return i, self.transform(image), None
-
-
-def _collate(items):
-    """(indices of the decoded images, their stacked tensors or None, [(index, error)])."""
-    import torch
-
-    ok = [(i, x) for i, x, _ in items if x is not None]
-    bad = [(i, err) for i, x, err in items if x is None]
-    idx = [i for i, _ in ok]
-    return idx, (torch.stack([x for _, x in ok]) if ok else None), bad
-
-
-def _encode_files(files: Sequence[Path], encode: Callable, transform: Callable, device: str, batch_size: int,
-                  num_workers: int, precision: str, skip_unreadable: bool, what: str, desc: str):
-    """h (N_read x d, float32) of the readable ``files`` in their order, and the skipped
-    ``[(file, reason)]``. Decoding runs through a torch DataLoader with the model's transform."""
-    import contextlib
-
-    import torch
-    from tqdm import tqdm  # plain bars: notebook widgets need ipywidgets and would warn
-
-    dev = torch.device(device)
-    autocast = (torch.autocast(device_type=dev.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
-                if dev.type != "cpu" and precision != "fp32" else contextlib.nullcontext())
-    loader = torch.utils.data.DataLoader(_ImageFiles(files, transform), batch_size=batch_size, shuffle=False,
-                                         num_workers=num_workers, collate_fn=_collate)
-    chunks, skipped = [], []
-    with tqdm(total=len(files), unit="img", desc=desc) as bar:
-        for idx, x, bad in loader:
-            bar.update(len(idx) + len(bad))
-            if bad and not skip_unreadable:
-                raise DiagnoseError(f"{bad[0][1]}; pass skip_unreadable=True (--skip-unreadable) to leave "
-                                    "unreadable images out and count them")
-            skipped += [(files[i], err) for i, err in bad]
-            if x is None:
-                continue
-            with torch.inference_mode(), autocast:
-                h = encode(x.to(dev))
-            if not isinstance(h, torch.Tensor) or h.ndim != 2 or h.shape[0] != len(idx):
-                got = tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
-                raise DiagnoseError(f"{what}: expected features of shape ({len(idx)}, d) for a batch of {len(idx)} "
-                                    f"images, got {got}")
-            h = h.float().cpu().numpy()
-            if not np.isfinite(h).all():
-                first = files[idx[int(np.flatnonzero(~np.isfinite(h).all(axis=1))[0])]]
-                raise DiagnoseError(f"{what}: NaN or infinite activations (first on {first})")
-            chunks.append(h)
-    if not chunks:
-        raise DiagnoseError(f"none of the {len(files)} images could be read (first: {skipped[0][1]})")
-    return np.concatenate(chunks), skipped
-
-
-# --------------------------------------------------------------------------------------------
-# Cache: one .npy per array beside a manifest written last
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "model"
-
-
-def _cached(folder: Path, kind: str, material: dict, compute: Callable[[], tuple[np.ndarray, dict]]):
-    """(array, meta) from ``folder/<kind>-<key>.npy`` when its manifest carries this key; else
-    ``compute()`` and store it (array first, manifest last, each atomically)."""
-    key = key_of(material)
-    npy, manifest = folder / f"{kind}-{key[:20]}.npy", folder / f"{kind}-{key[:20]}.json"
-    try:
-        m = json.loads(manifest.read_text())
-        if m.get("key") == key:
-            a = np.load(npy)
-            if list(a.shape) == m["shape"]:
-                return a, m["meta"]
-    except (FileNotFoundError, json.JSONDecodeError, ValueError, KeyError):
-        pass
-    a, meta = compute()
-    atomic_save_npy(npy, a)
-    atomic_write_json(manifest, {"key": key, "material": material, "shape": list(a.shape), "meta": meta})
-    return a, meta
-
-
-# --------------------------------------------------------------------------------------------
-# The model under diagnosis
+# The model under diagnosis: a transient pool entry
 
 
 @dataclass
 class _Subject:
-    """What is diagnosed: a description, a cache identity, and how to load it (lazily: a cache hit
-    loads nothing)."""
+    """What is diagnosed: a transient pool entry, how the engine gets its model (``model``: an
+    in-memory LoadedModel for a plain encoder; None: the engine loads the entry itself, and only
+    on a cache miss), and where its head W comes from."""
 
     label: str
     slug: str
+    entry: PoolEntry
     description: dict
-    digest: str | None  # None: not cached
-    head_key: Any  # what the head depends on besides the weights; None: no head
-    load: Callable[[], tuple[Callable, Callable, np.ndarray | None, str]]  # encode, transform, W, head source
+    model: Any = None  # helpers.models.LoadedModel of a plain encoder
+    head: np.ndarray | None = None  # a plain encoder's head W (None: no head)
+    head_kind: str | None = None  # "zero-shot" | "own" | "given" | None
+    classnames: list[str] | None = None  # zero-shot head over these (None: ImageNet's)
+    force: bool = False  # recompute every time (an unnamed callable has no cache identity)
     notes: list[str] = field(default_factory=list)
 
 
-def _open_clip(model: str):
-    import warnings
-
-    from tqdm import TqdmWarning
-
-    with warnings.catch_warnings():
-        # open_clip imports huggingface_hub, which imports tqdm.auto: in a notebook without
-        # ipywidgets that warns once, about bars this offline, plain-tqdm code never draws.
-        warnings.simplefilter("ignore", TqdmWarning)
-        import open_clip
-
-    if model.startswith("demo-"):
-        from .demo_archs import register_demo_models
-
-        register_demo_models()
-    return open_clip
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "model"
 
 
 def _read_classnames(classnames) -> list[str] | None:
@@ -276,17 +140,18 @@ def _checkpoint_path(pretrained: str) -> Path | None:
 
 
 def _entry_for(model: str, pretrained: str | None, profile: Profile, seed: int) -> tuple[PoolEntry, bool]:
-    """A pool entry built on the fly for an open_clip model (so that :func:`helpers.models.load`
-    applies its checks: QuickGELU, normalisation, offline weights), and whether its weights file is
-    a classifier checkpoint with its own head."""
+    """The transient pool entry of an open_clip model (so that :func:`helpers.models.load` applies
+    its checks: QuickGELU, normalisation, offline weights), and whether its weights file is a
+    classifier checkpoint with its own head."""
     from . import models
 
-    oc = _open_clip(model)
+    oc = models._open_clip(model)
     if oc.get_model_config(model) is None:
         close = difflib.get_close_matches(model, oc.list_models(), n=6, cutoff=0.5)
         raise DiagnoseError(f"open_clip does not know the model {model!r}; close names: "
                             f"{', '.join(close) or 'none'} (all of them: open_clip.list_models())")
-    common = dict(id=f"diagnose:{model}", arch=model, family="robust_zeroshot_clip", model=model)
+    common = dict(id=f"{ENTRY_PREFIX}{_slug(model)}", arch=model, family="robust_zeroshot_clip",
+                  model=model, note="transient entry of clip-study diagnose (not in the profile)")
     if pretrained is None:
         if not profile.allow_random_init:
             raise DiagnoseError(f"no weights for {model!r}: pass pretrained=<open_clip tag> or a checkpoint path "
@@ -306,27 +171,13 @@ def _entry_for(model: str, pretrained: str | None, profile: Profile, seed: int) 
             raise DiagnoseError(str(exc)) from None
         if isinstance(ckpt, dict) and "format" in ckpt:
             # A finetuned classifier: its own head, read on the normalised embedding (Section 2).
-            return PoolEntry(**{**common, "family": "finetuned_clip"}, pretraining=f"checkpoint {path.name}",
-                             checkpoint=str(path.resolve())), True
+            return dataclasses.replace(entry, family="finetuned_clip"), True
         return entry, False
     tags = oc.list_pretrained_tags_by_model(model)
     if pretrained not in tags:
         raise DiagnoseError(f"open_clip knows no pretrained tag {pretrained!r} for model {model!r}; its tags: "
                             f"{', '.join(tags) or 'none'} (a checkpoint is given as a path to an existing file)")
     return PoolEntry(**common, pretraining=pretrained, pretrained=pretrained), False
-
-
-def _weights_digest(entry: PoolEntry, profile: Profile) -> str:
-    """The ``weights_digest`` :func:`helpers.models.load` gives this entry, without building the
-    model: a rerun on cached activations loads nothing."""
-    from . import models
-
-    if entry.checkpoint:
-        return models._digest("file", entry.model, models.file_sha256(entry.checkpoint))
-    if entry.pretrained:
-        _, blob = models._hub_weights(entry, profile.paths.get("hf_cache"))
-        return models._digest("open_clip", entry.model, entry.pretrained, blob)
-    return models._digest("random", entry.source, entry.model, entry.seed, models._architecture_fingerprint(entry))
 
 
 def _model_error(exc: Exception, entry: PoolEntry) -> DiagnoseError:
@@ -338,48 +189,41 @@ def _model_error(exc: Exception, entry: PoolEntry) -> DiagnoseError:
 
 
 def _open_clip_subject(model: str, pretrained: str | None, classnames: list[str] | None, profile: Profile,
-                       device: str, seed: int) -> _Subject:
+                       seed: int) -> _Subject:
     from . import models
 
     entry, own_head = _entry_for(model, pretrained, profile, seed)
+    if entry.checkpoint:
+        # the path tells two files of one name apart; the engine keys the activations on the content
+        tag = f"{Path(entry.checkpoint).stem}-{key_of({'path': entry.checkpoint})[:8]}"
+        weights = f"checkpoint {entry.checkpoint}"
+    elif entry.pretrained:
+        tag, weights = entry.pretrained, f"open_clip tag {entry.pretrained!r}"
+    else:
+        tag, weights = f"random-seed{seed}", f"random initialisation, seed {seed}"
+    slug = _slug(f"{model}-{tag}")
+    entry = dataclasses.replace(entry, id=ENTRY_PREFIX + slug)
     try:
         models.check_entry(entry)
-        digest = _weights_digest(entry, profile)
     except models.ModelError as exc:
         raise _model_error(exc, entry) from None
     notes = []
     if own_head and classnames is not None:
         notes.append(f"{entry.checkpoint} is a classifier checkpoint with its own head: the class names were "
                      "not used")
-    if own_head:
-        head_key, head_desc = "classifier checkpoint head", "the classifier checkpoint's own head"
         classnames = None
+    if own_head:
+        head_desc = "the classifier checkpoint's own head"
+    elif classnames is not None:
+        head_desc = f"zero-shot head over {len(classnames)} class names x the 80 OpenAI templates"
     else:
-        names = classnames if classnames is not None else "open_clip.IMAGENET_CLASSNAMES"
-        head_key = {"classnames": names, "templates": _TEMPLATES}
-        head_desc = (f"zero-shot head over {len(classnames)} class names x the 80 OpenAI templates"
-                     if classnames is not None else "zero-shot head over ImageNet's 1,000 classes x the 80 OpenAI "
-                     "templates (as the pool's)")
-    if entry.checkpoint:
-        weights, tag = f"checkpoint {entry.checkpoint}", f"{Path(entry.checkpoint).stem}-{digest[:8]}"
-    elif entry.pretrained:
-        weights, tag = f"open_clip tag {entry.pretrained!r}", entry.pretrained
-    else:
-        weights, tag = f"random initialisation, seed {seed}", f"random-seed{seed}"
-
-    def load():
-        try:
-            lm = models.load(entry, device, profile.cache_dir, profile.paths.get("hf_cache"), classnames=classnames)
-        except models.ModelError as exc:
-            raise _model_error(exc, entry) from None
-        W = lm.head.detach().float().cpu().numpy()
-        return lm.encode, lm.preprocess, W, lm.head_source
-
-    return _Subject(label=f"{model} ({weights})", slug=_slug(f"{model}-{tag}"),
+        head_desc = "zero-shot head over ImageNet's 1,000 classes x the 80 OpenAI templates (as the pool's)"
+    return _Subject(label=f"{model} ({weights})", slug=slug, entry=entry,
                     description={"kind": "open_clip", "model": model, "pretrained": entry.pretrained,
-                                 "checkpoint": entry.checkpoint, "seed": None if entry.pretrained or entry.checkpoint
-                                 else seed, "weights": weights, "weights_digest": digest, "head": head_desc},
-                    digest=digest, head_key=head_key, load=load, notes=notes)
+                                 "checkpoint": entry.checkpoint, "entry": entry.id,
+                                 "seed": None if entry.pretrained or entry.checkpoint else seed, "weights": weights,
+                                 "head": head_desc},
+                    head_kind="own" if own_head else "zero-shot", classnames=classnames, notes=notes)
 
 
 def _module_digest(module) -> str:
@@ -394,19 +238,72 @@ def _module_digest(module) -> str:
     return h.hexdigest()
 
 
-def _array_digest(a: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float32).tobytes()).hexdigest()
+_PREPROCESS_EXPECTED = ("torchvision transforms.Compose([Resize(S), CenterCrop(S), ToTensor(), Normalize(mean, std)]) "
+                        "or a helpers.models.Preprocessing: the engine decodes each folder once into a uint8 store of "
+                        "that geometry and normalises on the device")
+
+
+def _preprocessing_of(preprocess):
+    """The :class:`helpers.models.Preprocessing` a torchvision eval transform amounts to: the uint8
+    store holds exactly the pixels its Resize + CenterCrop give (the same torchvision transforms
+    open_clip's ``shortest`` mode uses), and Normalize runs on the device."""
+    from torchvision import transforms as T
+
+    from .models import Preprocessing
+
+    if isinstance(preprocess, Preprocessing):
+        return preprocess
+    steps = getattr(preprocess, "transforms", None)
+    kinds = [type(t).__name__ for t in steps] if isinstance(steps, list) else None
+    if kinds != ["Resize", "CenterCrop", "ToTensor", "Normalize"]:
+        raise DiagnoseError(f"preprocess must be {_PREPROCESS_EXPECTED}; got "
+                            f"{' -> '.join(kinds) if kinds else type(preprocess).__name__}")
+    resize, crop, _, norm = steps
+    size = resize.size if isinstance(resize.size, int) else (resize.size[0] if len(resize.size) == 1 else None)
+    crop_size = tuple(crop.size) if not isinstance(crop.size, int) else (crop.size, crop.size)
+    modes = {T.InterpolationMode.BILINEAR: "bilinear", T.InterpolationMode.BICUBIC: "bicubic"}
+    if size is None or crop_size != (size, size) or resize.interpolation not in modes or resize.antialias is False \
+            or resize.max_size is not None:
+        raise DiagnoseError(f"preprocess {preprocess!r}: Resize must take the shorter side to the CenterCrop size "
+                            f"S (bilinear or bicubic, antialiased); expected {_PREPROCESS_EXPECTED}")
+    mean, std = (tuple(float(v) for v in np.atleast_1d(np.asarray(x, dtype=float))) for x in (norm.mean, norm.std))
+    if len(mean) != 3 or len(std) != 3:
+        raise DiagnoseError(f"preprocess {preprocess!r}: Normalize needs 3 means and 3 stds (RGB)")
+    return Preprocessing(int(size), modes[resize.interpolation], "shortest", mean, std)
+
+
+def _as_module(encoder):
+    """A plain callable as an nn.Module (the engine moves and evaluates modules)."""
+    import torch
+
+    if isinstance(encoder, torch.nn.Module):
+        return encoder
+
+    class FunctionEncoder(torch.nn.Module):
+        def __init__(self, fn):
+            super().__init__()
+            self.fn = fn
+
+        def forward(self, x):
+            return self.fn(x)
+
+    return FunctionEncoder(encoder)
 
 
 def _callable_subject(encoder, preprocess, head, name: str | None, device: str) -> _Subject:
+    """A plain torch encoder as an in-memory LoadedModel over a transient entry. One forward of one
+    blank image gives d, which checks the head and sizes the placeholder head of a headless encoder
+    (the engine computes logits for every model; they are not read here)."""
     import torch
 
-    if preprocess is None or not callable(preprocess):
-        raise DiagnoseError("encoder= needs preprocess=, a transform from a PIL image to a normalised float "
-                            "tensor (3, S, S), e.g. a torchvision transforms.Compose")
+    from .models import LoadedModel
+
+    if preprocess is None:
+        raise DiagnoseError(f"encoder= needs preprocess=, the eval transform of its images: {_PREPROCESS_EXPECTED}")
     if not callable(encoder):
         raise DiagnoseError(f"encoder must be a callable or nn.Module mapping a (B, 3, S, S) batch to (B, d) "
                             f"features; got {type(encoder).__name__}")
+    prep = _preprocessing_of(preprocess)
     W = None
     if head is not None:
         W = (head.detach().float().cpu().numpy() if isinstance(head, torch.Tensor)
@@ -416,26 +313,82 @@ def _callable_subject(encoder, preprocess, head, name: str | None, device: str) 
     is_module = isinstance(encoder, torch.nn.Module)
     kind = type(encoder).__qualname__ if is_module else getattr(encoder, "__qualname__", type(encoder).__name__)
     if is_module:
-        digest = key_of({"module": _module_digest(encoder), "name": name, "preprocess": repr(preprocess)})
+        digest = key_of({"module": _module_digest(encoder), "name": name})
         cached = f"cached under the digest of its parameters{f' and the name {name!r}' if name else ''}"
     elif name:
-        digest = key_of({"callable": name, "preprocess": repr(preprocess)})
+        digest = key_of({"callable": name})
         cached = f"cached under the name {name!r} (change it when the weights change)"
     else:
-        digest, cached = None, "not cached (pass name= to cache a plain callable's activations)"
-    notes = [] if digest else ["the encoder is a plain callable without name=: its activations were not cached"]
-    head_desc = f"the given head W ({W.shape[0]} x {W.shape[1]})" if W is not None else None
-
-    def load():
-        if is_module:
-            encoder.to(device).eval()
-        return encoder, preprocess, W, "the given head W" if W is not None else ""
-
-    label = name or kind
-    return _Subject(label=f"{label} (plain torch encoder)", slug=_slug(name or f"{kind}-{(digest or 'nocache')[:8]}"),
+        digest, cached = key_of({"callable": kind, "uncached": True}), "recomputed on every call (pass name= to cache it)"
+    module = _as_module(encoder).to(device).eval()
+    S = prep.image_size
+    with torch.inference_mode():
+        probe = module(torch.zeros(1, 3, S, S, device=device))
+    if not isinstance(probe, torch.Tensor) or probe.ndim != 2 or probe.shape[0] != 1:
+        got = tuple(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
+        raise DiagnoseError(f"{name or kind}: expected features of shape (B, d) for a batch of B images, got {got} "
+                            "for B = 1")
+    d = int(probe.shape[1])
+    if W is not None and W.shape[1] != d:
+        raise DiagnoseError(f"head W is {W.shape[0]} x {W.shape[1]} but the encoder gives d = {d} features; "
+                            "expected W of shape K x d")
+    slug = _slug(name or f"{kind}-{digest[:8]}")
+    entry = PoolEntry(id=ENTRY_PREFIX + slug, arch=kind, family="supervised", pretraining="plain torch encoder",
+                      model=kind, note="transient entry of clip-study diagnose (a plain torch encoder)")
+    head_t = torch.from_numpy(W) if W is not None else torch.zeros(1, d)
+    model = LoadedModel(entry, module, head_t, None, False, "plain", prep, digest, f"plain torch encoder {kind}",
+                        "the given head W" if W is not None else "none (placeholder: no head given)")
+    notes = [] if is_module or name else ["the encoder is a plain callable without name=: its activations are "
+                                          "recomputed on every call"]
+    return _Subject(label=f"{name or kind} (plain torch encoder)", slug=slug, entry=entry, model=model, head=W,
+                    head_kind="given" if W is not None else None, force=not (is_module or name), notes=notes,
                     description={"kind": "callable", "name": name, "encoder": kind, "weights": cached,
-                                 "weights_digest": digest, "preprocess": repr(preprocess), "head": head_desc},
-                    digest=digest, head_key=_array_digest(W) if W is not None else None, load=load, notes=notes)
+                                 "weights_digest": digest, "entry": entry.id, "preprocess": repr(preprocess),
+                                 "head": f"the given head W ({W.shape[0]} x {W.shape[1]})" if W is not None else None})
+
+
+def _extract(subject: _Subject, dataset_name: str, P: Profile, device: str, dataset=None,
+             skip_unreadable: bool = False):
+    """The subject's activations on one dataset, through the study's engine."""
+    from . import models
+    from .extract import NonFiniteActivations, extract_many
+    from .store import DecodeError
+
+    given = {subject.entry.id: subject.model} if subject.model is not None else None
+    try:
+        out = extract_many([subject.entry], dataset_name, P, device=device, models=given, force=subject.force,
+                           skip_unreadable=skip_unreadable, dataset=dataset)
+    except DecodeError as exc:
+        raise DiagnoseError(f"{exc}; pass skip_unreadable=True (--skip-unreadable) to leave unreadable images out "
+                            "and count them") from None
+    except NonFiniteActivations as exc:
+        raise DiagnoseError(f"{subject.label}: {exc}") from None
+    except models.ModelError as exc:
+        raise _model_error(exc, subject.entry) from None
+    return out[subject.entry.id]
+
+
+def _head(subject: _Subject, P: Profile, acts, device: str) -> np.ndarray | None:
+    """W (K x d) of the subject: given, the classifier checkpoint's own, or the zero-shot head. The
+    entry's own head comes with its activations when the engine carries it (``acts.head``); else,
+    and for a zero-shot head over other class names, it is read without a model build when the
+    models helper has it (checkpoint file, head cache), or built by :func:`helpers.models.load` on
+    the profile's device (and cached there)."""
+    from . import models
+
+    if subject.head_kind in (None, "given"):
+        return subject.head
+    if subject.classnames is None and getattr(acts, "head", None) is not None:
+        return np.asarray(acts.head.W, dtype=np.float32)
+    weights_digest = acts.manifest["material"]["weights_digest"]
+    try:
+        W = models.head_without_model(subject.entry, weights_digest, P.cache_dir, classnames=subject.classnames)
+        if W is None:
+            W = models.load(subject.entry, device, P.cache_dir, P.paths.get("hf_cache"),
+                            classnames=subject.classnames).head.detach()
+    except models.ModelError as exc:
+        raise _model_error(exc, subject.entry) from None
+    return W.float().cpu().numpy()
 
 
 # --------------------------------------------------------------------------------------------
@@ -654,6 +607,54 @@ def _log_x(ax) -> None:
     ax.xaxis.set_minor_formatter(plain)
 
 
+#: Label offsets tried around a point, in typographic points: nearest first, then further out.
+_LABEL_OFFSETS = [(r * dx, r * dy) for r in (4, 9, 16, 26, 40)
+                  for dx, dy in ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))]
+
+
+def _text_box(annotation, renderer):
+    """Display box of an annotation's words only (not its leader line), at its current offset."""
+    from matplotlib.text import Text
+
+    annotation.update_positions(renderer)
+    return Text.get_window_extent(annotation, renderer)
+
+
+def _label_points(fig, ax, x: np.ndarray, y: np.ndarray, labels: Sequence[str], fontsize: float = 7) -> None:
+    """Name each point without overprinting: a greedy label repel. Each label takes the first offset
+    of :data:`_LABEL_OFFSETS` whose box overlaps no label placed before, no point and stays inside
+    the axes; a label placed away from its point gets a thin leader line. Call it last, once the
+    axes limits and scales are final."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.transforms import Bbox
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    frame = ax.get_window_extent(renderer)
+    px = ax.transData.transform(np.column_stack([x, y]))
+    r = 4 * fig.dpi / 72  # marker half-width (s=40 is a ~6 pt marker), in pixels
+    taken = [Bbox([[a - r, b - r], [a + r, b + r]]) for a, b in px]
+
+    def place(i, dx, dy):
+        far = max(abs(dx), abs(dy)) > 9
+        return ax.annotate(labels[i], (x[i], y[i]), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+                           ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                           va="bottom" if dy > 0 else "top" if dy < 0 else "center",
+                           arrowprops=dict(arrowstyle="-", color="0.5", lw=0.6, shrinkA=0, shrinkB=3) if far else None)
+
+    for i in np.argsort(-px[:, 1], kind="stable"):  # top down: crowded clusters fan out downwards
+        for dx, dy in _LABEL_OFFSETS:
+            text = place(i, dx, dy)
+            box = _text_box(text, renderer)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(box.overlaps(t) for t in taken):
+                break
+            text.remove()
+        else:  # no free place: the nearest one
+            text = place(i, *_LABEL_OFFSETS[0])
+            box = _text_box(text, renderer)
+        taken.append(box)
+
+
 def _figures(d: Diagnosis, out: Path) -> dict[str, Path]:
     """Per-image kurtosis with the pool's values marked; the pool's kurtosis against ER with this
     model's kurtosis as a vertical line and its interval as a band. Built on matplotlib's Figure
@@ -702,8 +703,6 @@ def _figures(d: Diagnosis, out: Path) -> dict[str, Path]:
         for fam, g in pool_k.groupby("family", sort=False):
             ax.scatter(g["kurtosis"], 100 * g["er"], color=FAMILY_COLORS.get(fam, "0.3"), s=40,
                        label=FAMILIES.get(fam, fam), zorder=3)
-        for r in pool_k.itertuples():
-            ax.annotate(r.entry, (r.kurtosis, 100 * r.er), fontsize=6, xytext=(3, 3), textcoords="offset points")
         if np.isfinite(low):
             ax.axvspan(low, high, color="k", alpha=0.15, label="its 95 % interval")
         ax.axvline(est, color="k", lw=2, label=f"this model: {est:.2f}")
@@ -718,6 +717,8 @@ def _figures(d: Diagnosis, out: Path) -> dict[str, Path]:
             title += f"\nSpearman rho = {r.spearman:.2f} [{r.low:.2f}, {r.high:.2f}], {int(r.models)} models"
         ax.set(xlabel="activation kurtosis, Eq. (1)", ylabel="effective robustness, Eq. (5) (%)", title=title)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+        _label_points(fig, ax, pool_k["kurtosis"].to_numpy(float), 100 * pool_k["er"].to_numpy(float),
+                      pool_k["entry"].tolist())
         figs["kurtosis_vs_er"] = _save_figure(fig, out / "kurtosis_vs_er.png")
     return figs
 
@@ -799,7 +800,7 @@ def _report(d: Diagnosis, figures: bool) -> str:
 
 
 def diagnose(images: str | os.PathLike | None = None, model: str | None = None, pretrained: str | None = None, *,
-             encoder: Callable | None = None, preprocess: Callable | None = None, head=None, name: str | None = None,
+             encoder: Callable | None = None, preprocess: Any = None, head=None, name: str | None = None,
              classnames: str | os.PathLike | Sequence[str] | None = None, profile: str | os.PathLike | Profile = "demo",
              pool: Iterable[PoolEntry | str] | None = None, out: str | os.PathLike | None = None,
              device: str | None = None, batch_size: int | None = None, num_workers: int | None = None,
@@ -811,10 +812,11 @@ def diagnose(images: str | os.PathLike | None = None, model: str | None = None, 
     path of a weights file: an open_clip state dict or a classifier checkpoint of this project;
     None: a random initialisation seeded by ``seed``, on profiles with ``allow_random_init`` only),
     or a plain ``encoder`` (a callable or ``nn.Module`` mapping a normalised float batch
-    (B, 3, S, S) to (B, d) features) with its ``preprocess`` (PIL image -> normalised tensor) and
-    optionally a ``head`` W (K x d) and a cache ``name``. A module is moved to ``device`` and put
-    in eval mode; its activations are cached under a digest of its parameters (and ``name``), a
-    plain function's only under ``name``.
+    (B, 3, S, S) to (B, d) features) with its ``preprocess`` (a torchvision
+    ``Compose([Resize(S), CenterCrop(S), ToTensor(), Normalize(mean, std)])`` or a
+    :class:`helpers.models.Preprocessing`) and optionally a ``head`` W (K x d) and a cache ``name``.
+    A module is moved to ``device`` and put in eval mode; its activations are cached under a digest
+    of its parameters (and ``name``), a plain function's only under ``name``.
 
     ``images``: a folder, searched recursively (default: the profile's ImageNet test folder);
     ``limit``: use a fixed-seed random subset of that many images; ``skip_unreadable``: leave
@@ -829,13 +831,16 @@ def diagnose(images: str | os.PathLike | None = None, model: str | None = None, 
     """
     import pandas as pd
 
-    from .data.base import DatasetLayoutError, digest_of, preview
-    from .metrics import BootstrapCI, bootstrap_ci, importance_ratio, kurtosis, svd_head
+    from .data import DatasetLayoutError, open_image_folder
+    from .data.base import preview
+    from .data.folder import NAME as FOLDER
+    from .metrics import importance_ratio, svd_head
 
     P = profile if isinstance(profile, Profile) else load_profile(profile)
     device = device or P.device
-    batch_size = batch_size or P.batch_size
-    num_workers = P.num_workers if num_workers is None else num_workers
+    # The engine reads batch size and workers from the profile: a copy carries the overrides.
+    P = dataclasses.replace(P, batch_size=batch_size or P.batch_size,
+                            num_workers=P.num_workers if num_workers is None else num_workers)
     if (encoder is None) == (model is None):
         raise DiagnoseError("give either model= (an open_clip model name, with pretrained=) or encoder= (a plain "
                             "torch image encoder, with preprocess=), not both or neither")
@@ -849,100 +854,40 @@ def diagnose(images: str | os.PathLike | None = None, model: str | None = None, 
     else:
         if head is not None or preprocess is not None:
             raise DiagnoseError("head= and preprocess= apply to a plain encoder; an open_clip model brings its own")
-        subject = _open_clip_subject(model, pretrained, _read_classnames(classnames), P, device, seed)
+        subject = _open_clip_subject(model, pretrained, _read_classnames(classnames), P, seed)
     if images is None:
         images = P.dataset_root("imagenet")
-    folder = Path(images).expanduser().resolve()
-    files = list_images(folder, limit=limit, seed=P.metrics["seed"])
+    try:
+        ds = open_image_folder(images, limit=limit)
+    except DatasetLayoutError as exc:
+        raise DiagnoseError(str(exc)) from None
+    folder = ds.root
     warnings_, notes = [], list(subject.notes)
     if P.is_demo:
         warnings_.append(f"profile {P.name!r} is the demo: its pool models are untrained, so where this model falls "
                          "among them says nothing about robustness; run the paper profile for a meaningful pool")
 
-    loaded = {}
-
-    def model_parts():
-        if not loaded:
-            loaded["encode"], loaded["transform"], loaded["W"], loaded["head_source"] = subject.load()
-        return loaded["encode"], loaded["transform"]
-
-    def run(paths, what, skip):
-        encode, transform = model_parts()
-        return _encode_files(paths, encode, transform, device, batch_size, num_workers, P.precision, skip,
-                             f"{subject.label}", f"diagnose {what}")
-
-    cache = P.cache_dir / "diagnose" / subject.slug
-
-    def cached(kind, material, compute):
-        if subject.digest is None:
-            return compute()
-        return _cached(cache, kind, {"version": DIAGNOSE_VERSION, "weights": subject.digest, **material}, compute)
-
-    def compute_h():
-        h, skipped = run(files, f"{folder.name}", skip_unreadable)
-        return h.astype(np.float32), {"skipped": [[f.relative_to(folder).as_posix(), r] for f, r in skipped]}
-
-    h, meta = cached("h", {"images": digest_of("diagnose-images", folder, files, None),
-                           "precision": P.precision}, compute_h)
-    skipped = [tuple(s) for s in meta["skipped"]]
-    if skipped and not skip_unreadable:
-        raise DiagnoseError(f"{folder / skipped[0][0]}: {skipped[0][1]}; pass skip_unreadable=True "
-                            "(--skip-unreadable) to leave unreadable images out and count them")
+    acts = _extract(subject, FOLDER, P, device, dataset=ds, skip_unreadable=skip_unreadable)
+    h = np.asarray(acts.h, dtype=np.float32)
+    skipped = [(_relative(msg, ds), msg) for msg in acts.manifest.get("skipped", [])]
     if skipped:
         notes.append(f"{len(skipped)} unreadable image(s) skipped: {preview([s[0] for s in skipped])}")
+    subject.description.setdefault("weights_digest", acts.manifest["material"]["weights_digest"])
 
-    if h.shape[1] < 2:
-        raise DiagnoseError(f"{subject.label}: features have d = {h.shape[1]}; kurtosis needs at least 2 components")
-    # Eq. (1) per image; constant vectors have no kurtosis (NaN) and are left out of the mean.
-    per_image = kurtosis(h, per_image=True)
-    valid = per_image[np.isfinite(per_image)]
-    if valid.size == 0:
-        raise DiagnoseError(f"{subject.label}: every activation vector is constant on these images; kurtosis is "
-                            "undefined")
-    if valid.size < per_image.size:
-        notes.append(f"{per_image.size - valid.size} constant activation vector(s) have no kurtosis and were left "
-                     "out of the mean")
-    n_boot, bseed = P.metrics["bootstrap"], P.metrics["seed"]
-    if valid.size >= 2:
-        kci = bootstrap_ci(lambda a: a.mean(axis=-1), valid, n_boot=n_boot, seed=bseed, vectorized=True)
-    else:
-        kci = BootstrapCI(float(valid[0]), math.nan, math.nan, 0.95, n_boot)
-    if valid.size < MIN_STABLE_IMAGES:
-        warnings_.append(f"only {valid.size} image(s): too few for a stable kurtosis (use at least "
-                         f"{MIN_STABLE_IMAGES}, better hundreds); the interval "
-                         f"{'is given but wide' if valid.size >= 2 else 'needs at least 2 images'}")
+    per_image, kci = _kurtosis(h, subject.label, P, warnings_, notes)
 
-    W = None
-    if subject.head_key is not None:
-        def compute_W():
-            model_parts()
-            return loaded["W"].astype(np.float32), {"head_source": loaded["head_source"]}
-
-        W, _ = cached("head", {"head": subject.head_key}, compute_W)
-        if W.shape[1] != h.shape[1]:
-            raise DiagnoseError(f"head W is {W.shape[0]} x {W.shape[1]} but the encoder gives d = {h.shape[1]} "
-                                "features; expected W of shape K x d")
-    # One SVD of W serves Eq. (3) and the concept probing.
-    svd = svd_head(W) if W is not None else None
-    ir = importance_ratio(W, h, svd=svd) if W is not None else None
+    W = _head(subject, P, acts, device)
+    ir = importance_ratio(W, h, svd=svd_head(W)) if W is not None else None
     if W is None:
         notes.append("no linear head: importance ratio (Eq. 3) and unique concepts (Eq. 4) not computed"
                      + (" (pass head= W)" if encoder is not None else ""))
-    elif encoder is not None or (classnames is not None and subject.head_key != "classifier checkpoint head"):
+    elif subject.head_kind == "given" or subject.classnames is not None:
         notes.append("the importance ratio depends on the head: the pool's used its own ImageNet heads (1,000 "
                      "classes), so compare it with care")
 
     uc, concepts_info = None, {}
-    broden = P.datasets.get("broden")
     if W is not None and concepts:
-        if broden is None or not Path(broden).is_dir():
-            notes.append(f"Broden folder {broden or '(not named in the profile)'} not found: unique concepts (Eq. 4) "
-                         "skipped; Section 5 needs broden1_224 (book/reproducing.md)")
-        else:
-            try:
-                uc, concepts_info = _concepts(P, svd[2], lambda paths: run(paths, "broden", False)[0], cached)
-            except DatasetLayoutError as exc:
-                warnings_.append(f"unique concepts skipped: {exc}")
+        uc, concepts_info = _concepts(subject, P, W, device, warnings_, notes)
     elif W is not None:
         notes.append("unique concepts (Eq. 4) not computed (concepts=False)")
 
@@ -957,14 +902,15 @@ def diagnose(images: str | os.PathLike | None = None, model: str | None = None, 
         notes.append(f"profile {P.name!r} has no results for {', '.join(missing)}: produce them with "
                      f"`{_run_command(P, missing)}`")
     correlations, placement, pnotes = (None, {}, []) if df.empty else _placement(
-        df, {"kurtosis": kci.estimate, "importance_ratio": ir, "unique_concepts": uc}, n_boot, bseed)
+        df, {"kurtosis": kci.estimate, "importance_ratio": ir, "unique_concepts": uc}, P.metrics["bootstrap"],
+        P.metrics["seed"])
     notes += pnotes
     default_images = P.datasets.get("imagenet")
     if not df.empty and (default_images is None or Path(default_images).resolve() != folder):
         notes.append(f"the pool's kurtosis was measured on {default_images}; these images come from {folder}")
 
     d = Diagnosis(label=subject.label, slug=subject.slug, images=folder, profile=P, description=subject.description,
-                  n_images=int(valid.size), skipped=skipped, per_image_kurtosis=per_image, kurtosis=kci,
+                  n_images=int(np.isfinite(per_image).sum()), skipped=skipped, per_image_kurtosis=per_image, kurtosis=kci,
                   importance_ratio=ir, unique_concepts=uc, concepts_info=concepts_info,
                   pool=df if not df.empty else pd.DataFrame(), correlations=correlations, placement=placement,
                   warnings=warnings_, notes=notes)
@@ -972,31 +918,67 @@ def diagnose(images: str | os.PathLike | None = None, model: str | None = None, 
         d.out = Path(out).expanduser().resolve() if out is not None else P.results_dir / "diagnose" / subject.slug
         d.figures = _figures(d, d.out)
         atomic_write_text(d.report_path, d.markdown(figures=True))
-        d.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(d.summary_path, d.summary)
     return d
 
 
-def _concepts(P: Profile, Vt: np.ndarray, encode_paths: Callable, cached: Callable) -> tuple[int, dict]:
-    """Eq. (4): unique Broden concepts of the right singular vectors of W (rows of ``Vt``), probed
-    as in Section 5 (:mod:`helpers.chapters.concept_probing`: same balanced sets, AP threshold and
-    sign rule)."""
-    from .chapters.concept_probing import broden_sets, probe
-    from .data import open_broden
+def _kurtosis(h: np.ndarray, label: str, P: Profile, warnings_: list[str], notes: list[str]):
+    """Eq. (1) per image and the mean's percentile bootstrap interval over images. Constant vectors
+    have no kurtosis (NaN) and are left out of the mean."""
+    from .metrics import BootstrapCI, bootstrap_ci, kurtosis
+
+    if h.shape[1] < 2:
+        raise DiagnoseError(f"{label}: features have d = {h.shape[1]}; kurtosis needs at least 2 components")
+    per_image = kurtosis(h, per_image=True)
+    valid = per_image[np.isfinite(per_image)]
+    if valid.size == 0:
+        raise DiagnoseError(f"{label}: every activation vector is constant on these images; kurtosis is undefined")
+    if valid.size < per_image.size:
+        notes.append(f"{per_image.size - valid.size} constant activation vector(s) have no kurtosis and were left "
+                     "out of the mean")
+    n_boot, seed = P.metrics["bootstrap"], P.metrics["seed"]
+    if valid.size >= 2:
+        kci = bootstrap_ci(lambda a: a.mean(axis=-1), valid, n_boot=n_boot, seed=seed, vectorized=True)
+    else:
+        kci = BootstrapCI(float(valid[0]), math.nan, math.nan, 0.95, n_boot)
+    if valid.size < MIN_STABLE_IMAGES:
+        warnings_.append(f"only {valid.size} image(s): too few for a stable kurtosis (use at least "
+                         f"{MIN_STABLE_IMAGES}, better hundreds); the interval "
+                         f"{'is given but wide' if valid.size >= 2 else 'needs at least 2 images'}")
+    return per_image, kci
+
+
+def _concepts(subject: _Subject, P: Profile, W: np.ndarray, device: str, warnings_: list[str],
+              notes: list[str]) -> tuple[int | None, dict]:
+    """Eq. (4): unique Broden concepts of the right singular vectors of W, probed as for the pool
+    (Section 5; :func:`helpers.chapters.concept_probing.probe_activations`: same balanced sets, AP
+    threshold and sign rule) on the subject's Broden activations from the engine."""
+    from .chapters.concept_probing import broden_sets, probe_activations
+    from .data import DatasetLayoutError
     from .metrics import unique_concepts
 
-    sets = broden_sets(P)
+    broden = P.datasets.get("broden")
+    if broden is None or not Path(broden).is_dir():
+        notes.append(f"Broden folder {broden or '(not named in the profile)'} not found: unique concepts (Eq. 4) "
+                     "skipped; Section 5 needs broden1_224 (book/reproducing.md)")
+        return None, {}
+    try:
+        sets = broden_sets(P)
+        acts = _extract(subject, "broden", P, device)
+    except DatasetLayoutError as exc:
+        warnings_.append(f"unique concepts skipped: {exc}")
+        return None, {}
+    sign, threshold = P.metrics["concept_sign"], P.metrics["concept_threshold"]
+    ap = np.nan_to_num(probe_activations(acts, W, sets, sign), nan=0.0)  # no balanced set: not encoded
+    return int(unique_concepts(ap, threshold)), {"threshold": threshold, "sign": sign,
+                                                 "probed_concepts": int(sets.probed.size),
+                                                 "directions": int(ap.shape[0]), "broden_images": int(acts.h.shape[0])}
 
-    def compute():
-        ds = open_broden(P.dataset_root("broden"), limit=P.limit("broden"))
-        return encode_paths(ds.files).astype(np.float32), {}
 
-    h, _ = cached("broden", {"broden": sets.key}, compute)
-    probed = sets.probed
-    threshold, sign = P.metrics["concept_threshold"], P.metrics["concept_sign"]
-    ap = np.nan_to_num(probe(h, Vt, sets, sign), nan=0.0)  # concepts without a balanced set: not encoded
-    return unique_concepts(ap, threshold), {"threshold": threshold, "sign": sign, "probed_concepts": int(probed.size),
-                                            "directions": int(Vt.shape[0]), "broden_images": int(h.shape[0])}
+def _relative(message: str, ds) -> str:
+    """The folder-relative path of the image an engine 'skipped' message (``<path>: cannot ...``) names."""
+    path = Path(message.split(": cannot ", 1)[0])
+    return path.relative_to(ds.root).as_posix() if path.is_relative_to(ds.root) else str(path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -212,7 +212,8 @@ def extract_many(entries: Iterable[PoolEntry | str], dataset_name: str, profile:
                  skip_unreadable: bool | None = None, models_per_pass: int | None = None,
                  device: str | None = None, chunk_images: int = CHUNK_IMAGES,
                  on_chunk: Callable[[int], None] | None = None,
-                 models: Mapping[str, Any] | None = None, keep: bool = True) -> dict[str, Activations]:
+                 models: Mapping[str, Any] | None = None, keep: bool = True,
+                 dataset: Any = None) -> dict[str, Activations]:
     """Run several pool entries over one dataset: decode it once into the uint8 store, then one pass
     over the store for up to ``models_per_pass`` models at a time (default: all that miss the cache).
 
@@ -226,13 +227,15 @@ def extract_many(entries: Iterable[PoolEntry | str], dataset_name: str, profile:
     moved to the device. ``keep=False``: compute in memory and write nothing under ``activations/``
     (the manifests still carry the key a cached result would have); for results that keep only
     small summaries (WiSE-FT mixtures, epoch checkpoints). Returns ``{entry id: Activations}`` in
-    the order of ``entries``.
+    the order of ``entries``. ``dataset``: an opened dataset to read instead of the profile's
+    ``dataset_name`` folder (``diagnose``'s :class:`helpers.data.folder.ImageFolderDataset`; its own
+    ``limit`` applies).
     """
     # None: the profile's skip_unreadable (a profile key and `clip-study run --skip-unreadable`)
     skip_unreadable = profile.skip_unreadable if skip_unreadable is None else skip_unreadable
     plan = _plan(entries, dataset_name, profile, device=device, layers=layers, force=force,
                  skip_unreadable=skip_unreadable, models=models, probe_cache=keep and not force,
-                 keep_models=models_per_pass is None)
+                 keep_models=models_per_pass is None, dataset=dataset)
     jobs, dev, dtype, limit, dataset = plan.jobs, plan.device, plan.dtype, plan.limit, plan.dataset
 
     misses = [j for j in jobs if j.loaded is None]
@@ -347,6 +350,8 @@ def layer_names(model: Any) -> list[str]:
     Block numbers are zero-padded so that a lexical sort keeps depth order."""
     if model.arch_kind == "modified_resnet":
         return [f"layer{i}" for i in range(1, 5)] + ["embedding"]
+    if model.arch_kind not in ("vit", "coca", "torchvision_vit"):
+        return ["embedding"]  # an encoder of unknown structure (a plain module given to diagnose)
     blocks = _blocks(model)
     width = len(str(len(blocks) - 1))
     return [f"block{i:0{width}d}.{p}" for i in range(len(blocks)) for p in ("cls", "mean")] + ["embedding"]
@@ -533,7 +538,7 @@ class _Plan:
 
 
 def _plan(entries, dataset_name: str, profile: Profile, *, device, layers, force: bool, skip_unreadable: bool,
-          models, probe_cache: bool, keep_models: bool = True) -> _Plan:
+          models, probe_cache: bool, keep_models: bool = True, dataset: Any = None) -> _Plan:
     """The jobs of an extraction: per entry, its info (memo), head, geometry, store material and
     cache entries, with what is already cached loaded (``probe_cache``)."""
     import torch
@@ -541,8 +546,9 @@ def _plan(entries, dataset_name: str, profile: Profile, *, device, layers, force
     entries = list({e.id: e for e in (profile.entry(e) if isinstance(e, str) else e for e in entries)}.values())
     dev = torch.device(device or profile.device)
     dtype = "fp32" if dev.type == "cpu" else profile.precision
-    limit = profile.limit(dataset_name)
-    dataset = _open_dataset(dataset_name, profile)
+    # an opened dataset (diagnose's image folder) carries its own limit
+    limit = profile.limit(dataset_name) if dataset is None else None
+    dataset = _open_dataset(dataset_name, profile) if dataset is None else dataset
     stores: dict[Geometry, dict] = {}
     jobs: list[_Job] = []
     heads: dict[str, Head] = {}
@@ -625,6 +631,8 @@ def _layer_hooks(model: Any, names: Sequence[str], out: dict) -> list:
     3.x and torchvision): token 0 is the class token; the mean runs over the patch tokens only."""
     wanted = {n.split(".")[0] for n in names if n != "embedding"}
     handles = []
+    if not wanted:
+        return handles
     if model.arch_kind == "modified_resnet":
         for stage in sorted(wanted):
             def pool_space(_m, _i, y, stage=stage):

@@ -671,18 +671,46 @@ def _head_file(cache_dir: str | os.PathLike, model: str, key: str) -> Path:
     return Path(cache_dir) / "heads" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', model)}-{key[:32]}.pt"
 
 
+def _head_key(entry: PoolEntry, weights_digest: str, classnames, templates,
+              dtype: str = "fp32") -> tuple[list, list, str]:
+    """Class names and templates (the ImageNet defaults for None) and the cache key of the zero-shot
+    head they give with these weights, computed in ``dtype``."""
+    oc = _open_clip(entry.model)
+    classnames = list(oc.IMAGENET_CLASSNAMES if classnames is None else classnames)
+    templates = list(oc.OPENAI_IMAGENET_TEMPLATES if templates is None else templates)
+    return classnames, templates, _digest(_HEAD_CACHE_VERSION, weights_digest, json.dumps(classnames),
+                                          json.dumps([_template_text(t) for t in templates]),
+                                          *([] if dtype == "fp32" else [dtype]))
+
+
+def head_without_model(entry: PoolEntry, weights_digest: str, cache_dir: str | os.PathLike,
+                       classnames: Sequence[str] | None = None) -> torch.Tensor | None:
+    """The head W that :func:`load` gives ``entry``, read without building the model when it can be:
+    a classifier checkpoint's own head, or the zero-shot head cached under ``cache_dir/heads/`` for
+    these weights and class names. None when only a load can give it."""
+    if entry.checkpoint:
+        ckpt = _read_checkpoint(entry)
+        if isinstance(ckpt, dict) and ckpt.get("format") == CLASSIFIER_FORMAT:
+            return ckpt["head"].float()
+    if entry.family not in ZERO_SHOT_FAMILIES:
+        return None
+    key = _head_key(entry, weights_digest, classnames, None)[2]
+    path = _head_file(cache_dir, entry.model, key)
+    if not path.exists():
+        return None
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    return payload["W"].float() if payload.get("key") == key else None
+
+
 def _zero_shot_head_cached(entry: PoolEntry, clip_model: nn.Module, weights_digest: str, cache_dir,
                            classnames, templates, device, batch_size, precision: str = "fp32") -> tuple[torch.Tensor, str]:
     """The zero-shot head, read from ``cache_dir/heads/`` when computed before for these weights,
     class names, templates and compute dtype (then the text tower is never moved nor run);
     otherwise the CLIP model is moved to ``device`` and the head built there."""
     oc = _open_clip(entry.model)
-    classnames = list(oc.IMAGENET_CLASSNAMES if classnames is None else classnames)
-    templates = list(oc.OPENAI_IMAGENET_TEMPLATES if templates is None else templates)
     dev = torch.device(device)
     dtype = "fp32" if dev.type == "cpu" else precision
-    key = _digest(_HEAD_CACHE_VERSION, weights_digest, json.dumps(classnames),
-                  json.dumps([_template_text(t) for t in templates]), *([] if dtype == "fp32" else [dtype]))
+    classnames, templates, key = _head_key(entry, weights_digest, classnames, templates, dtype)
     path = _head_file(cache_dir, entry.model, key) if cache_dir is not None else None
     if path is not None and path.exists():
         try:

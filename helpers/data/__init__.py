@@ -3,7 +3,8 @@ its real on-disk layout; one scoring rule for the six test sets.
 
 - :func:`open_dataset` (``imagenet``, ``imagenet-train``, ``imagenet-v2``, ``imagenet-r``,
   ``imagenet-sketch``, ``objectnet``, ``imagenet-a``) -> :class:`~.base.ImageDataset`;
-  ``broden`` -> :class:`~.broden.BrodenDataset` (also :func:`open_broden`)
+  ``broden`` -> :class:`~.broden.BrodenDataset` (also :func:`open_broden`); ``folder`` (any folder of
+  images, unlabelled: what ``diagnose`` reads) -> :class:`~.folder.ImageFolderDataset`
 - :func:`accuracy`, :func:`correct`, :func:`label_space`: top-1 after collapsing 1,000 ImageNet
   logits to the dataset's label space
 
@@ -18,15 +19,16 @@ from typing import Callable
 from .base import IMAGE_EXTENSIONS, LIMIT_SEED, DatasetLayoutError, ImageDataset, UnreadableImageError  # noqa: F401
 from .broden import BrodenDataset  # noqa: F401
 from .broden import open_broden as _open_broden
+from .folder import ImageFolderDataset, open_image_folder  # noqa: F401
 from .classes import LabelSpace, imagenet_classnames, imagenet_wnids  # noqa: F401
 from .imagenet import (open_imagenet, open_imagenet_a, open_imagenet_r, open_imagenet_sketch,
                        open_imagenet_v2)
 from .objectnet import ObjectNetDataset, open_objectnet  # noqa: F401
 from .scoring import accuracy, correct, label_space  # noqa: F401
 
-#: Names :func:`open_dataset` accepts (``helpers.config.DATASETS``).
+#: Names :func:`open_dataset` accepts (``helpers.config.DATASETS`` and ``folder``).
 OPENABLE = ("imagenet", "imagenet-train", "imagenet-v2", "imagenet-r", "imagenet-sketch", "objectnet",
-            "imagenet-a", "broden")
+            "imagenet-a", "broden", "folder")
 
 
 def open_dataset(name: str, root: str | Path, transform: Callable | None = None,
@@ -57,6 +59,8 @@ def open_dataset(name: str, root: str | Path, transform: Callable | None = None,
         return open_objectnet(root, **kw)
     if name == "broden":
         return open_broden(root, **kw)
+    if name == "folder":
+        return open_image_folder(root, **kw)
     raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(OPENABLE)}")
 
 
