@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml
 	# the tested pair; installed first so no resolver pulls a newer torch
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e ".[book,test]"
+	# peer of the zero-shot equivalence tests, without its CLI's dependencies (see pyproject.toml)
+	$(PY) -m pip install --quiet --no-deps clip-benchmark==1.6.2
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
