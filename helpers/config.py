@@ -99,6 +99,12 @@ class Profile:
     metrics: dict[str, Any]
     pool: tuple[PoolEntry, ...]
     raw: dict = field(repr=False, compare=False, default_factory=dict)
+    #: demo | smoke | paper; ``smoke``: real architectures, random weights, fixture data (a test tier)
+    kind: str = "paper"
+    #: smoke profiles only: zero-shot heads from the first N of the 80 OpenAI templates ...
+    zero_shot_templates: int | None = None
+    #: ... and from the text tower for these ImageNet class indices only (the other rows random)
+    zero_shot_classes: tuple[int, ...] | None = None
 
     @property
     def cache_dir(self) -> Path:
@@ -150,7 +156,11 @@ class Profile:
 
 
 _TOP_KEYS = {"profile", "description", "device", "batch_size", "num_workers", "precision",
-             "allow_random_init", "paths", "datasets", "limits", "metrics", "pool"}
+             "allow_random_init", "paths", "datasets", "limits", "metrics", "pool",
+             "kind", "zero_shot_templates", "zero_shot_classes"}
+_KINDS = ("demo", "smoke", "paper")
+#: open_clip.OPENAI_IMAGENET_TEMPLATES holds 80 templates (Radford et al., 2021).
+_N_TEMPLATES = 80
 _REQUIRED_TOP = {"profile", "paths", "datasets", "pool"}
 _PATH_KEYS = {"data_root", "cache_dir", "results_dir", "checkpoints_dir", "hf_cache"}
 _METRIC_DEFAULTS = {
@@ -297,6 +307,8 @@ def _validate(raw: dict, path: Path) -> Profile:
     num_workers = _expect(path, "num_workers", raw.get("num_workers", 0), int, "a non-negative integer")
     allow_random = _expect(path, "allow_random_init", raw.get("allow_random_init", False), bool, "true or false")
 
+    kind, zs_templates, zs_classes = _validate_kind(raw, path, allow_random)
+
     pool_raw = _expect(path, "pool", raw["pool"], list, "a list of model entries")
     if not pool_raw:
         raise _fail(path, "pool", "the pool is empty")
@@ -315,7 +327,38 @@ def _validate(raw: dict, path: Path) -> Profile:
         device=str(raw.get("device", "cpu")), batch_size=batch_size, num_workers=num_workers,
         precision=precision, allow_random_init=allow_random, paths=paths, datasets=datasets,
         limits=limits, metrics=metrics, pool=tuple(pool), raw=raw,
+        kind=kind, zero_shot_templates=zs_templates, zero_shot_classes=zs_classes,
     )
+
+
+def _validate_kind(raw: dict, path: Path, allow_random: bool) -> tuple[str, int | None, tuple[int, ...] | None]:
+    """``kind`` and the reduced zero-shot head of smoke profiles. 80 templates x 1,000 classes take
+    1.5-2.6 CPU-hours per model; a smoke profile (random weights, fixture data) may build its heads
+    from fewer, a profile of any other kind may not: its accuracies would not be the paper's."""
+    kind = raw.get("kind", "demo" if allow_random else "paper")
+    if kind not in _KINDS:
+        raise _fail(path, "kind", f"expected one of {', '.join(_KINDS)}, found {kind!r}")
+    templates, classes = raw.get("zero_shot_templates"), raw.get("zero_shot_classes")
+    for key, value in (("zero_shot_templates", templates), ("zero_shot_classes", classes)):
+        if value is not None and kind != "smoke":
+            raise _fail(path, key, f"a reduced zero-shot head is allowed only in profiles with kind: smoke "
+                        f"(this one is kind: {kind}); remove the key to use all {_N_TEMPLATES} OpenAI "
+                        "templates x 1,000 classes")
+    if templates is not None:
+        _expect(path, "zero_shot_templates", templates, int, f"an integer from 1 to {_N_TEMPLATES}")
+        if not 1 <= templates <= _N_TEMPLATES:
+            raise _fail(path, "zero_shot_templates", f"expected an integer from 1 to {_N_TEMPLATES}, found {templates}")
+    if classes is not None:
+        wnids = [w.strip() for w in (REPO_ROOT / "helpers" / "reference" / "imagenet_wnids.txt").read_text().split()]
+        if not (isinstance(classes, list) and classes and all(isinstance(w, str) for w in classes)):
+            raise _fail(path, "zero_shot_classes", f"expected a non-empty list of ImageNet wnids, found {classes!r}")
+        unknown = [w for w in classes if w not in wnids]
+        if unknown:
+            raise _fail(path, "zero_shot_classes", f"{unknown[0]!r} is not one of the 1,000 ImageNet wnids")
+        if len(set(classes)) != len(classes):
+            raise _fail(path, "zero_shot_classes", "lists a wnid twice")
+        classes = tuple(sorted(wnids.index(w) for w in classes))
+    return kind, templates, classes
 
 
 def _validate_entry(path: Path, i: int, e: Any, allow_random: bool, resolve) -> PoolEntry:

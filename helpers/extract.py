@@ -242,6 +242,9 @@ def _fingerprint(entry: PoolEntry, profile: Profile) -> str:
 
     parts: dict[str, Any] = {"entry": dataclasses.asdict(entry), "hf_cache": str(profile.paths.get("hf_cache")),
                              "versions": [torch.__version__, torchvision.__version__, open_clip.__version__]}
+    if getattr(profile, "zero_shot_templates", None) or getattr(profile, "zero_shot_classes", None):
+        # a smoke profile's reduced zero-shot head (models.reduced_zero_shot_head) changes the head digest
+        parts["reduced_head"] = [profile.zero_shot_templates, profile.zero_shot_classes]
     if entry.checkpoint:
         try:
             st = Path(entry.checkpoint).stat()
