@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 export PYTHONHASHSEED ?= 0
 
-.PHONY: env data run book test browser bench clean
+.PHONY: env data run book test test-full browser bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ book: run
 
 test: env browser
 	$(PY) -m pytest -ra
+
+# The full-size tier: every chapter on the real architectures at 224 px with random weights
+# (configs/smoke-real.yml; about 20 minutes on 2 CPU cores), kept out of `make test`.
+test-full: env
+	$(PY) -m pytest -ra -m realarch
 
 # Debian's headless Chromium for the browser check of the built book (skipped when unavailable)
 browser:

@@ -360,6 +360,12 @@ def _open_clip_subject(model: str, pretrained: str | None, classnames: list[str]
         head_desc = (f"zero-shot head over {len(classnames)} class names x the 80 OpenAI templates"
                      if classnames is not None else "zero-shot head over ImageNet's 1,000 classes x the 80 OpenAI "
                      "templates (as the pool's)")
+    # a smoke profile (kind: smoke) builds the pool's heads from fewer templates and classes; so does diagnose
+    reduced = (profile.zero_shot_templates, profile.zero_shot_classes) if not own_head and classnames is None and (
+        profile.zero_shot_templates or profile.zero_shot_classes) else None
+    if reduced is not None:
+        head_key = {**head_key, "reduced_head": [reduced[0], list(reduced[1] or [])]}
+        head_desc = "the smoke profile's reduced zero-shot head (as the pool's)"
     if entry.checkpoint:
         weights, tag = f"checkpoint {entry.checkpoint}", f"{Path(entry.checkpoint).stem}-{digest[:8]}"
     elif entry.pretrained:
@@ -369,7 +375,8 @@ def _open_clip_subject(model: str, pretrained: str | None, classnames: list[str]
 
     def load():
         try:
-            lm = models.load(entry, device, profile.cache_dir, profile.paths.get("hf_cache"), classnames=classnames)
+            lm = models.load(entry, device, profile.cache_dir, profile.paths.get("hf_cache"), classnames=classnames,
+                             reduced_head=reduced)
         except models.ModelError as exc:
             raise _model_error(exc, entry) from None
         W = lm.head.detach().float().cpu().numpy()
