@@ -106,3 +106,20 @@ def test_every_chapter_runs_on_the_real_architectures():
                                    "imagenet-a"}
     rob = results.load(P, "robustness")
     assert set(rob["entry"]) == {e.id for e in P.pool}
+
+
+def test_changing_the_reduced_head_recomputes_the_logits(tmp_path):
+    """The model memo of the extraction engine is keyed by the reduced-head keys too: another
+    template count gives another head, so the cached logits are recomputed, not reported current."""
+    from helpers import extract, fixtures
+
+    fixtures.write_imagenet(tmp_path / "imagenet", "val", classes=fixtures.DEMO_CLASSES[:2], per_class=2,
+                            size=(64, 48))
+    path = _write(tmp_path, kind="smoke", zero_shot_templates=1, batch_size=4,
+                  datasets={"imagenet": "{data_root}/imagenet/val"})
+    one = extract.activations("m", "imagenet", load_profile(path))
+    two = extract.activations("m", "imagenet", load_profile(path, overrides={"zero_shot_templates": 2}))
+    again = extract.activations("m", "imagenet", load_profile(path))
+    assert not np.allclose(np.asarray(one.logits), np.asarray(two.logits))
+    np.testing.assert_array_equal(np.asarray(one.logits), np.asarray(again.logits))
+    np.testing.assert_array_equal(np.asarray(one.h), np.asarray(two.h))  # same encoder, same h
