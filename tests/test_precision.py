@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from helpers import extract, fixtures, models
-from helpers.config import PoolEntry, load_profile
+from helpers.config import REPO_ROOT, PoolEntry, load_profile
 from helpers.data import open_dataset
 from helpers.metrics import concept_ap, importance_ratio, kurtosis, project, svd_head
 
@@ -208,5 +208,5 @@ def test_two_process_nccl(tmp_path):
     (tmp_path / "worker.py").write_text(NCCL_WORKER)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(tmp_path / "worker.py")], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": os.getcwd()})
+                          cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
