@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 export PYTHONHASHSEED ?= 0
 
-.PHONY: env notebooks data run book test browser bench clean
+.PHONY: env notebooks data run book test test-full browser bench clean
 
 # papermill reads .ipynb: each MyST chapter gets its jupytext pair (generated, not committed)
 NOTEBOOKS_IPYNB := $(patsubst %.md,%.ipynb,$(wildcard notebooks/[0-9][0-9]_*.md))
@@ -27,6 +27,8 @@ $(STAMP): pyproject.toml
 	# the tested pair; installed first so no resolver pulls a newer torch
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e ".[book,test]"
+	# peer of the zero-shot equivalence tests, without its CLI's dependencies (see pyproject.toml)
+	$(PY) -m pip install --quiet --no-deps clip-benchmark==1.6.2
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
@@ -53,6 +55,11 @@ book: run
 
 test: env browser
 	$(PY) -m pytest -ra
+
+# The full-size tier: every chapter on the real architectures at 224 px with random weights
+# (configs/smoke-real.yml; about 20 minutes on 2 CPU cores), kept out of `make test`.
+test-full: env
+	$(PY) -m pytest -ra -m realarch
 
 # Debian's headless Chromium for the browser check of the built book (skipped when unavailable)
 browser:

@@ -120,6 +120,10 @@ class Profile:
     #: Leave undecodable images out (listed in the manifests and the robustness chapter) instead of
     #: stopping at the end of the decoding pass with every unreadable file named.
     skip_unreadable: bool = False
+    #: smoke profiles only: zero-shot heads from the first N of the 80 OpenAI templates ...
+    zero_shot_templates: int | None = None
+    #: ... and from the text tower for these ImageNet class indices only (the other rows random)
+    zero_shot_classes: tuple[int, ...] | None = None
 
     @property
     def cache_dir(self) -> Path:
@@ -171,7 +175,10 @@ class Profile:
 
 
 _TOP_KEYS = {"profile", "kind", "description", "device", "batch_size", "num_workers", "precision",
-             "allow_random_init", "skip_unreadable", "paths", "datasets", "limits", "metrics", "pool"}
+             "allow_random_init", "skip_unreadable", "paths", "datasets", "limits", "metrics", "pool",
+             "zero_shot_templates", "zero_shot_classes"}
+#: open_clip.OPENAI_IMAGENET_TEMPLATES holds 80 templates (Radford et al., 2021).
+_N_TEMPLATES = 80
 _REQUIRED_TOP = {"profile", "paths", "datasets", "pool"}
 _PATH_KEYS = {"data_root", "cache_dir", "results_dir", "checkpoints_dir", "hf_cache"}
 _METRIC_DEFAULTS = {
@@ -438,6 +445,8 @@ def _validate(raw: dict, path: Path) -> Profile:
     kind = raw.get("kind", "demo" if allow_random else "paper")
     _check(P, "kind", kind, kind in KINDS, f"one of {', '.join(KINDS)}")
 
+    zs_templates, zs_classes = _validate_reduced_head(P, raw, kind)
+
     pool_raw = raw["pool"]
     pool: list[PoolEntry] = []
     where: list[int] = []  # position in the YAML list of each validated entry
@@ -463,7 +472,38 @@ def _validate(raw: dict, path: Path) -> Profile:
         device=str(device), batch_size=batch_size, num_workers=num_workers,
         precision=precision, allow_random_init=allow_random, paths=paths, datasets=datasets,
         limits=limits, metrics=metrics, pool=tuple(pool), raw=raw, kind=kind, skip_unreadable=skip_unreadable,
+        zero_shot_templates=zs_templates, zero_shot_classes=zs_classes,
     )
+
+
+def _validate_reduced_head(P: "_Problems", raw: dict, kind: str) -> tuple[int | None, tuple[int, ...] | None]:
+    """The reduced zero-shot head of smoke profiles. 80 templates x 1,000 classes take 1.5-2.6
+    CPU-hours per model; a smoke profile (random weights, fixture data) may build its heads from
+    fewer, a profile of any other kind may not: its accuracies would not be the paper's."""
+    templates, classes = raw.get("zero_shot_templates"), raw.get("zero_shot_classes")
+    for key, value in (("zero_shot_templates", templates), ("zero_shot_classes", classes)):
+        if value is not None and kind != "smoke":
+            P.add(key, f"a reduced zero-shot head is allowed only in profiles with kind: smoke (this one is "
+                       f"kind: {kind}); remove the key to use all {_N_TEMPLATES} OpenAI templates x 1,000 classes")
+            return None, None
+    if templates is not None and not _check(P, "zero_shot_templates", templates,
+                                            _is_int(templates) and 1 <= templates <= _N_TEMPLATES,
+                                            f"an integer from 1 to {_N_TEMPLATES}"):
+        templates = None
+    if classes is not None:
+        wnids = [w.strip() for w in (REPO_ROOT / "helpers" / "reference" / "imagenet_wnids.txt").read_text().split()]
+        if not _check(P, "zero_shot_classes", classes, isinstance(classes, list) and bool(classes)
+                      and all(isinstance(w, str) for w in classes), "a non-empty list of ImageNet wnids"):
+            return templates, None
+        unknown = [w for w in classes if w not in wnids]
+        if unknown:
+            P.add("zero_shot_classes", f"{unknown[0]!r} is not one of the 1,000 ImageNet wnids")
+            return templates, None
+        if len(set(classes)) != len(classes):
+            P.add("zero_shot_classes", "lists a wnid twice")
+            return templates, None
+        classes = tuple(sorted(wnids.index(w) for w in classes))
+    return templates, classes
 
 
 def _validate_metrics(P: _Problems, m: dict) -> None:

@@ -391,6 +391,9 @@ def _fingerprint(entry: PoolEntry, profile: Profile) -> str:
 
     parts: dict[str, Any] = {"entry": dataclasses.asdict(entry), "hf_cache": str(profile.paths.get("hf_cache")),
                              "versions": [torch.__version__, torchvision.__version__, open_clip.__version__]}
+    if getattr(profile, "zero_shot_templates", None) or getattr(profile, "zero_shot_classes", None):
+        # a smoke profile's reduced zero-shot head (models.reduced_zero_shot_head) changes the head digest
+        parts["reduced_head"] = [profile.zero_shot_templates, profile.zero_shot_classes]
     if entry.checkpoint:
         try:
             st = Path(entry.checkpoint).stat()
@@ -455,7 +458,7 @@ def _load(entry: PoolEntry, profile: Profile, device, fingerprint: str | None = 
     """Load an entry on ``device`` (through the profile when it is one of its pool's entries, so
     that the models helper checks it against the pool), or take it from the process memo: one
     build per job. The memo holds :data:`MODELS_IN_MEMORY` models; older ones are dropped."""
-    from .models import load, load_from_profile
+    from .models import load, load_from_profile, profile_load_options
 
     key = (entry.id, fingerprint or _fingerprint(entry, profile), str(device), profile.precision)
     with _LOADED_LOCK:
@@ -469,7 +472,7 @@ def _load(entry: PoolEntry, profile: Profile, device, fingerprint: str | None = 
         model = load_from_profile(profile, entry.id, device=str(device), precision=profile.precision)
     else:
         model = load(entry, str(device), profile.cache_dir, profile.paths.get("hf_cache"),
-                     precision=profile.precision)
+                     **profile_load_options(profile))
     with _LOADED_LOCK:
         _LOADED[key] = model
     return model

@@ -733,6 +733,34 @@ def _zero_shot_head_cached(entry: PoolEntry, clip_model: nn.Module, weights_dige
     return W, f"zero-shot head over {len(classnames)} classes x {len(templates)} templates ({dtype} on {dev.type})"
 
 
+def reduced_zero_shot_head(entry: PoolEntry, clip_model: nn.Module, weights_digest: str, cache_dir,
+                           n_templates: int | None, class_indices: Sequence[int] | None,
+                           device: str | torch.device = "cpu", batch_size: int | None = None,
+                           precision: str = "fp32") -> tuple[torch.Tensor, str]:
+    """The head of a smoke profile (``kind: smoke``, random weights; refused elsewhere at profile
+    load): the zero-shot head of Section 2 from the first ``n_templates`` OpenAI templates (None:
+    80) and, when ``class_indices`` are given, from the text tower for those ImageNet classes only;
+    the other rows are unit vectors seeded by ``entry.seed``, scaled by tau^-1 like the text rows.
+    Still 1,000 rows, so every chapter scores as usual; the text tower of random weights gives rows
+    no more meaningful than these, at a fraction of the 2 CPU-minutes of 1,000 prompts."""
+    oc = _open_clip(entry.model)
+    templates = list(oc.OPENAI_IMAGENET_TEMPLATES)[:n_templates] if n_templates else None
+    if class_indices is None:
+        return _zero_shot_head_cached(entry, clip_model, weights_digest, cache_dir, None, templates, device, batch_size,
+                                      precision)
+    names = list(oc.IMAGENET_CLASSNAMES)
+    rows = sorted(set(int(i) for i in class_indices))
+    text, _ = _zero_shot_head_cached(entry, clip_model, weights_digest, cache_dir, [names[i] for i in rows],
+                                     templates, device, batch_size, precision)
+    g = torch.Generator().manual_seed(entry.seed)
+    W = F.normalize(torch.randn(len(names), text.shape[1], generator=g), dim=-1)
+    W = W * float(clip_model.logit_scale.detach().exp())
+    W[rows] = text.detach().float().cpu()
+    n_t = len(templates) if templates is not None else len(oc.OPENAI_IMAGENET_TEMPLATES)
+    return W, (f"smoke-profile zero-shot head: {len(rows)} classes x {n_t} templates from the text tower, "
+               f"the other {len(names) - len(rows)} rows seeded random (seed {entry.seed})")
+
+
 def _atomic_torch_save(obj: Any, path: Path, verify: bool = False) -> None:
     """torch.save to a temporary file in the same folder, then os.replace: readers never see a
     partial file. ``verify``: read the file back with weights_only=True before publishing it."""
@@ -843,7 +871,7 @@ class LoadedModel(nn.Module):
 def load(entry: PoolEntry, device: str | torch.device = "cpu", cache_dir: str | os.PathLike | None = None,
          hf_cache: str | os.PathLike | None = None, *, classnames: Sequence[str] | None = None,
          templates: Sequence[str | Callable[[str], str]] | None = None, batch_size: int | None = None,
-         precision: str = "fp32") -> LoadedModel:
+         precision: str = "fp32", reduced_head: tuple[int | None, Sequence[int] | None] | None = None) -> LoadedModel:
     """Load a pool entry as a :class:`LoadedModel` on ``device``.
 
     ``cache_dir``: zero-shot heads are cached under ``cache_dir/heads/`` (None: not cached).
@@ -854,6 +882,8 @@ def load(entry: PoolEntry, device: str | torch.device = "cpu", cache_dir: str | 
     released), ``batch_size`` classes per forward (default: about :data:`HEAD_PROMPTS_PER_BATCH`
     prompts), under ``precision`` autocast on CUDA (fp32 on the CPU); a cached head skips the text
     tower entirely (built on the CPU by open_clip's loader, never moved nor run).
+    ``reduced_head``: ``(n_templates, class indices)`` of a smoke profile (:func:`reduced_zero_shot_head`),
+    applied when the head is a zero-shot one and neither ``classnames`` nor ``templates`` is given.
     """
     check_entry(entry)
     prep = preprocessing(entry)
@@ -898,8 +928,12 @@ def load(entry: PoolEntry, device: str | torch.device = "cpu", cache_dir: str | 
     if required is not None and required != _has_quick_gelu(clip_model):
         raise ModelError(f"{_label(entry)}: the built model {'lacks' if required else 'has'} QuickGELU "
                          f"activations, but its weights were trained {'with' if required else 'without'} them")
-    W, head_source = _zero_shot_head_cached(entry, clip_model, digest, cache_dir, classnames, templates,
-                                            device, batch_size, precision)
+    if reduced_head is not None and classnames is None and templates is None:
+        W, head_source = reduced_zero_shot_head(entry, clip_model, digest, cache_dir, *reduced_head,
+                                                device=device, batch_size=batch_size, precision=precision)
+    else:
+        W, head_source = _zero_shot_head_cached(entry, clip_model, digest, cache_dir, classnames, templates,
+                                                device, batch_size, precision)
     encoder, kind = _image_encoder(clip_model, entry)
     del clip_model  # the text tower goes with it: only the image tower is kept (and moved)
     model = LoadedModel(entry, encoder, W, None, True, kind, prep, digest, source, head_source)
@@ -974,13 +1008,23 @@ def _from_torchvision_state_dict(entry: PoolEntry, sd: Any, prep: Preprocessing)
                        f"torchvision heads.head of {entry.checkpoint}")
 
 
+def profile_load_options(profile) -> dict[str, Any]:
+    """The :func:`load` options a profile sets for every model it loads, pool entries and transient
+    ones (``diagnose``) alike: the heads' precision and, in smoke profiles, the reduced zero-shot head."""
+    options: dict[str, Any] = {"precision": profile.precision}
+    if profile.zero_shot_templates is not None or profile.zero_shot_classes is not None:
+        options["reduced_head"] = (profile.zero_shot_templates, profile.zero_shot_classes)
+    return options
+
+
 def load_from_profile(profile, entry_id: str, device: str | torch.device | None = None, **kwargs) -> LoadedModel:
-    """:func:`load` with the profile's device, ``cache_dir`` and ``paths.hf_cache``, after checking the
-    entry against its pool (QuickGELU through ``finetuned_from``, parent architecture)."""
+    """:func:`load` with the profile's device, ``cache_dir``, ``paths.hf_cache`` and
+    :func:`profile_load_options`, after checking the entry against its pool (QuickGELU through
+    ``finetuned_from``, parent architecture)."""
     entry = profile.entry(entry_id)
     check_entry(entry, profile.pool)
-    kwargs.setdefault("precision", profile.precision)
-    return load(entry, device or profile.device, profile.cache_dir, profile.paths.get("hf_cache"), **kwargs)
+    return load(entry, device or profile.device, profile.cache_dir, profile.paths.get("hf_cache"),
+                **{**profile_load_options(profile), **kwargs})
 
 
 def save_classifier(loaded_model: LoadedModel, path: str | os.PathLike, **extra: Any) -> Path:
