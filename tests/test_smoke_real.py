@@ -35,12 +35,12 @@ def _write(tmp_path, **top):
     ({"zero_shot_templates": 1}, "zero_shot_templates: a reduced zero-shot head is allowed only in profiles with "
                                  "kind: smoke \\(this one is kind: demo\\)"),
     ({"kind": "paper", "zero_shot_classes": ["n01440764"]}, "zero_shot_classes: .*kind: smoke \\(this one is kind: paper\\)"),
-    ({"kind": "smoke", "zero_shot_templates": 81}, "zero_shot_templates: expected an integer from 1 to 80, found 81"),
+    ({"kind": "smoke", "zero_shot_templates": 81}, "zero_shot_templates: expected an integer from 1 to 80, got 81"),
     ({"kind": "smoke", "zero_shot_templates": True}, "zero_shot_templates: expected an integer from 1 to 80"),
     ({"kind": "smoke", "zero_shot_classes": ["n01440764", "banana"]}, "'banana' is not one of the 1,000 ImageNet wnids"),
     ({"kind": "smoke", "zero_shot_classes": ["n01440764", "n01440764"]}, "lists a wnid twice"),
     ({"kind": "smoke", "zero_shot_classes": []}, "expected a non-empty list of ImageNet wnids"),
-    ({"kind": "draft"}, "kind: expected one of demo, smoke, paper, found 'draft'"),
+    ({"kind": "draft"}, "kind: expected one of demo, smoke, paper, got 'draft'"),
 ])
 def test_reduced_head_keys_are_refused_outside_smoke_profiles(tmp_path, top, match):
     with pytest.raises(ConfigError, match=match):
