@@ -2,8 +2,10 @@
 the paper's recipes, a loss that falls, exact resume, NaN and corrupt-checkpoint handling, and
 checkpoints that load back as the pool entries they were trained for."""
 import copy
+import hashlib
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +17,8 @@ from helpers.fixtures import DEMO_CLASSES, write_imagenet
 from helpers.models import load
 from helpers.supervised import SupervisedRecipe, initial_model, train_supervised
 from helpers.training import (CheckpointError, CorruptCheckpointWarning, LrSchedule, TrainingDiverged,
-                              epoch_checkpoints, fit, run_dir, run_identity, training_set)
+                              epoch_checkpoints, fit, run_dir, training_set,
+                              weights_digest)
 
 ONE_TEMPLATE = ["a photo of a {}."]  # a 1,000 x 1 zero-shot head builds in a second
 
@@ -27,7 +30,7 @@ class Interrupted(Exception):
 def _stop_after(epoch):
     def callback(k, path, stats):
         if k == epoch:
-            raise Interrupted(path)
+            raise Interrupted(f"stopped after {path}")
     return callback
 
 
@@ -132,7 +135,7 @@ def test_resume_equals_an_uninterrupted_run(fresh):
     recipe = tiny(SupervisedRecipe, epochs=2, lr_milestones=(1,))
     straight = train_supervised(fresh, "sup-vit", recipe)
     reference = torch.load(straight.final, weights_only=True)
-    with pytest.raises(Interrupted):
+    with pytest.raises(Interrupted, match=r"stopped after .*epoch_1\.pt"):
         train_supervised(fresh, "sup-vit", recipe, restart=True, on_epoch_end=_stop_after(1))
     assert [k for k, _ in epoch_checkpoints(straight.final.parent)] == [1]
     resumed = train_supervised(fresh, "sup-vit", recipe)
@@ -164,7 +167,7 @@ def test_nan_loss_names_the_step_and_the_last_good_checkpoint(fresh):
 
 def test_corrupt_checkpoint_is_named_and_the_previous_one_used(fresh):
     recipe = tiny(SupervisedRecipe, epochs=3)
-    with pytest.raises(Interrupted):
+    with pytest.raises(Interrupted, match=r"stopped after .*epoch_2\.pt"):
         train_supervised(fresh, "sup-vit", recipe, on_epoch_end=_stop_after(2))
     folder = run_dir(fresh, fresh.entry("sup-vit"))
     bad = folder / "epoch_2.pt"
@@ -176,7 +179,7 @@ def test_corrupt_checkpoint_is_named_and_the_previous_one_used(fresh):
 
 def test_other_settings_do_not_resume_silently(fresh):
     recipe = tiny(SupervisedRecipe, epochs=2)
-    with pytest.raises(Interrupted):
+    with pytest.raises(Interrupted, match=r"stopped after .*epoch_1\.pt"):
         train_supervised(fresh, "sup-vit", recipe, on_epoch_end=_stop_after(1))
     with pytest.raises(CheckpointError, match=r"epoch_1\.pt belongs to another run \(lr: 0\.001 there, 0\.002 now\)"):
         train_supervised(fresh, "sup-vit", recipe.replace(lr=2e-3))
@@ -192,5 +195,15 @@ def test_supervised_resnet_checkpoint_loads_as_its_entry(fresh):
     m = load(fresh.entry("sup-rn"))
     assert m.arch_kind == "modified_resnet" and not m.normalize_features and m.bias is not None
     state = torch.load(result.final, weights_only=True)
-    assert state["identity"] == run_identity(tiny(SupervisedRecipe, epochs=1), dataset,
-                                             start=state["identity"]["start"], start_entry=None)
+    # the identity written out by hand: the recipe's fields, the 4 training images (relative path and
+    # label, one line each, sha256) and the digest of the seeded initial weights training started from
+    lines = "".join(f"{Path(f).relative_to(dataset.root).as_posix()}\t{int(y)}\n"
+                    for f, y in zip(dataset.files, dataset.labels))
+    labels = sorted(int(y) for y in dataset.labels)  # class-balanced: two images of each class
+    assert len(dataset) == 4 and labels[0] == labels[1] < labels[2] == labels[3]
+    start = weights_digest(initial_model(fresh, "sup-rn"))
+    assert state["identity"] == {"recipe": {**SupervisedRecipe().as_dict(), "epochs": 1, "batch_size": 4,
+                                            "warmup_steps": 1, "lr": 1e-3},
+                                 "images": 4, "images_digest": hashlib.sha256(lines.encode()).hexdigest(),
+                                 "start": start, "start_entry": None}
+    assert start != weights_digest(initial_model(fresh, "sup-vit"))  # the start does identify the weights
