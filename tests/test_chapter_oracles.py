@@ -31,7 +31,7 @@ from conftest import write_profile
 from helpers import extract, results
 from helpers.chapters import (coca, concept_probing, outlier_features, privileged_directions, pruning,
                               robustness, summary)
-from helpers.config import EVAL_DATASETS, SHIFTS, load_profile
+from helpers.config import EVAL_DATASETS, SHIFTS, PoolEntry, Profile, load_profile
 from helpers.extract import Activations
 from helpers.study import Study
 
@@ -79,13 +79,25 @@ def acts(entry_id: str, dataset: str, h, labels=None, logits=None, ds=None) -> A
                        dataset=ds or IdentitySpace())
 
 
+def _check_call(e, P):
+    # the chapter must pass the pool entry and the study's profile (a planted input is no excuse to
+    # let a chapter drop them)
+    assert isinstance(e, PoolEntry) and isinstance(P, Profile) and P.name == "tmp", (e, P)
+
+
 def plant_embeddings(monkeypatch, module, table: dict):
     """``table[(entry_id, dataset)]`` -> Activations, served where ``module`` reads embeddings."""
-    monkeypatch.setattr(module, "embeddings", lambda e, P, dataset="imagenet": table[(e.id, dataset)])
+    def embeddings(e, P, dataset):
+        _check_call(e, P)
+        return table[(e.id, dataset)]
+    monkeypatch.setattr(module, "embeddings", embeddings)
 
 
 def plant_heads(monkeypatch, module, heads: dict):
-    monkeypatch.setattr(module, "head", lambda e, P: heads[e.id])
+    def head(e, P):
+        _check_call(e, P)
+        return heads[e.id]
+    monkeypatch.setattr(module, "head", head)
 
 
 def er_by_hand(acc_shift: float, acc_in: float) -> float:
@@ -113,6 +125,7 @@ def test_robustness_tables_hold_eq5_computed_by_hand(tmp_path, monkeypatch):
     asked = []
 
     def accuracies(e, P, datasets):
+        _check_call(e, P)
         asked.append(tuple(datasets))
         imagenet, shifts = ACCS[e.id]
         return {"imagenet": imagenet, **dict(zip(SHIFTS, shifts))}
@@ -464,8 +477,14 @@ def test_pruning_curves_against_numpy_svd(tmp_path, monkeypatch):
         # the unpruned head scores the planted labels: 1 - (noisy labels that differ), at least 70 %
         assert rows.loc[0.0, "imagenet"] >= 0.7
     long = pruning.long_form(run)
-    got = long[(long.entry == IDS[0]) & (long.fraction == 0.4) & (long.metric == "ImageNet top-1 (%)")]["value"]
-    assert got.item() == pytest.approx(100 * expected[(IDS[0], "imagenet")][1])
+    assert len(long) == 2 * len(run) and set(long.metric) == {"ImageNet top-1 (%)", "effective robustness (points)"}
+    assert list(long.columns) == ["entry", "backbone", "family", "pretraining", "fraction", "metric", "value"]
+    for e in IDS[:2]:
+        for k, p in enumerate(fractions):
+            at = long[(long.entry == e) & (long.fraction == p)].set_index("metric")["value"]
+            assert at["ImageNet top-1 (%)"] == pytest.approx(100 * expected[(e, "imagenet")][k])
+            assert at["effective robustness (points)"] == pytest.approx(100 * run[(run.entry == e) & (run.fraction == p)]
+                                                                         ["er"].item(), nan_ok=True)
 
 
 def test_pruning_imagenet_only_leaves_er_undefined(tmp_path, monkeypatch):
