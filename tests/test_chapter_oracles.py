@@ -200,7 +200,7 @@ def test_outlier_features_kurtosis_is_scipys_on_planted_outliers(tmp_path, monke
         mean_abs = np.abs(h).mean(axis=0)
         assert row["top_over_mean"] == pytest.approx(mean_abs.max() / mean_abs.mean(), rel=1e-6)
         assert row["top_coordinate"] == mean_abs.argmax()
-    assert run.loc["RN50-openai", "top_coordinate"] == OUTLIER
+    assert run.loc["RN50-openai", "top_coordinate"] == OUTLIER and (run["dataset"] == "imagenet").all()
     assert run.loc["RN50-openai", "kurtosis"] > 8 > run.loc["RN50-openai-ft", "kurtosis"]
 
     per = outlier_features.per_image(study)
@@ -275,7 +275,13 @@ def test_privileged_directions_importance_from_the_planted_svd(tmp_path, monkeyp
         # also against numpy's own SVD of W (the oracle the issue names)
         s = np.linalg.svd(heads[e][0].astype(np.float64), compute_uv=False)
         np.testing.assert_allclose(rows.sigma, s, rtol=1e-6)
-    ratios = privileged_directions.ratios(run).set_index("entry")
+    assert (run["dataset"] == "imagenet").all()
+    table = privileged_directions.ratios(run)
+    assert list(table.columns) == ["entry", "backbone", "family", "pretraining", "importance_ratio",
+                                   "most_privileged_direction", "rank"] and table.index.tolist() == [0, 1, 2, 3, 4]
+    # one row per entry in the order the table lists them (pool order), not sorted by name
+    assert privileged_directions.ratios(run.iloc[::-1].reset_index(drop=True))["entry"].tolist() == IDS[::-1]
+    ratios = table.set_index("entry")
     expected_dir = {e: 1 + int(np.argmax(importance_by_hand(*planted[e]))) for e in planted}
     assert expected_dir == {"RN50-openai": 1, "RN50-openai-ft": 1, "RN50-supervised": 3,
                             "coca-ViT-B-32-laion2b": 2, "coca-ViT-B-32-laion2b-ft": 5}
