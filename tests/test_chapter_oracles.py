@@ -583,3 +583,51 @@ def test_summary_indicators_correlations_and_comparisons(tmp_path):
 
     cat = summary.catalogue(study).set_index("paper item")
     assert cat.loc["Table 1", "models in this run"] == 5 and cat.loc["Figure 5", "models in this run"] == 0
+
+
+def test_broden_sets_are_the_planted_concepts_balanced_and_cached(tmp_path, monkeypatch):
+    from helpers import fixtures
+    from helpers.data import BrodenDataset, open_broden
+
+    root, truth = fixtures.write_broden(tmp_path / "broden", n_images=24)
+    P = load_profile(write_profile(tmp_path, pool=POOL, datasets={"broden": str(root)},
+                                   metrics={"broden_min_positives": 3, "seed": 5}))
+    sets = concept_probing.broden_sets(P)
+    files = open_broden(root).files
+    numbers = sets.concepts["number"].tolist()
+    # presence: the concepts written into each image, in Broden's image order
+    expected = np.array([[n in truth[f.relative_to(root / "images").as_posix()] for n in numbers] for f in files])
+    np.testing.assert_array_equal(sets.presence, expected)
+    counts = expected.sum(axis=0)
+    for c in range(len(numbers)):
+        pos, neg = counts[c], len(files) - counts[c]
+        sel = sets.selection[:, c]
+        if pos < 3 or neg < 3:
+            assert not sel.any(), numbers[c]
+        else:  # every positive (or as many as there are negatives), as many negatives
+            k = min(pos, neg)
+            assert (sel & expected[:, c]).sum() == (sel & ~expected[:, c]).sum() == k, numbers[c]
+    assert sets.probed.tolist() == [c for c in range(len(numbers)) if min(counts[c], len(files) - counts[c]) >= 3]
+    report = sets.report.set_index("number")
+    assert (report.loc[report.per_side == 0].index.map(lambda n: counts[numbers.index(n)]) < 3).all()
+    folder = P.cache_dir / "broden" / sets.key
+    assert json_of(folder / "manifest.json") == {"digest": open_broden(root).digest(), "limit": None,
+                                                  "min_positives": 3, "seed": 5}
+    # read back from the cache: the masks are not decoded again
+    monkeypatch.setattr(BrodenDataset, "balanced_sets", lambda *a, **k: pytest.fail("recomputed a cached set"))
+    again = concept_probing.broden_sets(P)
+    assert again.key == sets.key and list(again.concepts.columns) == list(sets.concepts.columns)
+    np.testing.assert_array_equal(again.selection, sets.selection)
+    np.testing.assert_array_equal(again.presence, sets.presence)
+    pd.testing.assert_frame_equal(again.report, sets.report)
+    monkeypatch.undo()
+    # other balancing parameters: another key
+    P2 = load_profile(write_profile(tmp_path, pool=POOL, datasets={"broden": str(root)},
+                                    metrics={"broden_min_positives": 4, "seed": 5}))
+    assert concept_probing.broden_sets(P2).key != sets.key
+
+
+def json_of(path):
+    import json
+
+    return json.loads(path.read_text())
