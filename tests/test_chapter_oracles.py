@@ -33,6 +33,7 @@ from helpers.chapters import (coca, concept_probing, outlier_features, privilege
                               robustness, summary)
 from helpers.config import EVAL_DATASETS, SHIFTS, PoolEntry, Profile, load_profile
 from helpers.extract import Activations
+from helpers.metrics import bootstrap_ci
 from helpers.study import Study
 
 POOL = [
@@ -51,7 +52,7 @@ IDS = [e["id"] for e in POOL]
 
 
 def make_study(tmp_path, section: str, ids=None, **metrics) -> Study:
-    P = load_profile(write_profile(tmp_path, pool=POOL, metrics={"bootstrap": 200, **metrics}))
+    P = load_profile(write_profile(tmp_path, pool=POOL, metrics={"bootstrap": 200, "seed": 7, **metrics}))
     pool = [e for e in P.pool if ids is None or e.id in ids]
     return Study(P, pool, section)
 
@@ -195,6 +196,10 @@ def test_outlier_features_kurtosis_is_scipys_on_planted_outliers(tmp_path, monke
         k = scipy.stats.kurtosis(valid, axis=1, fisher=False)
         row = run.loc[e]
         assert row["kurtosis"] == pytest.approx(k.mean(), rel=1e-6)
+        # the interval: the metrics' bootstrap (tested against scipy there) on the scipy values, with
+        # the profile's resample count and seed
+        ci = bootstrap_ci(np.mean, k, n_boot=200, seed=7)
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-6)
         assert row["ci_low"] < row["kurtosis"] < row["ci_high"]
         assert row["n_images"] == len(valid) and row["d_H"] == 16
         mean_abs = np.abs(h).mean(axis=0)
