@@ -636,3 +636,44 @@ def json_of(path):
     import json
 
     return json.loads(path.read_text())
+
+
+def test_robustness_uses_the_profiles_baseline(tmp_path, monkeypatch):
+    # a refitted baseline (Appendix A: slope 1.04 on the high-accuracy models) replaces b1 and b0
+    monkeypatch.setattr(extract, "accuracies", lambda e, P, datasets: {"imagenet": ACCS[e.id][0],
+                                                                       **dict(zip(SHIFTS, ACCS[e.id][1]))})
+    study = make_study(tmp_path, robustness.SECTION, ids=IDS[:1], er_slope=1.04, er_intercept=-0.3)
+    (er,) = robustness.measure(study)["er"]
+    z = 1.04 * math.log(0.60 / 0.40) - 0.3
+    assert er == pytest.approx(0.44 - 1 / (1 + math.exp(-z)), abs=1e-12)
+
+
+def test_side_by_side_keeps_models_of_either_side_and_baseline_points_drop_degenerate_ones():
+    paper = robustness.paper_frame()
+    run = pd.DataFrame([
+        {"entry": "RN50-openai", "backbone": "RN50", "family": "robust_zeroshot_clip", "pretraining": "OpenAI",
+         "imagenet": 0.5, "shifts_mean": 0.25, "er": 0.1, "acc_ratio": 0.5},
+        {"entry": "demo-only", "backbone": "RN50", "family": "supervised", "pretraining": "demo",
+         "imagenet": 0.0, "shifts_mean": 0.0, "er": 0.0, "acc_ratio": np.nan},
+        {"entry": "perfect", "backbone": "RN50", "family": "supervised", "pretraining": "demo",
+         "imagenet": 1.0, "shifts_mean": 0.5, "er": 0.0, "acc_ratio": 0.5},
+        {"entry": "no-shift", "backbone": "RN50", "family": "supervised", "pretraining": "demo",
+         "imagenet": 0.5, "shifts_mean": 0.0, "er": 0.0, "acc_ratio": 0.0},
+        {"entry": "all-shift", "backbone": "RN50", "family": "supervised", "pretraining": "demo",
+         "imagenet": 0.5, "shifts_mean": 1.0, "er": 0.0, "acc_ratio": 2.0},
+    ])
+    df = robustness.side_by_side(run, paper, "imagenet").set_index("entry")
+    assert len(df) == len(paper) + 4  # an outer join: paper-only and run-only models both stay
+    assert np.isnan(df.loc["RN101-openai", "this run"]) and df.loc["RN101-openai", "paper"] == 62
+    assert np.isnan(df.loc["demo-only", "paper"]) and df.loc["demo-only", "this run"] == 0.0
+    assert df.loc["RN50-openai", ["paper", "this run", "difference"]].tolist() == pytest.approx([60, 50, -10])
+
+    points = robustness.baseline_points(run, paper)
+    assert points.index.is_unique and list(points.columns) == ["entry", "family", "imagenet", "shifts_mean", "source"]
+    mine = points[points.source == "this run"]
+    assert mine["entry"].tolist() == ["RN50-openai"]  # accuracies of 0 or 1 have no logit
+    theirs = points[points.source == "paper"]
+    inside = paper[paper.shifts_mean.notna() & (paper.imagenet > 0) & (paper.imagenet < 1)
+                   & (paper.shifts_mean > 0) & (paper.shifts_mean < 1)]
+    assert theirs["entry"].tolist() == inside["entry"].tolist() and len(inside) == 39
+    assert set(points.source) == {"paper", "this run"}
