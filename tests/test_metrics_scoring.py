@@ -12,7 +12,7 @@ from helpers.data.scoring import FULL_IMAGENET
 @pytest.mark.parametrize("name", FULL_IMAGENET)
 def test_full_imagenet_datasets_score_all_1000_classes(name):
     space = label_space(name)
-    assert space.num_classes == 1000 and space.is_identity
+    assert space.num_classes == 1000 and space.is_identity and space.name == name
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(50, 1000))
     labels = rng.integers(0, 1000, size=50)
@@ -26,7 +26,7 @@ def test_full_imagenet_datasets_score_all_1000_classes(name):
 def test_200_class_shifts_take_the_argmax_among_their_classes(name, wnids):
     cols = np.array([imagenet_index()[w] for w in wnids()])
     space = label_space(name)
-    assert space.num_classes == 200 and space.imagenet_indices.tolist() == cols.tolist()
+    assert space.num_classes == 200 and space.imagenet_indices.tolist() == cols.tolist() and space.name == name
     rng = np.random.default_rng(1)
     logits = rng.normal(size=(40, 1000))
     labels = rng.integers(0, 200, size=40)
@@ -64,8 +64,12 @@ def test_refusals_name_the_dataset_and_what_was_expected():
     with pytest.raises(ValueError, match="unknown dataset 'imagenet-c'; expected one of imagenet, imagenet-train, "
                                          "imagenet-v2, imagenet-sketch, imagenet-r, imagenet-a, objectnet"):
         label_space("imagenet-c")
-    with pytest.raises(ValueError, match="objectnet: scoring needs the mapping files"):
+    with pytest.raises(ValueError, match=r"^objectnet: scoring needs the mapping files: pass the dataset object or "
+                                         r"the objectnet-1\.0 root \(the folder holding mappings/\)$"):
         label_space("objectnet")
+    # 1-D logits with as many values as labels: still refused by shape, not scored
+    with pytest.raises(ValueError, match=r"found logits of shape \(2,\) and labels of shape \(2,\)"):
+        correct("imagenet", np.zeros(2), np.zeros(2, dtype=int))
 
     class Other:
         name = "imagenet-r"
