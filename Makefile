@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 export PYTHONHASHSEED ?= 0
 
-.PHONY: env notebooks data run book test test-full browser bench clean
+.PHONY: env notebooks data run book test test-full browser bench clean mutate
 
 # papermill reads .ipynb: each MyST chapter gets its jupytext pair (generated, not committed)
 NOTEBOOKS_IPYNB := $(patsubst %.md,%.ipynb,$(wildcard notebooks/[0-9][0-9]_*.md))
@@ -70,6 +70,18 @@ browser:
 bench: env
 	$(PY) benchmarks/extraction.py
 	$(PY) benchmarks/concept_probing.py
+
+# Mutation testing (not part of make test: CPU-heavy, about an hour on 2 cores). Mutants of
+# helpers/chapters, helpers/metrics and helpers/data/scoring.py against the fast test tier
+# ([tool.mutmut] in pyproject.toml); prints the score; survivors: tests/mutation_survivors.md.
+mutate: env
+	@test -x $(BIN)/mutmut || $(PY) -m pip install --quiet -e ".[book,test,mutate]"
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run || true
+	$(BIN)/mutmut results > mutants/survivors.txt || true
+	$(BIN)/mutmut export-cicd-stats
+	$(PY) -c "import json; s = json.load(open('mutants/mutmut-cicd-stats.json')); \
+	t = s['total'] - s['skipped']; print(s); print(f\"mutation score: {100 * (s['killed'] + s['timeout']) / t:.1f} % of {t}\")"
+	@echo "survivors: mutants/survivors.txt (reasons: tests/mutation_survivors.md)"
 
 clean:
 	rm -rf _build rendered _results/demo _cache/demo $(NOTEBOOKS_IPYNB)

@@ -3,8 +3,10 @@ the paper's recipes, a loss that falls, exact resume, NaN and corrupt-checkpoint
 checkpoints that load back as the pool entries they were trained for."""
 import copy
 import dataclasses
+import hashlib
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +19,7 @@ from helpers.models import load
 from helpers.supervised import SupervisedRecipe, initial_model, train_supervised
 from helpers.training import (CHECKPOINT_KEYS, RESUME_ONLY_KEYS, CheckpointError, CorruptCheckpointWarning,
                               LrSchedule, TrainingDiverged, checkpoint_bytes, epoch_checkpoints, fit, resume_states,
-                              run_dir, run_identity, training_set)
+                              run_dir, training_set, weights_digest)
 
 ONE_TEMPLATE = ["a photo of a {}."]  # a 1,000 x 1 zero-shot head builds in a second
 
@@ -29,7 +31,7 @@ class Interrupted(Exception):
 def _stop_after(epoch):
     def callback(k, path, stats):
         if k == epoch:
-            raise Interrupted(path)
+            raise Interrupted(f"stopped after {path}")
     return callback
 
 
@@ -134,7 +136,7 @@ def test_resume_equals_an_uninterrupted_run(fresh):
     recipe = tiny(SupervisedRecipe, epochs=2, lr_milestones=(1,))
     straight = train_supervised(fresh, "sup-vit", recipe)
     reference = torch.load(straight.final, weights_only=True)
-    with pytest.raises(Interrupted):
+    with pytest.raises(Interrupted, match=r"stopped after .*epoch_1\.pt"):
         train_supervised(fresh, "sup-vit", recipe, restart=True, on_epoch_end=_stop_after(1))
     assert [k for k, _ in epoch_checkpoints(straight.final.parent)] == [1]
     resumed = train_supervised(fresh, "sup-vit", recipe)
@@ -178,7 +180,7 @@ def test_killed_before_the_old_resume_state_is_deleted_resumes_from_the_newest(f
     reference = torch.load(train_supervised(fresh, "sup-vit", recipe).final, weights_only=True)
     with monkeypatch.context() as m:
         _killed_before_clean_up(m)
-        with pytest.raises(Interrupted):
+        with pytest.raises(Interrupted, match=r"stopped after .*epoch_2\.pt"):
             train_supervised(fresh, "sup-vit", recipe, restart=True, on_epoch_end=_stop_after(2))
     folder = run_dir(fresh, fresh.entry("sup-vit"))
     assert [k for k, _ in resume_states(folder)] == [1, 2]  # both left on disk
@@ -295,7 +297,7 @@ def test_finished_run_drops_its_epochs_only_once_figure5_is_recorded(fresh, zero
 
 def test_other_settings_do_not_resume_silently(fresh):
     recipe = tiny(SupervisedRecipe, epochs=2)
-    with pytest.raises(Interrupted):
+    with pytest.raises(Interrupted, match=r"stopped after .*epoch_1\.pt"):
         train_supervised(fresh, "sup-vit", recipe, on_epoch_end=_stop_after(1))
     with pytest.raises(CheckpointError, match=r"resume_1\.pt belongs to another run \(lr: 0\.001 there, 0\.002 now\)"):
         train_supervised(fresh, "sup-vit", recipe.replace(lr=2e-3))
@@ -311,8 +313,18 @@ def test_supervised_resnet_checkpoint_loads_as_its_entry(fresh):
     m = load(fresh.entry("sup-rn"))
     assert m.arch_kind == "modified_resnet" and not m.normalize_features and m.bias is not None
     state = torch.load(result.final, weights_only=True)
-    assert state["identity"] == run_identity(tiny(SupervisedRecipe, epochs=1), dataset,
-                                             start=state["identity"]["start"], start_entry=None)
+    # the identity written out by hand: the recipe's fields, the 4 training images (relative path and
+    # label, one line each, sha256) and the digest of the seeded initial weights training started from
+    lines = "".join(f"{Path(f).relative_to(dataset.root).as_posix()}\t{int(y)}\n"
+                    for f, y in zip(dataset.files, dataset.labels))
+    labels = sorted(int(y) for y in dataset.labels)  # class-balanced: two images of each class
+    assert len(dataset) == 4 and labels[0] == labels[1] < labels[2] == labels[3]
+    start = weights_digest(initial_model(fresh, "sup-rn"))
+    assert state["identity"] == {"recipe": {**SupervisedRecipe().as_dict(), "epochs": 1, "batch_size": 4,
+                                            "warmup_steps": 1, "lr": 1e-3},
+                                 "images": 4, "images_digest": hashlib.sha256(lines.encode()).hexdigest(),
+                                 "start": start, "start_entry": None}
+    assert start != weights_digest(initial_model(fresh, "sup-vit"))  # the start does identify the weights
 
 
 def test_plan_counts_the_checkpoint_layout():

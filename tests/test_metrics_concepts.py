@@ -126,7 +126,7 @@ def test_top_concepts_orders_by_ap_and_keeps_column_order_on_ties():
     assert top_concepts(ap, 0) == [(1, 0.95), (3, 0.95), (2, 0.5)]
     names = ["meshed", "flecked", "perforated", "knitted", "chequered"]
     assert top_concepts(ap, 1, k=2, names=names) == [("meshed", 0.9), ("chequered", 0.4)]
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="direction 2 out of range for 2 directions"):
         top_concepts(ap, 2)
     with pytest.raises(ValueError, match="2 names for 5 concepts"):
         top_concepts(ap, 0, names=names[:2])
@@ -157,11 +157,16 @@ def test_concept_overlaps_three_and_two_sets():
 
 
 def test_threshold_sweep_counts_unique_concepts_at_each_threshold():
-    ap = np.random.default_rng(8).uniform(size=(12, 40))
+    # planted: column c's best AP is best[c]; every other entry stays below 0.5, so the count at
+    # threshold t is the number of planted maxima >= t, written out by hand below
+    rng = np.random.default_rng(8)
+    ap = rng.uniform(0.0, 0.5, size=(12, 8))
+    best = np.array([0.99, 0.96, 0.95, 0.93, 0.9, 0.87, 0.82, 0.6])
+    ap[rng.integers(0, 12, size=8), np.arange(8)] = best
     thresholds = [0.8, 0.85, 0.9, 0.95]
-    expected = [unique_concepts(ap, t) for t in thresholds]
-    np.testing.assert_array_equal(threshold_sweep(ap, thresholds), expected)
-    assert expected == sorted(expected, reverse=True) and expected[0] > expected[-1]
+    #          >=0.8: 7 of 8   >=0.85: 6   >=0.9: 5 (0.9 itself counts)   >=0.95: 3
+    np.testing.assert_array_equal(threshold_sweep(ap, thresholds), [7, 6, 5, 3])
+    assert [unique_concepts(ap, t) for t in thresholds] == [7, 6, 5, 3]
     assert unique_concepts(np.array([[0.9, 0.8999999]])) == 1
 
 

@@ -100,5 +100,5 @@ def test_refusals(bad, match):
 def test_planted_kurtosis_refusals():
     with pytest.raises(ValueError, match="0 <= k < d_H"):
         planted_kurtosis(8, 8, 1.0)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="d_H and k must be integers; got 8.0, 1"):
         planted_kurtosis(8.0, 1, 1.0)
