@@ -32,7 +32,7 @@ from helpers import extract, results
 from helpers.chapters import (coca, concept_probing, outlier_features, privileged_directions, pruning,
                               robustness, summary)
 from helpers.config import EVAL_DATASETS, SHIFTS, PoolEntry, Profile, load_profile
-from helpers.extract import Activations
+from helpers.extract import Activations, Head
 from helpers.metrics import bootstrap_ci
 from helpers.study import Study
 
@@ -72,11 +72,13 @@ class IdentitySpace:
         return logits
 
 
-def acts(entry_id: str, dataset: str, h, labels=None, logits=None, ds=None) -> Activations:
+def acts(entry_id: str, dataset: str, h, labels=None, ds=None) -> Activations:
+    """Planted activations; their head is a 2 x d_H zero matrix (the chapters these tests drive read
+    their own head through ``common.head``, never these logits)."""
     h = np.asarray(h)
     labels = np.arange(len(h)) if labels is None else np.asarray(labels)
-    logits = np.zeros((len(h), 2), np.float32) if logits is None else logits
-    return Activations(entry_id, dataset, h, logits, labels, {"key": f"planted-{entry_id}-{dataset}"},
+    head = Head(np.zeros((2, h.shape[1]), np.float32), None, False, "planted")
+    return Activations(entry_id, dataset, h, labels, {"key": f"planted-{entry_id}-{dataset}"}, head=head,
                        dataset=ds or IdentitySpace())
 
 
@@ -91,7 +93,14 @@ def plant_embeddings(monkeypatch, module, table: dict):
     def embeddings(e, P, dataset):
         _check_call(e, P)
         return table[(e.id, dataset)]
-    monkeypatch.setattr(module, "embeddings", embeddings)
+
+    def embeddings_many(e, P, datasets):  # one model build for several datasets (pruning)
+        return {d: embeddings(e, P, d) for d in datasets}
+
+    readers = [name for name in ("embeddings", "embeddings_many") if hasattr(module, name)]
+    assert readers, f"{module.__name__} reads no embeddings through helpers.chapters.common"
+    for name in readers:
+        monkeypatch.setattr(module, name, {"embeddings": embeddings, "embeddings_many": embeddings_many}[name])
 
 
 def plant_heads(monkeypatch, module, heads: dict):
