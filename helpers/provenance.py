@@ -304,7 +304,8 @@ class Recorder:
         self.path: Path | None = None
         self.results_dir: Path | None = None
         self.cache_dir: Path | None = None
-        self.written: dict[str, str] = {}  # table path relative to results_dir -> sha256
+        self.written: dict[str, str] = {}  # absolute table path -> sha256, written by this process
+        self.pending: dict[str, str] = {}  # tables the running job's record claims (previous run's and new)
         self.reset_inputs()
 
     def reset_inputs(self):
@@ -326,6 +327,11 @@ class Recorder:
             self.caches[name] = digest
         elif kind == "table_written":
             self.written[name] = digest
+            if self.job is not None and self.path is not None:  # claimed at once: a crash leaves it untrusted
+                base = self.results_dir.resolve()
+                if Path(name).is_relative_to(base):
+                    self.pending[Path(name).relative_to(base).as_posix()] = digest
+                    write_record(self.path, {**self.job, "tables_written": self.pending})
         elif kind == "table_query":
             self.queries[name] = digest
         else:
@@ -368,10 +374,8 @@ def begin(section: str, profile, parameters: dict[str, Any], source: dict[str, A
     md = find_notebook(section)
     params = dict(parameters)
     ns = _kernel_namespace()
-    if md is not None and ns is not None:
-        for name in declared_parameters(md):
-            if name in ns:
-                params[name] = ns[name]
+    if md is not None and ns is not None:  # a notebook: exactly its declared parameters, as they are now
+        params = {name: ns.get(name, default) for name, default in declared_parameters(md).items()}
     R.path = record_path(R.results_dir, section, label)
     previous = read_record(R.path) or {}
     R.job = {
@@ -385,9 +389,9 @@ def begin(section: str, profile, parameters: dict[str, Any], source: dict[str, A
         "host": os.uname().nodename, "pid": os.getpid(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
-    pending = dict(previous.get("tables_written") or {})
+    R.pending = dict(previous.get("tables_written") or {})
     R.written = {}
-    write_record(R.path, {**R.job, "tables_written": pending})
+    write_record(R.path, {**R.job, "tables_written": R.pending})
     return R.path
 
 

@@ -212,6 +212,15 @@ def test_failed_job_is_not_current_and_its_stale_tables_are_not_read(study):
     assert runner.run(bad, echo=quiet).outcomes[0].status == "failed"
 
 
+def test_a_first_run_that_fails_after_writing_leaves_no_trusted_table(study):
+    P, nbdir, _ = study
+    bad = runner.plan(P, sections=["echo"], entry="m1", extra={"fail": True}, notebook_dir=nbdir)
+    assert runner.run(bad, echo=quiet).outcomes[0].status == "failed"
+    assert (P.results_dir / "tables" / "echo" / "m1.csv").exists()
+    assert results.load(P, "echo").empty
+    assert list(results.status(P, "echo", ["m1"]).status) == ["failed"]
+
+
 def test_unknown_parameter_is_refused_before_any_job(study):
     P, nbdir, out = study
     with pytest.raises(runner.ParameterError, match=r"'devce'.*01_echo.md: backbone, entry, fail, profile"):
