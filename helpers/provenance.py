@@ -200,7 +200,13 @@ def file_digest(path: str | os.PathLike, cache_dir: str | os.PathLike | None = N
     except OSError:
         return None
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    # the weights digest helpers.models computes for its cache keys is the same sha256: share it
+    shared = getattr(sys.modules.get("helpers.models"), "_FILE_DIGESTS", None)
+    if shared is not None and key in shared:
+        _FILE_MEMO[key] = shared[key]
     if key in _FILE_MEMO:
+        if shared is not None:
+            shared.setdefault(key, _FILE_MEMO[key])
         return _FILE_MEMO[key]
     disk = Path(cache_dir) / RECORD_DIR / "file-digests.json" if cache_dir else None
     table = read_record(disk) or {} if disk else {}
@@ -216,6 +222,8 @@ def file_digest(path: str | os.PathLike, cache_dir: str | os.PathLike | None = N
             fresh[k] = table[k]
             write_record(disk, fresh)
     _FILE_MEMO[key] = table[k]
+    if shared is not None:
+        shared.setdefault(key, table[k])
     return table[k]
 
 
