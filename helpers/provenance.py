@@ -357,12 +357,16 @@ def note(kind: str, name: str, digest: Any) -> None:
 
 def note_dataset(name: str, root: str | os.PathLike) -> None:
     """A dataset the job reads: its root's :func:`tree_signature` (once per root and process)."""
+    if RECORDER.job is None:  # not in a notebook job (training commands, tests): nothing to record
+        return
     root = os.path.abspath(root)
     RECORDER.note("dataset", name, {"root": root, "signature": tree_signature(root, memo=True)})
 
 
 def note_file(kind: str, path: str | os.PathLike) -> None:
     """A weights file (checkpoint) the job reads, by content (cached by size and mtime)."""
+    if RECORDER.job is None:
+        return
     p = str(Path(path).resolve())
     RECORDER.note(kind, p, file_digest(p, RECORDER.cache_dir))
 
