@@ -472,6 +472,7 @@ def _expected_file(entry: PoolEntry) -> str:
 
 def _read_checkpoint(entry: PoolEntry) -> Any:
     path = Path(entry.checkpoint)
+    __import__("helpers.provenance").provenance.note_file("checkpoint", path)  # an input of the current job
     if not path.is_file():
         raise MissingWeightsError(f"{_label(entry)}: checkpoint file {path} not found; "
                                   f"expected {_expected_file(entry)}")

@@ -200,7 +200,13 @@ def file_digest(path: str | os.PathLike, cache_dir: str | os.PathLike | None = N
     except OSError:
         return None
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    # the weights digest helpers.models computes for its cache keys is the same sha256: share it
+    shared = getattr(sys.modules.get("helpers.models"), "_FILE_DIGESTS", None)
+    if shared is not None and key in shared:
+        _FILE_MEMO[key] = shared[key]
     if key in _FILE_MEMO:
+        if shared is not None:
+            shared.setdefault(key, _FILE_MEMO[key])
         return _FILE_MEMO[key]
     disk = Path(cache_dir) / RECORD_DIR / "file-digests.json" if cache_dir else None
     table = read_record(disk) or {} if disk else {}
@@ -216,6 +222,8 @@ def file_digest(path: str | os.PathLike, cache_dir: str | os.PathLike | None = N
             fresh[k] = table[k]
             write_record(disk, fresh)
     _FILE_MEMO[key] = table[k]
+    if shared is not None:
+        shared.setdefault(key, table[k])
     return table[k]
 
 
@@ -304,7 +312,8 @@ class Recorder:
         self.path: Path | None = None
         self.results_dir: Path | None = None
         self.cache_dir: Path | None = None
-        self.written: dict[str, str] = {}  # table path relative to results_dir -> sha256
+        self.written: dict[str, str] = {}  # absolute table path -> sha256, written by this process
+        self.pending: dict[str, str] = {}  # tables the running job's record claims (previous run's and new)
         self.reset_inputs()
 
     def reset_inputs(self):
@@ -326,6 +335,11 @@ class Recorder:
             self.caches[name] = digest
         elif kind == "table_written":
             self.written[name] = digest
+            if self.job is not None and self.path is not None:  # claimed at once: a crash leaves it untrusted
+                base = self.results_dir.resolve()
+                if Path(name).is_relative_to(base):
+                    self.pending[Path(name).relative_to(base).as_posix()] = digest
+                    write_record(self.path, {**self.job, "tables_written": self.pending})
         elif kind == "table_query":
             self.queries[name] = digest
         else:
@@ -343,12 +357,16 @@ def note(kind: str, name: str, digest: Any) -> None:
 
 def note_dataset(name: str, root: str | os.PathLike) -> None:
     """A dataset the job reads: its root's :func:`tree_signature` (once per root and process)."""
+    if RECORDER.job is None:  # not in a notebook job (training commands, tests): nothing to record
+        return
     root = os.path.abspath(root)
     RECORDER.note("dataset", name, {"root": root, "signature": tree_signature(root, memo=True)})
 
 
 def note_file(kind: str, path: str | os.PathLike) -> None:
     """A weights file (checkpoint) the job reads, by content (cached by size and mtime)."""
+    if RECORDER.job is None:
+        return
     p = str(Path(path).resolve())
     RECORDER.note(kind, p, file_digest(p, RECORDER.cache_dir))
 
@@ -368,10 +386,8 @@ def begin(section: str, profile, parameters: dict[str, Any], source: dict[str, A
     md = find_notebook(section)
     params = dict(parameters)
     ns = _kernel_namespace()
-    if md is not None and ns is not None:
-        for name in declared_parameters(md):
-            if name in ns:
-                params[name] = ns[name]
+    if md is not None and ns is not None:  # a notebook: exactly its declared parameters, as they are now
+        params = {name: ns.get(name, default) for name, default in declared_parameters(md).items()}
     R.path = record_path(R.results_dir, section, label)
     previous = read_record(R.path) or {}
     R.job = {
@@ -385,9 +401,9 @@ def begin(section: str, profile, parameters: dict[str, Any], source: dict[str, A
         "host": os.uname().nodename, "pid": os.getpid(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
-    pending = dict(previous.get("tables_written") or {})
+    R.pending = dict(previous.get("tables_written") or {})
     R.written = {}
-    write_record(R.path, {**R.job, "tables_written": pending})
+    write_record(R.path, {**R.job, "tables_written": R.pending})
     return R.path
 
 

@@ -212,6 +212,15 @@ def test_failed_job_is_not_current_and_its_stale_tables_are_not_read(study):
     assert runner.run(bad, echo=quiet).outcomes[0].status == "failed"
 
 
+def test_a_first_run_that_fails_after_writing_leaves_no_trusted_table(study):
+    P, nbdir, _ = study
+    bad = runner.plan(P, sections=["echo"], entry="m1", extra={"fail": True}, notebook_dir=nbdir)
+    assert runner.run(bad, echo=quiet).outcomes[0].status == "failed"
+    assert (P.results_dir / "tables" / "echo" / "m1.csv").exists()
+    assert results.load(P, "echo").empty
+    assert list(results.status(P, "echo", ["m1"]).status) == ["failed"]
+
+
 def test_unknown_parameter_is_refused_before_any_job(study):
     P, nbdir, out = study
     with pytest.raises(runner.ParameterError, match=r"'devce'.*01_echo.md: backbone, entry, fail, profile"):
@@ -303,3 +312,51 @@ def test_submitit_local_executor_runs_the_slurm_path(study):
     assert json.loads((out / "m1.json").read_text())["entry"] == "m1"
     assert list((P.results_dir / "logs" / "submitit").glob("*_log.out"))
     assert (P.results_dir / "logs" / "echo" / "m1.log").exists()
+
+
+def test_cli_refuses_an_unknown_parameter_naming_it(capsys):
+    from helpers import cli
+
+    assert cli.main(["run", "--profile", "demo", "-p", "devce=cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "'devce'" in err and "device" in err and "batch_size" in err
+
+
+def test_cli_lists_the_slice_options_and_explains_an_empty_slice(capsys):
+    from helpers import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert "robustness" in out and "summary" in out and "ViT-B-32: demo-vit-zeroshot" in out
+    assert cli.main(["run", "--entry", "demo-rn-zeroshot", "--backbone", "ViT-B-32"]) == 2
+    assert "has backbone 'RN50', not 'ViT-B-32'" in capsys.readouterr().err
+
+
+def test_cli_passes_skip_unreadable_and_gpus(monkeypatch):
+    import sys
+
+    from helpers import cli
+
+    seen = {}
+    monkeypatch.setitem(sys.modules, "helpers.preflight", None)  # the run's own checks are tested elsewhere
+    monkeypatch.setattr(runner, "plan", lambda P, **kw: seen.update(kw) or [])
+    monkeypatch.setattr(runner, "run", lambda jobs, **kw: seen.update(kw) or runner.RunSummary())
+    assert cli.main(["run", "--skip-unreadable", "--gpus", "0,1", "-p", "limit=8"]) == 0
+    assert seen["extra"] == {"skip_unreadable": True, "limit": 8} and seen["gpus"] == ["0", "1"]
+
+
+def test_the_banner_follows_the_declared_kind(study):
+    from dataclasses import fields, replace
+
+    from helpers.study import banner_text
+
+    P, _, _ = study
+
+    def kind(k):  # the profile key `kind` (the Profile field too, where config.py declares one)
+        return replace(P, raw={**P.raw, "kind": k}, **({"kind": k} if "kind" in {f.name for f in fields(P)} else {}))
+
+    assert P.allow_random_init
+    assert "Profile `demo`" not in banner_text(kind("paper"), list(P.pool))  # random weights, full size
+    assert "carry no meaning" in banner_text(kind("demo"), list(P.pool))
+    assert "smoke test" in banner_text(kind("smoke"), list(P.pool))
