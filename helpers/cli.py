@@ -47,17 +47,18 @@ def cmd_run(args) -> int:
     # every check before any job starts: sections, slice, -p names, the profile with each job's overrides
     jobs = runner.plan(profile, sections=args.section, entry=args.entry, backbone=args.backbone,
                        per_entry=args.per_entry, extra=extra)
-    try:
-        from . import preflight
-    except ImportError:
-        preflight = None
-    if preflight is not None and hasattr(preflight, "check"):
-        problems = preflight.check(profile, entry=args.entry, backbone=args.backbone, sections=args.section)
-        if problems:
-            print("clip-study run: not started; the run would fail:", file=sys.stderr)
-            for p in problems:
-                print(f"  {p}", file=sys.stderr)
-            return 2
+    # the checks of `clip-study plan` (profile, weights, checkpoints, datasets, disk): a slice that
+    # would fail is not started
+    from . import preflight
+
+    report = preflight.check(profile, sections=args.section, entry=args.entry, backbone=args.backbone,
+                             per_entry=args.per_entry)
+    if not report.ready:
+        print("clip-study run: not started; the run would fail:", file=sys.stderr)
+        for p in report.problems + report.pending:
+            print(f"  {p}", file=sys.stderr)
+        print(f"(clip-study plan --profile {args.profile} shows the whole check)", file=sys.stderr)
+        return 2
     slurm = _overrides(args.slurm)
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
     summary = runner.run(jobs, executor=args.executor, force=args.force, slurm=slurm, gpus=gpus)

@@ -338,12 +338,30 @@ def test_cli_passes_skip_unreadable_and_gpus(monkeypatch):
 
     from helpers import cli
 
+    from helpers import preflight
+
     seen = {}
-    monkeypatch.setitem(sys.modules, "helpers.preflight", None)  # the run's own checks are tested elsewhere
+    # the run's own checks (clip-study plan's) are tested in test_preflight.py: here a ready slice
+    monkeypatch.setattr(preflight, "check", lambda P, **kw: preflight.Report(P))
     monkeypatch.setattr(runner, "plan", lambda P, **kw: seen.update(kw) or [])
     monkeypatch.setattr(runner, "run", lambda jobs, **kw: seen.update(kw) or runner.RunSummary())
     assert cli.main(["run", "--skip-unreadable", "--gpus", "0,1", "-p", "limit=8"]) == 0
     assert seen["extra"] == {"skip_unreadable": True, "limit": 8} and seen["gpus"] == ["0", "1"]
+
+
+def test_run_refuses_a_slice_the_plan_finds_would_fail(monkeypatch, capsys):
+    """`clip-study run` runs `clip-study plan`'s checks first and starts no job when they fail."""
+    from helpers import cli, preflight
+
+    def check(P, **kw):
+        return preflight.Report(P, problems=["datasets.objectnet: folder /nowhere does not exist"],
+                                pending=["produced by: clip-study finetune --profile demo --entry x"])
+
+    monkeypatch.setattr(preflight, "check", check)
+    monkeypatch.setattr(runner, "run", lambda jobs, **kw: pytest.fail("a job was started"))
+    assert cli.main(["run", "--section", "robustness"]) == 2
+    err = capsys.readouterr().err
+    assert "not started" in err and "folder /nowhere does not exist" in err and "clip-study finetune" in err
 
 
 def test_the_banner_follows_the_declared_kind(study):
