@@ -63,6 +63,7 @@ class PoolEntry:
     image_std: tuple[float, float, float] | None = None
     seed: int = 0
     note: str = ""
+    stands_in_for: str | None = None  # demo only: id of the paper.yml entry this model stands in for
 
     @property
     def backbone(self) -> str:

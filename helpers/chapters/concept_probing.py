@@ -144,14 +144,20 @@ def venn_sets(study, threshold: float) -> dict[str, dict[str, set[str]]]:
     return {a: s for a, s in by_arch.items() if len(s) == 3}
 
 
-def paper_comparison(table: pd.DataFrame, threshold: float = 0.9) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(Table 7 beside this run's polysemanticity, Table 6 beside this run's top-3 concepts)."""
+def paper_comparison(table: pd.DataFrame, threshold: float = 0.9, profile: Profile | None = None
+                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(Table 7 beside this run's polysemanticity, Table 6 beside this run's top-3 concepts), one
+    row per paper model with a counterpart in this run (its id or the entry standing in for it)."""
+    from ..compare import beside, counterparts, in_paper_order, model_label
+
     run = at_threshold(table, threshold)
-    poly = paper_values.polysemanticity()[["entry", "polysemanticity"]].rename(columns={"polysemanticity": "paper"})
-    poly = poly.merge(run[["entry", "polysemanticity"]].rename(columns={"polysemanticity": "this run"}),
-                      on="entry", how="outer")
-    poly["difference"] = poly["this run"] - poly["paper"]
-    top = paper_values.top_concepts().pivot(index="entry", columns="rank", values="concept")
-    top.columns = [f"paper top{c}" for c in top.columns]
-    mine = run.set_index("entry")[["top1", "top2", "top3"]].add_prefix("this run ")
-    return poly, top.join(mine, how="outer").reset_index()
+    poly = beside(run, paper_values.polysemanticity(), "polysemanticity", profile)
+    paper_top = paper_values.top_concepts().pivot(index="entry", columns="rank", values="concept")
+    paper_top.columns = [f"paper top{c}" for c in paper_top.columns]
+    links = counterparts(profile).set_index("entry")["paper_entry"]
+    mine = run.drop_duplicates("entry").set_index("entry")[["top1", "top2", "top3"]].add_prefix("this run ")
+    mine.index = [links.get(e, e) for e in mine.index]
+    labels = {links.get(e, e): model_label(e, profile) for e in run["entry"]}
+    top = paper_top.join(mine, how="inner").rename_axis("paper model").reset_index()
+    top.insert(1, "this run's model", top["paper model"].map(labels))
+    return poly, in_paper_order(top, None, column="paper model")
