@@ -89,7 +89,8 @@ def beside(run: pd.DataFrame, paper: pd.DataFrame, value: str, profile: Profile,
     ``run`` and ``paper`` each have an ``entry`` column (paper ids in ``paper``). ``scale``
     multiplies this run's values (fractions to % with 100). Rows follow Table 1's order; with
     ``matched_only`` only the paper's models that have a counterpart in this run are kept.
-    Columns: paper model, backbone, family, this run's model, paper, this run, difference.
+    Columns: paper model, paper, this run, difference, this run's model, backbone, family (the
+    numbers first: a narrow page shows them without scrolling).
     """
     paper_value = paper_value or value
     p = paper[["entry", paper_value]].rename(columns={"entry": "paper model", paper_value: "paper"})
@@ -106,7 +107,7 @@ def beside(run: pd.DataFrame, paper: pd.DataFrame, value: str, profile: Profile,
     df["family"] = df["paper model"].map(lambda x: FAMILIES[meta[x].family] if x in meta else "")
     df["difference"] = df["this run"] - df["paper"]
     df = in_paper_order(df, None, column="paper model")
-    return df[["paper model", "backbone", "family", "this run's model", "paper", "this run", "difference"]]
+    return df[["paper model", "paper", "this run", "difference", "this run's model", "backbone", "family"]]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -129,8 +130,8 @@ class Claim:
         return f"{self.statement}: paper {self.paper}; {run}"
 
     def as_row(self) -> dict:
-        return {"paper item": self.item, "claim": self.statement, "paper": self.paper,
-                "this run": f"{self.holds} of {self.of}" if self.of else "–"}
+        return {"paper item": self.item, "this run": f"{self.holds} of {self.of}" if self.of else "–",
+                "paper": self.paper, "claim": self.statement}
 
 
 def _count(cases: list[bool]) -> tuple[int, int]:
@@ -364,11 +365,11 @@ def numbers(profile: Profile) -> pd.DataFrame:
                    paper_value=column, scale=scale, matched_only=False)
         frames.append(b.dropna(subset=["paper"]).assign(**{"paper item": item}))
     df = pd.concat(frames, ignore_index=True)
-    return df[["paper item", "paper model", "backbone", "this run's model", "paper", "this run", "difference"]]
+    return df[["paper item", "paper model", "paper", "this run", "difference", "this run's model"]]
 
 
 def claims_frame(claims: list[Claim]) -> pd.DataFrame:
-    return pd.DataFrame([c.as_row() for c in claims], columns=["paper item", "claim", "paper", "this run"])
+    return pd.DataFrame([c.as_row() for c in claims], columns=["paper item", "this run", "paper", "claim"])
 
 
 #: The claims each chapter checks, computed from its recorded results table (summary chapter).

@@ -42,7 +42,7 @@ def setup_style() -> None:
     import matplotlib as mpl
     import seaborn as sns
 
-    sns.set_theme(style="whitegrid", context="notebook", font_scale=0.95)
+    sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
     mpl.rcParams.update({"axes.formatter.useoffset": False, "axes.formatter.limits": (-4, 5),
                          "legend.frameon": False, "legend.fontsize": 8, "figure.dpi": 100,
                          "savefig.bbox": "tight"})
@@ -82,7 +82,7 @@ def plain_log_ticks(ax, axis: str = "y") -> None:
     target = ax.yaxis if axis == "y" else ax.xaxis
     lo, hi = sorted(ax.get_ylim() if axis == "y" else ax.get_xlim())
     decades = np.log10(hi / lo) if lo > 0 else 3
-    subs = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if decades < 1.2 else (1.0, 2.0, 5.0) if decades < 4 else (1.0,)
+    subs = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if decades < 1.2 else (1.0, 2.0, 5.0) if decades < 2.5 else (1.0,)
     target.set_major_locator(LogLocator(base=10, subs=subs, numticks=15))
     target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     target.set_minor_formatter(NullFormatter())
@@ -135,7 +135,7 @@ def pool_points(run, value: str, ylabel: str, title: str, profile, paper=None, p
     paper_map = {} if paper is None else dict(zip(paper["entry"], paper[paper_value or value]))
     order = backbone_order(df["backbone"])
     if ax is None:
-        fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(df) + 2), 4.2))
+        fig, ax = plt.subplots(figsize=(min(9.0, max(5.0, 0.6 * len(df) + 2)), 4.2))
     fig = ax.figure
     x = 0.0
     ticks, tick_labels = [], []
@@ -175,34 +175,35 @@ def pool_points(run, value: str, ylabel: str, title: str, profile, paper=None, p
 
 
 def robustness_panels(run, paper, metric: str, ylabel: str, title: str, profile):
-    """Figure 1a/1b: left, every model of the paper (Tables 1-3) by backbone, coloured by family
-    and marked by pretraining set; right, this run's models with their counterparts' paper values
-    (hollow) in the same axes. Values in % from fractions."""
+    """Figure 1a/1b: on top, every model of the paper (Tables 1-3) by backbone, coloured by family
+    and marked by pretraining set; below, this run's models with their counterparts' paper values
+    (hollow) in the same axes, on the same scale. Values in % from fractions."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1.35, 1]})
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7.6))
     p = paper.dropna(subset=[metric])
     order = backbone_order(p["backbone"])
     fams = [f for f in FAMILY_ORDER if f in set(p["family"])]
     width = 0.8 / max(len(fams), 1)
     for j, fam in enumerate(fams):
-        sub = p[p["family"] == fam]
-        for r in sub.itertuples():
+        for r in p[p["family"] == fam].itertuples():
             x = order.index(r.backbone) - 0.4 + width * (j + 0.5)
-            left.plot([x], [100 * getattr(r, metric)], ls="", marker=PRETRAINING_MARKERS.get(r.pretraining, "o"),
-                      ms=7, color=FAMILY_COLORS[fam], mec="white", mew=0.5, alpha=0.9)
-    left.axhline(0, color="0.4", lw=0.8)
-    left.set_xticks(range(len(order)), order, rotation=25, ha="right")
-    left.set(title="Paper: every model (Tables 1-3)", xlabel="", ylabel=ylabel)
+            top.plot([x], [100 * getattr(r, metric)], ls="", marker=PRETRAINING_MARKERS.get(r.pretraining, "o"),
+                     ms=7, color=FAMILY_COLORS[fam], mec="white", mew=0.5, alpha=0.9)
+    top.axhline(0, color="0.4", lw=0.8)
+    top.set_xticks(range(len(order)), order, rotation=25, ha="right")
+    top.set(title="Paper: every model (Tables 1-3)", xlabel="", ylabel=ylabel)
     handles = [Line2D([], [], ls="", marker="s", ms=8, color=FAMILY_COLORS[f], label=FAMILIES[f]) for f in fams]
     pre = [k for k in PRETRAINING_MARKERS if k in set(p["pretraining"])]
     handles += [Line2D([], [], ls="", marker=PRETRAINING_MARKERS[k], ms=7, color="0.35", label=k) for k in pre]
-    left.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=3, frameon=False, fontsize=8)
-    pool_points(run, metric, ylabel, "This run, with its counterparts' paper values", profile, paper=paper,
-                scale=100, ref=0, ax=right)
-    right.set_ylim(*sorted((min(left.get_ylim()[0], right.get_ylim()[0]), max(left.get_ylim()[1], right.get_ylim()[1]))))
-    left.set_ylim(right.get_ylim())
+    legend_outside(top, handles, [h.get_label() for h in handles])
+    pool_points(run, metric, ylabel, "This run, with its counterparts' paper values (hollow)", profile, paper=paper,
+                scale=100, ref=0, ax=bottom)
+    lo = min(top.get_ylim()[0], bottom.get_ylim()[0])
+    hi = max(top.get_ylim()[1], bottom.get_ylim()[1])
+    top.set_ylim(lo, hi)
+    bottom.set_ylim(lo, hi)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -232,7 +233,9 @@ def baseline_plot(points, slope: float, intercept: float, fit=None):
     ax.set_yticks(logit(ticks), [f"{100 * t:g}" for t in ticks])
     ax.set(xlabel="ImageNet top-1 (%, logit scale)", ylabel="mean of 5 shifts top-1 (%, logit scale)",
            title="Figure 6: effective robustness is the lift above the baseline")
-    legend_outside(ax)
+    handles, labels = ax.get_legend_handles_labels()
+    labels = [{"family_label": "family", "source": "values from"}.get(lab, lab) for lab in labels]
+    legend_outside(ax, handles, labels)
     return fig
 
 
@@ -268,9 +271,9 @@ def ranked_profiles(df, x: str, y: str, xlabel: str, ylabel: str, title: str, pr
     entries = in_paper_order(df[["entry", "family"]].drop_duplicates("entry"), profile)
     styles = entry_styles(entries)
     panels = backbone_order(df[col])
-    ncol = min(3, len(panels))
+    ncol = min(2, len(panels))
     nrow = -(-len(panels) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol + 2.2, 3.6 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol + 1.2, 3.4 * nrow), squeeze=False)
     for ax, panel in zip(axes.flat, panels):
         for e in entries["entry"]:
             sub = df[(df[col] == panel) & (df["entry"] == e)].sort_values(x)
@@ -315,7 +318,7 @@ def threshold_sweep(table, profile, value: str = "unique_concepts", ylabel: str 
 
 
 def pruning_grid(table, profile, paper=None):
-    """Figures 11-14: ImageNet top-1 and ER against the pruned fraction, one column per backbone
+    """Figures 11-14: ImageNet top-1 and ER against the pruned fraction, one row per backbone
     (paper order), one line per model; the paper's unpruned values (Tables 1-2, hollow) at 0."""
     import matplotlib.pyplot as plt
     import numpy as np
@@ -324,10 +327,10 @@ def pruning_grid(table, profile, paper=None):
     styles = entry_styles(table.drop_duplicates("entry"))
     panels = backbone_order(table["backbone"])
     metrics = [("imagenet", "ImageNet top-1 (%)"), ("er", "effective robustness (points)")]
-    fig, axes = plt.subplots(2, len(panels), figsize=(3.9 * len(panels) + 2.5, 6.6), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(len(panels), 2, figsize=(9, 2.9 * len(panels) + 0.6), squeeze=False, sharex=True)
     paper_map = {} if paper is None else paper.set_index("entry")
-    for j, b in enumerate(panels):
-        for i, (m, label) in enumerate(metrics):
+    for i, b in enumerate(panels):
+        for j, (m, label) in enumerate(metrics):
             ax = axes[i, j]
             for e, sub in table[table["backbone"] == b].groupby("entry", sort=False):
                 color, marker = styles[e]
@@ -337,8 +340,7 @@ def pruning_grid(table, profile, paper=None):
                 if len(paper_map) and pe in paper_map.index and np.isfinite(paper_map.loc[pe, m]):
                     ax.plot([0], [100 * paper_map.loc[pe, m]], ls="", marker=marker, ms=9, mfc="none", mec=color, mew=1.6)
             ax.axvline(100 * 0.8, color="0.5", ls=":", lw=1)
-            ax.set(title=b if i == 0 else "", ylabel=label if j == 0 else "",
-                   xlabel="singular directions pruned (%)" if i == 1 else "")
+            ax.set(title=f"{b}: {label}", ylabel="", xlabel="singular directions pruned (%)" if i == len(panels) - 1 else "")
     handles, labels = [], []
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels()):
@@ -360,11 +362,12 @@ def cka_layers(view):
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
 
     panels = list(dict.fromkeys(view["entry"]))
-    ncol = min(3, len(panels))
+    ncol = min(2, len(panels))
     nrow = -(-len(panels) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.4 * ncol + 2, 3.4 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol + 1, 3.2 * nrow), squeeze=False)
     for ax, e in zip(axes.flat, panels):
         sub = view[view["entry"] == e]
         inet = sub[sub["where"] == "ImageNet"].sort_values("depth")
@@ -373,6 +376,7 @@ def cka_layers(view):
         ax.plot(sh["depth"], sh["mean"], color="#1f77b4", marker="s", ms=4)
         ax.fill_between(sh["depth"], sh["mean"] - sh["std"].fillna(0), sh["mean"] + sh["std"].fillna(0),
                         color="#1f77b4", alpha=0.2, lw=0)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(title=e, xlabel="layer (input → output)", ylabel="CKA(zero-shot, finetuned)")
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
@@ -391,7 +395,7 @@ def paper_bars(table, panels: dict[str, str], title: str):
     import numpy as np
     from matplotlib.patches import Patch
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 2, 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.9 * len(panels) + 0.5, 3.6), squeeze=False)
     x = np.arange(len(table))
     for ax, (column, name) in zip(axes[0], panels.items()):
         ax.bar(x - 0.2, table[f"{column} paper"], width=0.4, color="0.65")
@@ -418,6 +422,7 @@ def table(df, caption: str | None = None, decimals: int = 1, formats: dict | Non
         if formats and c in formats:
             fmt[c] = formats[c]
         elif is_float_dtype(df[c]):
+            df[c] = df[c] + 0.0  # -0.0 prints as 0.0
             fmt[c] = "{:.%df}" % decimals
     styler = df.style.format(fmt, na_rep="–").hide(axis="index")
     if caption:

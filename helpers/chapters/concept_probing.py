@@ -147,17 +147,24 @@ def venn_sets(study, threshold: float) -> dict[str, dict[str, set[str]]]:
 def paper_comparison(table: pd.DataFrame, threshold: float = 0.9, profile: Profile | None = None
                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(Table 7 beside this run's polysemanticity, Table 6 beside this run's top-3 concepts), one
-    row per paper model with a counterpart in this run (its id or the entry standing in for it)."""
+    row per paper model with a counterpart in this run (its id or the entry standing in for it);
+    Table 6 in long form, one row per (model, rank), each concept with its AP)."""
     from ..compare import beside, counterparts, in_paper_order, model_label
 
     run = at_threshold(table, threshold)
     poly = beside(run, paper_values.polysemanticity(), "polysemanticity", profile)
-    paper_top = paper_values.top_concepts().pivot(index="entry", columns="rank", values="concept")
-    paper_top.columns = [f"paper top{c}" for c in paper_top.columns]
     links = counterparts(profile).set_index("entry")["paper_entry"]
-    mine = run.drop_duplicates("entry").set_index("entry")[["top1", "top2", "top3"]].add_prefix("this run ")
-    mine.index = [links.get(e, e) for e in mine.index]
-    labels = {links.get(e, e): model_label(e, profile) for e in run["entry"]}
-    top = paper_top.join(mine, how="inner").rename_axis("paper model").reset_index()
-    top.insert(1, "this run's model", top["paper model"].map(labels))
+    rows = []
+    for r in run.drop_duplicates("entry").itertuples():
+        key = links.get(r.entry, r.entry)
+        paper_top = paper_values.top_concepts().query("entry == @key").set_index("rank")
+        if paper_top.empty:
+            continue
+        for k in (1, 2, 3):
+            p = paper_top.loc[k] if k in paper_top.index else None
+            rows.append({"paper model": key, "rank": k,
+                         "paper": f"{p.concept} ({p.ap:.2f})" if p is not None else None,
+                         "this run": f"{getattr(r, f'top{k}')} ({getattr(r, f'top{k}_ap'):.2f})",
+                         "this run's model": model_label(r.entry, profile)})
+    top = pd.DataFrame(rows, columns=["paper model", "rank", "paper", "this run", "this run's model"])
     return poly, in_paper_order(top, None, column="paper model")

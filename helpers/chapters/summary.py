@@ -44,8 +44,8 @@ def catalogue(study) -> pd.DataFrame:
     rows = []
     for item, section, quantity, paper in CATALOGUE:
         n = results.load(P, section)["entry"].nunique()
-        rows.append({"paper item": item, "chapter": section, "quantity": quantity, "paper reports": paper,
-                     "models in this run": n})
+        rows.append({"paper item": item, "models in this run": n, "chapter": section, "quantity": quantity,
+                     "paper reports": paper})
     return pd.DataFrame(rows)
 
 
@@ -57,7 +57,8 @@ def numeric_comparison(study) -> pd.DataFrame:
 def counterparts_line(numbers: pd.DataFrame, profile) -> str:
     """``counterparts: <n> of <m> paper numbers``: how many printed numbers this run sets a value beside."""
     n = int(numbers["this run"].notna().sum())
-    note = " (untrained stand-ins: the values carry no meaning)" if any(e.stands_in_for for e in profile.pool) else ""
+    note = "\n(this run's models are untrained stand-ins: their values carry no meaning)" if any(
+        e.stands_in_for for e in profile.pool) else ""
     return f"counterparts: {n} of {len(numbers)} paper numbers{note}"
 
 

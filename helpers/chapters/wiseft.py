@@ -110,9 +110,9 @@ def sweep_figure(table: pd.DataFrame, series: dict[str, str], ylabel: str, title
         fig.suptitle(title)
         return fig
     n = max(len(labels), 1)
-    cols = min(n, 3)
+    cols = min(n, 2)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.4 * rows), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharex=True)
     for ax, label in zip(axes.flat, labels):
         sub = table[table["pair"] == label].sort_values("alpha")
         for (name, column), color in zip(series.items(), ("#1f77b4", "#ff7f0e", "#2ca02c")):
@@ -211,7 +211,11 @@ def trajectory_figure(table: pd.DataFrame):
     import matplotlib.pyplot as plt
 
     labels = list(dict.fromkeys(table["pair"]))
-    fig, axes = plt.subplots(1, len(labels), figsize=(4.6 * len(labels), 3.6), squeeze=False)
+    cols = min(len(labels), 2)
+    rows = -(-len(labels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.4 * rows), squeeze=False)
+    for ax in list(axes.flat)[len(labels):]:
+        ax.set_visible(False)
     for ax, label in zip(axes.flat, labels):
         sub = table[table["pair"] == label]
         for region, color in REGIONS.items():
@@ -220,9 +224,9 @@ def trajectory_figure(table: pd.DataFrame):
         ax.set(title=label, xlabel="finetuning epoch (0: zero-shot)", ylabel="% of finetuned concepts")
         ax.set_xticks(sorted(sub["epoch"].unique()))
     handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=len(names), frameon=False)
+    fig.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 0.92), frameon=False, fontsize=8)
     fig.suptitle("Figure 5: overlap of the finetuned concepts with the zero-shot and supervised ones")
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.tight_layout()
     return fig
 
 
