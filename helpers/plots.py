@@ -422,7 +422,7 @@ def table(df, caption: str | None = None, decimals: int = 1, formats: dict | Non
         if formats and c in formats:
             fmt[c] = formats[c]
         elif is_float_dtype(df[c]):
-            df[c] = df[c] + 0.0  # -0.0 prints as 0.0
+            df[c] = df[c].round(decimals) + 0.0  # what rounds to zero prints 0.0, not -0.0
             fmt[c] = "{:.%df}" % decimals
     styler = df.style.format(fmt, na_rep="–").hide(axis="index")
     if caption:

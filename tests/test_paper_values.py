@@ -141,7 +141,8 @@ def test_log_ticks_are_plain_numbers():
 
 
 def test_table_style_one_decimal_dash_no_index():
-    df = pd.DataFrame({"model": ["a", "b"], "acc": [17.5, np.nan], "n": [3, 4]}, index=[5, 6])
+    df = pd.DataFrame({"model": ["a", "b", "c"], "acc": [17.5, np.nan, -0.02], "n": [3, 4, 5]}, index=[5, 6, 7])
     html = plots.table(df, "caption").to_html()
     assert ">17.5<" in html and ">–<" in html and "17.500000" not in html and "nan" not in html
+    assert ">0.0<" in html and "-0.0" not in html
     assert "row_heading" not in html and ">3<" in html
