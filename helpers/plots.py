@@ -88,16 +88,27 @@ def plain_log_ticks(ax, axis: str = "y") -> None:
     target.set_minor_formatter(NullFormatter())
 
 
-def legend_outside(ax, handles=None, labels=None, title=None, where: str = "right", ncol: int = 1):
-    """A legend beside the axes (``right``) or under them (``below``), never over the data."""
+def legend_outside(ax, handles=None, labels=None, title=None, where: str = "right", ncol: int | None = None):
+    """A legend beside the axes (``right``) or under them (``below``), never over the data; long
+    lists (the paper profile's 43 models) get more columns."""
     kw = {"title": title, "frameon": False, "fontsize": 8, "title_fontsize": 8}
     if handles is None:
         handles, labels = ax.get_legend_handles_labels()
     if not handles:
         return None
+    n = len(handles)
     if where == "below":
-        return ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=ncol, **kw)
-    return ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, ncol=ncol, **kw)
+        leg = ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.32), ncol=ncol or 3, **kw)
+    else:
+        leg = ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0,
+                        ncol=ncol or (1 if n <= 18 else 2), **kw)
+    return leg
+
+
+def _figure_legend(fig, handles, labels):
+    """The legend of a multi-panel figure, right of the panels (two columns for long lists)."""
+    return fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False, fontsize=8,
+                      ncol=1 if len(handles) <= 18 else 2)
 
 
 def _paper_handle():
@@ -134,8 +145,10 @@ def pool_points(run, value: str, ylabel: str, title: str, profile, paper=None, p
     styles = entry_styles(df)
     paper_map = {} if paper is None else dict(zip(paper["entry"], paper[paper_value or value]))
     order = backbone_order(df["backbone"])
+    many = len(df) > 12
+    ms = 5 if many else 8
     if ax is None:
-        fig, ax = plt.subplots(figsize=(min(9.0, max(5.0, 0.6 * len(df) + 2)), 4.2))
+        fig, ax = plt.subplots(figsize=(min(9.0, max(5.0, 0.6 * len(df) + 2)), 4.2 + (0.2 * -(-len(df) // 4) if many else 0)))
     fig = ax.figure
     x = 0.0
     ticks, tick_labels = [], []
@@ -149,11 +162,11 @@ def pool_points(run, value: str, ylabel: str, title: str, profile, paper=None, p
             if interval is not None:
                 lo, hi = scale * getattr(r, interval[0]), scale * getattr(r, interval[1])
                 yerr = np.array([[y - lo], [hi - y]])
-            ax.errorbar([x], [y], yerr=yerr, fmt=marker, ms=8, color=color, ecolor="0.35", elinewidth=1, capsize=3,
+            ax.errorbar([x], [y], yerr=yerr, fmt=marker, ms=ms, color=color, ecolor="0.35", elinewidth=1, capsize=3,
                         label=f"{r.entry} → {r.paper_entry}" if r.stand_in else r.entry, zorder=3)
             p = paper_map.get(r.paper_entry)
             if p is not None and np.isfinite(p):
-                ax.plot([x + 0.28], [scale * p], ls="", marker=marker, ms=9, mfc="none", mec=color, mew=1.6, zorder=3)
+                ax.plot([x + 0.28], [scale * p], ls="", marker=marker, ms=ms + 1, mfc="none", mec=color, mew=1.4, zorder=3)
             x += 1
         ticks.append((start + x - 1) / 2)
         tick_labels.append(b)
@@ -170,7 +183,8 @@ def pool_points(run, value: str, ylabel: str, title: str, profile, paper=None, p
     if paper_map:
         handles.append(_paper_handle())
         labels.append(PAPER_LABEL)
-    legend_outside(ax, handles, labels, title="this run" + _stand_in_note(df))
+    legend_outside(ax, handles, labels, title="this run" + _stand_in_note(df), where="below" if many else "right",
+                   ncol=4 if many else None)
     return fig
 
 
@@ -181,7 +195,9 @@ def robustness_panels(run, paper, metric: str, ylabel: str, title: str, profile)
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7.6))
+    n_run = run["entry"].nunique()
+    below = 0.2 * -(-n_run // 4) + 0.6 if n_run > 12 else 0.0  # room for a long legend under the lower panel
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7.6 + below), gridspec_kw={"height_ratios": [1, 1 + below / 3.8]})
     p = paper.dropna(subset=[metric])
     order = backbone_order(p["backbone"])
     fams = [f for f in FAMILY_ORDER if f in set(p["family"])]
@@ -294,7 +310,7 @@ def ranked_profiles(df, x: str, y: str, xlabel: str, ylabel: str, title: str, pr
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False, fontsize=8)
+    _figure_legend(fig, handles, labels)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -350,7 +366,7 @@ def pruning_grid(table, profile, paper=None):
     if len(paper_map):
         handles.append(_paper_handle())
         labels.append(PAPER_LABEL + ", unpruned")
-    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False, fontsize=8)
+    _figure_legend(fig, handles, labels)
     fig.suptitle("Figures 11-14: pruning the least important singular directions (dotted: 80 %)")
     fig.tight_layout()
     return fig
@@ -382,7 +398,7 @@ def cka_layers(view):
         ax.set_visible(False)
     handles = [Line2D([], [], color="#ff7f0e", marker="o", label="ImageNet"),
                Line2D([], [], color="#1f77b4", marker="s", label="shifts: mean"), Patch(color="#1f77b4", alpha=0.2, label="shifts: ± sd")]
-    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False, fontsize=8)
+    _figure_legend(fig, handles, [h.get_label() for h in handles])
     fig.suptitle("Figures 7-8: layer-by-layer CKA between zero-shot and finetuned models")
     fig.tight_layout()
     return fig
@@ -404,7 +420,7 @@ def paper_bars(table, panels: dict[str, str], title: str):
         ax.set(title=name)
     handles = [Patch(color="0.65", label="paper")] + [Patch(color=FAMILY_COLORS[f], label=f"this run: {FAMILIES[f]}")
                                                       for f in FAMILY_ORDER if f in set(table["family"])]
-    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.9), frameon=False, fontsize=8)
+    _figure_legend(fig, handles, [h.get_label() for h in handles])
     fig.suptitle(title)
     fig.tight_layout()
     return fig
