@@ -2,6 +2,7 @@
 #   make book   create the environment if missing, generate the demo data, execute every notebook
 #               on the demo profile (papermill) and render the HTML book into _build/html
 #   make test   the test suite (unit tests, notebook runs, the demo book build)
+#   make publish  push the built _build/html to the gh-pages branch (ghp-import)
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 .DEFAULT_GOAL := book
@@ -16,7 +17,10 @@ export HF_HUB_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 export PYTHONHASHSEED ?= 0
 
-.PHONY: env notebooks data run book test test-full browser bench clean mutate
+MATHJAX_VERSION ?= 3.2.2
+MATHJAX := _vendor/mathjax/tex-chtml.js
+
+.PHONY: env notebooks data run book test test-full browser bench clean mutate mathjax publish
 
 # papermill reads .ipynb: each MyST chapter gets its jupytext pair (generated, not committed)
 NOTEBOOKS_IPYNB := $(patsubst %.md,%.ipynb,$(wildcard notebooks/[0-9][0-9]_*.md))
@@ -49,7 +53,7 @@ endif
 run: data
 	$(BIN)/clip-study run --profile $(PROFILE) $(if $(GPUS),--gpus $(GPUS))
 
-book: run
+book: run mathjax
 	$(BIN)/clip-study render --profile $(PROFILE)
 	$(BIN)/jupyter-book build . --builder html -W -n --keep-going
 
@@ -66,6 +70,24 @@ browser:
 	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "chromium unavailable: the browser check will be skipped"
+
+# MathJax 3 from the npm registry, served by the book itself (book/_ext/offline_mathjax.py): the
+# combined TeX-to-HTML component, its fonts, TeX extensions and menu; npm, or curl from the registry.
+mathjax: $(MATHJAX)
+$(MATHJAX):
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  { (cd "$$tmp" && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null 2>&1) || \
+	    curl -fsSL -o "$$tmp/mathjax-$(MATHJAX_VERSION).tgz" https://registry.npmjs.org/mathjax/-/mathjax-$(MATHJAX_VERSION).tgz; } && \
+	  tar -xzf "$$tmp"/mathjax-*.tgz -C "$$tmp" && rm -rf _vendor/mathjax && mkdir -p _vendor/mathjax/output && \
+	  cp -r "$$tmp"/package/es5/tex-chtml.js "$$tmp"/package/es5/input "$$tmp"/package/es5/ui "$$tmp"/package/es5/a11y \
+	    "$$tmp"/package/es5/adaptors _vendor/mathjax/ && cp -r "$$tmp"/package/es5/output/chtml _vendor/mathjax/output/ && \
+	  cp "$$tmp"/package/LICENSE _vendor/mathjax/
+
+# Publish the built book to GitHub Pages through the gh-pages branch (CI deploys with
+# .github/workflows/book.yml instead). Build first: make book [PROFILE=paper].
+publish:
+	@test -f _build/html/index.html || { echo "no built book in _build/html: run make book first"; exit 1; }
+	$(BIN)/ghp-import --no-jekyll --push --force _build/html
 
 bench: env
 	$(PY) benchmarks/extraction.py

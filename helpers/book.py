@@ -50,13 +50,16 @@ def _copy_hiding_injected_parameters(src: Path, target: Path) -> None:
 
 
 def _pool_table(profile: Profile) -> str:
-    rows = ["| Entry | Backbone | Family | Pretraining data | Weights | Note |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    stand_ins = any(e.stands_in_for for e in profile.pool)
+    second = " Untrained stand-in for |" if stand_ins else ""
+    rows = ["| Entry |" + second + " Backbone | Family | Pretraining data | Weights | Note |",
+            "| --- |" + (" --- |" if stand_ins else "") + " --- | --- | --- | --- | --- |"]
     for e in profile.pool:
         weights = f"`{e.model}` / `{e.pretrained}`" if e.pretrained else (
             f"`{e.model}` / checkpoint `{Path(e.checkpoint).name}`" if e.checkpoint else f"`{e.model}` / random init, seed {e.seed}")
         note = e.note.replace("|", "/")
-        rows.append(f"| `{e.id}` | {e.arch} | {FAMILIES[e.family]} | {e.pretraining} | {weights} | {note} |")
+        stand_in = (f" `{e.stands_in_for}` |" if e.stands_in_for else " – |") if stand_ins else ""
+        rows.append(f"| `{e.id}` |{stand_in} {e.arch} | {FAMILIES[e.family]} | {e.pretraining} | {weights} | {note} |")
     return "\n".join(rows)
 
 
@@ -72,7 +75,9 @@ def pool_page(profile: Profile) -> str:
     if profile.name != "paper":
         parts += [f"## The `{profile.name}` pool (this build)", "",
                   "One small randomly initialised model per family, standing in for the backbone it is grouped under. "
-                  "They take the same code paths as the real architectures; their numbers carry no meaning.", "",
+                  "They take the same code paths as the real architectures; their numbers carry no meaning. Each names the "
+                  "paper model it stands in for: every chapter sets the paper's published value for that model beside "
+                  "the stand-in's, marked as an untrained stand-in.", "",
                   _pool_table(profile), ""]
     parts += ["## The paper's pool (`paper` profile)", "",
               "Section 3 and Appendix D: " + ", ".join(f"{n} {FAMILIES[f].lower()}" for f, n in counts.items() if n)

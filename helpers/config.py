@@ -79,6 +79,7 @@ class PoolEntry:
     #: ``PUBLISHED_TOLERANCE`` points is a loud warning (activation, normalisation, preprocessing or
     #: checkpoint mismatch; :mod:`helpers.chapters.robustness`). None: nothing to compare with.
     published_top1: float | None = None
+    stands_in_for: str | None = None  # demo only: id of the paper.yml entry this model stands in for
 
     @property
     def backbone(self) -> str:

@@ -995,7 +995,11 @@ def command_line(images, model: str, pretrained: str | None = None, profile: str
     args = ["clip-study", "diagnose", "--profile", str(profile), "--model", model]
     if pretrained is not None:
         args += ["--pretrained", str(pretrained)]
-    args += ["--images", str(images)]
+    from .config import REPO_ROOT
+
+    # the command runs from the repository root: a path inside it is shown relative (no machine path)
+    shown = Path(images).resolve()
+    args += ["--images", str(shown.relative_to(REPO_ROOT) if shown.is_relative_to(REPO_ROOT) else images)]
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
         if value is True:

@@ -144,14 +144,27 @@ def venn_sets(study, threshold: float) -> dict[str, dict[str, set[str]]]:
     return {a: s for a, s in by_arch.items() if len(s) == 3}
 
 
-def paper_comparison(table: pd.DataFrame, threshold: float = 0.9) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(Table 7 beside this run's polysemanticity, Table 6 beside this run's top-3 concepts)."""
+def paper_comparison(table: pd.DataFrame, threshold: float = 0.9, profile: Profile | None = None
+                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(Table 7 beside this run's polysemanticity, Table 6 beside this run's top-3 concepts), one
+    row per paper model with a counterpart in this run (its id or the entry standing in for it);
+    Table 6 in long form, one row per (model, rank), each concept with its AP)."""
+    from ..compare import beside, counterparts, in_paper_order, model_label
+
     run = at_threshold(table, threshold)
-    poly = paper_values.polysemanticity()[["entry", "polysemanticity"]].rename(columns={"polysemanticity": "paper"})
-    poly = poly.merge(run[["entry", "polysemanticity"]].rename(columns={"polysemanticity": "this run"}),
-                      on="entry", how="outer")
-    poly["difference"] = poly["this run"] - poly["paper"]
-    top = paper_values.top_concepts().pivot(index="entry", columns="rank", values="concept")
-    top.columns = [f"paper top{c}" for c in top.columns]
-    mine = run.set_index("entry")[["top1", "top2", "top3"]].add_prefix("this run ")
-    return poly, top.join(mine, how="outer").reset_index()
+    poly = beside(run, paper_values.polysemanticity(), "polysemanticity", profile)
+    links = counterparts(profile).set_index("entry")["paper_entry"]
+    rows = []
+    for r in run.drop_duplicates("entry").itertuples():
+        key = links.get(r.entry, r.entry)
+        paper_top = paper_values.top_concepts().query("entry == @key").set_index("rank")
+        if paper_top.empty:
+            continue
+        for k in (1, 2, 3):
+            p = paper_top.loc[k] if k in paper_top.index else None
+            rows.append({"paper model": key, "rank": k,
+                         "paper": f"{p.concept} ({p.ap:.2f})" if p is not None else None,
+                         "this run": f"{getattr(r, f'top{k}')} ({getattr(r, f'top{k}_ap'):.2f})",
+                         "this run's model": model_label(r.entry, profile)})
+    top = pd.DataFrame(rows, columns=["paper model", "rank", "paper", "this run", "this run's model"])
+    return poly, in_paper_order(top, None, column="paper model")

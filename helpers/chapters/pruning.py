@@ -34,12 +34,3 @@ def measure(study, fractions=None, datasets=EVAL_DATASETS) -> pd.DataFrame:
             rows.append(row)
         study.record(e.id, rows)
     return study.table()
-
-
-def long_form(table: pd.DataFrame) -> pd.DataFrame:
-    """ImageNet accuracy and ER (in %) as one 'metric' column, for faceted curves."""
-    df = table.melt(id_vars=["entry", "backbone", "family", "pretraining", "fraction"],
-                    value_vars=["imagenet", "er"], var_name="metric", value_name="value")
-    df["value"] = 100 * df["value"]
-    df["metric"] = df["metric"].map({"imagenet": "ImageNet top-1 (%)", "er": "effective robustness (points)"})
-    return df

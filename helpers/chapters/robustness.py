@@ -109,25 +109,22 @@ def paper_frame() -> pd.DataFrame:
     return df[["entry", "backbone", "family", "pretraining", "imagenet", "shifts_mean", "er", "acc_ratio"]]
 
 
-def side_by_side(run: pd.DataFrame, paper: pd.DataFrame, value: str) -> pd.DataFrame:
-    """One row per model: the paper's value, this run's value and their difference (points of %).
+def side_by_side(run: pd.DataFrame, paper: pd.DataFrame, value: str, profile) -> pd.DataFrame:
+    """One row per paper model with a counterpart in this run (its own id, or the entry that stands
+    in for it): the paper's value, this run's and their difference, in points of %."""
+    from ..compare import beside
 
-    Models are matched by pool entry id; rows present on one side only keep NaN on the other
-    (the demo pool matches none of the paper's models).
-    """
-    left = paper[["entry", "backbone", "family", "pretraining", value]].rename(columns={value: "paper"})
-    right = run[["entry", "backbone", "family", "pretraining", value]].rename(columns={value: "this run"})
-    df = left.merge(right, on=["entry", "backbone", "family", "pretraining"], how="outer")
-    df["paper"] = 100 * df["paper"]
-    df["this run"] = 100 * df["this run"]
-    df["difference"] = df["this run"] - df["paper"]
-    return df
+    return beside(run, paper.assign(**{value: 100 * paper[value]}), value, profile, scale=100)
 
 
-def wide_accuracy_table(run: pd.DataFrame) -> pd.DataFrame:
-    """This run's per-dataset accuracies (%), one column per dataset as in Tables 1-2."""
+def wide_accuracy_table(run: pd.DataFrame, profile) -> pd.DataFrame:
+    """This run's per-dataset accuracies (%), one column per dataset as in Tables 1-2, in the
+    paper's model order."""
+    from ..compare import in_paper_order
+
     cols = [c for c in (*EVAL_DATASETS, "shifts_mean", "er", "acc_ratio") if c in run]
-    out = run.set_index("entry")[cols] * 100
+    out = in_paper_order(run[["entry", *cols]], profile)
+    out[cols] = out[cols] * 100
     return out.rename(columns={"shifts_mean": "mean of 5 shifts", "er": "ER", "acc_ratio": "%acc"})
 
 

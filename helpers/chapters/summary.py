@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import paper_values, results
+from .. import compare, paper_values, results
 from ..config import FAMILIES
 from ..metrics import rank_correlation
 
@@ -46,8 +46,8 @@ def catalogue(study) -> pd.DataFrame:
         n = _load(study, section)["entry"].nunique()
         bad = results.status(P, section, _ids(study, section))
         failed = bad[bad.status == "failed"]
-        rows.append({"paper item": item, "chapter": section, "quantity": quantity, "paper reports": paper,
-                     "models in this run": n,
+        rows.append({"paper item": item, "models in this run": n, "chapter": section, "quantity": quantity,
+                     "paper reports": paper,
                      "failed (stale table ignored)": ", ".join(f"{r.entry} ({r.job})" for r in failed.itertuples())})
     return pd.DataFrame(rows)
 
@@ -72,35 +72,27 @@ def jobs_without_results(study, sections=None) -> pd.DataFrame:
 
 
 def numeric_comparison(study) -> pd.DataFrame:
-    """Every number the paper prints per model (Tables 1-5, 7 and the ER they imply) beside this
-    run's value for the same pool entry, with the difference. Demo entries match no paper row."""
+    """Every number the paper prints per model beside this run's counterpart (:func:`compare.numbers`),
+    from this slice's trusted tables."""
+    return compare.numbers(study.profile, load=lambda section: _load(study, section))
+
+
+def counterparts_line(numbers: pd.DataFrame, profile) -> str:
+    """``counterparts: <n> of <m> paper numbers``: how many printed numbers this run sets a value beside."""
+    n = int(numbers["this run"].notna().sum())
+    note = "\n(this run's models are untrained stand-ins: their values carry no meaning)" if any(
+        e.stands_in_for for e in profile.pool) else ""
+    return f"counterparts: {n} of {len(numbers)} paper numbers{note}"
+
+
+def all_claims(study) -> pd.DataFrame:
+    """Every claim the chapters check, counted on this run's recorded tables."""
     P = study.profile
-    paper = paper_values.accuracies()
-    rob = _load(study, "robustness")
-    rows = []
-    if not rob.empty:
-        mine = rob.set_index("entry")
-        for _, p in paper.iterrows():
-            for item, col, run_col in (("Table 1", "imagenet", "imagenet"), ("Table 2", "shifts_mean", "shifts_mean"),
-                                       ("Figure 1a", "er", "er"), ("Figure 1b", "acc_ratio", "acc_ratio")):
-                value = mine[run_col].get(p.entry, np.nan) * 100 if p.entry in mine.index else np.nan
-                rows.append({"paper item": item, "entry": p.entry, "paper": p[col], "this run": value})
-    poly = _load(study, "concept_probing")
-    if not poly.empty:
-        poly = poly[np.isclose(poly.threshold, P.metrics["concept_threshold"])].set_index("entry")
-    for _, p in paper_values.polysemanticity().iterrows():
-        value = poly["polysemanticity"].get(p.entry, np.nan) if not poly.empty else np.nan
-        rows.append({"paper item": "Table 7", "entry": p.entry, "paper": p.polysemanticity, "this run": value})
+    claims = [c for section, fn in compare.SECTION_CLAIMS.items() for c in fn(P, _load(study, section))]
     coca = _load(study, "coca")
-    for _, p in paper_values.coca_tables().iterrows():
-        for item, col in (("Table 4", "kurtosis"), ("Table 5", "unique_concepts")):
-            value = np.nan
-            if not coca.empty and p.entry in set(coca.entry):
-                value = coca.set_index("entry")[f"this run {col}"].get(p.entry, np.nan)
-            rows.append({"paper item": item, "entry": p.entry, "paper": p[col], "this run": value})
-    df = pd.DataFrame(rows)
-    df["difference"] = df["this run"] - df["paper"]
-    return df
+    if not coca.empty:
+        claims += compare.coca_claims(coca, P)
+    return compare.claims_frame(claims)
 
 
 def pool_indicators(study) -> pd.DataFrame:
@@ -153,6 +145,7 @@ def by_family(study) -> pd.DataFrame:
         return df
     cols = [c for c in ("er", "acc_ratio", "kurtosis", "importance_ratio", "unique_concepts") if c in df]
     out = df.groupby("family")[cols].mean()
+    out = out.reindex([f for f in FAMILIES if f in out.index])  # the paper's family order
     for c in ("er", "acc_ratio"):
         if c in out:
             out[c] = 100 * out[c]
@@ -164,5 +157,6 @@ def paper_by_family() -> pd.DataFrame:
     """The paper's mean ER and %acc per family (from Tables 1-3)."""
     df = paper_values.accuracies()
     out = df.groupby("family")[["er", "acc_ratio"]].mean()
+    out = out.reindex([f for f in FAMILIES if f in out.index])
     out.index = out.index.map(FAMILIES)
     return out

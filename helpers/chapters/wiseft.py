@@ -41,6 +41,17 @@ def _label(zs: PoolEntry, ft: PoolEntry) -> str:
     return f"{ft.arch} / {zs.pretraining}"
 
 
+def _shown_path(path) -> str:
+    """A checkpoint path as the book prints it: relative to the repository (never a machine's
+    absolute path), or just its last three parts when it lives elsewhere."""
+    from pathlib import Path
+
+    from ..config import REPO_ROOT
+
+    path = Path(path)
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(Path(*path.parts[-3:]))
+
+
 def training_summary(study) -> pd.DataFrame:
     """One row per pair: where the finetuned checkpoint is and the recipe and loss it recorded."""
     from ..training import output_path, read_checkpoint
@@ -48,7 +59,7 @@ def training_summary(study) -> pd.DataFrame:
     rows = []
     for zs, ft in pairs(study):
         path = output_path(study.profile, ft)
-        row = {"pair": _label(zs, ft), "zero-shot": zs.id, "finetuned": ft.id, "checkpoint": str(path)}
+        row = {"pair": _label(zs, ft), "zero-shot": zs.id, "finetuned": ft.id, "checkpoint": _shown_path(path)}
         if path.exists():
             state = read_checkpoint(path, required=())
             recipe = state.get("identity", {}).get("recipe", {})
@@ -80,9 +91,16 @@ def sweep_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def sweep_figure(table: pd.DataFrame, series: dict[str, str], ylabel: str, title: str, scale: float = 1.0,
-                 ref: float | None = None):
-    """One panel per pair, value against alpha, one line per ``series`` (legend label -> column)."""
+                 ref: float | None = None, paper: pd.DataFrame | None = None, profile: Profile | None = None):
+    """One panel per pair, value against alpha, one line per ``series`` (legend label -> column).
+    With ``paper`` (an ``entry`` column and the series' columns, in the run's units) the paper's
+    values of the pair's two models are drawn as hollow markers at alpha = 0 and alpha = 1: the
+    mixtures' endpoints are the pool entries (or, in the demo, the models they stand in for)."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    from ..compare import paper_id
+    from ..plots import PAPER_LABEL
 
     labels = list(dict.fromkeys(table["pair"])) if "pair" in table else []
     if not labels or not any(c in table for c in series.values()):
@@ -92,24 +110,32 @@ def sweep_figure(table: pd.DataFrame, series: dict[str, str], ylabel: str, title
         fig.suptitle(title)
         return fig
     n = max(len(labels), 1)
-    cols = min(n, 3)
+    cols = min(n, 2)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.4 * rows), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharex=True)
     for ax, label in zip(axes.flat, labels):
         sub = table[table["pair"] == label].sort_values("alpha")
-        for name, column in series.items():
+        for (name, column), color in zip(series.items(), ("#1f77b4", "#ff7f0e", "#2ca02c")):
             if column in sub and sub[column].notna().any():
-                ax.plot(sub["alpha"], scale * sub[column], marker="o", ms=4, label=name)
+                ax.plot(sub["alpha"], scale * sub[column], marker="o", ms=4, label=name, color=color)
+                if paper is not None and profile is not None and column in paper:
+                    values = paper.set_index("entry")[column]
+                    ends = [paper_id(profile.entry(sub["zeroshot"].iloc[0])), paper_id(profile.entry(sub["entry"].iloc[0]))]
+                    ax.plot([0, 1], [scale * values.get(e, float("nan")) for e in ends], ls="", marker="o", ms=9,
+                            mfc="none", mec=color, mew=1.6)
         if ref is not None:
             ax.axhline(ref, color="0.4", lw=0.8, ls="--")
         ax.set(title=label, xlabel="α (0: zero-shot, 1: finetuned)", ylabel=ylabel)
     for ax in list(axes.flat)[len(labels):]:
         ax.set_visible(False)
     handles, names = axes.flat[0].get_legend_handles_labels()
-    if len(series) > 1 and handles:
-        fig.legend(handles, names, loc="lower center", ncol=len(names), frameon=False)
+    if paper is not None:
+        handles.append(Line2D([], [], ls="", marker="o", ms=8, mfc="none", mec="0.3", mew=1.4))
+        names.append(PAPER_LABEL + ": α = 0 and 1 (Tables 1-5)")
+    if handles:
+        fig.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 0.92), frameon=False, fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.06 if len(series) > 1 else 0, 1, 1))
+    fig.tight_layout()
     return fig
 
 
@@ -193,7 +219,11 @@ def trajectory_figure(table: pd.DataFrame):
     import matplotlib.pyplot as plt
 
     labels = list(dict.fromkeys(table["pair"]))
-    fig, axes = plt.subplots(1, len(labels), figsize=(4.6 * len(labels), 3.6), squeeze=False)
+    cols = min(len(labels), 2)
+    rows = -(-len(labels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.4 * rows), squeeze=False)
+    for ax in list(axes.flat)[len(labels):]:
+        ax.set_visible(False)
     for ax, label in zip(axes.flat, labels):
         sub = table[table["pair"] == label]
         for region, color in REGIONS.items():
@@ -202,9 +232,9 @@ def trajectory_figure(table: pd.DataFrame):
         ax.set(title=label, xlabel="finetuning epoch (0: zero-shot)", ylabel="% of finetuned concepts")
         ax.set_xticks(sorted(sub["epoch"].unique()))
     handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=len(names), frameon=False)
+    fig.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 0.92), frameon=False, fontsize=8)
     fig.suptitle("Figure 5: overlap of the finetuned concepts with the zero-shot and supervised ones")
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.tight_layout()
     return fig
 
 

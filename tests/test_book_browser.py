@@ -1,0 +1,154 @@
+"""Every page of the built book as a reader's browser shows it (headless Chromium, the book served
+over HTTP as GitHub Pages serves it): math typeset by the MathJax the book ships, every image
+loaded, no table clipped at the page edge, no absolute machine path, no blank page. Screenshots of
+every page are kept under ``_build/screenshots/`` (CI uploads them as an artefact).
+
+Set ``CLIP_STUDY_BUILT_BOOK`` to a built ``_build/html`` to check it without rebuilding."""
+import functools
+import html
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from helpers.config import REPO_ROOT
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
+                                 reason="headless Chromium is not installed (make test installs Debian's)")]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOTS = REPO_ROOT / "_build" / "screenshots"
+SKIP_PAGES = {"genindex.html", "search.html"}
+
+#: Injected into a copy of each page: once MathJax has typeset it, write what the reader sees.
+PROBE = """<script>
+window.addEventListener('load', function () {
+  function report() {
+    var article = document.querySelector('article') || document.body;
+    var box = article.getBoundingClientRect();
+    var tables = Array.from(article.querySelectorAll('table')).map(function (t) {
+      var p = t.parentElement, scrolls = false;
+      while (p && p !== document.body) {
+        var o = getComputedStyle(p).overflowX;
+        if ((o === 'auto' || o === 'scroll') && p.getBoundingClientRect().right <= box.right + 2) { scrolls = true; break; }
+        p = p.parentElement;
+      }
+      var r = t.getBoundingClientRect();
+      return {caption: (t.caption ? t.caption.innerText : t.innerText.slice(0, 60)),
+              fits: r.right <= box.right + 2, scrolls: scrolls};
+    });
+    var images = Array.from(document.images).filter(function (i) { return i.closest('article'); })
+      .map(function (i) { return {src: i.getAttribute('src'), loaded: i.complete && i.naturalWidth > 0}; });
+    var text = article.innerText;
+    var out = {mjx: document.querySelectorAll('mjx-container').length,
+               math: article.querySelectorAll('.math').length,
+               raw_tex: (text.match(/\\\\\\[|\\\\\\(|\\$\\$/g) || []).length,
+               tables: tables, images: images, chars: text.length};
+    var pre = document.createElement('pre');
+    pre.id = 'book-probe';
+    pre.textContent = JSON.stringify(out);
+    document.body.appendChild(pre);
+  }
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+    MathJax.startup.promise.then(report, report);
+  } else { report(); }
+});
+</script>"""
+
+
+@pytest.fixture(scope="module")
+def book():
+    given = os.environ.get("CLIP_STUDY_BUILT_BOOK")
+    if given:
+        return Path(given).resolve()
+    from test_book_build import build_book
+
+    return build_book()
+
+
+@pytest.fixture(scope="module")
+def server(book):
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(book))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def _pages(book: Path) -> list[Path]:
+    return sorted(p for p in book.rglob("*.html") if not {"_static", "_sources", "_images"} & set(p.parts)
+                  and p.name not in SKIP_PAGES and ".probe." not in p.name
+                  and 'http-equiv="refresh"' not in p.read_text(errors="replace")[:2000].lower())  # the root redirect
+
+
+def _chromium(*args, timeout=120) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                               "--hide-scrollbars", f"--user-data-dir={profile}", "--virtual-time-budget=15000", *args],
+                              capture_output=True, text=True, timeout=timeout)
+
+
+def _probe(book: Path, server: str, page: Path) -> dict:
+    copy = page.with_name(page.stem + ".probe.html")
+    copy.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
+    try:
+        dom = _chromium("--window-size=1200,1600", "--dump-dom", f"{server}/{copy.relative_to(book).as_posix()}").stdout
+    finally:
+        copy.unlink()
+    found = re.search(r'<pre id="book-probe"[^>]*>(.*?)</pre>', dom, re.S)
+    assert found, f"{page.relative_to(book)}: the probe did not run (no load event?)"
+
+    return json.loads(html.unescape(found.group(1)))
+
+
+def test_every_page_reads_well_in_a_browser(book, server):
+    from PIL import Image, ImageStat
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    problems = []
+    pages = _pages(book)
+    assert len(pages) >= 15, f"only {len(pages)} pages in {book}"
+    for page in pages:
+        rel = page.relative_to(book).as_posix()
+        r = _probe(book, server, page)
+        text = page.read_text()
+        if '<span class="math' in text or '<div class="math' in text:
+            if r["mjx"] == 0:
+                problems.append(f"{rel}: math present but not typeset (no mjx-container)")
+        if r["raw_tex"]:
+            problems.append(f"{rel}: {r['raw_tex']} raw TeX delimiters in the visible text")
+        for img in r["images"]:
+            if not img["loaded"]:
+                problems.append(f"{rel}: image not loaded: {img['src']}")
+        for t in r["tables"]:
+            if not (t["fits"] or t["scrolls"]):
+                problems.append(f"{rel}: table clipped at the page edge: {t['caption'][:60]!r}")
+        shot = SCREENSHOTS / (rel.replace("/", "__").removesuffix(".html") + ".png")
+        _chromium("--window-size=1200,2400", f"--screenshot={shot}", f"{server}/{rel}")
+        if not shot.exists():
+            problems.append(f"{rel}: no screenshot")
+            continue
+        img = Image.open(shot).convert("L")
+        if ImageStat.Stat(img).stddev[0] < 10 or r["chars"] < 200:
+            problems.append(f"{rel}: renders blank")
+    assert not problems, "\n".join(problems)
+
+
+def test_math_is_served_by_the_book(book):
+    """MathJax comes from the build (book/_ext/offline_mathjax.py), not from a CDN."""
+    page = (book / "rendered" / "01_robustness.html").read_text()
+    assert "_static/mathjax/tex-chtml.js" in page and "cdn.jsdelivr" not in page
+    assert (book / "_static" / "mathjax" / "tex-chtml.js").is_file()
+    assert (book / "_static" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2").is_dir()
