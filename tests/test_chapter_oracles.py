@@ -367,7 +367,14 @@ def sklearn_ap(Z, sets):
 def probing(tmp_path, monkeypatch):
     sets = broden_world()
     heads, table, planted = concept_world(sets)
-    monkeypatch.setattr(concept_probing, "broden_sets", lambda P: sets)
+    calls = []
+
+    def broden_sets(P):
+        assert isinstance(P, Profile) and P.name == "tmp"
+        calls.append(P)
+        return sets
+    monkeypatch.setattr(concept_probing, "broden_sets", broden_sets)
+    monkeypatch.setattr(concept_probing, "_test_broden_calls", calls, raising=False)
     plant_heads(monkeypatch, concept_probing, heads)
     plant_embeddings(monkeypatch, concept_probing, table)
     study = make_study(tmp_path, concept_probing.SECTION, ids=list(ENCODES))
@@ -390,6 +397,7 @@ def test_probe_activations_is_sklearn_ap_in_brodens_order(probing):
 def test_concept_probing_tables_from_planted_concepts(probing):
     study, sets, heads, table, planted = probing
     run = concept_probing.measure(study)
+    assert len(concept_probing._test_broden_calls) == 1  # the sets are read once for the whole slice
     thresholds = [0.8, 0.85, 0.9, 0.95]
     for e in ENCODES:
         ap = np.nan_to_num(sklearn_ap(planted[e], sets), nan=0.0)
@@ -419,6 +427,9 @@ def test_concept_probing_tables_from_planted_concepts(probing):
     assert venn == {"RN50": expected}
     assert {"striped", "red"} <= expected["zero-shot"] and "striped" in expected["finetuned"]
     assert "sky" in expected["supervised"]
+    # Eq. (4)'s threshold is inclusive, and a concept without a balanced set (NaN) is never encoded
+    edge = np.array([[0.9, 0.5, np.nan, 0.2, np.nan], [0.1, 0.8999, np.nan, 0.95, np.nan]])
+    assert concept_probing.concept_set(edge, sets, 0.9) == {"striped", "wood"}
 
     poly, top = concept_probing.paper_comparison(run, 0.9)
     poly = poly.set_index("entry")
@@ -442,39 +453,52 @@ class PairsToOne:
         return np.stack([logits[:, :3].max(axis=1), logits[:, 3:].max(axis=1)], axis=1)
 
 
-def pruned_accuracy(W, h, labels, kept, bias=None, collapse=None):
+def pruned_accuracy(W, h, labels, kept, bias=None, normalize=True, collapse=None):
     """Top-1 of the head rebuilt from its kept largest singular directions (numpy SVD)."""
     U, s, Vt = np.linalg.svd(W.astype(np.float64), full_matrices=False)
     Wq = (U[:, :kept] * s[:kept]) @ Vt[:kept]
-    x = h / np.linalg.norm(h, axis=1, keepdims=True)
+    x = h / np.linalg.norm(h, axis=1, keepdims=True) if normalize else h
     logits = x @ Wq.T + (0 if bias is None else bias)
     if collapse is not None:
         logits = collapse(logits)
     return float(np.mean(logits.argmax(axis=1) == labels))
 
 
+def er_with(acc_shift, acc_in, slope, intercept):
+    z = slope * math.log(acc_in / (1 - acc_in)) + intercept
+    return acc_shift - 1 / (1 + math.exp(-z))
+
+
 def test_pruning_curves_against_numpy_svd(tmp_path, monkeypatch):
     rng = np.random.default_rng(8)
     W, _, _ = planted_head(6, [5, 4, 3, 2, 1], seed=40)
     W = W.astype(np.float32)
-    heads = {e: (W, None, True) for e in IDS[:2]}
+    b = rng.normal(scale=0.5, size=6).astype(np.float32)
+    # a zero-shot-style head (W h / ||h||, here with a bias so the normalisation matters) and a
+    # supervised one (W h + b): both read from the chapter's head()
+    heads = {IDS[0]: (W, b, True), IDS[1]: (W, b, False)}
     table, expected = {}, {}
     fractions = [0.0, 0.4, 0.8]  # floor(p * 5) = 0, 2, 4 directions removed: 5, 3, 1 kept
     for e in IDS[:2]:
+        normalize = heads[e][2]
         for d in EVAL_DATASETS:
-            h = rng.normal(size=(40, 5)).astype(np.float32)
+            h = (3 * rng.normal(size=(40, 5))).astype(np.float32)
             space = PairsToOne() if d == "objectnet" else IdentitySpace()
-            full = space.collapse(h.astype(np.float64) @ W.T.astype(np.float64)).argmax(axis=1)
+            x = h.astype(np.float64)
+            x = x / np.linalg.norm(x, axis=1, keepdims=True) if normalize else x
+            full = space.collapse(x @ W.T.astype(np.float64) + b).argmax(axis=1)
             noisy = rng.random(40) < 0.3
             labels = np.where(noisy, rng.integers(0, 2 if d == "objectnet" else 6, size=40), full)
             table[(e, d)] = acts(e, d, h, labels=labels, ds=space)
-            expected[(e, d)] = [pruned_accuracy(W, h.astype(np.float64), labels, k,
+            expected[(e, d)] = [pruned_accuracy(W, h.astype(np.float64), labels, k, bias=b, normalize=normalize,
                                                 collapse=space.collapse if d == "objectnet" else None)
                                 for k in (5, 3, 1)]
     plant_heads(monkeypatch, pruning, heads)
     plant_embeddings(monkeypatch, pruning, table)
-    study = make_study(tmp_path, pruning.SECTION, ids=IDS[:2])
-    run = pruning.measure(study, fractions=fractions)
+    # the fractions and the ER baseline come from the profile
+    study = make_study(tmp_path, pruning.SECTION, ids=IDS[:2], prune_fractions=fractions, er_slope=0.9,
+                       er_intercept=-1.2)
+    run = pruning.measure(study)
     for e in IDS[:2]:
         rows = run[run.entry == e].set_index("fraction")
         assert rows.index.tolist() == fractions and (rows["rank"] == 5).all()
@@ -484,9 +508,13 @@ def test_pruning_curves_against_numpy_svd(tmp_path, monkeypatch):
             mean = sum(accs[s] for s in SHIFTS) / 5
             assert rows.loc[p, "shifts_mean"] == pytest.approx(mean)
             if 0 < accs["imagenet"] < 1:
-                assert rows.loc[p, "er"] == pytest.approx(er_by_hand(mean, accs["imagenet"]), abs=1e-12)
+                assert rows.loc[p, "er"] == pytest.approx(er_with(mean, accs["imagenet"], 0.9, -1.2), abs=1e-12)
         # the unpruned head scores the planted labels: 1 - (noisy labels that differ), at least 70 %
         assert rows.loc[0.0, "imagenet"] >= 0.7
+    # the normalisation and the bias do change the answer on these inputs (so the test sees them)
+    h, labels = np.asarray(table[(IDS[0], "imagenet")].h, np.float64), table[(IDS[0], "imagenet")].labels
+    assert pruned_accuracy(W, h, labels, 5, bias=b) != pruned_accuracy(W, h, labels, 5, bias=b, normalize=False)
+    assert pruned_accuracy(W, h, labels, 5, bias=b) != pruned_accuracy(W, h, labels, 5)
     long = pruning.long_form(run)
     assert len(long) == 2 * len(run) and set(long.metric) == {"ImageNet top-1 (%)", "effective robustness (points)"}
     assert list(long.columns) == ["entry", "backbone", "family", "pretraining", "fraction", "metric", "value"]
