@@ -227,10 +227,10 @@ def test_outlier_features_kurtosis_is_scipys_on_planted_outliers(tmp_path, monke
 # Privileged directions (Section 4, Eqs. 2-3)
 # --------------------------------------------------------------------------------------------
 
-def planted_head(K: int, sigma, seed: int):
-    """W = U diag(sigma) V^T with planted orthonormal U (K x d) and V (d x d)."""
+def planted_head(K: int, sigma, seed: int, d: int | None = None):
+    """W = U diag(sigma) V^T with planted orthonormal U (K x r) and V (d x r), r = len(sigma)."""
     sigma = np.asarray(sigma, dtype=float)
-    U, V = orthonormal(K, sigma.size, seed), orthonormal(sigma.size, sigma.size, seed + 1)
+    U, V = orthonormal(K, sigma.size, seed), orthonormal(d or sigma.size, sigma.size, seed + 1)
     return (U * sigma) @ V.T, U, V
 
 
@@ -300,7 +300,8 @@ def test_privileged_directions_importance_from_the_planted_svd(tmp_path, monkeyp
 
 CONCEPTS = ["striped", "red", "sky", "wood", "rare"]
 N_BRODEN = 48
-D = 6
+D = 6  # d_H
+RANK = 5
 
 
 def broden_world():
@@ -325,7 +326,7 @@ ENCODES = {
     "RN50-openai-ft": {0: (0, 3.0), 3: (2, 0.6)},
     "RN50-supervised": {2: (2, 3.0), 4: (3, 0.8)},
 }
-SIGMA = [3, 2.5, 2, 1.5, 1, 0.5]
+SIGMA = [3, 2.5, 2, 1.5, 1]  # rank 5 < d_H = 6: polysemanticity over d_H and over rank(W) differ
 #: the direction each entry's ImageNet embeddings live along (its most privileged direction)
 IMAGENET_ALONG = {"RN50-openai": 1, "RN50-openai-ft": 0, "RN50-supervised": 2}
 
@@ -334,15 +335,15 @@ def concept_world(sets):
     rng = np.random.default_rng(3)
     heads, table, planted = {}, {}, {}
     for k, (e, plan) in enumerate(ENCODES.items()):
-        W, _, V = planted_head(12, SIGMA, seed=100 + k)
-        Z = rng.normal(scale=0.2, size=(N_BRODEN, D))
+        W, _, V = planted_head(12, SIGMA, seed=100 + k, d=D)
+        Z = rng.normal(scale=0.2, size=(N_BRODEN, RANK))
         for i, (c, strength) in plan.items():
             Z[:, i] += strength * sets.presence[:, c]
         h = (Z @ V.T).astype(np.float32)  # rows in Broden's image order
         # the extraction may store the images in any order: labels give each row's Broden index
         perm = rng.permutation(N_BRODEN)
         table[(e, "broden")] = acts(e, "broden", h[perm], labels=perm)
-        zi = rng.normal(scale=0.3, size=(20, D))
+        zi = rng.normal(scale=0.3, size=(20, RANK))
         zi[:, IMAGENET_ALONG[e]] += 10.0
         table[(e, "imagenet")] = acts(e, "imagenet", (zi @ V.T).astype(np.float32))
         heads[e] = (W.astype(np.float32), None, True)
@@ -406,20 +407,25 @@ def test_concept_probing_tables_from_planted_concepts(probing):
         for t in thresholds:
             hits = ap >= t
             assert rows.loc[t, "unique_concepts"] == hits.any(axis=0).sum()
-            assert rows.loc[t, "polysemanticity"] == pytest.approx(hits.sum() / D)
-            assert rows.loc[t, "polysemanticity_rank"] == pytest.approx(hits.sum() / D)
+            assert rows.loc[t, "polysemanticity"] == pytest.approx(hits.sum() / D)  # the paper's d_H
+            assert rows.loc[t, "polysemanticity_rank"] == pytest.approx(hits.sum() / RANK)
         top_dir = IMAGENET_ALONG[e]
         order = np.argsort(-np.nan_to_num(sklearn_ap(planted[e], sets)[top_dir], nan=-1.0), kind="stable")[:3]
         row = rows.loc[0.9]
-        assert row.privileged_direction == top_dir + 1 and row.probed_concepts == 4 and row.directions == D
+        assert row.privileged_direction == top_dir + 1 and row.probed_concepts == 4 and row.directions == RANK
         assert [row.top1, row.top2, row.top3] == [CONCEPTS[c] for c in order]
         assert [row.top1_ap, row.top2_ap, row.top3_ap] == pytest.approx(ap[top_dir, order], abs=1e-9)
-    at = concept_probing.at_threshold(run, 0.9).set_index("entry")
+    assert not [c for c in run.columns if c.startswith("top4")]  # the top three, no more
+    at = concept_probing.at_threshold(run, 0.9)
+    assert list(at.columns) == list(run.columns) and at.index.tolist() == [0, 1, 2]
+    at = at.set_index("entry")
     # the planted strong encodings, counted by hand: zero-shot encodes striped (v_1) and red (-v_2)
     assert at.loc["RN50-openai", "top1"] == "red" and at.loc["RN50-openai", "top1_ap"] == 1.0
     assert at.loc["RN50-openai-ft", "top1"] == "striped" and at.loc["RN50-supervised", "top1"] == "sky"
 
-    venn = concept_probing.venn_sets(study, 0.9)
+    # the whole pool: entries without a Figure 4 role (CoCa) are skipped, not probed
+    venn = concept_probing.venn_sets(Study(study.profile, list(study.profile.pool), study.section), 0.9)
+    assert len(concept_probing._test_broden_calls) == 2  # once more for the Venn sets, not once per entry
     expected = {role: {CONCEPTS[c] for c in np.flatnonzero((np.nan_to_num(sklearn_ap(planted[e], sets), nan=0) >= 0.9)
                                                               .any(axis=0))}
                 for role, e in (("zero-shot", "RN50-openai"), ("finetuned", "RN50-openai-ft"),
@@ -431,8 +437,9 @@ def test_concept_probing_tables_from_planted_concepts(probing):
     edge = np.array([[0.9, 0.5, np.nan, 0.2, np.nan], [0.1, 0.8999, np.nan, 0.95, np.nan]])
     assert concept_probing.concept_set(edge, sets, 0.9) == {"striped", "wood"}
 
-    poly, top = concept_probing.paper_comparison(run, 0.9)
+    poly, top = concept_probing.paper_comparison(run)  # the paper's threshold, 0.9, by default
     poly = poly.set_index("entry")
+    assert np.isnan(poly.loc["RN101-openai", "this run"]) and poly.loc["RN101-openai", "paper"] > 0
     assert poly.loc["RN50-openai", "paper"] == 3.0
     assert poly.loc["RN50-openai", "this run"] == pytest.approx(at.loc["RN50-openai", "polysemanticity"])
     assert poly.loc["RN50-openai", "difference"] == pytest.approx(at.loc["RN50-openai", "polysemanticity"] - 3.0)
