@@ -20,6 +20,7 @@ written out by hand or computed by an independent tool on the planted arrays:
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -391,8 +392,15 @@ def test_probe_activations_is_sklearn_ap_in_brodens_order(probing):
         # the chapter's cached path gives the same matrix, and reads it back from the cache
         np.testing.assert_allclose(concept_probing.ap_matrix(study.profile.entry(e), study.profile, sets), expected,
                                    atol=1e-9, equal_nan=True)
-    ap = concept_probing.ap_matrix(study.profile.entry("RN50-openai"), study.profile, sets)
+    entry = study.profile.entry("RN50-openai")
+    ap = concept_probing.ap_matrix(entry, study.profile, sets)
     assert ap[0, 0] == ap[1, 1] == 1.0 and np.isnan(ap[:, 4]).all()
+    # without sets it reads the profile's; the cache is keyed by the activations and the sign rule
+    np.testing.assert_array_equal(concept_probing.ap_matrix(entry, study.profile), ap)
+    positive = replace(study.profile, metrics={**study.profile.metrics, "concept_sign": "positive"})
+    ap_pos = concept_probing.ap_matrix(entry, positive, sets)
+    assert (ap_pos[~np.isnan(ap)] <= ap[~np.isnan(ap)]).all() and not np.array_equal(ap_pos, ap, equal_nan=True)
+    assert len(list((study.profile.cache_dir / "concepts" / entry.id).glob("*.npy"))) == 2
 
 
 def test_concept_probing_tables_from_planted_concepts(probing):
@@ -648,6 +656,11 @@ def test_broden_sets_are_the_planted_concepts_balanced_and_cached(tmp_path, monk
             k = min(pos, neg)
             assert (sel & expected[:, c]).sum() == (sel & ~expected[:, c]).sum() == k, numbers[c]
     assert sets.probed.tolist() == [c for c in range(len(numbers)) if min(counts[c], len(files) - counts[c]) >= 3]
+    # the draw of negatives is the data helper's, with the profile's seed and minimum (not the defaults)
+    selection, report = open_broden(root).balanced_sets(min_positives=3, seed=5)
+    np.testing.assert_array_equal(sets.selection, selection)
+    pd.testing.assert_frame_equal(sets.report, report.reset_index(drop=True), check_dtype=False)
+    assert list(sets.concepts.columns) == ["number", "name", "category"]
     report = sets.report.set_index("number")
     assert (report.loc[report.per_side == 0].index.map(lambda n: counts[numbers.index(n)]) < 3).all()
     folder = P.cache_dir / "broden" / sets.key
@@ -665,6 +678,12 @@ def test_broden_sets_are_the_planted_concepts_balanced_and_cached(tmp_path, monk
     P2 = load_profile(write_profile(tmp_path, pool=POOL, datasets={"broden": str(root)},
                                     metrics={"broden_min_positives": 4, "seed": 5}))
     assert concept_probing.broden_sets(P2).key != sets.key
+    # the profile's image limit for Broden applies (and is part of the key)
+    P3 = load_profile(write_profile(tmp_path, pool=POOL, datasets={"broden": str(root)}, limits={"broden": 12},
+                                    metrics={"broden_min_positives": 3, "seed": 5}))
+    limited = concept_probing.broden_sets(P3)
+    assert limited.presence.shape[0] == 12 and limited.key != sets.key
+    assert json_of(P3.cache_dir / "broden" / limited.key / "manifest.json")["limit"] == 12
 
 
 def json_of(path):
