@@ -173,7 +173,7 @@ def test_robustness_tables_hold_eq5_computed_by_hand(tmp_path, monkeypatch):
 OUTLIER = 5  # the planted outlier coordinate of the zero-shot model
 
 
-def outlier_world(n=30, d=16):
+def outlier_world(n=30, d=24):
     rng = np.random.default_rng(11)
     table = {}
     for k, e in enumerate(IDS):
@@ -202,7 +202,7 @@ def test_outlier_features_kurtosis_is_scipys_on_planted_outliers(tmp_path, monke
         ci = bootstrap_ci(np.mean, k, n_boot=200, seed=7)
         assert (row["ci_low"], row["ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-6)
         assert row["ci_low"] < row["kurtosis"] < row["ci_high"]
-        assert row["n_images"] == len(valid) and row["d_H"] == 16
+        assert row["n_images"] == len(valid) and row["d_H"] == 24
         mean_abs = np.abs(h).mean(axis=0)
         assert row["top_over_mean"] == pytest.approx(mean_abs.max() / mean_abs.mean(), rel=1e-6)
         assert row["top_coordinate"] == mean_abs.argmax()
@@ -210,6 +210,8 @@ def test_outlier_features_kurtosis_is_scipys_on_planted_outliers(tmp_path, monke
     assert run.loc["RN50-openai", "kurtosis"] > 8 > run.loc["RN50-openai-ft", "kurtosis"]
 
     per = outlier_features.per_image(study)
+    assert list(per.columns) == ["entry", "family", "kurtosis"] and per.index.tolist() == list(range(len(per)))
+    assert per.groupby("entry", sort=False)["family"].first().tolist() == [e["family"] for e in POOL]
     for e in IDS:
         h = np.asarray(table[(e, "imagenet")].h, dtype=np.float64)
         valid = h[1:] if e == "RN50-supervised" else h
@@ -219,6 +221,8 @@ def test_outlier_features_kurtosis_is_scipys_on_planted_outliers(tmp_path, monke
     h = np.asarray(table[("RN50-openai", "imagenet")].h, dtype=np.float64)
     mean_abs = np.abs(h).mean(axis=0)
     expected = np.sort(mean_abs)[::-1][:3] / mean_abs.mean()
+    assert list(prof.columns) == ["entry", "family", "rank", "relative"] and set(prof.family) == {e["family"] for e in POOL}
+    assert (outlier_features.coordinate_profile(study).groupby("entry")["rank"].max() == 20).all()  # default: top 20
     got = prof[prof.entry == "RN50-openai"].sort_values("rank")
     assert got["rank"].tolist() == [1, 2, 3]
     np.testing.assert_allclose(got.relative, expected, rtol=1e-6)
@@ -451,7 +455,12 @@ def test_concept_probing_tables_from_planted_concepts(probing):
     assert poly.loc["RN50-openai", "paper"] == 3.0
     assert poly.loc["RN50-openai", "this run"] == pytest.approx(at.loc["RN50-openai", "polysemanticity"])
     assert poly.loc["RN50-openai", "difference"] == pytest.approx(at.loc["RN50-openai", "polysemanticity"] - 3.0)
-    assert top.set_index("entry").loc["RN50-openai", "this run top1"] == "red"
+    top = top.set_index("entry")
+    assert top.loc["RN50-openai", "this run top1"] == "red" and top.loc["RN50-openai", "paper top1"] == "knitted"
+    # models of this run that the paper does not list keep their row
+    extra = pd.concat([at.reset_index(), at.reset_index().iloc[:1].assign(entry="demo-only")], ignore_index=True)
+    _, top2 = concept_probing.paper_comparison(extra, 0.9)
+    assert top2.set_index("entry").loc["demo-only", "this run top1"] == "red"
 
 
 # --------------------------------------------------------------------------------------------
@@ -711,13 +720,15 @@ def test_side_by_side_keeps_models_of_either_side_and_baseline_points_drop_degen
          "imagenet": 0.0, "shifts_mean": 0.0, "er": 0.0, "acc_ratio": np.nan},
         {"entry": "perfect", "backbone": "RN50", "family": "supervised", "pretraining": "demo",
          "imagenet": 1.0, "shifts_mean": 0.5, "er": 0.0, "acc_ratio": 0.5},
+        {"entry": "never-right", "backbone": "RN50", "family": "supervised", "pretraining": "demo",
+         "imagenet": 0.0, "shifts_mean": 0.3, "er": 0.3, "acc_ratio": np.nan},
         {"entry": "no-shift", "backbone": "RN50", "family": "supervised", "pretraining": "demo",
          "imagenet": 0.5, "shifts_mean": 0.0, "er": 0.0, "acc_ratio": 0.0},
         {"entry": "all-shift", "backbone": "RN50", "family": "supervised", "pretraining": "demo",
          "imagenet": 0.5, "shifts_mean": 1.0, "er": 0.0, "acc_ratio": 2.0},
     ])
     df = robustness.side_by_side(run, paper, "imagenet").set_index("entry")
-    assert len(df) == len(paper) + 4  # an outer join: paper-only and run-only models both stay
+    assert len(df) == len(paper) + 5  # an outer join: paper-only and run-only models both stay
     assert np.isnan(df.loc["RN101-openai", "this run"]) and df.loc["RN101-openai", "paper"] == 62
     assert np.isnan(df.loc["demo-only", "paper"]) and df.loc["demo-only", "this run"] == 0.0
     assert df.loc["RN50-openai", ["paper", "this run", "difference"]].tolist() == pytest.approx([60, 50, -10])
