@@ -405,6 +405,14 @@ def test_probe_activations_is_sklearn_ap_in_brodens_order(probing):
     ap_pos = concept_probing.ap_matrix(entry, positive, sets)
     assert (ap_pos[~np.isnan(ap)] <= ap[~np.isnan(ap)]).all() and not np.array_equal(ap_pos, ap, equal_nan=True)
     assert len(list((study.profile.cache_dir / "concepts" / entry.id).glob("*.npy"))) == 2
+    # new activations for the entry (re-extracted weights): a new AP matrix, not the cached one
+    other = table[("RN50-openai-ft", "broden")]
+    table[("RN50-openai", "broden")] = Activations("RN50-openai", "broden", other.h, other.logits, other.labels,
+                                                   {"key": "re-extracted"}, dataset=other.dataset)
+    fresh = concept_probing.ap_matrix(entry, study.profile, sets)
+    expected = concept_probing.probe_activations(other, heads["RN50-openai"][0], sets, "both")
+    np.testing.assert_allclose(fresh, expected, equal_nan=True)
+    assert not np.allclose(fresh, ap, equal_nan=True)
 
 
 def test_concept_probing_tables_from_planted_concepts(probing):
