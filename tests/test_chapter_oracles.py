@@ -20,6 +20,7 @@ written out by hand or computed by an independent tool on the planted arrays:
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -181,7 +182,7 @@ def test_robustness_tables_hold_eq5_computed_by_hand(tmp_path, monkeypatch):
 OUTLIER = 5  # the planted outlier coordinate of the zero-shot model
 
 
-def outlier_world(n=30, d=16):
+def outlier_world(n=30, d=24):
     rng = np.random.default_rng(11)
     table = {}
     for k, e in enumerate(IDS):
@@ -210,7 +211,7 @@ def test_outlier_features_kurtosis_is_scipys_on_planted_outliers(tmp_path, monke
         ci = bootstrap_ci(np.mean, k, n_boot=200, seed=7)
         assert (row["ci_low"], row["ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-6)
         assert row["ci_low"] < row["kurtosis"] < row["ci_high"]
-        assert row["n_images"] == len(valid) and row["d_H"] == 16
+        assert row["n_images"] == len(valid) and row["d_H"] == 24
         mean_abs = np.abs(h).mean(axis=0)
         assert row["top_over_mean"] == pytest.approx(mean_abs.max() / mean_abs.mean(), rel=1e-6)
         assert row["top_coordinate"] == mean_abs.argmax()
@@ -218,6 +219,8 @@ def test_outlier_features_kurtosis_is_scipys_on_planted_outliers(tmp_path, monke
     assert run.loc["RN50-openai", "kurtosis"] > 8 > run.loc["RN50-openai-ft", "kurtosis"]
 
     per = outlier_features.per_image(study)
+    assert list(per.columns) == ["entry", "family", "kurtosis"] and per.index.tolist() == list(range(len(per)))
+    assert per.groupby("entry", sort=False)["family"].first().tolist() == [e["family"] for e in POOL]
     for e in IDS:
         h = np.asarray(table[(e, "imagenet")].h, dtype=np.float64)
         valid = h[1:] if e == "RN50-supervised" else h
@@ -227,6 +230,8 @@ def test_outlier_features_kurtosis_is_scipys_on_planted_outliers(tmp_path, monke
     h = np.asarray(table[("RN50-openai", "imagenet")].h, dtype=np.float64)
     mean_abs = np.abs(h).mean(axis=0)
     expected = np.sort(mean_abs)[::-1][:3] / mean_abs.mean()
+    assert list(prof.columns) == ["entry", "family", "rank", "relative"] and set(prof.family) == {e["family"] for e in POOL}
+    assert (outlier_features.coordinate_profile(study).groupby("entry")["rank"].max() == 20).all()  # default: top 20
     got = prof[prof.entry == "RN50-openai"].sort_values("rank")
     assert got["rank"].tolist() == [1, 2, 3]
     np.testing.assert_allclose(got.relative, expected, rtol=1e-6)
@@ -236,10 +241,10 @@ def test_outlier_features_kurtosis_is_scipys_on_planted_outliers(tmp_path, monke
 # Privileged directions (Section 4, Eqs. 2-3)
 # --------------------------------------------------------------------------------------------
 
-def planted_head(K: int, sigma, seed: int):
-    """W = U diag(sigma) V^T with planted orthonormal U (K x d) and V (d x d)."""
+def planted_head(K: int, sigma, seed: int, d: int | None = None):
+    """W = U diag(sigma) V^T with planted orthonormal U (K x r) and V (d x r), r = len(sigma)."""
     sigma = np.asarray(sigma, dtype=float)
-    U, V = orthonormal(K, sigma.size, seed), orthonormal(sigma.size, sigma.size, seed + 1)
+    U, V = orthonormal(K, sigma.size, seed), orthonormal(d or sigma.size, sigma.size, seed + 1)
     return (U * sigma) @ V.T, U, V
 
 
@@ -309,7 +314,8 @@ def test_privileged_directions_importance_from_the_planted_svd(tmp_path, monkeyp
 
 CONCEPTS = ["striped", "red", "sky", "wood", "rare"]
 N_BRODEN = 48
-D = 6
+D = 6  # d_H
+RANK = 5
 
 
 def broden_world():
@@ -334,7 +340,7 @@ ENCODES = {
     "RN50-openai-ft": {0: (0, 3.0), 3: (2, 0.6)},
     "RN50-supervised": {2: (2, 3.0), 4: (3, 0.8)},
 }
-SIGMA = [3, 2.5, 2, 1.5, 1, 0.5]
+SIGMA = [3, 2.5, 2, 1.5, 1]  # rank 5 < d_H = 6: polysemanticity over d_H and over rank(W) differ
 #: the direction each entry's ImageNet embeddings live along (its most privileged direction)
 IMAGENET_ALONG = {"RN50-openai": 1, "RN50-openai-ft": 0, "RN50-supervised": 2}
 
@@ -343,15 +349,15 @@ def concept_world(sets):
     rng = np.random.default_rng(3)
     heads, table, planted = {}, {}, {}
     for k, (e, plan) in enumerate(ENCODES.items()):
-        W, _, V = planted_head(12, SIGMA, seed=100 + k)
-        Z = rng.normal(scale=0.2, size=(N_BRODEN, D))
+        W, _, V = planted_head(12, SIGMA, seed=100 + k, d=D)
+        Z = rng.normal(scale=0.2, size=(N_BRODEN, RANK))
         for i, (c, strength) in plan.items():
             Z[:, i] += strength * sets.presence[:, c]
         h = (Z @ V.T).astype(np.float32)  # rows in Broden's image order
         # the extraction may store the images in any order: labels give each row's Broden index
         perm = rng.permutation(N_BRODEN)
         table[(e, "broden")] = acts(e, "broden", h[perm], labels=perm)
-        zi = rng.normal(scale=0.3, size=(20, D))
+        zi = rng.normal(scale=0.3, size=(20, RANK))
         zi[:, IMAGENET_ALONG[e]] += 10.0
         table[(e, "imagenet")] = acts(e, "imagenet", (zi @ V.T).astype(np.float32))
         heads[e] = (W.astype(np.float32), None, True)
@@ -376,7 +382,14 @@ def sklearn_ap(Z, sets):
 def probing(tmp_path, monkeypatch):
     sets = broden_world()
     heads, table, planted = concept_world(sets)
-    monkeypatch.setattr(concept_probing, "broden_sets", lambda P: sets)
+    calls = []
+
+    def broden_sets(P):
+        assert isinstance(P, Profile) and P.name == "tmp"
+        calls.append(P)
+        return sets
+    monkeypatch.setattr(concept_probing, "broden_sets", broden_sets)
+    monkeypatch.setattr(concept_probing, "_test_broden_calls", calls, raising=False)
     plant_heads(monkeypatch, concept_probing, heads)
     plant_embeddings(monkeypatch, concept_probing, table)
     study = make_study(tmp_path, concept_probing.SECTION, ids=list(ENCODES))
@@ -392,13 +405,29 @@ def test_probe_activations_is_sklearn_ap_in_brodens_order(probing):
         # the chapter's cached path gives the same matrix, and reads it back from the cache
         np.testing.assert_allclose(concept_probing.ap_matrix(study.profile.entry(e), study.profile, sets), expected,
                                    atol=1e-9, equal_nan=True)
-    ap = concept_probing.ap_matrix(study.profile.entry("RN50-openai"), study.profile, sets)
+    entry = study.profile.entry("RN50-openai")
+    ap = concept_probing.ap_matrix(entry, study.profile, sets)
     assert ap[0, 0] == ap[1, 1] == 1.0 and np.isnan(ap[:, 4]).all()
+    # without sets it reads the profile's; the cache is keyed by the activations and the sign rule
+    np.testing.assert_array_equal(concept_probing.ap_matrix(entry, study.profile), ap)
+    positive = replace(study.profile, metrics={**study.profile.metrics, "concept_sign": "positive"})
+    ap_pos = concept_probing.ap_matrix(entry, positive, sets)
+    assert (ap_pos[~np.isnan(ap)] <= ap[~np.isnan(ap)]).all() and not np.array_equal(ap_pos, ap, equal_nan=True)
+    assert len(list((study.profile.cache_dir / "concepts" / entry.id).glob("*.npy"))) == 2
+    # new activations for the entry (re-extracted weights): a new AP matrix, not the cached one
+    other = table[("RN50-openai-ft", "broden")]
+    table[("RN50-openai", "broden")] = Activations("RN50-openai", "broden", other.h, other.logits, other.labels,
+                                                   {"key": "re-extracted"}, dataset=other.dataset)
+    fresh = concept_probing.ap_matrix(entry, study.profile, sets)
+    expected = concept_probing.probe_activations(other, heads["RN50-openai"][0], sets, "both")
+    np.testing.assert_allclose(fresh, expected, equal_nan=True)
+    assert not np.allclose(fresh, ap, equal_nan=True)
 
 
 def test_concept_probing_tables_from_planted_concepts(probing):
     study, sets, heads, table, planted = probing
     run = concept_probing.measure(study)
+    assert len(concept_probing._test_broden_calls) == 1  # the sets are read once for the whole slice
     thresholds = [0.8, 0.85, 0.9, 0.95]
     for e in ENCODES:
         ap = np.nan_to_num(sklearn_ap(planted[e], sets), nan=0.0)
@@ -407,20 +436,25 @@ def test_concept_probing_tables_from_planted_concepts(probing):
         for t in thresholds:
             hits = ap >= t
             assert rows.loc[t, "unique_concepts"] == hits.any(axis=0).sum()
-            assert rows.loc[t, "polysemanticity"] == pytest.approx(hits.sum() / D)
-            assert rows.loc[t, "polysemanticity_rank"] == pytest.approx(hits.sum() / D)
+            assert rows.loc[t, "polysemanticity"] == pytest.approx(hits.sum() / D)  # the paper's d_H
+            assert rows.loc[t, "polysemanticity_rank"] == pytest.approx(hits.sum() / RANK)
         top_dir = IMAGENET_ALONG[e]
         order = np.argsort(-np.nan_to_num(sklearn_ap(planted[e], sets)[top_dir], nan=-1.0), kind="stable")[:3]
         row = rows.loc[0.9]
-        assert row.privileged_direction == top_dir + 1 and row.probed_concepts == 4 and row.directions == D
+        assert row.privileged_direction == top_dir + 1 and row.probed_concepts == 4 and row.directions == RANK
         assert [row.top1, row.top2, row.top3] == [CONCEPTS[c] for c in order]
         assert [row.top1_ap, row.top2_ap, row.top3_ap] == pytest.approx(ap[top_dir, order], abs=1e-9)
-    at = concept_probing.at_threshold(run, 0.9).set_index("entry")
+    assert not [c for c in run.columns if c.startswith("top4")]  # the top three, no more
+    at = concept_probing.at_threshold(run, 0.9)
+    assert list(at.columns) == list(run.columns) and at.index.tolist() == [0, 1, 2]
+    at = at.set_index("entry")
     # the planted strong encodings, counted by hand: zero-shot encodes striped (v_1) and red (-v_2)
     assert at.loc["RN50-openai", "top1"] == "red" and at.loc["RN50-openai", "top1_ap"] == 1.0
     assert at.loc["RN50-openai-ft", "top1"] == "striped" and at.loc["RN50-supervised", "top1"] == "sky"
 
-    venn = concept_probing.venn_sets(study, 0.9)
+    # the whole pool: entries without a Figure 4 role (CoCa) are skipped, not probed
+    venn = concept_probing.venn_sets(Study(study.profile, list(study.profile.pool), study.section), 0.9)
+    assert len(concept_probing._test_broden_calls) == 2  # once more for the Venn sets, not once per entry
     expected = {role: {CONCEPTS[c] for c in np.flatnonzero((np.nan_to_num(sklearn_ap(planted[e], sets), nan=0) >= 0.9)
                                                               .any(axis=0))}
                 for role, e in (("zero-shot", "RN50-openai"), ("finetuned", "RN50-openai-ft"),
@@ -428,13 +462,22 @@ def test_concept_probing_tables_from_planted_concepts(probing):
     assert venn == {"RN50": expected}
     assert {"striped", "red"} <= expected["zero-shot"] and "striped" in expected["finetuned"]
     assert "sky" in expected["supervised"]
+    # Eq. (4)'s threshold is inclusive, and a concept without a balanced set (NaN) is never encoded
+    edge = np.array([[0.9, 0.5, np.nan, 0.2, np.nan], [0.1, 0.8999, np.nan, 0.95, np.nan]])
+    assert concept_probing.concept_set(edge, sets, 0.9) == {"striped", "wood"}
 
-    poly, top = concept_probing.paper_comparison(run, 0.9)
+    poly, top = concept_probing.paper_comparison(run)  # the paper's threshold, 0.9, by default
     poly = poly.set_index("entry")
+    assert np.isnan(poly.loc["RN101-openai", "this run"]) and poly.loc["RN101-openai", "paper"] > 0
     assert poly.loc["RN50-openai", "paper"] == 3.0
     assert poly.loc["RN50-openai", "this run"] == pytest.approx(at.loc["RN50-openai", "polysemanticity"])
     assert poly.loc["RN50-openai", "difference"] == pytest.approx(at.loc["RN50-openai", "polysemanticity"] - 3.0)
-    assert top.set_index("entry").loc["RN50-openai", "this run top1"] == "red"
+    top = top.set_index("entry")
+    assert top.loc["RN50-openai", "this run top1"] == "red" and top.loc["RN50-openai", "paper top1"] == "knitted"
+    # models of this run that the paper does not list keep their row
+    extra = pd.concat([at.reset_index(), at.reset_index().iloc[:1].assign(entry="demo-only")], ignore_index=True)
+    _, top2 = concept_probing.paper_comparison(extra, 0.9)
+    assert top2.set_index("entry").loc["demo-only", "this run top1"] == "red"
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,39 +494,52 @@ class PairsToOne:
         return np.stack([logits[:, :3].max(axis=1), logits[:, 3:].max(axis=1)], axis=1)
 
 
-def pruned_accuracy(W, h, labels, kept, bias=None, collapse=None):
+def pruned_accuracy(W, h, labels, kept, bias=None, normalize=True, collapse=None):
     """Top-1 of the head rebuilt from its kept largest singular directions (numpy SVD)."""
     U, s, Vt = np.linalg.svd(W.astype(np.float64), full_matrices=False)
     Wq = (U[:, :kept] * s[:kept]) @ Vt[:kept]
-    x = h / np.linalg.norm(h, axis=1, keepdims=True)
+    x = h / np.linalg.norm(h, axis=1, keepdims=True) if normalize else h
     logits = x @ Wq.T + (0 if bias is None else bias)
     if collapse is not None:
         logits = collapse(logits)
     return float(np.mean(logits.argmax(axis=1) == labels))
 
 
+def er_with(acc_shift, acc_in, slope, intercept):
+    z = slope * math.log(acc_in / (1 - acc_in)) + intercept
+    return acc_shift - 1 / (1 + math.exp(-z))
+
+
 def test_pruning_curves_against_numpy_svd(tmp_path, monkeypatch):
     rng = np.random.default_rng(8)
     W, _, _ = planted_head(6, [5, 4, 3, 2, 1], seed=40)
     W = W.astype(np.float32)
-    heads = {e: (W, None, True) for e in IDS[:2]}
+    b = rng.normal(scale=0.5, size=6).astype(np.float32)
+    # a zero-shot-style head (W h / ||h||, here with a bias so the normalisation matters) and a
+    # supervised one (W h + b): both read from the chapter's head()
+    heads = {IDS[0]: (W, b, True), IDS[1]: (W, b, False)}
     table, expected = {}, {}
     fractions = [0.0, 0.4, 0.8]  # floor(p * 5) = 0, 2, 4 directions removed: 5, 3, 1 kept
     for e in IDS[:2]:
+        normalize = heads[e][2]
         for d in EVAL_DATASETS:
-            h = rng.normal(size=(40, 5)).astype(np.float32)
+            h = (3 * rng.normal(size=(40, 5))).astype(np.float32)
             space = PairsToOne() if d == "objectnet" else IdentitySpace()
-            full = space.collapse(h.astype(np.float64) @ W.T.astype(np.float64)).argmax(axis=1)
+            x = h.astype(np.float64)
+            x = x / np.linalg.norm(x, axis=1, keepdims=True) if normalize else x
+            full = space.collapse(x @ W.T.astype(np.float64) + b).argmax(axis=1)
             noisy = rng.random(40) < 0.3
             labels = np.where(noisy, rng.integers(0, 2 if d == "objectnet" else 6, size=40), full)
             table[(e, d)] = acts(e, d, h, labels=labels, ds=space)
-            expected[(e, d)] = [pruned_accuracy(W, h.astype(np.float64), labels, k,
+            expected[(e, d)] = [pruned_accuracy(W, h.astype(np.float64), labels, k, bias=b, normalize=normalize,
                                                 collapse=space.collapse if d == "objectnet" else None)
                                 for k in (5, 3, 1)]
     plant_heads(monkeypatch, pruning, heads)
     plant_embeddings(monkeypatch, pruning, table)
-    study = make_study(tmp_path, pruning.SECTION, ids=IDS[:2])
-    run = pruning.measure(study, fractions=fractions)
+    # the fractions and the ER baseline come from the profile
+    study = make_study(tmp_path, pruning.SECTION, ids=IDS[:2], prune_fractions=fractions, er_slope=0.9,
+                       er_intercept=-1.2)
+    run = pruning.measure(study)
     for e in IDS[:2]:
         rows = run[run.entry == e].set_index("fraction")
         assert rows.index.tolist() == fractions and (rows["rank"] == 5).all()
@@ -493,9 +549,13 @@ def test_pruning_curves_against_numpy_svd(tmp_path, monkeypatch):
             mean = sum(accs[s] for s in SHIFTS) / 5
             assert rows.loc[p, "shifts_mean"] == pytest.approx(mean)
             if 0 < accs["imagenet"] < 1:
-                assert rows.loc[p, "er"] == pytest.approx(er_by_hand(mean, accs["imagenet"]), abs=1e-12)
+                assert rows.loc[p, "er"] == pytest.approx(er_with(mean, accs["imagenet"], 0.9, -1.2), abs=1e-12)
         # the unpruned head scores the planted labels: 1 - (noisy labels that differ), at least 70 %
         assert rows.loc[0.0, "imagenet"] >= 0.7
+    # the normalisation and the bias do change the answer on these inputs (so the test sees them)
+    h, labels = np.asarray(table[(IDS[0], "imagenet")].h, np.float64), table[(IDS[0], "imagenet")].labels
+    assert pruned_accuracy(W, h, labels, 5, bias=b) != pruned_accuracy(W, h, labels, 5, bias=b, normalize=False)
+    assert pruned_accuracy(W, h, labels, 5, bias=b) != pruned_accuracy(W, h, labels, 5)
     long = pruning.long_form(run)
     assert len(long) == 2 * len(run) and set(long.metric) == {"ImageNet top-1 (%)", "effective robustness (points)"}
     assert list(long.columns) == ["entry", "backbone", "family", "pretraining", "fraction", "metric", "value"]
@@ -622,6 +682,11 @@ def test_broden_sets_are_the_planted_concepts_balanced_and_cached(tmp_path, monk
             k = min(pos, neg)
             assert (sel & expected[:, c]).sum() == (sel & ~expected[:, c]).sum() == k, numbers[c]
     assert sets.probed.tolist() == [c for c in range(len(numbers)) if min(counts[c], len(files) - counts[c]) >= 3]
+    # the draw of negatives is the data helper's, with the profile's seed and minimum (not the defaults)
+    selection, report = open_broden(root).balanced_sets(min_positives=3, seed=5)
+    np.testing.assert_array_equal(sets.selection, selection)
+    pd.testing.assert_frame_equal(sets.report, report.reset_index(drop=True), check_dtype=False)
+    assert list(sets.concepts.columns) == ["number", "name", "category"]
     report = sets.report.set_index("number")
     assert (report.loc[report.per_side == 0].index.map(lambda n: counts[numbers.index(n)]) < 3).all()
     folder = P.cache_dir / "broden" / sets.key
@@ -639,6 +704,12 @@ def test_broden_sets_are_the_planted_concepts_balanced_and_cached(tmp_path, monk
     P2 = load_profile(write_profile(tmp_path, pool=POOL, datasets={"broden": str(root)},
                                     metrics={"broden_min_positives": 4, "seed": 5}))
     assert concept_probing.broden_sets(P2).key != sets.key
+    # the profile's image limit for Broden applies (and is part of the key)
+    P3 = load_profile(write_profile(tmp_path, pool=POOL, datasets={"broden": str(root)}, limits={"broden": 12},
+                                    metrics={"broden_min_positives": 3, "seed": 5}))
+    limited = concept_probing.broden_sets(P3)
+    assert limited.presence.shape[0] == 12 and limited.key != sets.key
+    assert json_of(P3.cache_dir / "broden" / limited.key / "manifest.json")["limit"] == 12
 
 
 def json_of(path):
@@ -666,13 +737,15 @@ def test_side_by_side_keeps_models_of_either_side_and_baseline_points_drop_degen
          "imagenet": 0.0, "shifts_mean": 0.0, "er": 0.0, "acc_ratio": np.nan},
         {"entry": "perfect", "backbone": "RN50", "family": "supervised", "pretraining": "demo",
          "imagenet": 1.0, "shifts_mean": 0.5, "er": 0.0, "acc_ratio": 0.5},
+        {"entry": "never-right", "backbone": "RN50", "family": "supervised", "pretraining": "demo",
+         "imagenet": 0.0, "shifts_mean": 0.3, "er": 0.3, "acc_ratio": np.nan},
         {"entry": "no-shift", "backbone": "RN50", "family": "supervised", "pretraining": "demo",
          "imagenet": 0.5, "shifts_mean": 0.0, "er": 0.0, "acc_ratio": 0.0},
         {"entry": "all-shift", "backbone": "RN50", "family": "supervised", "pretraining": "demo",
          "imagenet": 0.5, "shifts_mean": 1.0, "er": 0.0, "acc_ratio": 2.0},
     ])
     df = robustness.side_by_side(run, paper, "imagenet").set_index("entry")
-    assert len(df) == len(paper) + 4  # an outer join: paper-only and run-only models both stay
+    assert len(df) == len(paper) + 5  # an outer join: paper-only and run-only models both stay
     assert np.isnan(df.loc["RN101-openai", "this run"]) and df.loc["RN101-openai", "paper"] == 62
     assert np.isnan(df.loc["demo-only", "paper"]) and df.loc["demo-only", "this run"] == 0.0
     assert df.loc["RN50-openai", ["paper", "this run", "difference"]].tolist() == pytest.approx([60, 50, -10])

@@ -74,3 +74,19 @@ def test_refusals(call, match):
     rng = np.random.default_rng(4)
     with pytest.raises(ValueError, match=match):
         call(rng.normal(size=(6, 4)), rng.normal(size=(5, 4)))
+
+
+def test_pruning_curve_over_several_row_blocks(monkeypatch):
+    # more images than one block: every block is scored and added up (oracle: numpy SVD, one pass)
+    import helpers.metrics.pruning as mod
+
+    rng = np.random.default_rng(12)
+    W, h = rng.normal(size=(7, 5)), rng.normal(size=(23, 5))
+    labels = rng.integers(0, 7, size=23)
+    U, s, Vt = np.linalg.svd(W, full_matrices=False)
+    x = h / np.linalg.norm(h, axis=1, keepdims=True)
+    expected = [np.mean((x @ ((U[:, :k] * s[:k]) @ Vt[:k]).T).argmax(1) == labels) for k in (5, 3, 1)]
+    monkeypatch.setattr(mod, "_ROWS_PER_BLOCK", 6)
+    np.testing.assert_allclose(pruning_curve(W, h, labels, [0.0, 0.4, 0.8]), expected)
+    with pytest.raises(ValueError, match=r"labels must be \(23,\) class indices, one per image of h; got shape \(22,\)"):
+        pruning_curve(W, h, labels[:-1], [0.0])

@@ -99,3 +99,31 @@ def test_paper_tables_give_the_papers_er():
     assert (df[df.family.isin(["imagenet_captions_clip", "supervised"])].er.abs() < 3).all()
     # CoCa (Table 3) keeps the printed ER
     assert df.loc["coca-ViT-L-14-laion2b", "er"] == 34
+
+
+@pytest.mark.parametrize("where,acc_in,acc_shift", [
+    ("x = 0", [0.5, 0.0, 0.7], [0.3, 0.2, 0.5]),
+    ("x = 1", [0.5, 1.0, 0.7], [0.3, 0.2, 0.5]),
+    ("y = 0", [0.5, 0.6, 0.7], [0.3, 0.0, 0.5]),
+    ("y = 1", [0.5, 0.6, 0.7], [0.3, 1.0, 0.5]),
+])
+def test_fit_baseline_refuses_each_boundary_accuracy(where, acc_in, acc_shift):
+    with pytest.raises(ValueError, match=r"strictly inside \(0, 1\) for the logit; rows \[1\] do not"):
+        fit_baseline(acc_in, acc_shift)
+
+
+def test_fit_baseline_names_the_bad_argument_and_counts_models():
+    with pytest.raises(ValueError, match=r"^acc_in must be accuracies as fractions in \[0, 1\]"):
+        fit_baseline([0.5, 60, 0.7], [0.3, 0.4, 0.5])
+    with pytest.raises(ValueError, match=r"^acc_shift must be accuracies as fractions in \[0, 1\]"):
+        fit_baseline([0.5, 0.6, 0.7], [0.3, 40, 0.5])
+    assert fit_baseline([0.5, 0.6, 0.7, 0.8], [0.3, 0.4, 0.5, 0.6]).n == 4
+
+
+def test_mean_shift_accuracy_of_given_shifts_and_each_kind_of_gap():
+    assert mean_shift_accuracy({"a": 0.2, "b": 0.4, "imagenet-v2": 0.9}, shifts=["a", "b"]) == pytest.approx(0.3)
+    full = {"imagenet-v2": 0.5, "imagenet-r": 0.4, "imagenet-sketch": 0.3, "objectnet": 0.2, "imagenet-a": 0.1}
+    for gap in ({k: v for k, v in full.items() if k != "imagenet-a"}, {**full, "imagenet-a": None},
+                {**full, "imagenet-a": float("nan")}):
+        with pytest.raises(KeyError, match="^'mean_shift_accuracy: no accuracy for imagenet-a'$"):
+            mean_shift_accuracy(gap)
