@@ -545,6 +545,18 @@ def _run_on_devices(jobs: list[Job], gpus: list[str], echo, reasons: dict[str, s
     return outcomes
 
 
+def _scheduler_state(submitted) -> str:
+    """The state Slurm reports for a submitit job now (submitit caches ``.state`` between polls)."""
+    try:
+        submitted.watcher.update()
+    except Exception:  # no scheduler to ask (the local executor): the cached state
+        pass
+    try:
+        return str(submitted.state)
+    except Exception:
+        return "unknown"
+
+
 def _run_submitit(jobs: list[Job], executor: str, slurm: dict, echo) -> list[Outcome]:
     import submitit
 
@@ -567,8 +579,11 @@ def _run_submitit(jobs: list[Job], executor: str, slurm: dict, echo) -> list[Out
             res = sj.result()
             outcomes.append(Outcome(job, res["status"], res["seconds"], res["error"]))
         except Exception as exc:  # the job itself died (node failure, timeout)
-            provenance.mark_failed(Path(job.record), f"{type(exc).__name__}: {exc}", job.section, job.slice)
-            outcomes.append(Outcome(job, "failed", 0.0, f"{type(exc).__name__}: {exc}"))
+            # the scheduler's own word on the job (NODE_FAIL, TIMEOUT, OUT_OF_MEMORY, ...), asked anew
+            state = _scheduler_state(sj)
+            error = f"{type(exc).__name__}: {exc}" + (f" [scheduler state: {state}]" if state not in str(exc) else "")
+            provenance.mark_failed(Path(job.record), error, job.section, job.slice)
+            outcomes.append(Outcome(job, "failed", 0.0, error))
         echo(f"{outcomes[-1].status} {job.name} (job {sj.job_id}, log {job.log})")
     return outcomes
 

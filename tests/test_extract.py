@@ -250,7 +250,8 @@ def test_killed_forced_recompute_leaves_the_previous_result_readable(world, tmp_
     np.testing.assert_array_equal(after.h, h)
 
 
-def test_two_processes_asking_for_one_key_compute_it_once(world, tmp_path, monkeypatch):
+def test_two_threads_asking_for_one_key_compute_it_once(world, tmp_path, monkeypatch):
+    """Within one process (two threads); two real processes: tests/test_locks.py."""
     P = profile(world, tmp_path)
     count = CountDecodes(monkeypatch)
     results, errors = [], []

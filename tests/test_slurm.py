@@ -125,7 +125,13 @@ entry = None
 
 ```{code-cell} ipython3
 import os
+from helpers.study import open_study
+S = open_study("tiny", profile, entry=entry, show_banner=False)  # starts the job's provenance record
 print("job", os.environ.get("SLURM_JOB_ID"), "node", os.environ.get("SLURM_JOB_NODELIST"), "entry", entry)
+```
+
+```{code-cell} ipython3
+S.finish();  # the record the runner's up-to-date check reads
 ```
 """
 
@@ -216,7 +222,7 @@ def test_a_job_lost_by_slurm_is_reported_failed_with_its_state(fake_slurm, jobs,
     summary = runner.run(jobs[:1], executor="slurm", echo=lambda *_: None, slurm={"slurm_partition": "gpu"})
     (outcome,) = summary.outcomes
     assert outcome.status == "failed"
-    assert "UncompletedJobError" in outcome.error and "NODE_FAIL" in outcome.error
+    assert "UncompletedJobError" in outcome.error and "NODE_FAIL" in outcome.error, outcome.error
     # sacct was asked about that job id
     assert "-j 4242" in (fake_slurm / "sacct-calls.txt").read_text()
     assert "tiny[m1]" in summary.report() and "1 notebook(s) failed" in summary.report()
