@@ -29,7 +29,7 @@ import scipy.stats
 from sklearn.metrics import average_precision_score
 
 from conftest import write_profile
-from helpers import extract, results
+from helpers import extract, paper_values, results
 from helpers.chapters import (coca, concept_probing, outlier_features, privileged_directions, pruning,
                               robustness, summary)
 from helpers.config import EVAL_DATASETS, SHIFTS, PoolEntry, Profile, load_profile
@@ -157,18 +157,24 @@ def test_robustness_tables_hold_eq5_computed_by_hand(tmp_path, monkeypatch):
     assert zs.er == pytest.approx(0.205280, abs=2e-6)
     assert run.set_index("entry").loc["RN50-supervised", "er"] == pytest.approx(-0.000261, abs=2e-6)
 
-    wide = robustness.wide_accuracy_table(run)
+    wide = robustness.wide_accuracy_table(run, study.profile)
+    # the paper's model order (Table 1), one row per entry of the run
+    assert wide["entry"].tolist() == ["RN50-openai", "RN50-openai-ft", "RN50-supervised", "coca-ViT-B-32-laion2b",
+                                      "coca-ViT-B-32-laion2b-ft"]
+    wide = wide.set_index("entry")
     assert wide.loc["RN50-openai", "ER"] == pytest.approx(20.5280, abs=2e-4)
     assert wide.loc["RN50-openai-ft", "mean of 5 shifts"] == pytest.approx(43.0)
     assert wide.loc["RN50-openai-ft", "%acc"] == pytest.approx(100 * 0.43 / 0.76)
     assert wide.loc["coca-ViT-B-32-laion2b", "imagenet-sketch"] == pytest.approx(50.0)
 
     paper = robustness.paper_frame()
-    er = robustness.side_by_side(run, paper, "er").set_index("entry")
+    er = robustness.side_by_side(run, paper, "er", study.profile).set_index("paper model")
     # same accuracies, same formula: this run's ER equals the paper's for that model
     assert er.loc["RN50-openai", "this run"] == pytest.approx(er.loc["RN50-openai", "paper"], abs=1e-3)
+    assert er.loc["RN50-openai", "paper"] == pytest.approx(100 * er_by_hand(0.44, 0.60), abs=1e-3)
     assert er.loc["RN50-openai", "difference"] == pytest.approx(0.0, abs=1e-3)
-    top1 = robustness.side_by_side(run, paper, "imagenet").set_index("entry")
+    assert er.loc["RN50-openai", "this run's model"] == "RN50-openai"
+    top1 = robustness.side_by_side(run, paper, "imagenet", study.profile).set_index("paper model")
     assert top1.loc["RN50-openai-ft", ["paper", "this run", "difference"]].tolist() == pytest.approx([76, 76, 0])
     points = robustness.baseline_points(run, paper)
     mine = points[points.source == "this run"].set_index("entry")
@@ -416,8 +422,8 @@ def test_probe_activations_is_sklearn_ap_in_brodens_order(probing):
     assert len(list((study.profile.cache_dir / "concepts" / entry.id).glob("*.npy"))) == 2
     # new activations for the entry (re-extracted weights): a new AP matrix, not the cached one
     other = table[("RN50-openai-ft", "broden")]
-    table[("RN50-openai", "broden")] = Activations("RN50-openai", "broden", other.h, other.logits, other.labels,
-                                                   {"key": "re-extracted"}, dataset=other.dataset)
+    table[("RN50-openai", "broden")] = Activations("RN50-openai", "broden", other.h, other.labels,
+                                                   {"key": "re-extracted"}, head=other.head, dataset=other.dataset)
     fresh = concept_probing.ap_matrix(entry, study.profile, sets)
     expected = concept_probing.probe_activations(other, heads["RN50-openai"][0], sets, "both")
     np.testing.assert_allclose(fresh, expected, equal_nan=True)
@@ -466,18 +472,31 @@ def test_concept_probing_tables_from_planted_concepts(probing):
     edge = np.array([[0.9, 0.5, np.nan, 0.2, np.nan], [0.1, 0.8999, np.nan, 0.95, np.nan]])
     assert concept_probing.concept_set(edge, sets, 0.9) == {"striped", "wood"}
 
-    poly, top = concept_probing.paper_comparison(run)  # the paper's threshold, 0.9, by default
-    poly = poly.set_index("entry")
-    assert np.isnan(poly.loc["RN101-openai", "this run"]) and poly.loc["RN101-openai", "paper"] > 0
-    assert poly.loc["RN50-openai", "paper"] == 3.0
+    poly, top = concept_probing.paper_comparison(run, profile=study.profile)  # the paper's threshold, 0.9, by default
+    poly = poly.set_index("paper model")
+    # only the paper's models with a counterpart in this run (RN101-openai, printed in Table 7, is not in it)
+    assert "RN101-openai" not in poly.index and (paper_values.polysemanticity()
+                                                 .set_index("entry").loc["RN101-openai", "polysemanticity"] > 0)
+    assert poly.loc["RN50-openai", "paper"] == 3.0 and poly.loc["RN50-openai", "this run's model"] == "RN50-openai"
+    hand = (np.nan_to_num(sklearn_ap(planted["RN50-openai"], sets), nan=0.0) >= 0.9).sum() / D
     assert poly.loc["RN50-openai", "this run"] == pytest.approx(at.loc["RN50-openai", "polysemanticity"])
+    assert poly.loc["RN50-openai", "this run"] == pytest.approx(hand)
     assert poly.loc["RN50-openai", "difference"] == pytest.approx(at.loc["RN50-openai", "polysemanticity"] - 3.0)
-    top = top.set_index("entry")
-    assert top.loc["RN50-openai", "this run top1"] == "red" and top.loc["RN50-openai", "paper top1"] == "knitted"
-    # models of this run that the paper does not list keep their row
+    assert poly.loc["RN50-openai", "difference"] == pytest.approx(hand - 3.0)
+    assert list(top.columns) == ["paper model", "rank", "paper", "this run", "this run's model"]
+    top = top.set_index(["paper model", "rank"])
+    ap0 = sklearn_ap(planted["RN50-openai"], sets)[IMAGENET_ALONG["RN50-openai"]]
+    order0 = np.argsort(-np.nan_to_num(ap0, nan=-1.0), kind="stable")[:3]
+    for k in (1, 2, 3):  # Table 6 beside this run's top three, each "concept (AP)"
+        assert top.loc[("RN50-openai", k), "this run"] == f"{CONCEPTS[order0[k - 1]]} ({ap0[order0[k - 1]]:.2f})"
+    assert top.loc[("RN50-openai", 1), "this run"] == "red (1.00)"
+    assert top.loc[("RN50-openai", 1), "paper"].startswith("knitted (")
+    assert top.loc[("RN50-openai", 1), "this run's model"] == "RN50-openai"
+    # Table 6 lists models the paper prints: a model of this run without a paper counterpart has no row
     extra = pd.concat([at.reset_index(), at.reset_index().iloc[:1].assign(entry="demo-only")], ignore_index=True)
-    _, top2 = concept_probing.paper_comparison(extra, 0.9)
-    assert top2.set_index("entry").loc["demo-only", "this run top1"] == "red"
+    _, top2 = concept_probing.paper_comparison(extra, 0.9, study.profile)
+    assert "demo-only" not in set(top2["paper model"]) and "demo-only" not in set(top2["this run's model"])
+    assert top2.set_index(["paper model", "rank"]).loc[("RN50-openai", 1), "this run"] == "red (1.00)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -556,15 +575,42 @@ def test_pruning_curves_against_numpy_svd(tmp_path, monkeypatch):
     h, labels = np.asarray(table[(IDS[0], "imagenet")].h, np.float64), table[(IDS[0], "imagenet")].labels
     assert pruned_accuracy(W, h, labels, 5, bias=b) != pruned_accuracy(W, h, labels, 5, bias=b, normalize=False)
     assert pruned_accuracy(W, h, labels, 5, bias=b) != pruned_accuracy(W, h, labels, 5)
-    long = pruning.long_form(run)
-    assert len(long) == 2 * len(run) and set(long.metric) == {"ImageNet top-1 (%)", "effective robustness (points)"}
-    assert list(long.columns) == ["entry", "backbone", "family", "pretraining", "fraction", "metric", "value"]
-    for e in IDS[:2]:
-        for k, p in enumerate(fractions):
-            at = long[(long.entry == e) & (long.fraction == p)].set_index("metric")["value"]
-            assert at["ImageNet top-1 (%)"] == pytest.approx(100 * expected[(e, "imagenet")][k])
-            assert at["effective robustness (points)"] == pytest.approx(100 * run[(run.entry == e) & (run.fraction == p)]
-                                                                         ["er"].item(), nan_ok=True)
+    # Figures 11-14 (plots.pruning_grid, which replaced the long-form table): the plotted lines are
+    # ImageNet top-1 and ER in % against the pruned fraction in %, one line per entry, one row of
+    # panels per backbone (both entries are RN50), the paper's unpruned values hollow at 0
+    import matplotlib.pyplot as plt
+    from helpers import plots
+
+    fig = plots.pruning_grid(run, study.profile, paper=robustness.paper_frame())
+    try:
+        axes = np.asarray(fig.axes[:2])
+        assert [ax.get_title() for ax in axes] == ["RN50: ImageNet top-1 (%)", "RN50: effective robustness (points)"]
+        for j, m in enumerate(("imagenet", "er")):
+            lines = {ln.get_label(): ln for ln in axes[j].get_lines() if not ln.get_label().startswith("_")}
+            assert set(lines) == set(IDS[:2])
+            for e in IDS[:2]:
+                x, y = lines[e].get_data()
+                np.testing.assert_allclose(x, [100 * p for p in fractions])
+                if m == "imagenet":
+                    want = [100 * expected[(e, "imagenet")][k] for k in range(len(fractions))]
+                else:
+                    want = []
+                    for k in range(len(fractions)):
+                        acc_in = expected[(e, "imagenet")][k]
+                        mean = sum(expected[(e, s)][k] for s in SHIFTS) / 5
+                        want.append(100 * er_with(mean, acc_in, 0.9, -1.2) if 0 < acc_in < 1 else np.nan)
+                    np.testing.assert_allclose(y, 100 * run[run.entry == e].sort_values("fraction")["er"].to_numpy(),
+                                               equal_nan=True)
+                np.testing.assert_allclose(y, want, rtol=1e-9, atol=1e-9, equal_nan=True)
+            # the paper's unpruned RN50-openai (Tables 1-2: 60 % top-1, ER 20.528 points) and RN50-openai-ft
+            hollow = sorted(float(ln.get_ydata()[0]) for ln in axes[j].get_lines()
+                            if ln.get_label().startswith("_") and ln.get_linestyle() == "None")
+            assert all(float(ln.get_xdata()[0]) == 0.0 for ln in axes[j].get_lines()
+                       if ln.get_label().startswith("_") and ln.get_linestyle() == "None")
+            paper = robustness.paper_frame().set_index("entry")
+            assert hollow == pytest.approx(sorted(100 * paper.loc[IDS[:2], m]))
+    finally:
+        plt.close(fig)
 
 
 def test_pruning_imagenet_only_leaves_er_undefined(tmp_path, monkeypatch):
@@ -610,16 +656,38 @@ def plant_upstream(P):
 def test_coca_tables_read_the_other_chapters_results(tmp_path):
     study = make_study(tmp_path, coca.SECTION)
     plant_upstream(study.profile)
-    out = coca.tables(study).set_index("entry")
+    run = coca.tables(study)
+    assert list(run.columns) == ["entry", "family", "imagenet", "er", "kurtosis", "unique_concepts"]
+    out = run.set_index("entry")
+    # the paper's Tables 3-5 for the two CoCa models of this run (imagenet, ER, kurtosis, unique concepts)
+    paper = {"coca-ViT-B-32-laion2b": [64, 24, 12.0, 674], "coca-ViT-B-32-laion2b-ft": [76, 14, 3.6, 530]}
+    quantities = ["imagenet", "er", "kurtosis", "unique_concepts"]
     for e in ("coca-ViT-B-32-laion2b", "coca-ViT-B-32-laion2b-ft"):
         imagenet, er, kurt, unique, _ = UPSTREAM[e]
-        assert out.loc[e, ["this run imagenet", "this run er", "this run kurtosis", "this run unique_concepts"]
-                       ].tolist() == pytest.approx([100 * imagenet, 100 * er, kurt, unique])
-    assert out.loc["coca-ViT-B-32-laion2b", ["paper imagenet", "paper er", "paper kurtosis",
-                                             "paper unique_concepts"]].tolist() == [64, 24, 12.0, 674]
-    assert np.isnan(out.loc["coca-ViT-L-14-laion2b", "this run kurtosis"])  # not in this run's pool
+        assert out.loc[e, quantities].tolist() == pytest.approx([100 * imagenet, 100 * er, kurt, unique])
+    side = coca.beside_paper(run, study.profile)
+    assert list(side) == ["Table 3: ImageNet top-1 (%)", "Table 3: effective robustness (points)",
+                          "Table 4: activation kurtosis", "Table 5: unique concepts"]
+    bars = coca.bars_frame(run, study.profile).set_index("paper model")
+    for k, (caption, df) in enumerate(side.items()):
+        # only the paper's CoCa models with a counterpart in this run: the ViT-L-14 ones are not in its pool
+        assert df["paper model"].tolist() == ["coca-ViT-B-32-laion2b", "coca-ViT-B-32-laion2b-ft"], caption
+        assert "coca-ViT-L-14-laion2b" not in bars.index
+        df = df.set_index("paper model")
+        for e in paper:
+            mine = [100 * UPSTREAM[e][0], 100 * UPSTREAM[e][1], UPSTREAM[e][2], UPSTREAM[e][3]][k]
+            assert df.loc[e, "paper"] == paper[e][k], caption
+            assert df.loc[e, "this run"] == pytest.approx(mine) and df.loc[e, "this run's model"] == e
+            assert df.loc[e, "difference"] == pytest.approx(mine - df.loc[e, "paper"])
+            assert bars.loc[e, f"{quantities[k]} paper"] == df.loc[e, "paper"]
+            assert bars.loc[e, f"{quantities[k]} run"] == pytest.approx(mine)
+    assert bars.loc["coca-ViT-B-32-laion2b", ["imagenet paper", "er paper", "kurtosis paper", "unique_concepts paper"]
+                    ].tolist() == [64, 24, 12.0, 674]
+    assert bars.family.to_dict() == {"coca-ViT-B-32-laion2b": "coca_zeroshot", "coca-ViT-B-32-laion2b-ft": "coca_finetuned"}
     recorded = results.load(study.profile, "coca").set_index("entry")
-    assert recorded.loc["coca-ViT-B-32-laion2b-ft", "this run kurtosis"] == 3.5
+    assert recorded.loc["coca-ViT-B-32-laion2b-ft", "kurtosis"] == 3.5
+    assert recorded.loc["coca-ViT-B-32-laion2b", ["imagenet", "er", "unique_concepts"]].tolist() == \
+        pytest.approx([64.0, 24.0, 37])
     assert (recorded.threshold == 0.9).all() and set(recorded.index) == {"coca-ViT-B-32-laion2b",
                                                                           "coca-ViT-B-32-laion2b-ft"}
 
@@ -646,14 +714,38 @@ def test_summary_indicators_correlations_and_comparisons(tmp_path):
     assert fam.loc["Supervised", "acc_ratio"] == pytest.approx(100 * 0.499)
 
     num = summary.numeric_comparison(study)
-    one = num[(num["paper item"] == "Table 1") & (num.entry == "RN50-openai")].iloc[0]
+    assert list(num.columns) == ["paper item", "paper model", "paper", "this run", "difference", "this run's model"]
+    one = num[(num["paper item"] == "Table 1") & (num["paper model"] == "RN50-openai")].iloc[0]
     assert (one.paper, one["this run"], one.difference) == pytest.approx((60, 60.0, 0.0))
-    er_row = num[(num["paper item"] == "Figure 1a") & (num.entry == "RN50-openai-ft")].iloc[0]
+    assert one["this run's model"] == "RN50-openai"
+    er_row = num[(num["paper item"] == "Figure 1a (ER from Tables 1-2)") & (num["paper model"] == "RN50-openai-ft")
+                 ].iloc[0]
     assert er_row["this run"] == pytest.approx(7.9) and er_row.difference == pytest.approx(7.9 - 7.884442, abs=1e-6)
-    poly = num[(num["paper item"] == "Table 7") & (num.entry == "RN50-openai")].iloc[0]
+    poly = num[(num["paper item"] == "Table 7") & (num["paper model"] == "RN50-openai")].iloc[0]
     assert poly["this run"] == pytest.approx(4.0) and poly.paper == 3.0
-    absent = num[(num["paper item"] == "Table 1") & (num.entry == "RN101-openai")]
-    assert absent["this run"].isna().all()
+    absent = num[(num["paper item"] == "Table 1") & (num["paper model"] == "RN101-openai")]
+    assert len(absent) == 1 and absent["this run"].isna().all() and absent["this run's model"].isna().all()
+    # a CoCa model of the paper outside this run's pool: its Table 4 number stays, without a value beside it
+    coca_l = num[(num["paper item"] == "Table 4") & (num["paper model"] == "coca-ViT-L-14-laion2b")]
+    assert coca_l.paper.tolist() == [15.5] and coca_l["this run"].isna().all()
+    kurt = num[(num["paper item"] == "Table 4") & (num["paper model"] == "coca-ViT-B-32-laion2b-ft")].iloc[0]
+    assert (kurt.paper, kurt["this run"], kurt.difference) == pytest.approx((3.6, 3.5, -0.1))
+    # every paper number with a counterpart among the five models, counted by hand from the paper's tables
+    acc = paper_values.accuracies()
+    clip = acc[acc["table"] != "3"]
+    by_hand = (4 * int(clip.entry.isin(IDS).sum())  # Tables 1, 2 and the ER and %acc they imply
+               + 4 * int(paper_values.coca_tables().entry.isin(IDS).sum())  # Tables 3 (x2), 4, 5
+               + int(paper_values.polysemanticity().entry.isin(IDS).sum()))  # Table 7
+    assert int(num["this run"].notna().sum()) == by_hand
+    assert summary.counterparts_line(num, study.profile) == f"counterparts: {by_hand} of {len(num)} paper numbers"
+
+    claims = summary.all_claims(study).set_index("claim")
+    # per (zero-shot, finetuned) pair, by hand from UPSTREAM: ER 0.205 > 0.079 and 0.24 > 0.14
+    er_claim = "finetuning on ImageNet lowers effective robustness (zero-shot ER > finetuned ER, per pair)"
+    assert claims.loc[er_claim, "this run"] == "2 of 2"
+    assert claims.loc["every robust zero-shot CLIP model has a positive effective robustness", "this run"] == "1 of 1"
+    # kurtosis 9.0 > 4.5 and 12.5 > 3.5
+    assert claims.loc["zero-shot kurtosis exceeds finetuned kurtosis (per pair)", "this run"] == "2 of 2"
 
     cat = summary.catalogue(study).set_index("paper item")
     assert cat.loc["Table 1", "models in this run"] == 5 and cat.loc["Figure 5", "models in this run"] == 0
@@ -728,7 +820,10 @@ def test_robustness_uses_the_profiles_baseline(tmp_path, monkeypatch):
     assert er == pytest.approx(0.44 - 1 / (1 + math.exp(-z)), abs=1e-12)
 
 
-def test_side_by_side_keeps_models_of_either_side_and_baseline_points_drop_degenerate_ones():
+def test_side_by_side_keeps_models_of_either_side_and_baseline_points_drop_degenerate_ones(tmp_path):
+    from helpers import compare
+
+    P = load_profile(write_profile(tmp_path, pool=POOL))
     paper = robustness.paper_frame()
     run = pd.DataFrame([
         {"entry": "RN50-openai", "backbone": "RN50", "family": "robust_zeroshot_clip", "pretraining": "OpenAI",
@@ -744,11 +839,18 @@ def test_side_by_side_keeps_models_of_either_side_and_baseline_points_drop_degen
         {"entry": "all-shift", "backbone": "RN50", "family": "supervised", "pretraining": "demo",
          "imagenet": 0.5, "shifts_mean": 1.0, "er": 0.0, "acc_ratio": 2.0},
     ])
-    df = robustness.side_by_side(run, paper, "imagenet").set_index("entry")
-    assert len(df) == len(paper) + 5  # an outer join: paper-only and run-only models both stay
-    assert np.isnan(df.loc["RN101-openai", "this run"]) and df.loc["RN101-openai", "paper"] == 62
-    assert np.isnan(df.loc["demo-only", "paper"]) and df.loc["demo-only", "this run"] == 0.0
+    # the chapter's table: the paper's models that have a counterpart in this run, nothing else
+    df = robustness.side_by_side(run, paper, "imagenet", P).set_index("paper model")
+    assert df.index.tolist() == ["RN50-openai"]
     assert df.loc["RN50-openai", ["paper", "this run", "difference"]].tolist() == pytest.approx([60, 50, -10])
+    # the full join that keeps models of either side (what the summary's comparison uses), on the same inputs
+    full = compare.beside(run, paper.assign(imagenet=100 * paper.imagenet), "imagenet", P, scale=100,
+                          matched_only=False).set_index("paper model")
+    assert full.index.is_unique and len(full) == len(paper) + 5  # paper-only and run-only models both stay
+    assert np.isnan(full.loc["RN101-openai", "this run"]) and full.loc["RN101-openai", "paper"] == 62
+    assert np.isnan(full.loc["demo-only", "paper"]) and full.loc["demo-only", "this run"] == 0.0
+    assert full.loc["RN50-openai", ["paper", "this run", "difference"]].tolist() == pytest.approx([60, 50, -10])
+    pd.testing.assert_frame_equal(full.loc[["RN50-openai"]], df)
 
     points = robustness.baseline_points(run, paper)
     assert points.index.is_unique and list(points.columns) == ["entry", "family", "imagenet", "shifts_mean", "source"]
