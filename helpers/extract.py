@@ -167,7 +167,8 @@ def extract_datasets(entry: PoolEntry | str, datasets: Sequence[str], profile: P
 
 
 def layer_activations(entry: PoolEntry | str, dataset_name: str, profile: Profile,
-                      layers: Sequence[str] | None = None, force: bool = False) -> dict[str, np.ndarray]:
+                      layers: Sequence[str] | None = None, force: bool = False,
+                      keep: bool = True) -> dict[str, np.ndarray]:
     """Per-layer activations pooled to one ``N x d_layer`` float32 memmap per name, in network order
     (Appendix C). ``layers``: names from :func:`layer_names` (None: all).
 
@@ -178,8 +179,10 @@ def layer_activations(entry: PoolEntry | str, dataset_name: str, profile: Profil
     199,680 B (24 x 2 x 1024 + 768), RN50 19,456 B (256 + 512 + 1024 + 2048 + 1024), RN101
     17,408 B; e.g. 12.7 GB for one ViT-B-32 over the 166,963 evaluation images, 567 GB for the 36
     models of the paper's finetuning pairs. :func:`helpers.costs.layer_bytes_per_image` gives it for
-    any architecture."""
-    out = extract_many([entry], dataset_name, profile, layers=list(layers) if layers else "all", force=force)
+    any architecture. ``keep=False``: computed in memory, nothing written under ``layers/`` (nor
+    ``activations/``), for a one-off look at a layer that need not be read back."""
+    out = extract_many([entry], dataset_name, profile, layers=list(layers) if layers else "all", force=force,
+                       keep=keep)
     return next(iter(out.values())).layers
 
 
