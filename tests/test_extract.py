@@ -442,3 +442,14 @@ def test_head_is_built_once_on_the_profiles_device_then_read_from_its_cache(worl
     again, _, _ = common.head(P.entry("t-vit-b"), P)
     assert len(calls) == 1  # read from <cache_dir>/linear_heads: no model built
     np.testing.assert_array_equal(again, W)
+
+
+def test_layer_activations_in_memory_write_nothing_and_equal_the_cached_ones(world, tmp_path):
+    """keep=False (the forking page's one-off layer): the same arrays as the cached path, and no
+    file under layers/ or activations/."""
+    P = profile(world, tmp_path)
+    loose = extract.layer_activations("t-vit-a", "imagenet", P, layers=["block1.cls"], keep=False)
+    assert not (P.cache_dir / "layers").exists() and not (P.cache_dir / "activations").exists()
+    cached = extract.layer_activations("t-vit-a", "imagenet", P, layers=["block1.cls"])
+    assert list((P.cache_dir / "layers" / "t-vit-a").glob("imagenet-*/manifest.json"))
+    np.testing.assert_array_equal(loose["block1.cls"], cached["block1.cls"])
