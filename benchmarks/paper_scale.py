@@ -82,6 +82,70 @@ def dir_bytes(path: Path, pattern: str = "*.npy") -> int:
     return sum(p.stat().st_size for p in Path(path).rglob(pattern))
 
 
+def _cka_and_head(args, P, batches, device, dtype, n, entries, tmp) -> None:
+    # ---- (b) CKA of a ViT-B-32 pair: accumulators only
+    zs = PoolEntry(id="bench-cka-zs", arch="ViT-B-32", family="supervised", pretraining="x", model="ViT-B-32", seed=1)
+    ft = PoolEntry(id="bench-cka-ft", arch="ViT-B-32", family="supervised", pretraining="x", model="ViT-B-32", seed=2,
+                   finetuned_from="bench-cka-zs")
+    extract.release_models()
+    mz, mf = extract.loaded_model(zs, P), extract.loaded_model(ft, P)
+    two_bare = bare_forward(mz, batches, device, dtype) + bare_forward(mf, batches, device, dtype)
+    res, t_cka = timed(lambda: pair_cka(zs, ft, "imagenet", P, batch=min(256, max(4, n // 4))))
+    cka_bytes = dir_bytes(P.cache_dir / "cka")
+    layer = costs.layer_bytes_per_image(zs)
+    print(f"\n(b) CKA, ViT-B-32 pair, {len(res.layers_x)} x {len(res.layers_y)} layers, {res.n_batches} minibatches: "
+          f"{cka_bytes:,} B of accumulators per (pair, dataset) against {2 * layer * n:,} B of layer cache for these "
+          f"{n} images ({2 * layer * costs.DATASET_IMAGES['imagenet'] / 1e9:.1f} GB on ImageNet val); "
+          f"pass {t_cka:.1f} s vs two bare forwards {two_bare:.1f} s -> ratio {two_bare / t_cka:.3f}; "
+          f"final-layer CKA {res.same_layer()['embedding']:.3f}")
+
+    # ---- (c) zero-shot head build against the bare text-tower forward
+    import open_clip
+
+    extract.release_models()
+    clip = models.build_architecture(PoolEntry(id="bench-text", arch="ViT-B-32", family="robust_zeroshot_clip",
+                                               pretraining="x", model="ViT-B-32", seed=0)).eval().to(device)
+    tok = open_clip.get_tokenizer("ViT-B-32")
+    templates = [t for t in open_clip.OPENAI_IMAGENET_TEMPLATES[:8]]
+    names = list(open_clip.IMAGENET_CLASSNAMES[: max(1, args.prompts // len(templates))])
+    per_batch = max(1, models.HEAD_PROMPTS_PER_BATCH.get(device.type, 800) // len(templates))
+    texts = [t(c) for c in names for t in templates]
+    tokens = [tok(texts[i:i + per_batch * len(templates)]).to(device)
+              for i in range(0, len(texts), per_batch * len(templates))]
+    with torch.inference_mode(), models._autocast(device, dtype):
+        clip.encode_text(tokens[0][:2])
+        sync(device)
+        _, t_text = timed(lambda: ([clip.encode_text(t) for t in tokens], sync(device)))
+    models._MemoTokenizer._memo.clear()
+    _, t_head = timed(lambda: (models.zero_shot_head(clip, tok, names, templates, device, per_batch, dtype),
+                               sync(device)))
+    if device.type == "cuda" and dtype != "fp32":
+        # bf16 against fp32 on the same images: h and its kurtosis (Eq. 1) agree closely
+        from helpers.metrics import kurtosis
+
+        h16 = np.asarray(extract.activations(entries[0], "imagenet", P).h, dtype=np.float64)
+        P32 = load_profile("demo", overrides={"paths.data_root": str(tmp / "data"),
+                                              "paths.cache_dir": str(tmp / "cache"), "device": args.device,
+                                              "batch_size": args.batch_size, "num_workers": args.workers, "precision": "fp32"})
+        h32 = np.asarray(extract.activations(entries[0], "imagenet", P32).h, dtype=np.float64)
+        cos = np.sum(h16 * h32, 1) / np.linalg.norm(h16, axis=1) / np.linalg.norm(h32, axis=1)
+        print(f"\nprecision, {entries[0].model}: min cosine(h_{dtype}, h_fp32) {cos.min():.5f}; kurtosis "
+              f"{kurtosis(h16):.4f} ({dtype}) vs {kurtosis(h32):.4f} (fp32)")
+    if args.full_head:
+        full, t_full = timed(lambda: models.zero_shot_head(clip, tok, open_clip.IMAGENET_CLASSNAMES,
+                                                           open_clip.OPENAI_IMAGENET_TEMPLATES, device,
+                                                           max(1, models.HEAD_PROMPTS_PER_BATCH.get(device.type, 800) // 80),
+                                                           dtype))
+        sync(device)
+        print(f"full ImageNet head (80,000 prompts, {dtype}) on {device}: {t_full:.1f} s, W {tuple(full.shape)}, "
+              f"finite {bool(torch.isfinite(full).all())}")
+    print(f"\n(c) zero-shot head, ViT-B-32 text tower, {len(texts)} prompts: build {t_head:.2f} s vs bare text "
+          f"forward {t_text:.2f} s -> ratio {t_text / t_head:.3f}; {len(texts) / t_head:.0f} prompts/s here, so "
+          f"{costs.N_CLASSES * costs.N_TEMPLATES / (len(texts) / t_head) / 3600:.2f} h for the 80,000 prompts "
+          f"of one head on this device")
+
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")
@@ -96,6 +160,7 @@ def main() -> None:
     ap.add_argument("--full-head", action="store_true",
                     help="also build one full ImageNet head (1,000 classes x 80 templates) on the device")
     ap.add_argument("--arch-table", action="store_true", help="also count every pool architecture's costs")
+    ap.add_argument("--only-extraction", action="store_true", help="run (a) and (d) only (skip the CKA and head runs)")
     args = ap.parse_args()
     device = torch.device(args.device)
     if args.threads:
@@ -117,7 +182,7 @@ def main() -> None:
         # ---- (a) extraction end to end against the bare forward
         entries = [PoolEntry(id=f"bench-{m}", arch=m, family="supervised", pretraining="random init", model=m, seed=0)
                    for m in args.models]
-        totals = {"bare": 0.0, "engine": 0.0}
+        per_repeat = {"bare": [0.0] * args.repeats, "engine": [0.0] * args.repeats}
         print("\n(a) extraction, store built, model in the job's memo:")
         for e in entries:
             extract.release_models()
@@ -134,8 +199,9 @@ def main() -> None:
                 engine.append(timed(lambda: extract.extract_many([e], "imagenet", P, force=True))[1])
             ratios = [b / t for b, t in zip(bare, engine)]
             b, t = statistics.median(bare), statistics.median(engine)
-            totals["bare"] += b
-            totals["engine"] += t
+            for r in range(args.repeats):  # each repeat's bare and engine runs are back to back
+                per_repeat["bare"][r] += bare[r]
+                per_repeat["engine"][r] += engine[r]
             print(f"  {e.model}: bare forward {n / b:.1f} img/s, engine {n / t:.1f} img/s end to end -> "
                   f"ratio {statistics.median(ratios):.3f} (per repeat {', '.join(f'{r:.3f}' for r in ratios)}); "
                   f"cold model build {t_build:.1f} s; first call (decode + forward) {t_first:.1f} s")
@@ -146,68 +212,11 @@ def main() -> None:
             print(f"  (b) {e.model} bytes per image: store {dir_bytes(store_dir) / n:,.0f}, h {dir_bytes(act_dir) / n:,.0f} "
                   f"(d_H {e_acts.h.shape[1]} x 4 + label 8), logits 0 (derived); head {dir_bytes(head_dir):,} B per "
                   f"entry; opt-in layer cache {cost.layer_bytes:,} ({cost.layers} layers)")
-        ratio = totals["bare"] / totals["engine"]
+        # summed bare time / summed engine time over the models, per repeat; the median over repeats
+        ratio = statistics.median(b / t for b, t in zip(per_repeat["bare"], per_repeat["engine"]))
 
-        # ---- (b) CKA of a ViT-B-32 pair: accumulators only
-        zs = PoolEntry(id="bench-cka-zs", arch="ViT-B-32", family="supervised", pretraining="x", model="ViT-B-32", seed=1)
-        ft = PoolEntry(id="bench-cka-ft", arch="ViT-B-32", family="supervised", pretraining="x", model="ViT-B-32", seed=2,
-                       finetuned_from="bench-cka-zs")
-        extract.release_models()
-        mz, mf = extract.loaded_model(zs, P), extract.loaded_model(ft, P)
-        two_bare = bare_forward(mz, batches, device, dtype) + bare_forward(mf, batches, device, dtype)
-        res, t_cka = timed(lambda: pair_cka(zs, ft, "imagenet", P, batch=min(256, max(4, n // 4))))
-        cka_bytes = dir_bytes(P.cache_dir / "cka")
-        layer = costs.layer_bytes_per_image(zs)
-        print(f"\n(b) CKA, ViT-B-32 pair, {len(res.layers_x)} x {len(res.layers_y)} layers, {res.n_batches} minibatches: "
-              f"{cka_bytes:,} B of accumulators per (pair, dataset) against {2 * layer * n:,} B of layer cache for these "
-              f"{n} images ({2 * layer * costs.DATASET_IMAGES['imagenet'] / 1e9:.1f} GB on ImageNet val); "
-              f"pass {t_cka:.1f} s vs two bare forwards {two_bare:.1f} s -> ratio {two_bare / t_cka:.3f}; "
-              f"final-layer CKA {res.same_layer()['embedding']:.3f}")
-
-        # ---- (c) zero-shot head build against the bare text-tower forward
-        import open_clip
-
-        extract.release_models()
-        clip = models.build_architecture(PoolEntry(id="bench-text", arch="ViT-B-32", family="robust_zeroshot_clip",
-                                                   pretraining="x", model="ViT-B-32", seed=0)).eval().to(device)
-        tok = open_clip.get_tokenizer("ViT-B-32")
-        templates = [t for t in open_clip.OPENAI_IMAGENET_TEMPLATES[:8]]
-        names = list(open_clip.IMAGENET_CLASSNAMES[: max(1, args.prompts // len(templates))])
-        per_batch = max(1, models.HEAD_PROMPTS_PER_BATCH.get(device.type, 800) // len(templates))
-        texts = [t(c) for c in names for t in templates]
-        tokens = [tok(texts[i:i + per_batch * len(templates)]).to(device)
-                  for i in range(0, len(texts), per_batch * len(templates))]
-        with torch.inference_mode(), models._autocast(device, dtype):
-            clip.encode_text(tokens[0][:2])
-            sync(device)
-            _, t_text = timed(lambda: ([clip.encode_text(t) for t in tokens], sync(device)))
-        models._MemoTokenizer._memo.clear()
-        _, t_head = timed(lambda: (models.zero_shot_head(clip, tok, names, templates, device, per_batch, dtype),
-                                   sync(device)))
-        if device.type == "cuda" and dtype != "fp32":
-            # bf16 against fp32 on the same images: h and its kurtosis (Eq. 1) agree closely
-            from helpers.metrics import kurtosis
-
-            h16 = np.asarray(extract.activations(entries[0], "imagenet", P).h, dtype=np.float64)
-            P32 = load_profile("demo", overrides={"paths.data_root": str(tmp / "data"),
-                                                  "paths.cache_dir": str(tmp / "cache"), "device": args.device,
-                                                  "batch_size": args.batch_size, "num_workers": args.workers, "precision": "fp32"})
-            h32 = np.asarray(extract.activations(entries[0], "imagenet", P32).h, dtype=np.float64)
-            cos = np.sum(h16 * h32, 1) / np.linalg.norm(h16, axis=1) / np.linalg.norm(h32, axis=1)
-            print(f"\nprecision, {entries[0].model}: min cosine(h_{dtype}, h_fp32) {cos.min():.5f}; kurtosis "
-                  f"{kurtosis(h16):.4f} ({dtype}) vs {kurtosis(h32):.4f} (fp32)")
-        if args.full_head:
-            full, t_full = timed(lambda: models.zero_shot_head(clip, tok, open_clip.IMAGENET_CLASSNAMES,
-                                                               open_clip.OPENAI_IMAGENET_TEMPLATES, device,
-                                                               max(1, models.HEAD_PROMPTS_PER_BATCH.get(device.type, 800) // 80),
-                                                               dtype))
-            sync(device)
-            print(f"full ImageNet head (80,000 prompts, {dtype}) on {device}: {t_full:.1f} s, W {tuple(full.shape)}, "
-                  f"finite {bool(torch.isfinite(full).all())}")
-        print(f"\n(c) zero-shot head, ViT-B-32 text tower, {len(texts)} prompts: build {t_head:.2f} s vs bare text "
-              f"forward {t_text:.2f} s -> ratio {t_text / t_head:.3f}; {len(texts) / t_head:.0f} prompts/s here, so "
-              f"{costs.N_CLASSES * costs.N_TEMPLATES / (len(texts) / t_head) / 3600:.2f} h for the 80,000 prompts "
-              f"of one head on this device")
+        if not args.only_extraction:
+            _cka_and_head(args, P, batches, device, dtype, n, entries, tmp)
 
     # ---- (d) the extrapolation `clip-study plan` prints (the same checks and helpers.costs.estimate)
     from helpers import preflight
