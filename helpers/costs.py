@@ -336,6 +336,10 @@ def estimate(profile: Profile, entries: Sequence[PoolEntry] | None = None, secti
             st.add_time(gflops(e), e.id, n, rate)
             if e.id in geometries:
                 stores.add((d, geometries[e.id]))
+    rows = sum(images.get(d, 0) for e in entries for d in need[e.id])
+    if rows:
+        stages["extraction"].notes.append(f"{sum(bool(need[e.id]) for e in entries)} entries, {rows:,} (entry, image) "
+                                          "rows of h (float32) + label; no logits, no layer arrays")
     for s in sections:
         if s in PAIR_SECTIONS:  # both models of a pair read the stores of the evaluation sets (and Broden)
             for zs, ft in pairs:
