@@ -218,17 +218,24 @@ def main() -> None:
         if not args.only_extraction:
             _cka_and_head(args, P, batches, device, dtype, n, entries, tmp)
 
-    # ---- (d) the extrapolation `clip-study plan` prints
-    paper = load_profile("paper")
-    est = costs.estimate(paper)
-    print(f"\n(d) paper profile ({len(paper.pool)} entries, published dataset sizes), helpers.costs.estimate:")
-    print(costs.format_estimate(est))
+    # ---- (d) the extrapolation `clip-study plan` prints (the same checks and helpers.costs.estimate)
+    from helpers import preflight
+
+    report = preflight.check("paper")
+    print(f"\n(d) paper profile ({len(report.entries)} entries, {len(report.sections)} sections; dataset sizes "
+          "found on disk, else the published ones), as `clip-study plan --profile paper` prints it:")
+    print("\n".join(costs.format_stages(report.stages, report.profile)))
+    print(costs.total_line(report.stages))
     if args.arch_table:
-        print("\nper-architecture costs (torch.utils.flop_counter, one 224 px image, CPU):")
+        print("\nper-architecture costs (torch.utils.flop_counter, one 224 px image, meta device), "
+              "the rows of helpers.costs.ARCHS:")
         for m in costs.ARCHS:
             src = "torchvision" if m.startswith("vit_") else "open_clip"
             e = PoolEntry(id="t", arch=m, family="supervised", pretraining="x", model=m, source=src)
-            print(f"  {m}: {costs.measure_arch(e, device='cpu')}")
+            c = costs.measure_arch(e, device="meta")
+            print(f'    "{m}": _measured({c.d_H}, {c.image_gflops:.2f}, {c.image_params / 1e6:.2f}, {c.layers}, '
+                  f"{c.layer_bytes:_}" + (f", {c.text_gflops:.2f}, {c.text_params / 1e6:.2f}" if c.text_params else "")
+                  + "),")
     print(f"\nreal-size ratio: {ratio:.3f}")
 
 

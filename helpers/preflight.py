@@ -61,7 +61,7 @@ class Report:
 
     @property
     def total_cache_bytes(self) -> float:
-        return sum(s.cache_bytes for s in self.stages)
+        return costs.cache_bytes(self.stages)
 
     @property
     def checkpoint_bytes(self) -> float:
@@ -276,7 +276,7 @@ def _check_disk(profile: Profile, report: Report) -> None:
     from .training import run_dir
 
     needs: dict[int, list] = {}
-    for key, folder, need in (("paths.cache_dir", profile.cache_dir, report.total_cache_bytes),
+    for key, folder, need in (("paths.cache_dir", profile.cache_dir, costs.peak_bytes(report.stages)),
                               ("paths.checkpoints_dir", profile.paths["checkpoints_dir"], report.checkpoint_bytes)):
         if key == "paths.checkpoints_dir":
             have = sum(_tree_bytes(d) for d in {run_dir(profile, e) for e in report.to_train} if d.exists())
@@ -338,11 +338,8 @@ def check(profile: Profile | str | os.PathLike, sections: list[str] | None = Non
         images[name] = got if got is not None else (published.IMAGES[name] if lim is None
                                                     else min(lim, published.IMAGES[name]))
 
-    from .models import preprocessing
-
-    geometries = {e.id: preprocessing(e).geometry_key for e in profile.pool}
-    report.stages = costs.estimate(profile, entries, report.sections, images=images, geometries=geometries,
-                                   to_train=to_train, train_images=images.get("imagenet-train", 0))
+    report.stages = costs.estimate(profile, entries, report.sections, images=images, to_train=to_train,
+                                   train_images=images.get("imagenet-train", 0))
     _check_disk(profile, report)
     return report
 
@@ -354,10 +351,6 @@ def _library_line() -> str:
 
     return (f"profile values and model names: open_clip {open_clip.__version__}, torchvision "
             f"{torchvision.__version__}, torch {torch.__version__}")
-
-
-def _gb(b: float) -> str:
-    return f"{b / costs.GB:.1f} GB" if b >= 0.05 * costs.GB else f"{b / 1e6:.1f} MB" if b >= 1e5 else f"{b / 1e3:.0f} kB"
 
 
 def format(report: Report) -> str:  # noqa: A001 - the name the runner calls
@@ -389,23 +382,7 @@ def format(report: Report) -> str:  # noqa: A001 - the name the runner calls
         out.append(f"To do before `clip-study run` ({len(report.todo)})")
         out += [f"  - {t}" for t in report.todo]
     out.append("")
-    unit = "GPU-hours" if P.device.startswith("cuda") else "CPU-hours"
-    out.append(f"{'Stage':<16} {'cache':>10} {unit:>10}  notes")
-    for s in report.stages:
-        hours = f"{s.gpu_hours:.2f}" if not s.unknown else (f"{s.gpu_hours:.2f}+" if s.gpu_hours else "n/a")
-        notes = list(s.notes)
-        if s.checkpoint_bytes:
-            notes.insert(0, f"checkpoints: {_gb(s.checkpoint_bytes)} under checkpoints_dir")
-        if s.unknown:
-            notes.append(f"no published per-image cost for {', '.join(s.unknown[:4])}"
-                         + (f" (+{len(s.unknown) - 4})" if len(s.unknown) > 4 else ""))
-        if s.name == "stores":
-            hours = "CPU"
-        out.append(f"  {s.name:<14} {_gb(s.cache_bytes):>10} {hours:>10}  {'; '.join(notes)}")
-    total_h = sum(s.gpu_hours for s in report.stages)
-    out.append(f"  {'total':<14} {_gb(report.total_cache_bytes):>10} {total_h:>10.2f}")
-    out.append(f"  ({costs.ASSUMPTIONS})" if P.device.startswith("cuda") else
-               "  (CPU-hours from facts.md's 2-thread encode_image times of the real architectures)")
+    out += costs.format_stages(report.stages, P)
     if report.disk:
         out.append("")
         out.append("Disk")
@@ -421,5 +398,5 @@ def format(report: Report) -> str:  # noqa: A001 - the name the runner calls
         out.append(f"Not ready: {len(report.pending)} step(s) of the to-do list above must run first{offline}.")
     elif report.ok:
         out.append("Ready: `clip-study run` can start" + (" (it downloads the weights above)" if report.todo else "") + ".")
-    out.append(f"total cache: {report.total_cache_bytes / costs.GB:.0f} GB")
+    out.append(costs.total_line(report.stages))
     return "\n".join(out)

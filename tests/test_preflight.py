@@ -121,12 +121,13 @@ def test_plan_for_the_paper_profile_here_lists_what_is_missing_within_80_gb(caps
 
 def test_plan_cache_bytes_follow_the_per_image_formula():
     """One ViT-B-32 (d_H 512) over the six evaluation sets of their published sizes: 224 x 224 x 3
-    uint8 pixels and 4 x 512 float32 bytes of h per image, a 1,000 x 512 float32 head."""
+    uint8 pixels + an int64 label and index per image in the store, 4 x 512 float32 bytes of h + an
+    int64 label per image, a 1,000 x 512 float32 head (twice: zero-shot ``heads/`` and ``linear_heads/``)."""
     report = preflight.check("paper", sections=["robustness"], entry="ViT-B-32-openai")
     stages = {s.name: s for s in report.stages}
-    assert stages["stores"].cache_bytes == 224 * 224 * 3 * EVAL_IMAGES
-    assert stages["extraction"].cache_bytes == 4 * 512 * EVAL_IMAGES
-    assert stages["heads"].cache_bytes == 1000 * 512 * 4
+    assert stages["stores"].cache_bytes == (224 * 224 * 3 + 8 + 8) * EVAL_IMAGES
+    assert stages["extraction"].cache_bytes == (4 * 512 + 8) * EVAL_IMAGES
+    assert stages["heads"].cache_bytes == 2 * 1000 * 512 * 4
     assert stages["extraction"].gpu_hours == pytest.approx(8.82e9 / 100e12 * EVAL_IMAGES / 3600)
     assert stages["Broden probing"].cache_bytes == stages["CKA"].cache_bytes == 0
     assert report.total_cache_bytes == sum(s.cache_bytes for s in report.stages)
