@@ -377,7 +377,9 @@ def test_every_demo_entry_loads_and_classifies_two_images(demo, demo_models):
     kinds = {}
     for e in demo.pool:
         lm = demo_models[e.id]
-        assert not lm.training and lm.image_size == 224 and lm.interpolation == "bicubic"
+        # torchvision's ViTs are evaluated with torchvision's own preset (resize 256 bilinear, crop 224)
+        expected = "bilinear" if e.source == "torchvision" else "bicubic"
+        assert not lm.training and lm.image_size == 224 and lm.interpolation == expected, e.id
         with torch.no_grad():
             logits = lm(lm.normalize_input(x))
         assert logits.shape == (2, 1000) and torch.isfinite(logits).all(), e.id
