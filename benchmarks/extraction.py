@@ -47,13 +47,9 @@ from helpers.config import PoolEntry, load_profile  # noqa: E402
 from helpers.data import open_dataset  # noqa: E402
 from helpers.models import load  # noqa: E402
 from helpers.store import Geometry, ensure_store  # noqa: E402
+from timing import bare_forward as timing_bare_forward, sync, timed  # noqa: E402  (benchmarks/timing.py)
 
 SIZE = (500, 375)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def entry_for(name: str, profile) -> PoolEntry:
@@ -71,26 +67,7 @@ def bare_forward(entry: PoolEntry, batches: list[torch.Tensor], P, device: torch
     model = load(entry, str(device), P.cache_dir)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    autocast = (torch.autocast("cuda", dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
-                if device.type == "cuda" and dtype != "fp32" else torch.autocast("cpu", enabled=False))
-
-    def run(x8):
-        x = model.normalize_input(x8)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            h = model.encode(x)
-        return model.logits_from_features(h.float())
-
-    with torch.inference_mode():
-        run(batches[0])
-        sync(device)
-        gc.collect()
-        t0 = time.perf_counter()
-        for x8 in batches:
-            run(x8)
-        sync(device)
-    return time.perf_counter() - t0
+    return timing_bare_forward(model, batches, device, dtype, head=True)
 
 
 def naive_loop(entries: list[PoolEntry], P, device: torch.device) -> float:
@@ -108,15 +85,6 @@ def naive_loop(entries: list[PoolEntry], P, device: torch.device) -> float:
                 model.logits_from_features(model.encode(x.to(device, non_blocking=True)))
         sync(device)
     return time.perf_counter() - t0
-
-
-def timed(fn):
-    # A full collection first, as timeit does: otherwise a generation-2 collection of everything the
-    # process has built so far (0.2 s here) lands inside whichever call happens to trigger it.
-    gc.collect()
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
 
 
 def main() -> None:

@@ -24,11 +24,9 @@ Usage (CPU; on a shared machine ``--threads 1`` steadies the timings):
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -39,43 +37,9 @@ import torch  # noqa: E402
 from helpers import costs, extract, fixtures, models  # noqa: E402
 from helpers.cka_pass import pair_cka  # noqa: E402
 from helpers.config import PoolEntry, load_profile  # noqa: E402
+from timing import bare_forward, sync, timed  # noqa: E402  (benchmarks/timing.py)
 
 SIZE = (500, 375)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def bare_forward(model, batches, device, dtype) -> float:
-    """Seconds for normalise + encoder over uint8 batches already on the device (after a warm-up)."""
-    autocast = (torch.autocast("cuda", dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
-                if device.type == "cuda" and dtype != "fp32" else torch.autocast("cpu", enabled=False))
-
-    def run(x8):
-        x = model.normalize_input(x8)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            return model.encode(x).float()
-
-    with torch.inference_mode():
-        run(batches[0][:2])
-        sync(device)
-        gc.collect()
-        t0 = time.perf_counter()
-        for x8 in batches:
-            run(x8)
-        sync(device)
-    return time.perf_counter() - t0
-
-
-def timed(fn):
-    gc.collect()
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
 
 
 def dir_bytes(path: Path, pattern: str = "*.npy") -> int:

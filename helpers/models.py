@@ -433,21 +433,12 @@ def _digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()
 
 
-_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
 def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes (memoised per path, size and modification time)."""
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    if key not in _FILE_DIGESTS:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 24), b""):
-                h.update(block)
-        _FILE_DIGESTS[key] = h.hexdigest()
-    return _FILE_DIGESTS[key]
+    """sha256 of a file's bytes (memoised per path, size and modification time;
+    :func:`helpers.provenance.sha256_file`, shared with the provenance records)."""
+    from .provenance import sha256_file
+
+    return sha256_file(path)
 
 
 def _unsafe(entry: PoolEntry, path: str | os.PathLike, exc: Exception) -> UnsafeCheckpointError:

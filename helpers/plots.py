@@ -105,6 +105,18 @@ def legend_outside(ax, handles=None, labels=None, title=None, where: str = "righ
     return leg
 
 
+def _legend_entries(axes) -> tuple[list, list]:
+    """Every panel's legend handles and labels, each label once, in first-seen order: one figure
+    legend for a facet grid instead of one legend per panel."""
+    handles, labels = [], []
+    for ax in (axes.flat if hasattr(axes, "flat") else axes):
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    return handles, labels
+
+
 def _figure_legend(fig, handles, labels):
     """The legend of a multi-panel figure, right of the panels (two columns for long lists)."""
     return fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False, fontsize=8,
@@ -304,12 +316,7 @@ def ranked_profiles(df, x: str, y: str, xlabel: str, ylabel: str, title: str, pr
         ax.set(title=panel, xlabel=xlabel, ylabel=ylabel)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    handles, labels = [], []
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
+    handles, labels = _legend_entries(axes)
     _figure_legend(fig, handles, labels)
     fig.suptitle(title)
     fig.tight_layout()
@@ -357,12 +364,7 @@ def pruning_grid(table, profile, paper=None):
                     ax.plot([0], [100 * paper_map.loc[pe, m]], ls="", marker=marker, ms=9, mfc="none", mec=color, mew=1.6)
             ax.axvline(100 * 0.8, color="0.5", ls=":", lw=1)
             ax.set(title=f"{b}: {label}", ylabel="", xlabel="singular directions pruned (%)" if i == len(panels) - 1 else "")
-    handles, labels = [], []
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
+    handles, labels = _legend_entries(axes)
     if len(paper_map):
         handles.append(_paper_handle())
         labels.append(PAPER_LABEL + ", unpruned")

@@ -191,6 +191,22 @@ def find_notebook(section: str) -> Path | None:
 _FILE_MEMO: dict[tuple, str] = {}
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, memoised in this process per (resolved path, size, mtime): the one
+    file hash of the package (also the weights digest :func:`helpers.models.file_sha256` gives a
+    checkpoint), so a weights file a job loads and records is read once."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_MEMO:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                h.update(chunk)
+        _FILE_MEMO[key] = h.hexdigest()
+    return _FILE_MEMO[key]
+
+
 def file_digest(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> str | None:
     """sha256 of a file's bytes (None if absent), remembered by (path, size, mtime): a weights file
     is read once, not at every check. ``cache_dir`` keeps the memo across processes."""
@@ -200,31 +216,20 @@ def file_digest(path: str | os.PathLike, cache_dir: str | os.PathLike | None = N
     except OSError:
         return None
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    # the weights digest helpers.models computes for its cache keys is the same sha256: share it
-    shared = getattr(sys.modules.get("helpers.models"), "_FILE_DIGESTS", None)
-    if shared is not None and key in shared:
-        _FILE_MEMO[key] = shared[key]
     if key in _FILE_MEMO:
-        if shared is not None:
-            shared.setdefault(key, _FILE_MEMO[key])
         return _FILE_MEMO[key]
     disk = Path(cache_dir) / RECORD_DIR / "file-digests.json" if cache_dir else None
     table = read_record(disk) or {} if disk else {}
     k = "\t".join(map(str, key))
-    if k not in table:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        table[k] = h.hexdigest()
-        if disk:
-            fresh = read_record(disk) or {}  # another process may have added entries meanwhile
-            fresh[k] = table[k]
-            write_record(disk, fresh)
-    _FILE_MEMO[key] = table[k]
-    if shared is not None:
-        shared.setdefault(key, table[k])
-    return table[k]
+    if k in table:
+        _FILE_MEMO[key] = table[k]
+        return table[k]
+    digest = sha256_file(p)
+    if disk:
+        fresh = read_record(disk) or {}  # another process may have added entries meanwhile
+        fresh[k] = digest
+        write_record(disk, fresh)
+    return digest
 
 
 def _list_dir(folder: str) -> tuple[list[str], list[tuple[str, int, int]]]:
