@@ -42,14 +42,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from helpers import extract, fixtures  # noqa: E402
+from helpers import extract  # noqa: E402
 from helpers.config import PoolEntry, load_profile  # noqa: E402
 from helpers.data import open_dataset  # noqa: E402
 from helpers.models import load  # noqa: E402
 from helpers.store import Geometry, ensure_store  # noqa: E402
-from timing import bare_forward as timing_bare_forward, sync, timed  # noqa: E402  (benchmarks/timing.py)
+from timing import SIZE, bare_forward as timing_bare_forward, sync, timed, write_images  # noqa: E402  (benchmarks/timing.py)
 
-SIZE = (500, 375)
 
 
 def entry_for(name: str, profile) -> PoolEntry:
@@ -105,11 +104,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-extraction-") as tmp:
         tmp = Path(tmp)
-        classes = fixtures.DEMO_CLASSES
-        per_class = -(-args.images // len(classes))
-        t_data = timed(lambda: fixtures.write_imagenet(tmp / "data" / "imagenet", "val", classes=classes,
-                                                        per_class=per_class, size=SIZE))[1]
-        n = per_class * len(classes)
+        n, t_data = timed(lambda: write_images(tmp / "data", args.images))
 
         def profile(cache: str, **kw):
             return load_profile("demo", overrides={

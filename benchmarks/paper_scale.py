@@ -34,12 +34,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from helpers import costs, extract, fixtures, models  # noqa: E402
+from helpers import costs, extract, models  # noqa: E402
 from helpers.cka_pass import pair_cka  # noqa: E402
 from helpers.config import PoolEntry, load_profile  # noqa: E402
-from timing import bare_forward, sync, timed  # noqa: E402  (benchmarks/timing.py)
+from timing import SIZE, bare_forward, sync, timed, write_images  # noqa: E402  (benchmarks/timing.py)
 
-SIZE = (500, 375)
 
 
 def dir_bytes(path: Path, pattern: str = "*.npy") -> int:
@@ -132,10 +131,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-paper-scale-") as tmp:
         tmp = Path(tmp)
-        classes = fixtures.DEMO_CLASSES
-        per_class = -(-args.images // len(classes))
-        fixtures.write_imagenet(tmp / "data" / "imagenet", "val", classes=classes, per_class=per_class, size=SIZE)
-        n = per_class * len(classes)
+        n = write_images(tmp / "data", args.images)
         P = load_profile("demo", overrides={"paths.data_root": str(tmp / "data"), "paths.cache_dir": str(tmp / "cache"),
                                             "device": args.device, "batch_size": args.batch_size, "num_workers": args.workers,
                                             "precision": args.precision if device.type == "cuda" else "fp32"})

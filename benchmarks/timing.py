@@ -4,8 +4,23 @@ from __future__ import annotations
 
 import gc
 import time
+from pathlib import Path
 
 import torch
+
+#: The benchmarks' JPEGs: ImageNet val's typical 500 x 375, decoded and resized like the real ones.
+SIZE = (500, 375)
+
+
+def write_images(data_root: Path, images: int) -> int:
+    """At least ``images`` fixture JPEGs in ImageNet val's layout under ``data_root/imagenet/val``
+    (the demo classes, equal counts); returns how many were written."""
+    from helpers import fixtures
+
+    classes = fixtures.DEMO_CLASSES
+    per_class = -(-images // len(classes))
+    fixtures.write_imagenet(Path(data_root) / "imagenet", "val", classes=classes, per_class=per_class, size=SIZE)
+    return per_class * len(classes)
 
 
 def sync(device: torch.device) -> None:

@@ -143,16 +143,20 @@ class CacheEntry:
         return None
 
     @contextmanager
-    def lock(self) -> Iterator[None]:
-        """Exclusive lock for building this entry: two processes asking for the same key do not
-        both write it; the second waits, then finds the first one's committed result."""
+    def _flock(self, name: str, mode: int) -> Iterator[None]:
+        """An advisory lock (``fcntl.LOCK_EX`` or ``LOCK_SH``) on the file ``name`` of this entry."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".lock", "a+") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        with open(self.dir / name, "a+") as f:
+            fcntl.flock(f.fileno(), mode)
             try:
                 yield
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def lock(self):
+        """Exclusive lock for building this entry: two processes asking for the same key do not
+        both write it; the second waits, then finds the first one's committed result."""
+        return self._flock(".lock", fcntl.LOCK_EX)
 
     def partial(self, arrays: Mapping[str, tuple[tuple[int, ...], str]], fresh: bool = False,
                 state: Mapping[str, Any] | None = None) -> "Partial":
@@ -183,17 +187,10 @@ class CacheEntry:
             atomic_write_json(pdir / _PROGRESS, progress)
         return Partial(self, pdir, mm, progress)
 
-    @contextmanager
-    def reading(self) -> Iterator[None]:
+    def reading(self):
         """Shared lock held while this entry's files are read (by this process and its DataLoader
         workers): :meth:`remove_unused` leaves an entry alone while anyone holds it."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".readers", "a+") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_SH)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return self._flock(".readers", fcntl.LOCK_SH)
 
     def remove_unused(self) -> bool:
         """Delete the committed content (manifest first, then the runs) if no process is reading
