@@ -499,6 +499,52 @@ def test_concept_probing_tables_from_planted_concepts(probing):
     assert top2.set_index(["paper model", "rank"]).loc[("RN50-openai", 1), "this run"] == "red (1.00)"
 
 
+#: A row of 53 concept APs with seven concepts tied at 1.0 (columns 8, 10, 13, 18, 20, 24, 27, ...): on
+#: rows longer than 16, numpy's default (introsort) argsort returns tied entries out of column order.
+TIED_ROW = [0.95, 0.95, 0.5, 0.5, 0.2, 0.2, 0.2, 0.2, 1.0, 0.95, 1.0, 0.95, 0.95, 1.0, 0.95, 0.95, 0.95, 0.95,
+            1.0, 0.5, 1.0, 0.95, 0.2, 0.5, 1.0, 0.95, 0.2, 1.0, 0.95, 1.0, 0.2, 0.2, 1.0, 0.2, 0.95, 0.2, 0.5, 0.5,
+            0.5, 0.5, 0.2, 0.2, 0.2, 0.2, 0.95, 0.95, 0.95, 0.5, 0.95, 1.0, 0.5, 0.5, 1.0]
+
+
+def test_top_concepts_keep_column_order_among_tied_aps(probing, monkeypatch):
+    study, _, _, _, _ = probing
+    n = len(TIED_ROW)
+    names = [f"concept{c}" for c in range(n)]
+    many = concept_probing.BrodenSets(pd.DataFrame({"number": np.arange(1, n + 1), "name": names,
+                                                    "category": ["object"] * n}),
+                                      np.ones((N_BRODEN, n), bool), np.ones((N_BRODEN, n), bool),
+                                      pd.DataFrame(), key="tied")
+    ap = np.full((RANK, n), 0.1)
+    ap[IMAGENET_ALONG["RN50-openai"]] = TIED_ROW  # the entry's most privileged direction
+    monkeypatch.setattr(concept_probing, "broden_sets", lambda P: many)
+    monkeypatch.setattr(concept_probing, "ap_matrix", lambda e, P, sets: ap)
+    study = Study(study.profile, [study.profile.entry("RN50-openai")], study.section)
+    row = concept_probing.at_threshold(concept_probing.measure(study), 0.9).iloc[0]
+    # the first three columns holding the top AP 1.0, read off TIED_ROW by hand
+    assert [row.top1, row.top2, row.top3] == ["concept8", "concept10", "concept13"]
+    assert [row.top1_ap, row.top2_ap, row.top3_ap] == [1.0, 1.0, 1.0]
+    assert row.unique_concepts == sum(v >= 0.9 for v in TIED_ROW) and row.probed_concepts == n
+
+
+def test_venn_sets_take_the_first_model_of_each_role_per_backbone(tmp_path, monkeypatch):
+    # two zero-shot RN50 models: Figure 4 compares the first one (the paper's OpenAI model)
+    pool = POOL + [{"id": "RN50-yfcc", "arch": "RN50", "family": "robust_zeroshot_clip", "pretraining": "YFCC-15M",
+                    "model": "demo-RN50"}]
+    P = load_profile(write_profile(tmp_path, pool=pool, metrics={"seed": 7}))
+    sets = broden_world()
+    encoded = {"RN50-openai": [0, 1], "RN50-yfcc": [3], "RN50-openai-ft": [0], "RN50-supervised": [2]}
+
+    def ap_matrix(e, P_, sets_):
+        assert e.family in ("robust_zeroshot_clip", "finetuned_clip", "supervised"), e.id  # CoCa is not probed
+        ap = np.full((RANK, len(CONCEPTS)), 0.5)
+        ap[0, encoded[e.id]] = 0.95
+        return ap
+    monkeypatch.setattr(concept_probing, "broden_sets", lambda P_: sets)
+    monkeypatch.setattr(concept_probing, "ap_matrix", ap_matrix)
+    venn = concept_probing.venn_sets(Study(P, list(P.pool), concept_probing.SECTION), 0.9)
+    assert venn == {"RN50": {"zero-shot": {"striped", "red"}, "finetuned": {"striped"}, "supervised": {"sky"}}}
+
+
 # --------------------------------------------------------------------------------------------
 # Pruning (Appendix G)
 # --------------------------------------------------------------------------------------------
