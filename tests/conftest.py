@@ -33,3 +33,13 @@ def write_profile(tmp_path: Path, pool=None, **top) -> Path:
 @pytest.fixture
 def tmp_profile(tmp_path):
     return write_profile(tmp_path)
+
+
+def refuses(exc, message: str):
+    """``pytest.raises`` matching the whole message, not a part of it: the message is what a user
+    reads when a notebook stops, so a test pins every word of it."""
+    import re
+
+    import pytest
+
+    return pytest.raises(exc, match="^" + re.escape(message) + "$")

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.metrics import importance, importance_ratio, project, svd_head
+from conftest import refuses
+from helpers.metrics import directions, importance, importance_ratio, kurtosis, project, svd_head
+from helpers.metrics.directions import _as_matrix
 
 
 def orthonormal_rows(rng, k, d):
@@ -118,3 +120,132 @@ def test_project_is_h_times_v():
 def test_refusals(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# --------------------------------------------------------------------------------------------
+# The shared array conversion and privileged directions (issue 16.2): inputs accepted and refusals word for word
+
+
+def test_torch_tensors_of_every_kind_become_numpy():
+    h = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.5]])
+    for t in (h.to(torch.bfloat16), h.half(), h.clone().requires_grad_(True)):
+        a = _as_matrix(t, "h", dtype=None)
+        assert isinstance(a, np.ndarray) and a.dtype == np.float32
+        np.testing.assert_array_equal(a, h.numpy())
+    assert _as_matrix(h.double(), "h", dtype=None).dtype == np.float64
+    # numpy half precision is widened to float32, not to float64; float32 stays float32
+    assert _as_matrix(np.ones((2, 2), np.float16), "h", dtype=None).dtype == np.float32
+    assert _as_matrix(np.ones((2, 2), np.float32), "h", dtype=None).dtype == np.float32
+    # integers become float64 when the caller keeps the input's precision
+    i = _as_matrix([[1, 2], [3, 4]], "h", dtype=None)
+    assert i.dtype == np.float64 and i.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    assert _as_matrix(np.ones((2, 2), np.int8), "h", dtype=None).dtype == np.float64
+
+
+def test_metrics_take_a_bf16_tensor_with_grad_like_its_float32_values():
+    rng = np.random.default_rng(0)
+    h = rng.normal(size=(6, 4)).astype(np.float32)
+    W = rng.normal(size=(3, 4)).astype(np.float32)
+    hb = torch.from_numpy(h).to(torch.bfloat16)
+    exact = hb.float().numpy()  # the bf16 values themselves, widened
+    t = hb.clone().requires_grad_(True)
+    assert kurtosis(t) == pytest.approx(kurtosis(exact), rel=1e-12)
+    np.testing.assert_allclose(importance(W, t), importance(W, exact), rtol=1e-12)
+    np.testing.assert_allclose(project(t, svd_head(W)[2]), project(exact, svd_head(W)[2]), rtol=1e-6)
+
+
+def test_non_finite_values_are_located():
+    h = np.ones((3, 4))
+    h[1, 2] = np.nan
+    with refuses(ValueError, "h contains NaN or inf (first at index [1, 2])"):
+        kurtosis(h)
+    h[1, 2] = np.inf
+    with refuses(ValueError, "h contains NaN or inf (first at index [1, 2])"):
+        importance(np.eye(4), h)
+
+
+
+
+
+def test_svd_head_rank_rule_at_its_boundary():
+    # sigma = (2, 1): 1 > 0.5 * 2 is false, so rank 1 at rtol = 0.5 and rank 2 just below it
+    assert svd_head(np.diag([2.0, 1.0]), rtol=0.5)[1].tolist() == [2.0]
+    assert svd_head(np.diag([2.0, 1.0]), rtol=0.4999)[1].tolist() == [2.0, 1.0]
+    # an exactly rank-1 head (sigma_2 = 0) keeps its one direction
+    U, sigma, Vt = svd_head(np.array([[3.0, 0.0], [0.0, 0.0]]))
+    assert sigma.tolist() == [3.0] and Vt.tolist() == [[1.0, 0.0]] and U.tolist() == [[1.0], [0.0]]
+    # a single-class head (K = 1) is a valid rank-1 head
+    U, sigma, Vt = svd_head(np.array([[0.0, -3.0, 4.0]]))
+    assert sigma == pytest.approx([5.0]) and Vt == pytest.approx(np.array([[0.0, -0.6, 0.8]]))
+    assert U == pytest.approx(np.array([[1.0]]))
+
+
+def test_svd_head_sign_rule_flips_u_and_v_together():
+    # v's largest-magnitude entry is made positive; W = U diag(sigma) Vt still holds
+    W = np.array([[0.0, -2.0], [-1.0, 0.0]])
+    U, sigma, Vt = svd_head(W)
+    assert sigma.tolist() == [2.0, 1.0]
+    assert Vt.tolist() == [[0.0, 1.0], [1.0, 0.0]] and U.tolist() == [[-1.0, 0.0], [0.0, -1.0]]
+    np.testing.assert_allclose((U * sigma) @ Vt, W)
+
+
+def test_svd_head_refusals():
+    with refuses(ValueError, "W must be a non-empty K x d_H matrix; got shape (0, 3)"):
+        svd_head(np.zeros((0, 3)))
+    with refuses(ValueError, "W is zero: it has no singular directions"):
+        svd_head(np.zeros((2, 3)))
+    with refuses(ValueError, "W must be a 2-D array (K classes x d_H); got shape (3,)"):
+        svd_head(np.ones(3))
+
+
+def test_project_keeps_precision_and_refuses_by_name():
+    Vt = np.eye(3)[:2]
+    assert project(np.ones((2, 3), np.float32), Vt).dtype == np.float32
+    out = project([[1, 2, 3]], Vt)  # integer activations: float64, values h . v_i
+    assert out.dtype == np.float64 and out.tolist() == [[1.0, 2.0]]
+    with refuses(ValueError, "h must be a 2-D array (n_images x d_H); got shape (3,)"):
+        project(np.ones(3), Vt)
+    with refuses(ValueError, "Vt must be a 2-D array (directions x d_H); got shape (3,)"):
+        project(np.ones((2, 3)), np.ones(3))
+    with refuses(ValueError, "Vt contains NaN or inf (first at index [0, 1])"):
+        project(np.ones((2, 3)), np.array([[1.0, np.nan, 0.0]]))
+    with refuses(ValueError, "h has d_H = 3 but Vt has 2 columns"):
+        project(np.ones((2, 3)), np.eye(2))
+
+
+def test_importance_refusals():
+    W = np.eye(3)
+    with refuses(ValueError, "h must be a 2-D array (n_images x d_H); got shape (3,)"):
+        importance(W, np.ones(3))
+    with refuses(ValueError, "h has d_H = 2 but W has 3 columns"):
+        importance(W, np.ones((4, 2)))
+    with refuses(ValueError, "h has no images"):
+        importance(W, np.zeros((0, 3)))
+    h = np.ones((9, 3))
+    h[[0, 2, 3, 5, 6, 8]] = 0  # six zero rows: the first five are named
+    with refuses(ValueError, "h has 6 all-zero activation vectors (rows [0, 2, 3, 5, 6]): "
+                             "their cosine with any direction is undefined"):
+        importance(W, h)
+
+
+def test_importance_uses_the_svd_it_is_given():
+    rng = np.random.default_rng(1)
+    W, h = rng.normal(size=(4, 3)), rng.normal(size=(10, 3))
+    svd = svd_head(W)
+    # W is not read at all when its SVD is passed (bootstrap resamples reuse one SVD)
+    np.testing.assert_array_equal(importance(None, h, svd=svd), importance(W, h))
+    assert importance_ratio(None, h, svd=svd) == importance_ratio(W, h)
+    # a different SVD gives that SVD's importances: Eq. (2) with sigma = (1, 1, 1) and V = I
+    flat = (np.eye(3), np.ones(3), np.eye(3))
+    by_hand = np.abs(h / np.linalg.norm(h, axis=1, keepdims=True)).mean(axis=0) / 3
+    np.testing.assert_allclose(importance(W, h, svd=flat), by_hand)
+
+
+def test_importance_over_several_blocks_of_images(monkeypatch):
+    rng = np.random.default_rng(2)
+    W, h = rng.normal(size=(5, 4)), rng.normal(size=(11, 4))
+    _, sigma, Vt = svd_head(W)
+    cos = np.abs(h @ Vt.T) / np.linalg.norm(h, axis=1, keepdims=True)
+    by_hand = sigma / sigma.sum() * cos.mean(axis=0)
+    monkeypatch.setattr(directions, "_ROWS_PER_BLOCK", 3)  # 11 images: blocks of 3, 3, 3, 2
+    np.testing.assert_allclose(importance(W, h), by_hand, rtol=1e-12)

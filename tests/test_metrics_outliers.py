@@ -1,11 +1,14 @@
 """Eq. (1), activation kurtosis: against scipy, against closed-form planted outliers, and its
 refusals."""
+import math
+
 import numpy as np
 import pytest
 import scipy.stats
 import torch
 
-from helpers.metrics import kurtosis, planted_kurtosis
+from conftest import refuses
+from helpers.metrics import kurtosis, outliers, planted_kurtosis
 
 
 def exact_bulk(size):
@@ -102,3 +105,50 @@ def test_planted_kurtosis_refusals():
         planted_kurtosis(8, 8, 1.0)
     with pytest.raises(TypeError, match="d_H and k must be integers; got 8.0, 1"):
         planted_kurtosis(8.0, 1, 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Kurtosis (issue 16.2): inputs accepted and refusals word for word
+
+
+def test_kurtosis_of_two_component_vectors():
+    # d_H = 2 is the smallest defined case: (h - mu) / sigma = (+1, -1), so Eq. (1) gives 1
+    assert kurtosis(np.array([[1.0, -1.0], [5.0, 2.0]])) == pytest.approx(1.0)
+    with refuses(ValueError, "kurtosis needs at least 2 components per activation vector; d_H = 1"):
+        kurtosis(np.ones((3, 1)))
+
+
+def test_kurtosis_refusals():
+    with refuses(ValueError, "h must be a 2-D array (n_images x d_H); got shape (4,)"):
+        kurtosis(np.ones(4))
+    with refuses(ValueError, "h has no images"):
+        kurtosis(np.zeros((0, 4)))
+    with refuses(ValueError, "every activation vector in h is constant: kurtosis is undefined"):
+        kurtosis(np.full((2, 4), 3.0))
+
+
+def test_kurtosis_over_several_blocks_matches_scipy(monkeypatch):
+    h = np.random.default_rng(3).standard_t(3, size=(7, 9))
+    monkeypatch.setattr(outliers, "_ROWS_PER_BLOCK", 2)  # 7 images: blocks of 2, 2, 2, 1
+    np.testing.assert_allclose(kurtosis(h, per_image=True), scipy.stats.kurtosis(h, axis=1, fisher=False),
+                               rtol=1e-12)
+
+
+def test_constant_rows_are_judged_on_their_own_scale():
+    # 1e6 + 0.1 repeated: float64 rounding of the mean leaves a spread of ~1e-10, which is noise
+    # on a row of magnitude 1e6; a small row next to a huge one is not constant
+    small = np.array([0.0, 1e-3, -1e-3, 2e-3, 0.0, 1e-3, -2e-3])
+    h = np.stack([np.full(7, 1e6 + 0.1), small, np.array([1e10, -1e10, 0, 0, 5e9, 0, 0])])
+    k = kurtosis(h, per_image=True)
+    assert math.isnan(k[0])
+    np.testing.assert_allclose(k[1:], scipy.stats.kurtosis(h[1:], axis=1, fisher=False), rtol=1e-9)
+
+
+def test_constant_rows_are_left_out_with_a_warning_at_the_callers_line():
+    h = np.stack([np.full(5, 2.0), np.array([1.0, 2, 3, 4, 10]), np.array([0.0, 0, 0, 1, 0])])
+    with pytest.warns(RuntimeWarning) as caught:
+        value = kurtosis(h)
+    assert [str(w.message) for w in caught] == [
+        "kurtosis: 1 of 3 activation vectors are constant and were left out of the mean"]
+    assert caught[0].filename == __file__  # stacklevel 2: the notebook line that called kurtosis
+    assert value == pytest.approx(scipy.stats.kurtosis(h[1:], axis=1, fisher=False).mean())

@@ -3,7 +3,8 @@ low-rank head."""
 import numpy as np
 import pytest
 
-from helpers.metrics import prune_singular_directions, pruned_logits, pruning_curve
+from conftest import refuses
+from helpers.metrics import prune_singular_directions, pruned_logits, pruning, pruning_curve
 
 
 def reconstruct(W, n_pruned):
@@ -90,3 +91,42 @@ def test_pruning_curve_over_several_row_blocks(monkeypatch):
     np.testing.assert_allclose(pruning_curve(W, h, labels, [0.0, 0.4, 0.8]), expected)
     with pytest.raises(ValueError, match=r"labels must be \(23,\) class indices, one per image of h; got shape \(22,\)"):
         pruning_curve(W, h, labels[:-1], [0.0])
+
+
+# --------------------------------------------------------------------------------------------
+# Pruning (issue 16.2): inputs accepted and refusals word for word
+
+
+def test_pruning_refusals():
+    W, h = np.eye(2, 3), np.ones((4, 3))
+    with refuses(ValueError, "h must be a 2-D array (n_images x d_H); got shape (3,)"):
+        pruned_logits(W, np.ones(3), 0.5)
+    with refuses(ValueError, "W must be a 2-D array (K classes x d_H); got shape (3,)"):
+        pruned_logits(np.ones(3), h, 0.5)
+    with refuses(ValueError, "h has d_H = 3 but W has 2 columns"):
+        pruned_logits(np.eye(2), h, 0.5)
+    with refuses(ValueError, "h has all-zero activation vectors: they cannot be normalised"):
+        pruned_logits(W, np.zeros((1, 3)), 0.5)
+    with refuses(ValueError, "bias must be a 1-D array (K); got shape (2, 1)"):
+        pruned_logits(W, h, 0.5, bias=np.ones((2, 1)))
+    with refuses(ValueError, "bias has 3 entries but W has 2 classes"):
+        pruned_logits(W, h, 0.5, bias=np.ones(3))
+    with refuses(ValueError, "fraction must be in [0, 1]; got 1.5"):
+        pruned_logits(W, h, 1.5)
+    with refuses(ValueError, "labels must be (4,) class indices, one per image of h; got shape (3,)"):
+        pruning_curve(W, h, [0, 1, 0], [0.0])
+    with refuses(ValueError, "fractions must be a 1-D sequence; got shape (1, 2)"):
+        pruning_curve(W, h, [0, 1, 0, 1], [[0.0, 0.5]])
+
+
+def test_pruning_curve_over_several_blocks_and_steps(monkeypatch):
+    rng = np.random.default_rng(4)
+    W, h = rng.normal(size=(4, 6)), rng.normal(size=(9, 6))
+    labels = rng.integers(0, 4, 9)
+    fractions = [0.0, 0.25, 0.5, 0.75, 1.0]
+    U, sigma, Vt = np.linalg.svd(W, full_matrices=False)
+    hn = h / np.linalg.norm(h, axis=1, keepdims=True)
+    by_hand = [np.mean(((hn @ ((U[:, :q] * sigma[:q]) @ Vt[:q]).T)).argmax(axis=1) == labels)
+               for q in (4, 3, 2, 1, 0)]
+    monkeypatch.setattr(pruning, "_ROWS_PER_BLOCK", 4)  # 9 images: blocks of 4, 4, 1
+    np.testing.assert_allclose(pruning_curve(W, h, labels, fractions), by_hand)

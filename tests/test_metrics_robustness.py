@@ -1,11 +1,14 @@
 """Effective robustness (Eq. 5) against values computed by hand from Tables 1 and 2."""
 import math
+import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from conftest import refuses
 from helpers import paper_values
-from helpers.metrics import accuracy_ratio, effective_robustness, fit_baseline, mean_shift_accuracy
+from helpers.metrics import accuracy_ratio, effective_robustness, expit, fit_baseline, logit, mean_shift_accuracy
 
 
 def _by_hand(acc_s, acc_i, b1=0.76, b0=-1.49):
@@ -127,3 +130,51 @@ def test_mean_shift_accuracy_of_given_shifts_and_each_kind_of_gap():
                 {**full, "imagenet-a": float("nan")}):
         with pytest.raises(KeyError, match="^'mean_shift_accuracy: no accuracy for imagenet-a'$"):
             mean_shift_accuracy(gap)
+
+
+# --------------------------------------------------------------------------------------------
+# Robustness (issue 16.2): inputs accepted and refusals word for word
+
+
+@pytest.mark.parametrize("fn", [effective_robustness, accuracy_ratio])
+def test_accuracies_are_refused_by_name_with_the_value(fn):
+    with refuses(ValueError, "acc_shift must be accuracies as fractions in [0, 1] (got array(44.)); "
+                             "divide percentages by 100"):
+        fn(44, 0.6)
+    with refuses(ValueError, "acc_in must be accuracies as fractions in [0, 1] (got array(60.)); "
+                             "divide percentages by 100"):
+        fn(0.44, 60)
+    # each bound on its own: NaN, below 0, just above 1
+    for bad in (float("nan"), -0.01, 1.01, float("inf")):
+        with pytest.raises(ValueError, match=r"^acc_in must be accuracies as fractions in \[0, 1\]"):
+            fn(0.44, bad)
+    # the closed bounds 0 and 1 are accepted: a perfect model sits on the baseline (ER 0, %acc 1)
+    assert fn(1.0, 1.0) == {effective_robustness: 0.0, accuracy_ratio: 1.0}[fn]
+    assert fn(0.0, 0.5) == {effective_robustness: -1 / (1 + math.exp(1.49)), accuracy_ratio: 0.0}[fn]
+
+
+def test_scalars_come_back_as_python_floats_and_arrays_as_arrays():
+    for fn in (effective_robustness, accuracy_ratio):
+        assert type(fn(0.44, 0.6)) is float
+        out = fn(np.array([0.44, 0.43]), np.array([0.6, 0.76]))
+        assert isinstance(out, np.ndarray) and out.shape == (2,)
+
+
+def test_object_columns_are_read_as_numbers():
+    # a results-table column that went through a merge with missing rows is object dtype
+    acc_s = pd.Series([0.44, 0.43], dtype=object)
+    acc_i = pd.Series([0.60, 0.76], dtype=object)
+    np.testing.assert_allclose(effective_robustness(acc_s, acc_i), [0.205280, 0.078844], atol=1e-6)
+    np.testing.assert_allclose(accuracy_ratio(acc_s, acc_i), [0.44 / 0.60, 0.43 / 0.76])
+    np.testing.assert_allclose(logit(pd.Series([0.25, 0.5], dtype=object)), [-math.log(3), 0.0])
+    np.testing.assert_allclose(expit(pd.Series([0.0, math.log(3)], dtype=object)), [0.5, 0.75])
+
+
+def test_an_untrained_model_raises_no_floating_point_warning():
+    # ACC(I) = 0: logit(0) = -inf is the intended limit (baseline 0), not a warning in the notebook
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert effective_robustness(0.01, 0.0) == pytest.approx(0.01)
+        assert math.isnan(accuracy_ratio(0.01, 0.0))
+        np.testing.assert_allclose(effective_robustness(np.array([0.01, 0.44]), np.array([0.0, 0.6])),
+                                   [0.01, 0.205280], atol=1e-6)
