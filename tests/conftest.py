@@ -6,6 +6,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+# Imported at collection, once: profile validation imports open_clip lazily (seconds, with its CoCa
+# module), and `make mutate` forks every mutant's test run from the collected process, so a lazy
+# import would be paid once per mutant instead of once per run.
+import open_clip  # noqa: E402,F401
+
 REPO = Path(__file__).resolve().parent.parent
 
 

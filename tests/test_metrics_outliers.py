@@ -150,5 +150,7 @@ def test_constant_rows_are_left_out_with_a_warning_at_the_callers_line():
         value = kurtosis(h)
     assert [str(w.message) for w in caught] == [
         "kurtosis: 1 of 3 activation vectors are constant and were left out of the mean"]
-    assert caught[0].filename == __file__  # stacklevel 2: the notebook line that called kurtosis
+    # stacklevel 2: the warning points at the line that called kurtosis, not inside the metric
+    # (under `make mutate`, mutmut's trampoline is one more frame between the two)
+    assert caught[0].filename == __file__ or caught[0].filename.endswith("trampoline.py"), caught[0].filename
     assert value == pytest.approx(scipy.stats.kurtosis(h[1:], axis=1, fisher=False).mean())
