@@ -1,0 +1,290 @@
+"""Chapter-level oracles, part two (issue 16.1): the chapter functions the mutation run found called
+by no test of the fast tier (WiSE-FT pairing, training summary, sweep tables and figures, Figure 5's
+epoch-by-epoch concept overlap, the CKA chapter's table, the shared readers of ``chapters.common``,
+the robustness guards and the summary's bookkeeping).
+
+As in :mod:`test_chapter_oracles`, inputs are planted where a chapter reads models and data
+(``helpers.wiseft.evaluate``, ``pair_cka`` as imported by the CKA chapter, ``extract.activations``,
+``extract.head``, ...), training checkpoints are real files written by the project's own writer
+(:func:`helpers.models.save_classifier`, what :func:`helpers.training.fit` calls) in the run layout
+of :mod:`helpers.training`, and every expected value is written out by hand (set algebra, Eq. 5
+with ``math``, the paper's printed numbers) rather than computed by the code under test. No model
+is built.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import write_profile
+from helpers import extract, results
+from helpers.chapters import cka_layers, common, concept_probing, robustness, summary, wiseft
+from helpers.config import EVAL_DATASETS, REPO_ROOT, SHIFTS, PoolEntry, Profile, load_profile
+from helpers.extract import Head
+from helpers.models import save_classifier
+from helpers.plots import PAPER_LABEL
+from helpers.study import Study
+from helpers.training import Recipe, epoch_path, resume_path, run_dir
+from test_chapter_oracles import IDS, POOL, _check_call, er_by_hand, make_study
+
+#: POOL plus a weak-pretraining pair (Figure 16's group) and a second supervised RN50
+YFCC = [
+    {"id": "RN50-yfcc15m", "arch": "RN50", "family": "robust_zeroshot_clip", "pretraining": "YFCC-15M",
+     "model": "demo-RN50"},
+    {"id": "RN50-yfcc15m-ft", "arch": "RN50", "family": "finetuned_clip", "pretraining": "YFCC-15M",
+     "model": "demo-RN50", "finetuned_from": "RN50-yfcc15m"},
+]
+
+
+def study_of(tmp_path, section, pool, ids=None, **top) -> Study:
+    P = load_profile(write_profile(tmp_path, pool=pool, **top))
+    return Study(P, [e for e in P.pool if ids is None or e.id in ids], section)
+
+
+# --------------------------------------------------------------------------------------------
+# chapters.common: the readers and the pairings
+# --------------------------------------------------------------------------------------------
+
+def test_common_head_reads_the_engines_head_cache(tmp_path, monkeypatch):
+    P = load_profile(write_profile(tmp_path, pool=POOL))
+    W = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = np.array([0.5, -1.0], np.float32)
+    heads = {"RN50-openai": Head(W.tolist(), None, True, "d0"), "RN50-supervised": Head(W, b.tolist(), False, "d1")}
+    asked = []
+
+    def cached_head(e, profile):
+        _check_call(e, profile)
+        asked.append(e.id)
+        return heads[e.id]
+    monkeypatch.setattr(extract, "head", cached_head)
+    W0, b0, n0 = common.head(P.entry("RN50-openai"), P)
+    assert isinstance(W0, np.ndarray) and W0.tolist() == W.tolist() and b0 is None and n0 is True
+    W1, b1, n1 = common.head(P.entry("RN50-supervised"), P)
+    assert isinstance(b1, np.ndarray) and b1.tolist() == [0.5, -1.0] and n1 is False
+    np.testing.assert_array_equal(W1, W)
+    assert asked == ["RN50-openai", "RN50-supervised"]
+
+
+def test_common_embeddings_read_the_engines_cache(tmp_path, monkeypatch):
+    P = load_profile(write_profile(tmp_path, pool=POOL))
+    e = P.entry("RN50-openai-ft")
+    one, many = [], []
+
+    def activations(entry, dataset, profile):
+        _check_call(entry, profile)
+        one.append((entry.id, dataset))
+        return f"acts {entry.id} {dataset}"
+
+    def extract_datasets(entry, datasets, profile):
+        _check_call(entry, profile)
+        many.append((entry.id, datasets))
+        return {d: f"acts {entry.id} {d}" for d in datasets}
+    monkeypatch.setattr(extract, "activations", activations)
+    monkeypatch.setattr(extract, "extract_datasets", extract_datasets)
+    assert common.embeddings(e, P) == "acts RN50-openai-ft imagenet"  # ImageNet by default
+    assert common.embeddings(e, P, "objectnet") == "acts RN50-openai-ft objectnet"
+    assert one == [("RN50-openai-ft", "imagenet"), ("RN50-openai-ft", "objectnet")]
+    got = common.embeddings_many(e, P, (d for d in ("imagenet-r", "imagenet")))  # any iterable, once
+    assert got == {"imagenet-r": "acts RN50-openai-ft imagenet-r", "imagenet": "acts RN50-openai-ft imagenet"}
+    assert many == [("RN50-openai-ft", ["imagenet-r", "imagenet"])] and isinstance(many[0][1], list)
+
+
+def test_common_pairs_and_supervised_counterpart(tmp_path):
+    P = load_profile(write_profile(tmp_path, pool=POOL + YFCC))
+    pool = list(P.pool)
+    pairs = [(zs.id, ft.id) for zs, ft in common.finetuning_pairs(pool)]
+    assert pairs == [("RN50-openai", "RN50-openai-ft"), ("coca-ViT-B-32-laion2b", "coca-ViT-B-32-laion2b-ft"),
+                     ("RN50-yfcc15m", "RN50-yfcc15m-ft")]  # in the order of the finetuned entries
+    # both members must be in the slice
+    assert common.finetuning_pairs([P.entry("RN50-openai-ft")]) == []
+    assert [(z.id, f.id) for z, f in common.finetuning_pairs(pool[::-1])] == [
+        ("RN50-yfcc15m", "RN50-yfcc15m-ft"), ("coca-ViT-B-32-laion2b", "coca-ViT-B-32-laion2b-ft"),
+        ("RN50-openai", "RN50-openai-ft")]
+    assert common.supervised_counterpart(pool, "RN50").id == "RN50-supervised"
+    assert common.supervised_counterpart(pool, "coca_ViT-B-32") is None
+    assert common.supervised_counterpart([], "RN50") is None
+    # a zero-shot model of the backbone is not a supervised one; the first supervised one wins
+    sup2 = PoolEntry("RN50-supervised-2", "RN50", "supervised", "ImageNet", "demo-RN50")
+    assert common.supervised_counterpart([P.entry("RN50-openai"), sup2, P.entry("RN50-supervised")], "RN50") is sup2
+    assert common.supervised_counterpart([P.entry("RN50-openai")], "RN50") is None
+
+
+def test_wiseft_pairs_take_either_member_of_the_slice(tmp_path):
+    full = study_of(tmp_path, wiseft.SECTION, POOL + YFCC)
+
+    def ids(study):
+        return [(zs.id, ft.id) for zs, ft in wiseft.pairs(study)]
+    everything = [("RN50-openai", "RN50-openai-ft"), ("coca-ViT-B-32-laion2b", "coca-ViT-B-32-laion2b-ft"),
+                  ("RN50-yfcc15m", "RN50-yfcc15m-ft")]
+    assert ids(full) == everything
+    for only in ("RN50-openai", "RN50-openai-ft"):  # the zero-shot or the finetuned member alone
+        assert ids(Study(full.profile, [full.profile.entry(only)], wiseft.SECTION)) == everything[:1]
+    assert ids(Study(full.profile, [full.profile.entry("RN50-supervised")], wiseft.SECTION)) == []
+    two = Study(full.profile, [full.profile.entry("RN50-yfcc15m-ft"), full.profile.entry("coca-ViT-B-32-laion2b")],
+                wiseft.SECTION)
+    assert ids(two) == everything[1:]  # in the profile's pool order
+    assert all(isinstance(z, PoolEntry) and isinstance(f, PoolEntry) for z, f in wiseft.pairs(full))
+
+
+def test_shown_path_never_prints_a_machines_absolute_path():
+    assert wiseft._shown_path(REPO_ROOT / "_cache" / "demo" / "checkpoints" / "x" / "final.pt") == \
+        "_cache/demo/checkpoints/x/final.pt"
+    assert wiseft._shown_path(str(REPO_ROOT / "final.pt")) == "final.pt"
+    assert wiseft._shown_path("/scratch/user/runs/RN50-openai-ft/final.pt") == "runs/RN50-openai-ft/final.pt"
+    assert wiseft._shown_path(Path("/data/a/b")) == "data/a/b"
+    assert wiseft._shown_path("final.pt") == "final.pt"
+
+
+# --------------------------------------------------------------------------------------------
+# Training checkpoints in helpers.training's layout, written by the project's own writer
+# --------------------------------------------------------------------------------------------
+
+def tiny_model(entry_id: str, seed: int = 0):
+    """What save_classifier reads of a LoadedModel, with a 2 x 3 encoder (no architecture built)."""
+    g = torch.Generator().manual_seed(seed)
+    enc = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        enc.weight.copy_(torch.randn(2, 3, generator=g))
+    return SimpleNamespace(entry=SimpleNamespace(id=entry_id, model="demo-RN50", source="open_clip"),
+                           arch_kind="resnet", encoder=enc, head=torch.randn(4, 2, generator=g), bias=None,
+                           normalize_features=True, image_mean=(0.5, 0.5, 0.5), image_std=(0.25, 0.25, 0.25))
+
+
+RECIPE = Recipe(epochs=3, batch_size=16, lr=3e-5, weight_decay=0.1, warmup_steps=2, schedule="cosine",
+                lr_milestones=(), lr_decay=0.1, grad_clip=1.0, label_smoothing=0.0, crop_scale=(0.08, 1.0),
+                interpolation="bicubic", hflip=True, seed=0)
+LOSSES = [2.75, 1.5, 0.625]
+
+
+def write_run(folder: Path, final: Path | None, entry_id: str, epochs=3, recipe=RECIPE, images=48, losses=LOSSES):
+    """The files fit() leaves: epoch_<k>.pt per epoch, the last resume state, and the final classifier
+    (each with epoch, step, identity and the history so far)."""
+    identity = {"recipe": recipe.as_dict(), "images": images, "images_digest": "0" * 64}
+    history = [{"epoch": k, "step": 3 * k, "loss": losses[k - 1], "lr": 1e-5} for k in range(1, epochs + 1)]
+    for k in range(1, epochs + 1):
+        save_classifier(tiny_model(entry_id, k), epoch_path(folder, k), entry=entry_id, epoch=k, step=3 * k,
+                        identity=identity, world_size=1, history=history[:k])
+    save_classifier(tiny_model(entry_id, epochs), resume_path(folder, epochs), entry=entry_id, epoch=epochs,
+                    step=3 * epochs, identity=identity, world_size=1, history=history, optimizer={}, rng=[])
+    if final is not None:
+        save_classifier(tiny_model(entry_id, epochs), final, entry=entry_id, epoch=epochs, step=3 * epochs,
+                        identity=identity, history=history)
+
+
+def test_training_summary_reads_recipe_and_losses_from_the_checkpoints(tmp_path):
+    elsewhere = tmp_path / "scratch" / "coca-run" / "weights.pt"
+    pool = [dict(e) for e in POOL] + YFCC
+    pool[4]["checkpoint"] = str(elsewhere)  # the CoCa finetuned entry names its own file
+    study = study_of(tmp_path, wiseft.SECTION, pool, allow_random_init=True)
+    P = study.profile
+    ckpts = P.paths["checkpoints_dir"]
+    write_run(run_dir(P, P.entry("RN50-openai-ft")), ckpts / "RN50-openai-ft" / "final.pt", "RN50-openai-ft")
+    # a final file without a history or recipe (e.g. a converted checkpoint)
+    save_classifier(tiny_model("coca-ViT-B-32-laion2b-ft"), elsewhere, entry="coca-ViT-B-32-laion2b-ft", epoch=1)
+    # RN50-yfcc15m-ft: not trained yet (no file)
+    df = wiseft.training_summary(study)
+    assert list(df.columns) == ["pair", "zero-shot", "finetuned", "checkpoint", "epochs", "batch", "lr", "images",
+                                "loss, first epoch", "loss, last epoch"]
+    assert df["pair"].tolist() == ["RN50 / OpenAI", "coca_ViT-B-32 / LAION-2B", "RN50 / YFCC-15M"]
+    assert df["zero-shot"].tolist() == ["RN50-openai", "coca-ViT-B-32-laion2b", "RN50-yfcc15m"]
+    assert df["finetuned"].tolist() == ["RN50-openai-ft", "coca-ViT-B-32-laion2b-ft", "RN50-yfcc15m-ft"]
+    # tmp_path is outside the repository: the last three parts only
+    assert df["checkpoint"].tolist() == ["checkpoints/RN50-openai-ft/final.pt", "scratch/coca-run/weights.pt",
+                                         "checkpoints/RN50-yfcc15m-ft/final.pt"]
+    first = df.iloc[0]
+    assert (first.epochs, first.batch, first.lr, first.images) == (3, 16, 3e-5, 48)
+    assert (first["loss, first epoch"], first["loss, last epoch"]) == (2.75, 0.625)
+    coca = df.iloc[1]
+    assert all(pd.isna(coca[c]) for c in ("epochs", "batch", "lr", "images", "loss, first epoch", "loss, last epoch"))
+    assert df.iloc[2][["epochs", "batch", "lr", "images", "loss, first epoch", "loss, last epoch"]].isna().all()
+    # a slice with no pair: an empty table
+    lone = Study(P, [P.entry("RN50-supervised")], wiseft.SECTION)
+    assert wiseft.training_summary(lone).empty
+
+
+# --------------------------------------------------------------------------------------------
+# The WiSE-FT sweep: measure, table, figure
+# --------------------------------------------------------------------------------------------
+
+ALPHAS = [0.0, 0.5, 1.0]
+
+
+def planted_sweep(zs_id, ft_id, alphas):
+    """A sweep table per pair whose every value names its pair and alpha (no two cells alike)."""
+    base = {"RN50-openai": 0.1, "coca-ViT-B-32-laion2b": 0.2, "RN50-yfcc15m": 0.3}[zs_id]
+    return pd.DataFrame([{"alpha": a, "imagenet": base + 0.5 * a, "shifts_mean": base + 0.25 * a,
+                          "er": base - 0.1 * a, "kurtosis": 10 * base + 3 - 2 * a,
+                          "kurtosis_shifts": 10 * base + 2 - a, "unique_concepts": int(100 * base) - 4 * int(2 * a)}
+                         for a in alphas])
+
+
+def test_wiseft_measure_records_each_pair_under_the_finetuned_entry(tmp_path, monkeypatch):
+    from helpers import wiseft as engine
+
+    calls = []
+
+    def evaluate(profile, zs_id, ft_id, alphas):
+        assert isinstance(profile, Profile) and profile.name == "tmp"
+        calls.append((zs_id, ft_id, list(alphas)))
+        return planted_sweep(zs_id, ft_id, alphas)
+    monkeypatch.setattr(engine, "evaluate", evaluate)
+    study = study_of(tmp_path, wiseft.SECTION, POOL + YFCC)
+    run = wiseft.measure(study, ALPHAS)
+    assert calls == [("RN50-openai", "RN50-openai-ft", ALPHAS), ("coca-ViT-B-32-laion2b", "coca-ViT-B-32-laion2b-ft",
+                                                                  ALPHAS), ("RN50-yfcc15m", "RN50-yfcc15m-ft", ALPHAS)]
+    assert run["entry"].tolist() == ["RN50-openai-ft"] * 3 + ["coca-ViT-B-32-laion2b-ft"] * 3 + ["RN50-yfcc15m-ft"] * 3
+    meta = {"RN50-openai-ft": ("RN50", "finetuned_clip", "OpenAI", "RN50-openai", "RN50 / OpenAI", "Figure 15"),
+            "coca-ViT-B-32-laion2b-ft": ("coca_ViT-B-32", "coca_finetuned", "LAION-2B", "coca-ViT-B-32-laion2b",
+                                         "coca_ViT-B-32 / LAION-2B", "Figure 15"),
+            "RN50-yfcc15m-ft": ("RN50", "finetuned_clip", "YFCC-15M", "RN50-yfcc15m", "RN50 / YFCC-15M", "Figure 16")}
+    for ft, (backbone, family, pretraining, zs, pair, figure) in meta.items():
+        rows = run[run.entry == ft]
+        assert (rows.backbone == backbone).all() and (rows.family == family).all()
+        assert (rows.pretraining == pretraining).all() and (rows.zeroshot == zs).all()
+        assert (rows.pair == pair).all() and (rows.figure == figure).all() and (rows.section == "wiseft").all()
+        expected = planted_sweep(zs, ft, ALPHAS)
+        for c in expected.columns:
+            np.testing.assert_allclose(rows[c].to_numpy(float), expected[c].to_numpy(float), rtol=1e-12, err_msg=c)
+        # and the recorded table on disk says the same
+        disk = results.load(study.profile, "wiseft", [ft])
+        pd.testing.assert_frame_equal(disk, rows.reset_index(drop=True))
+    # a slice with the zero-shot member only: that pair is measured, the table is the finetuned entry's
+    calls.clear()
+    one = Study(study.profile, [study.profile.entry("RN50-openai")], wiseft.SECTION)
+    out = wiseft.measure(one, [0.25])
+    assert calls == [("RN50-openai", "RN50-openai-ft", [0.25])]
+    assert out["entry"].tolist() == ["RN50-openai-ft"] and out["alpha"].tolist() == [0.25]
+    # no pair: nothing evaluated, an empty table
+    calls.clear()
+    none = wiseft.measure(Study(study.profile, [study.profile.entry("RN50-supervised")], wiseft.SECTION), ALPHAS)
+    assert calls == [] and none.empty
+
+
+def sweep_run(pairs=("RN50-openai", "coca-ViT-B-32-laion2b", "RN50-yfcc15m")):
+    ft = {"RN50-openai": "RN50-openai-ft", "coca-ViT-B-32-laion2b": "coca-ViT-B-32-laion2b-ft",
+          "RN50-yfcc15m": "RN50-yfcc15m-ft"}
+    label = {"RN50-openai": "RN50 / OpenAI", "coca-ViT-B-32-laion2b": "coca_ViT-B-32 / LAION-2B",
+             "RN50-yfcc15m": "RN50 / YFCC-15M"}
+    frames = [planted_sweep(z, ft[z], [1.0, 0.0, 0.5]).assign(entry=ft[z], zeroshot=z, pair=label[z], section="wiseft")
+              for z in pairs]  # alphas out of order: the figure sorts them
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_sweep_table_keeps_the_headline_columns_in_order():
+    run = sweep_run()
+    t = wiseft.sweep_table(run)
+    assert list(t.columns) == ["pair", "alpha", "imagenet", "shifts_mean", "er", "kurtosis", "kurtosis_shifts",
+                               "unique_concepts"]
+    pd.testing.assert_frame_equal(t, run[list(t.columns)])
+    # ER and concepts absent (no five shifts, no Broden): those columns are left out, the rest kept
+    part = wiseft.sweep_table(run.drop(columns=["er", "unique_concepts", "kurtosis_shifts"])[
+        ["kurtosis", "alpha", "pair", "imagenet", "shifts_mean"]])
+    assert list(part.columns) == ["pair", "alpha", "imagenet", "shifts_mean", "kurtosis"]
+    assert part["kurtosis"].tolist() == run["kurtosis"].tolist()
