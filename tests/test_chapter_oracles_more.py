@@ -288,3 +288,192 @@ def test_sweep_table_keeps_the_headline_columns_in_order():
         ["kurtosis", "alpha", "pair", "imagenet", "shifts_mean"]])
     assert list(part.columns) == ["pair", "alpha", "imagenet", "shifts_mean", "kurtosis"]
     assert part["kurtosis"].tolist() == run["kurtosis"].tolist()
+
+
+def figure_pool(tmp_path):
+    pool = [dict(e) for e in POOL] + YFCC
+    # a stand-in: the CoCa finetuned entry is compared with the paper's ViT-L-14 one
+    pool[4]["stands_in_for"] = "coca-ViT-L-14-laion2b-ft"
+    return load_profile(write_profile(tmp_path, pool=pool))
+
+
+#: the paper's values in the run's units (fractions), by paper id; RN50-yfcc15m-ft has none
+PAPER = pd.DataFrame([
+    {"entry": "RN50-openai", "imagenet": 0.60, "shifts_mean": 0.44, "er": 0.205},
+    {"entry": "RN50-openai-ft", "imagenet": 0.76, "shifts_mean": 0.43, "er": 0.079},
+    {"entry": "coca-ViT-B-32-laion2b", "imagenet": 0.64, "shifts_mean": 0.5, "er": 0.24},
+    {"entry": "coca-ViT-B-32-laion2b-ft", "imagenet": 0.11, "shifts_mean": 0.12, "er": 0.13},  # not its paper model
+    {"entry": "coca-ViT-L-14-laion2b-ft", "imagenet": 0.84, "shifts_mean": 0.6, "er": 0.21},
+    {"entry": "RN50-yfcc15m", "imagenet": 0.32, "shifts_mean": 0.18, "er": 0.09},
+])
+PAPER_ENDS = {"RN50 / OpenAI": ("RN50-openai", "RN50-openai-ft"),
+              "coca_ViT-B-32 / LAION-2B": ("coca-ViT-B-32-laion2b", "coca-ViT-L-14-laion2b-ft"),
+              "RN50 / YFCC-15M": ("RN50-yfcc15m", None)}
+
+
+def split_lines(ax):
+    """(data lines, hollow paper markers, dashed reference lines) of a panel, in drawing order."""
+    lines = ax.get_lines()
+    data = [ln for ln in lines if not ln.get_label().startswith("_")]
+    hollow = [ln for ln in lines if ln.get_linestyle() == "None" and ln.get_markerfacecolor() == "none"]
+    ref = [ln for ln in lines if ln.get_linestyle() == "--"]
+    assert len(data) + len(hollow) + len(ref) == len(lines)
+    return data, hollow, ref
+
+
+def legend_texts(fig):
+    assert len(fig.legends) == 1
+    return [t.get_text() for t in fig.legends[0].get_texts()]
+
+
+def test_sweep_figure_draws_the_table_and_the_papers_endpoints(tmp_path):
+    import matplotlib.pyplot as plt
+
+    P = figure_pool(tmp_path)
+    run = sweep_run()
+    series = {"ImageNet": "imagenet", "mean of the 5 shifts": "shifts_mean"}
+    fig = wiseft.sweep_figure(run, series, "top-1 (%)", "Figures 15-16", scale=100, paper=PAPER, profile=P)
+    try:
+        axes = fig.axes
+        assert len(axes) == 4 and [ax.get_visible() for ax in axes] == [True, True, True, False]  # 2 x 2, one spare
+        labels = ["RN50 / OpenAI", "coca_ViT-B-32 / LAION-2B", "RN50 / YFCC-15M"]
+        assert [ax.get_title() for ax in axes[:3]] == labels  # the table's pair order
+        paper = PAPER.set_index("entry")
+        for ax, label in zip(axes, labels):
+            assert ax.get_xlabel() == "α (0: zero-shot, 1: finetuned)" and ax.get_ylabel() == "top-1 (%)"
+            data, hollow, ref = split_lines(ax)
+            assert [ln.get_label() for ln in data] == ["ImageNet", "mean of the 5 shifts"] and ref == []
+            sub = run[run.pair == label].sort_values("alpha")
+            for ln, column in zip(data, ("imagenet", "shifts_mean")):
+                x, y = ln.get_data()
+                np.testing.assert_allclose(x, [0.0, 0.5, 1.0])
+                np.testing.assert_allclose(y, 100 * sub[column].to_numpy(), rtol=1e-12)
+            zs, ft = PAPER_ENDS[label]
+            assert len(hollow) == 2
+            for ln, column in zip(hollow, ("imagenet", "shifts_mean")):
+                x, y = ln.get_data()
+                assert list(x) == [0, 1]
+                want = [100 * paper.loc[zs, column], np.nan if ft is None else 100 * paper.loc[ft, column]]
+                np.testing.assert_allclose(y, want, rtol=1e-12, equal_nan=True)
+        assert legend_texts(fig) == ["ImageNet", "mean of the 5 shifts", PAPER_LABEL + ": α = 0 and 1 (Tables 1-5)"]
+        assert fig._suptitle.get_text() == "Figures 15-16"
+    finally:
+        plt.close(fig)
+
+    # ER: a dashed reference at ref (in the plotted units: not scaled), no paper markers without paper
+    two = run[run.pair != "RN50 / YFCC-15M"]
+    fig = wiseft.sweep_figure(two, {"ER": "er"}, "ER (points)", "Figures 17-18", scale=100, ref=0)
+    try:
+        assert len(fig.axes) == 2 and all(ax.get_visible() for ax in fig.axes)
+        for ax, label in zip(fig.axes, ["RN50 / OpenAI", "coca_ViT-B-32 / LAION-2B"]):
+            data, hollow, ref = split_lines(ax)
+            assert hollow == [] and len(ref) == 1 and list(ref[0].get_ydata()) == [0, 0]
+            np.testing.assert_allclose(data[0].get_ydata(), 100 * two[two.pair == label].sort_values("alpha")["er"])
+        assert legend_texts(fig) == ["ER"]
+    finally:
+        plt.close(fig)
+    fig = wiseft.sweep_figure(run, {"ImageNet": "kurtosis"}, "kurtosis", "Figures 19-20", ref=3, paper=PAPER,
+                              profile=P)
+    try:
+        for ax, label in zip(fig.axes[:3], ["RN50 / OpenAI", "coca_ViT-B-32 / LAION-2B", "RN50 / YFCC-15M"]):
+            data, hollow, ref = split_lines(ax)
+            assert list(ref[0].get_ydata()) == [3, 3]
+            # scale 1: the table's own values; the paper frame has no kurtosis column: no markers
+            np.testing.assert_allclose(data[0].get_ydata(), run[run.pair == label].sort_values("alpha")["kurtosis"])
+            assert hollow == []
+        assert legend_texts(fig)[-1].startswith(PAPER_LABEL)
+    finally:
+        plt.close(fig)
+
+
+def test_sweep_figure_skips_missing_values_and_says_when_nothing_is_there(tmp_path):
+    import matplotlib.pyplot as plt
+
+    run = sweep_run(("RN50-openai", "coca-ViT-B-32-laion2b"))
+    run.loc[run.pair == "coca_ViT-B-32 / LAION-2B", "unique_concepts"] = np.nan  # no Broden for that pair
+    fig = wiseft.sweep_figure(run, {"unique concepts": "unique_concepts", "absent": "no_such_column"}, "n", "F21")
+    try:
+        first, second = fig.axes
+        assert [ln.get_label() for ln in first.get_lines()] == ["unique concepts"]
+        np.testing.assert_allclose(first.get_lines()[0].get_ydata(),
+                                   run[run.pair == "RN50 / OpenAI"].sort_values("alpha")["unique_concepts"])
+        assert second.get_lines() == [] and second.get_title() == "coca_ViT-B-32 / LAION-2B"
+    finally:
+        plt.close(fig)
+    one = sweep_run(("RN50-openai",))
+    fig = wiseft.sweep_figure(one, {"ER": "er"}, "ER", "one pair")
+    try:
+        assert len(fig.axes) == 1 and fig.axes[0].get_title() == "RN50 / OpenAI"
+    finally:
+        plt.close(fig)
+    placeholder = "no (zero-shot, finetuned) pair with these values in this slice"
+    for table in (pd.DataFrame(), run.drop(columns=["pair"]), run.iloc[:0], run[["pair", "alpha", "entry"]]):
+        fig = wiseft.sweep_figure(table, {"ER": "er"}, "ER", "Figures 17-18")
+        try:
+            (ax,) = fig.axes
+            assert [t.get_text() for t in ax.texts] == [placeholder] and not ax.axison and ax.get_lines() == []
+            assert fig._suptitle.get_text() == "Figures 17-18" and fig.legends == []
+        finally:
+            plt.close(fig)
+    # no series drawn on the first panel (and no paper): no legend at all
+    fig = wiseft.sweep_figure(run[run.pair == "coca_ViT-B-32 / LAION-2B"], {"u": "unique_concepts"}, "n", "t")
+    try:
+        assert fig.legends == []
+    finally:
+        plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# Figure 5: epoch checkpoints, Venn regions, the trajectory
+# --------------------------------------------------------------------------------------------
+
+def test_epoch_entries_follow_the_run_folder(tmp_path):
+    pool = [dict(e) for e in POOL] + YFCC
+    final = tmp_path / "weights" / "RN50-openai-ft.pt"
+    pool[1]["checkpoint"] = str(final)
+    P = load_profile(write_profile(tmp_path, pool=pool))
+    ft = P.entry("RN50-openai-ft")
+    folder = run_dir(P, ft)
+    write_run(folder, final, ft.id)
+    (folder / "epoch_last.pt").write_bytes(b"not an epoch")  # not numbered: not an epoch
+    got = wiseft.epoch_entries(P, ft)
+    assert [k for k, _ in got] == [1, 2, 3]
+    # the last epoch's weights are the final checkpoint's: that epoch is the entry itself
+    assert got[2][1] is ft
+    for k, e in got[:2]:
+        assert e == PoolEntry(**{**ft.__dict__, "id": f"RN50-openai-ft.epoch{k}",
+                                 "checkpoint": str(folder / f"epoch_{k}.pt"), "pretrained": None})
+        assert Path(e.checkpoint).is_file()
+    # a final checkpoint of an earlier epoch (the run went on past it): only that epoch is the entry
+    save_classifier(tiny_model(ft.id), final, entry=ft.id, epoch=2)
+    got = wiseft.epoch_entries(P, ft)
+    assert [e.id for _, e in got] == ["RN50-openai-ft.epoch1", "RN50-openai-ft", "RN50-openai-ft.epoch3"]
+    # the final file missing: every epoch is its own entry
+    final.unlink()
+    assert [e.id for _, e in wiseft.epoch_entries(P, ft)] == [f"RN50-openai-ft.epoch{k}" for k in (1, 2, 3)]
+    # an entry without `checkpoint:` does not load final.pt: it cannot stand for an epoch
+    yft = P.entry("RN50-yfcc15m-ft")
+    write_run(run_dir(P, yft), run_dir(P, yft) / "final.pt", yft.id, epochs=2, losses=[1.0, 0.5])
+    got = wiseft.epoch_entries(P, yft)
+    assert [(k, e.id, e.checkpoint) for k, e in got] == [
+        (k, f"RN50-yfcc15m-ft.epoch{k}", str(run_dir(P, yft) / f"epoch_{k}.pt")) for k in (1, 2)]
+    # no run folder: no epochs
+    assert wiseft.epoch_entries(P, P.entry("coca-ViT-B-32-laion2b-ft")) == []
+
+
+def test_overlap_fractions_by_set_algebra():
+    c_zero = {"a", "b", "c", "d", "z1"}
+    c_sup = {"c", "d", "e", "f", "g", "s1"}
+    # C_fine: a (zero only), c d (both), e f g (supervised only), h i j k (neither): 1, 2, 3, 4 of 10
+    c_fine = {"a", "c", "d", "e", "f", "g", "h", "i", "j", "k"}
+    got = wiseft.overlap_fractions(c_fine, c_zero, c_sup)
+    assert list(got) == list(wiseft.REGIONS) == ["zero-shot only", "zero-shot and supervised", "supervised only",
+                                                 "finetuned only"]
+    assert got == {"zero-shot only": 0.1, "zero-shot and supervised": 0.2, "supervised only": 0.3,
+                   "finetuned only": 0.4}
+    assert wiseft.overlap_fractions({"a"}, c_zero, c_sup) == {"zero-shot only": 1.0, "zero-shot and supervised": 0.0,
+                                                             "supervised only": 0.0, "finetuned only": 0.0}
+    assert wiseft.overlap_fractions({"x", "c"}, set(), c_sup) == {"zero-shot only": 0.0, "zero-shot and supervised": 0.0,
+                                                                 "supervised only": 0.5, "finetuned only": 0.5}
+    empty = wiseft.overlap_fractions(set(), c_zero, c_sup)
+    assert list(empty) == list(wiseft.REGIONS) and all(math.isnan(v) for v in empty.values())
