@@ -477,3 +477,182 @@ def test_overlap_fractions_by_set_algebra():
                                                                  "supervised only": 0.5, "finetuned only": 0.5}
     empty = wiseft.overlap_fractions(set(), c_zero, c_sup)
     assert list(empty) == list(wiseft.REGIONS) and all(math.isnan(v) for v in empty.values())
+
+
+#: 13 planted Broden concepts; the concept sets below are indices into them
+TRAJ_CONCEPTS = [f"c{i}" for i in range(13)]
+C_ZERO = {0, 1, 2, 3, 4, 5}
+C_SUP = {4, 5, 6, 7, 8}
+C_EPOCH1 = {0, 4, 5, 6, 7, 8, 9, 10, 11, 12}  # 1 zero-shot only, 2 shared, 3 supervised only, 4 new: of 10
+C_FINAL = {4, 6, 9}                          # plus c1 at AP 0.85: in C_fine at threshold 0.85, not at 0.9
+
+
+def planted_ap(concepts, weak=()):
+    """A 3 x 13 AP matrix whose concept set at 0.9 is ``concepts``: each on one direction at 0.95,
+    the rest at most 0.6 (NaN for concept 12 on every direction it does not reach)."""
+    rng = np.random.default_rng(len(concepts))
+    ap = rng.uniform(0.3, 0.6, size=(3, len(TRAJ_CONCEPTS)))
+    ap[:, 12] = np.nan
+    for c in concepts:
+        ap[c % 3, c] = 0.95
+    for c in weak:
+        ap[1, c] = 0.85
+    return ap
+
+
+def trajectory_world(tmp_path, monkeypatch, **metrics):
+    from helpers import wiseft as engine
+
+    pool = [dict(e) for e in POOL] + YFCC
+    final = tmp_path / "weights" / "RN50-openai-ft.pt"
+    pool[1]["checkpoint"] = str(final)
+    study = study_of(tmp_path, wiseft.SECTION, pool, metrics={"concept_threshold": 0.85, **metrics})
+    P = study.profile
+    ft = P.entry("RN50-openai-ft")
+    write_run(run_dir(P, ft), final, ft.id, epochs=2, losses=[1.0, 0.5])
+    sets = concept_probing.BrodenSets(pd.DataFrame({"number": range(1, 14), "name": TRAJ_CONCEPTS,
+                                                    "category": ["texture"] * 13}),
+                                      np.zeros((4, 13), bool), np.ones((4, 13), bool), pd.DataFrame(), key="planted")
+    cached = {"RN50-openai": planted_ap(C_ZERO), "RN50-supervised": planted_ap(C_SUP),
+              "RN50-openai-ft": planted_ap(C_FINAL, weak=(1,))}
+    calls = {"ap_matrix": [], "transient": [], "loaded": []}
+
+    def ap_matrix(e, profile, s):
+        assert s is sets and isinstance(profile, Profile)
+        # which profile: the study's own, or the one whose pool also holds the epoch entries
+        calls["ap_matrix"].append((e.id, "RN50-openai-ft.epoch1" in {x.id for x in profile.pool}))
+        return cached[e.id]
+
+    def loaded_model(e, profile):
+        assert e in profile.pool  # the epoch entry loads through a profile whose pool holds it
+        calls["loaded"].append((e.id, e.checkpoint))
+        return SimpleNamespace(entry=e)
+
+    def transient_ap(profile, model, s):
+        assert s is sets and model.entry in profile.pool
+        calls["transient"].append(model.entry.id)
+        return {"RN50-openai-ft.epoch1": planted_ap(C_EPOCH1)}[model.entry.id]
+    monkeypatch.setattr(engine, "broden_available", lambda profile: profile is P)
+    monkeypatch.setattr(concept_probing, "broden_sets", lambda profile: sets if profile is P else pytest.fail("P"))
+    monkeypatch.setattr(concept_probing, "ap_matrix", ap_matrix)
+    monkeypatch.setattr(engine, "transient_ap", transient_ap)
+    monkeypatch.setattr(extract, "loaded_model", loaded_model)
+    return study, calls
+
+
+def regions_by_hand(c_fine):
+    """Figure 5's four shares of C_fine, by set algebra on the planted indices."""
+    n = len(c_fine)
+    return [len(c_fine & C_ZERO - C_SUP) / n, len(c_fine & C_ZERO & C_SUP) / n, len(c_fine & C_SUP - C_ZERO) / n,
+            len(c_fine - C_ZERO - C_SUP) / n]
+
+
+def test_concept_trajectory_from_planted_concept_sets(tmp_path, monkeypatch):
+    study, calls = trajectory_world(tmp_path, monkeypatch)
+    P = study.profile
+    table, notes = wiseft.concept_trajectory(study)  # the profile's threshold, 0.85
+    assert notes == ["coca-ViT-B-32-laion2b-ft: no supervised model of backbone coca_ViT-B-32",
+                     "RN50-yfcc15m-ft: no epoch checkpoints (train it with `clip-study finetune`)"]
+    regions = list(wiseft.REGIONS)
+    assert table["epoch"].tolist() == [0] * 4 + [1] * 4 + [2] * 4 and table["region"].tolist() == regions * 3
+    final_set = C_FINAL | {1}  # c1 at 0.85 counts at the threshold 0.85 (inclusive)
+    for epoch, c_fine in ((0, C_ZERO), (1, C_EPOCH1), (2, final_set)):
+        rows = table[table.epoch == epoch]
+        assert rows["fraction"].tolist() == pytest.approx(regions_by_hand(c_fine), abs=1e-12)
+        assert (rows.n_fine == len(c_fine)).all()
+    assert table[table.epoch == 1]["fraction"].tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert table[table.epoch == 2]["fraction"].tolist() == pytest.approx([0.25, 0.25, 0.25, 0.25])
+    assert (table.n_zero == 6).all() and (table.n_sup == 5).all() and (table.threshold == 0.85).all()
+    assert (table.supervised == "RN50-supervised").all() and (table.zeroshot == "RN50-openai").all()
+    assert (table.entry == "RN50-openai-ft").all() and (table.pair == "RN50 / OpenAI").all()
+    assert (table.backbone == "RN50").all() and (table.family == "finetuned_clip").all()
+    assert (table.pretraining == "OpenAI").all()
+    # the zero-shot and supervised sets and epoch 0 and the final epoch from the cached AP matrices (the final
+    # one through the profile that holds the epoch entries); epoch 1 loaded from its file and probed in memory
+    assert calls["ap_matrix"] == [("RN50-openai", False), ("RN50-supervised", False), ("RN50-openai", True),
+                                  ("RN50-openai-ft", True)]
+    assert calls["loaded"] == [("RN50-openai-ft.epoch1", str(run_dir(P, P.entry("RN50-openai-ft")) / "epoch_1.pt"))]
+    assert calls["transient"] == ["RN50-openai-ft.epoch1"]
+    # recorded under Figure 5's own section, per finetuned entry
+    disk = results.load(P, wiseft.TRAJECTORY_SECTION)
+    assert list(disk.columns) == ["profile", "section", "entry", "epoch", "region", "fraction", "n_fine", "n_zero",
+                                  "n_sup", "supervised", "threshold", "backbone", "family", "pretraining", "zeroshot",
+                                  "pair"]
+    assert (disk.section == "finetuning_concepts").all() and (disk.entry == "RN50-openai-ft").all()
+    pd.testing.assert_frame_equal(disk[list(table.columns)], table, check_dtype=False)
+    assert results.load(P, "wiseft").empty  # not in the sweep's section
+
+    # an explicit threshold: c1 (0.85) drops out of the final epoch's set
+    table9, _ = wiseft.concept_trajectory(study, threshold=0.9)
+    assert (table9.threshold == 0.9).all()
+    rows = table9[table9.epoch == 2]
+    assert rows["fraction"].tolist() == pytest.approx([0.0, 1 / 3, 1 / 3, 1 / 3]) and (rows.n_fine == 3).all()
+    assert (table9.n_zero == 6).all()
+
+
+def test_concept_trajectory_without_broden_or_pairs(tmp_path, monkeypatch):
+    # no Broden folder in the profile: one note, no table (the real availability check)
+    study = study_of(tmp_path, wiseft.SECTION, POOL)
+    table, notes = wiseft.concept_trajectory(study)
+    assert table.empty and notes == ["Broden is not on disk for this profile: no concept sets to compare."]
+    study, calls = trajectory_world(tmp_path, monkeypatch)
+    alone = Study(study.profile, [study.profile.entry("RN50-supervised")], wiseft.SECTION)
+    table, notes = wiseft.concept_trajectory(alone)
+    assert table.empty and notes == ["No (zero-shot, finetuned) pair in this slice."] and calls["ap_matrix"] == []
+    coca = Study(study.profile, [study.profile.entry("coca-ViT-B-32-laion2b")], wiseft.SECTION)
+    table, notes = wiseft.concept_trajectory(coca)
+    assert table.empty and notes == ["coca-ViT-B-32-laion2b-ft: no supervised model of backbone coca_ViT-B-32"]
+    assert results.load(study.profile, wiseft.TRAJECTORY_SECTION).empty
+
+
+def hand_trajectory():
+    """A long Figure 5 table: three pairs, epochs out of order, every fraction distinct."""
+    rows, v = [], 0.01
+    for pair, epochs in (("RN50 / OpenAI", [2, 0, 1]), ("ViT-B-32 / LAION-2B", [0, 3]), ("RN50 / CC-12M", [1, 0])):
+        for epoch in epochs:
+            for region in wiseft.REGIONS:
+                rows.append({"pair": pair, "epoch": epoch, "region": region, "fraction": v, "n_fine": 10 + epoch})
+                v += 0.01
+    return pd.DataFrame(rows)
+
+
+def test_trajectory_figure_and_wide_table_show_the_long_table():
+    import matplotlib.pyplot as plt
+
+    table = hand_trajectory()
+    fig = wiseft.trajectory_figure(table)
+    try:
+        axes = fig.axes
+        assert len(axes) == 4 and [ax.get_visible() for ax in axes] == [True, True, True, False]
+        labels = ["RN50 / OpenAI", "ViT-B-32 / LAION-2B", "RN50 / CC-12M"]
+        assert [ax.get_title() for ax in axes[:3]] == labels
+        for ax, label in zip(axes, labels):
+            sub = table[table.pair == label]
+            epochs = sorted(sub.epoch.unique())
+            assert [ln.get_label() for ln in ax.get_lines()] == list(wiseft.REGIONS)
+            for ln, region in zip(ax.get_lines(), wiseft.REGIONS):
+                r = sub[sub.region == region].sort_values("epoch")
+                np.testing.assert_allclose(ln.get_xdata(), epochs)
+                np.testing.assert_allclose(ln.get_ydata(), 100 * r.fraction.to_numpy(), rtol=1e-12)
+            assert list(ax.get_xticks()) == epochs
+            assert ax.get_xlabel() == "finetuning epoch (0: zero-shot)" and ax.get_ylabel() == "% of finetuned concepts"
+        assert legend_texts(fig) == list(wiseft.REGIONS)
+        assert fig._suptitle.get_text().startswith("Figure 5: ")
+    finally:
+        plt.close(fig)
+    fig = wiseft.trajectory_figure(table[table.pair == "RN50 / CC-12M"])
+    try:
+        assert len(fig.axes) == 1 and fig.axes[0].get_title() == "RN50 / CC-12M"
+    finally:
+        plt.close(fig)
+
+    wide = wiseft.trajectory_wide(table)
+    assert list(wide.columns) == ["pair", "epoch", "n_fine", *wiseft.REGIONS]
+    assert len(wide) == 7 and not wide.duplicated(["pair", "epoch"]).any()
+    for _, row in wide.iterrows():
+        cell = table[(table.pair == row.pair) & (table.epoch == row.epoch)].set_index("region")
+        assert row.n_fine == 10 + row.epoch
+        assert [row[r] for r in wiseft.REGIONS] == pytest.approx([100 * cell.loc[r, "fraction"] for r in wiseft.REGIONS])
+    # regions missing from the table are left out, the others keep Figure 5's order
+    part = wiseft.trajectory_wide(table[table.region.isin(["finetuned only", "zero-shot only"])])
+    assert list(part.columns) == ["pair", "epoch", "n_fine", "zero-shot only", "finetuned only"]
