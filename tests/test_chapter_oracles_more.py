@@ -656,3 +656,209 @@ def test_trajectory_figure_and_wide_table_show_the_long_table():
     # regions missing from the table are left out, the others keep Figure 5's order
     part = wiseft.trajectory_wide(table[table.region.isin(["finetuned only", "zero-shot only"])])
     assert list(part.columns) == ["pair", "epoch", "n_fine", "zero-shot only", "finetuned only"]
+
+
+# --------------------------------------------------------------------------------------------
+# CKA between zero-shot and finetuned layers (Appendix C)
+# --------------------------------------------------------------------------------------------
+
+#: the layers the engine gives per architecture, in network order ('.mean' rows: ViT mean patch token)
+LAYERS = {"RN50": ["stem", "layer1", "layer2", "mean_pool", "layer4"],
+          "coca_ViT-B-32": ["blocks.0.cls", "blocks.0.mean", "blocks.1.cls", "blocks.1.mean", "final.cls"]}
+
+
+def planted_cka(arch, dataset, depth):
+    """A distinct value per (backbone, dataset, depth)."""
+    return round(0.99 - 0.1 * depth - 0.01 * EVAL_DATASETS.index(dataset) - (0.001 if arch == "RN50" else 0.0), 6)
+
+
+class PlantedPair:
+    def __init__(self, arch, dataset):
+        self.arch, self.dataset = arch, dataset
+
+    def same_layer(self):
+        return {name: np.float32(planted_cka(self.arch, self.dataset, i)) for i, name in enumerate(LAYERS[self.arch])}
+
+
+def test_cka_layers_records_every_layer_in_network_order(tmp_path, monkeypatch):
+    calls = []
+
+    def pair_cka(zs, ft, d, P, batch=None):
+        _check_call(zs, P)
+        _check_call(ft, P)
+        calls.append((zs.id, ft.id, d, batch))
+        return PlantedPair(ft.arch, d)
+    monkeypatch.setattr(cka_layers, "pair_cka", pair_cka)
+    study = make_study(tmp_path, cka_layers.SECTION)
+    run = cka_layers.measure(study)
+    pairs = [("RN50-openai", "RN50-openai-ft"), ("coca-ViT-B-32-laion2b", "coca-ViT-B-32-laion2b-ft")]
+    assert calls == [(zs, ft, d, None) for zs, ft in pairs for d in EVAL_DATASETS]
+    assert list(run.columns) == ["profile", "section", "entry", "backbone", "family", "pretraining", "zero_shot",
+                                 "dataset", "layer", "depth", "cka"]
+    expected = [(ft, arch, fam, pre, zs, d, name, i, planted_cka(arch, d, i))
+                for (zs, ft), arch, fam, pre in zip(pairs, ["RN50", "coca_ViT-B-32"], ["finetuned_clip", "coca_finetuned"],
+                                                    ["OpenAI", "LAION-2B"])
+                for d in EVAL_DATASETS for i, name in enumerate(LAYERS[arch])]
+    got = list(run[["entry", "backbone", "family", "pretraining", "zero_shot", "dataset", "layer", "depth"]]
+               .itertuples(index=False, name=None))
+    assert got == [e[:8] for e in expected]
+    np.testing.assert_allclose(run.cka, [e[8] for e in expected], rtol=1e-6)
+    assert (run.section == "cka_layers").all() and len(run) == 2 * 6 * 5
+
+    # a slice: the datasets and minibatch size asked for; a pair needs both members in the slice
+    calls.clear()
+    (tmp_path / "b").mkdir()
+    study2 = make_study(tmp_path / "b", cka_layers.SECTION, ids=["RN50-openai", "RN50-openai-ft", "coca-ViT-B-32-laion2b"])
+    out = cka_layers.measure(study2, datasets=("imagenet", "objectnet"), batch=16)
+    assert calls == [("RN50-openai", "RN50-openai-ft", "imagenet", 16), ("RN50-openai", "RN50-openai-ft", "objectnet", 16)]
+    assert out.dataset.tolist() == ["imagenet"] * 5 + ["objectnet"] * 5 and out.depth.tolist() == [0, 1, 2, 3, 4] * 2
+    assert out.cka.tolist() == pytest.approx([planted_cka("RN50", d, i) for d in ("imagenet", "objectnet")
+                                              for i in range(5)], rel=1e-6)
+
+    plot = cka_layers.for_plot(run)
+    # the ViT's mean-patch-token rows are dropped (class token only); 'mean_pool' is a ResNet layer, kept
+    assert not plot.layer.str.endswith(".mean").any() and (plot.layer == "mean_pool").sum() == 6
+    kept = run[~run.layer.isin(["blocks.0.mean", "blocks.1.mean"])]
+    assert len(plot) == len(run) - 2 * 6
+    pd.testing.assert_frame_equal(plot.drop(columns=["where"]), kept)
+    assert plot["where"].tolist() == ["ImageNet" if d == "imagenet" else "shifts" for d in kept.dataset]
+    assert set(plot.loc[plot.dataset.isin(SHIFTS), "where"]) == {"shifts"}
+    assert "where" not in run  # the recorded table is left as it is
+
+
+# --------------------------------------------------------------------------------------------
+# Robustness guards: the published-accuracy flag and the unreadable images
+# --------------------------------------------------------------------------------------------
+
+def test_flagged_lists_the_entries_off_their_published_accuracy(tmp_path, monkeypatch):
+    from test_chapter_oracles import ACCS
+
+    pool = [dict(e) for e in POOL]
+    pool[0]["published_top1"] = 59.0   # measured 60: 1 point off, within the 1.5-point tolerance
+    pool[1]["published_top1"] = 80.0   # measured 76: -4 points, flagged
+    pool[3]["published_top1"] = 61.5   # measured 64: +2.5 points, flagged
+    monkeypatch.setattr(extract, "accuracies", lambda e, P, datasets: {"imagenet": ACCS[e.id][0],
+                                                                       **dict(zip(SHIFTS, ACCS[e.id][1]))})
+    study = study_of(tmp_path, robustness.SECTION, pool)
+    with pytest.warns(robustness.PublishedAccuracyWarning) as caught:
+        robustness.measure(study)
+    assert len(caught) == 2
+    run = results.load(study.profile, "robustness")  # as the chapter reads it back
+    flags = robustness.flagged(run)
+    assert list(flags.columns) == ["entry", "backbone", "family", "published_top1", "measured", "top1_deviation"]
+    assert flags.entry.tolist() == ["RN50-openai-ft", "coca-ViT-B-32-laion2b"]
+    assert flags.backbone.tolist() == ["RN50", "coca_ViT-B-32"]
+    assert flags.family.tolist() == ["finetuned_clip", "coca_zeroshot"]
+    assert flags.published_top1.tolist() == [80.0, 61.5]
+    assert flags.measured.tolist() == pytest.approx([76.0, 64.0])
+    assert flags.top1_deviation.tolist() == pytest.approx([-4.0, 2.5])
+    # flags as strings (a table written by another tool) count the same; no flag column: no row
+    as_text = run.assign(published_flag=run.published_flag.map({True: "TRUE", False: "false"}))
+    assert robustness.flagged(as_text).entry.tolist() == ["RN50-openai-ft", "coca-ViT-B-32-laion2b"]
+    none = robustness.flagged(run.drop(columns=["published_flag"]))
+    assert none.empty and list(none.columns) == [c for c in run.columns if c != "published_flag"]
+    assert robustness.flagged(run.assign(published_flag=False)).empty
+
+
+def test_skipped_files_gathers_the_manifests_of_the_slice(tmp_path, monkeypatch):
+    skipped = {
+        ("RN50-openai", "imagenet"): ["n01/bad.JPEG: cannot identify image file", "n02/cut.JPEG: truncated: 12 bytes"],
+        ("RN50-openai", "objectnet"): ["chair/x.png: cannot identify image file"],
+        ("RN50-openai-ft", "imagenet"): ["n01/bad.JPEG: cannot identify image file"],
+        ("RN50-openai-ft", "imagenet-a"): ["no-reason.jpg"],
+    }
+    asked = []
+
+    def activations(e, d, P):
+        _check_call(e, P)
+        asked.append((e.id, d))
+        manifest = {"key": "k"} if (e.id, d) not in skipped else {"key": "k", "skipped": skipped[(e.id, d)]}
+        return SimpleNamespace(manifest=manifest)
+    monkeypatch.setattr(extract, "activations", activations)
+    study = make_study(tmp_path, robustness.SECTION, ids=["RN50-openai", "RN50-openai-ft", "RN50-supervised"])
+    out = robustness.skipped_files(study)
+    assert asked == [(e, d) for e in ("RN50-openai", "RN50-openai-ft", "RN50-supervised") for d in EVAL_DATASETS]
+    assert list(out.columns) == ["dataset", "file", "reason", "entries"]
+    assert out.values.tolist() == [
+        ["imagenet", "n01/bad.JPEG", "cannot identify image file", "RN50-openai, RN50-openai-ft"],
+        ["imagenet", "n02/cut.JPEG", "truncated: 12 bytes", "RN50-openai"],
+        ["objectnet", "chair/x.png", "cannot identify image file", "RN50-openai"],
+        ["imagenet-a", "no-reason.jpg", "", "RN50-openai-ft"],
+    ]
+    asked.clear()
+    only = robustness.skipped_files(study, datasets=("objectnet",))
+    assert asked == [(e, "objectnet") for e in ("RN50-openai", "RN50-openai-ft", "RN50-supervised")]
+    assert only.values.tolist() == [["objectnet", "chair/x.png", "cannot identify image file", "RN50-openai"]]
+    (tmp_path / "c").mkdir()
+    clean = robustness.skipped_files(make_study(tmp_path / "c", robustness.SECTION, ids=["RN50-supervised"]))
+    assert clean.empty and list(clean.columns) == ["dataset", "file", "reason", "entries"]
+
+
+# --------------------------------------------------------------------------------------------
+# Summary: what the page lacks, and the paper's family means
+# --------------------------------------------------------------------------------------------
+
+def test_jobs_without_results_names_missing_and_failed_tables(tmp_path):
+    import hashlib
+
+    study = make_study(tmp_path, summary.SECTION)
+    P = study.profile
+    for e in IDS:
+        results.record(P, "robustness", e, {"imagenet": 0.5})
+        if e != "RN50-openai":
+            results.record(P, "privileged_directions", e, {"importance_ratio": 2.0})
+    for e in ("RN50-openai", "RN50-supervised"):
+        results.record(P, "outlier_features", e, {"kurtosis": 4.0})
+    # a table left by a job that failed (written by that job, not by this process)
+    stale = results.table_path(P, "privileged_directions", "RN50-openai")
+    text = "profile,section,entry,importance_ratio\ntmp,privileged_directions,RN50-openai,9.0\n"
+    stale.write_text(text)
+    record = P.results_dir / "provenance" / "privileged_directions" / "RN50-openai.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"section": "privileged_directions", "slice": "RN50-openai", "status": "failed",
+                                  "tables_written": {"tables/privileged_directions/RN50-openai.csv":
+                                                     hashlib.sha256(text.encode()).hexdigest()}}))
+    got = summary.jobs_without_results(study)
+    assert list(got.columns) == ["section", "entry", "status", "job"]
+    expected = ([("outlier_features", e, "missing", "") for e in IDS if e not in ("RN50-openai", "RN50-supervised")]
+                + [("privileged_directions", "RN50-openai", "failed", "privileged_directions[RN50-openai]")]
+                + [(s, e, "missing", "") for s in ("concept_probing", "wiseft", "cka_layers", "pruning", "coca")
+                   for e in IDS])
+    assert list(got.itertuples(index=False, name=None)) == expected
+    assert got.index.tolist() == list(range(len(expected)))
+    # chosen sections, in the order given; a slice sees only its entries
+    some = summary.jobs_without_results(study, ["privileged_directions", "outlier_features", "robustness"])
+    assert list(some.itertuples(index=False, name=None)) == expected[3:4] + expected[:3]
+    part = Study(P, [P.entry("RN50-supervised"), P.entry("RN50-openai")], summary.SECTION)
+    assert list(summary.jobs_without_results(part, ["outlier_features", "privileged_directions"])
+                .itertuples(index=False, name=None)) == [expected[3]]
+    assert summary.jobs_without_results(study, ["robustness"]).empty
+
+
+#: Tables 1-2 as printed, (ImageNet %, mean of the 5 shifts %) per model, by family (written out by hand)
+PRINTED = {
+    "Robust zero-shot CLIP": [(60, 44), (32, 18), (36, 27), (62, 49), (34, 21), (68, 60), (67, 56), (70, 60), (63, 52),
+                              (63, 50), (60, 48), (66, 54), (75, 72), (73, 64), (74, 66), (79, 76)],
+    "Fine-tuned CLIP": [(76, 43), (69, 30), (69, 36), (78, 48), (72, 33), (81, 55), (80, 56), (81, 58), (78, 53),
+                        (78, 45), (76, 48), (76, 48), (85, 67), (84, 64), (84, 66), (85, 71)],
+    "Supervised": [(70, 30), (71, 31), (80, 41), (75, 35)],
+    "Non-robust zero-shot CLIP (ImageNet-Captions)": [(25, 9), (27, 9), (28, 10)],
+}
+#: Table 3's printed CoCa ER (points), ViT-B-32 and ViT-L-14 (no shift accuracies: no %acc)
+COCA_ER = {"CoCa zero-shot": [24, 34], "CoCa fine-tuned": [14, 21]}
+
+
+def test_paper_by_family_means_by_hand():
+    got = summary.paper_by_family()
+    assert got.index.tolist() == list(PRINTED) + list(COCA_ER)  # the paper's family order, readable names
+    assert list(got.columns) == ["er", "acc_ratio"]
+    for family, models in PRINTED.items():
+        er = [100 * er_by_hand(s / 100, i / 100) for i, s in models]
+        ratio = [100 * s / i for i, s in models]
+        assert got.loc[family, "er"] == pytest.approx(sum(er) / len(er), abs=1e-9), family
+        assert got.loc[family, "acc_ratio"] == pytest.approx(sum(ratio) / len(ratio), abs=1e-9), family
+    for family, er in COCA_ER.items():
+        assert got.loc[family, "er"] == pytest.approx(sum(er) / 2) and math.isnan(got.loc[family, "acc_ratio"])
+    # the headline of Figure 1: zero-shot CLIP well above finetuned, supervised about 0
+    assert got.loc["Robust zero-shot CLIP", "er"] > got.loc["Fine-tuned CLIP", "er"] > 0
+    assert abs(got.loc["Supervised", "er"]) < 1.0
