@@ -261,6 +261,15 @@ def test_wiseft_measure_records_each_pair_under_the_finetuned_entry(tmp_path, mo
     out = wiseft.measure(one, [0.25])
     assert calls == [("RN50-openai", "RN50-openai-ft", [0.25])]
     assert out["entry"].tolist() == ["RN50-openai-ft"] and out["alpha"].tolist() == [0.25]
+    # Figure 16 holds both weak pretraining sets: a CC-12M pair too
+    cc = [{**e, "id": e["id"].replace("yfcc15m", "cc12m"), "pretraining": "CC-12M",
+           **({"finetuned_from": "RN50-cc12m"} if "finetuned_from" in e else {})} for e in YFCC]
+    (tmp_path / "cc").mkdir()
+    monkeypatch.setattr(engine, "evaluate", lambda P, z, f, a: planted_sweep("RN50-yfcc15m", f, a))
+    cc_run = wiseft.measure(study_of(tmp_path / "cc", wiseft.SECTION, cc), [0.0])
+    assert cc_run[["entry", "zeroshot", "pair", "figure"]].values.tolist() == [
+        ["RN50-cc12m-ft", "RN50-cc12m", "RN50 / CC-12M", "Figure 16"]]
+    monkeypatch.setattr(engine, "evaluate", evaluate)
     # no pair: nothing evaluated, an empty table
     calls.clear()
     none = wiseft.measure(Study(study.profile, [study.profile.entry("RN50-supervised")], wiseft.SECTION), ALPHAS)
@@ -415,6 +424,12 @@ def test_sweep_figure_skips_missing_values_and_says_when_nothing_is_there(tmp_pa
             assert fig._suptitle.get_text() == "Figures 17-18" and fig.legends == []
         finally:
             plt.close(fig)
+    # the paper's values need the profile to find each pair's paper models: without it, no markers
+    fig = wiseft.sweep_figure(run, {"ImageNet": "imagenet"}, "top-1", "t", paper=PAPER)
+    try:
+        assert all(split_lines(ax)[1] == [] and len(split_lines(ax)[0]) == 1 for ax in fig.axes)
+    finally:
+        plt.close(fig)
     # no series drawn on the first panel (and no paper): no legend at all
     fig = wiseft.sweep_figure(run[run.pair == "coca_ViT-B-32 / LAION-2B"], {"u": "unique_concepts"}, "n", "t")
     try:
@@ -833,6 +848,8 @@ def test_jobs_without_results_names_missing_and_failed_tables(tmp_path):
     assert list(summary.jobs_without_results(part, ["outlier_features", "privileged_directions"])
                 .itertuples(index=False, name=None)) == [expected[3]]
     assert summary.jobs_without_results(study, ["robustness"]).empty
+    nothing = summary.jobs_without_results(study, (s for s in ()))  # sections that yield none
+    assert nothing.empty and list(nothing.columns) == ["section", "entry", "status", "job"]
 
 
 #: Tables 1-2 as printed, (ImageNet %, mean of the 5 shifts %) per model, by family (written out by hand)
