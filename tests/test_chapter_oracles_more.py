@@ -365,6 +365,9 @@ def test_sweep_figure_draws_the_table_and_the_papers_endpoints(tmp_path):
                 want = [100 * paper.loc[zs, column], np.nan if ft is None else 100 * paper.loc[ft, column]]
                 np.testing.assert_allclose(y, want, rtol=1e-12, equal_nan=True)
         assert legend_texts(fig) == ["ImageNet", "mean of the 5 shifts", PAPER_LABEL + ": α = 0 and 1 (Tables 1-5)"]
+        key = fig.legends[0].legend_handles[-1]  # the paper's key: a hollow marker, no line
+        assert key.get_linestyle() == "None" and key.get_markerfacecolor() == "none"
+        assert all(axes[0].get_shared_x_axes().joined(axes[0], ax) for ax in axes)  # one alpha axis for all panels
         assert fig._suptitle.get_text() == "Figures 15-16"
     finally:
         plt.close(fig)
@@ -529,7 +532,7 @@ def trajectory_world(tmp_path, monkeypatch, **metrics):
                                                     "category": ["texture"] * 13}),
                                       np.zeros((4, 13), bool), np.ones((4, 13), bool), pd.DataFrame(), key="planted")
     cached = {"RN50-openai": planted_ap(C_ZERO), "RN50-supervised": planted_ap(C_SUP),
-              "RN50-openai-ft": planted_ap(C_FINAL, weak=(1,))}
+              "RN50-openai-ft": planted_ap(C_FINAL, weak=(1,)), "RN50-yfcc15m": planted_ap({0, 1, 7})}
     calls = {"ap_matrix": [], "transient": [], "loaded": []}
 
     def ap_matrix(e, profile, s):
@@ -546,7 +549,8 @@ def trajectory_world(tmp_path, monkeypatch, **metrics):
     def transient_ap(profile, model, s):
         assert s is sets and model.entry in profile.pool
         calls["transient"].append(model.entry.id)
-        return {"RN50-openai-ft.epoch1": planted_ap(C_EPOCH1)}[model.entry.id]
+        return {"RN50-openai-ft.epoch1": planted_ap(C_EPOCH1), "RN50-yfcc15m-ft.epoch1": planted_ap({0, 7, 8}),
+                "RN50-yfcc15m-ft.epoch2": planted_ap({8, 9})}[model.entry.id]
     monkeypatch.setattr(engine, "broden_available", lambda profile: profile is P)
     monkeypatch.setattr(concept_probing, "broden_sets", lambda profile: sets if profile is P else pytest.fail("P"))
     monkeypatch.setattr(concept_probing, "ap_matrix", ap_matrix)
@@ -603,6 +607,20 @@ def test_concept_trajectory_from_planted_concept_sets(tmp_path, monkeypatch):
     rows = table9[table9.epoch == 2]
     assert rows["fraction"].tolist() == pytest.approx([0.0, 1 / 3, 1 / 3, 1 / 3]) and (rows.n_fine == 3).all()
     assert (table9.n_zero == 6).all()
+
+    # the YFCC pair trained too (no `checkpoint:`: its epochs are all probed from their files): two pairs
+    yft = P.entry("RN50-yfcc15m-ft")
+    write_run(run_dir(P, yft), run_dir(P, yft) / "final.pt", yft.id, epochs=2, losses=[1.0, 0.5])
+    both, notes = wiseft.concept_trajectory(study, threshold=0.9)
+    assert notes == ["coca-ViT-B-32-laion2b-ft: no supervised model of backbone coca_ViT-B-32"]
+    assert both.index.tolist() == list(range(24)) and both.entry.tolist() == ["RN50-openai-ft"] * 12 + [yft.id] * 12
+    pd.testing.assert_frame_equal(both.iloc[:12], table9)
+    y = both.iloc[12:]
+    assert (y.pair == "RN50 / YFCC-15M").all() and (y.zeroshot == "RN50-yfcc15m").all() and (y.n_zero == 3).all()
+    assert (y.pretraining == "YFCC-15M").all() and (y.supervised == "RN50-supervised").all()
+    # C_zero = {0, 1, 7}, C_sup = {4, ..., 8}: epoch 1 {0, 7, 8} -> 1/3, 1/3, 1/3, 0; epoch 2 {8, 9} -> 0, 0, 1/2, 1/2
+    assert y["fraction"].tolist() == pytest.approx([2 / 3, 1 / 3, 0, 0, 1 / 3, 1 / 3, 1 / 3, 0, 0, 0, 0.5, 0.5])
+    assert results.load(P, wiseft.TRAJECTORY_SECTION)["entry"].unique().tolist() == ["RN50-openai-ft", yft.id]
 
 
 def test_concept_trajectory_without_broden_or_pairs(tmp_path, monkeypatch):
