@@ -361,12 +361,12 @@ def test_sweep_figure_draws_the_table_and_the_papers_endpoints(tmp_path):
             assert len(hollow) == 2
             for ln, column in zip(hollow, ("imagenet", "shifts_mean")):
                 x, y = ln.get_data()
-                assert list(x) == [0, 1]
+                assert list(x) == [0, 1] and ln.get_marker() == "o"  # a marker, or nothing would show
                 want = [100 * paper.loc[zs, column], np.nan if ft is None else 100 * paper.loc[ft, column]]
                 np.testing.assert_allclose(y, want, rtol=1e-12, equal_nan=True)
         assert legend_texts(fig) == ["ImageNet", "mean of the 5 shifts", PAPER_LABEL + ": α = 0 and 1 (Tables 1-5)"]
         key = fig.legends[0].legend_handles[-1]  # the paper's key: a hollow marker, no line
-        assert key.get_linestyle() == "None" and key.get_markerfacecolor() == "none"
+        assert key.get_linestyle() == "None" and key.get_markerfacecolor() == "none" and key.get_marker() == "o"
         assert all(axes[0].get_shared_x_axes().joined(axes[0], ax) for ax in axes)  # one alpha axis for all panels
         assert fig._suptitle.get_text() == "Figures 15-16"
     finally:
@@ -664,6 +664,7 @@ def test_trajectory_figure_and_wide_table_show_the_long_table():
             epochs = sorted(sub.epoch.unique())
             assert [ln.get_label() for ln in ax.get_lines()] == list(wiseft.REGIONS)
             for ln, region in zip(ax.get_lines(), wiseft.REGIONS):
+                assert ln.get_color() == wiseft.REGIONS[region]  # the paper's colour of each region
                 r = sub[sub.region == region].sort_values("epoch")
                 np.testing.assert_allclose(ln.get_xdata(), epochs)
                 np.testing.assert_allclose(ln.get_ydata(), 100 * r.fraction.to_numpy(), rtol=1e-12)
