@@ -31,7 +31,7 @@ from helpers.extract import Head
 from helpers.models import save_classifier
 from helpers.plots import PAPER_LABEL
 from helpers.study import Study
-from helpers.training import Recipe, epoch_path, resume_path, run_dir
+from helpers.training import CheckpointError, Recipe, epoch_path, resume_path, run_dir
 from test_chapter_oracles import IDS, POOL, _check_call, er_by_hand, make_study
 
 #: POOL plus a weak-pretraining pair (Figure 16's group) and a second supervised RN50
@@ -207,6 +207,12 @@ def test_training_summary_reads_recipe_and_losses_from_the_checkpoints(tmp_path)
     # a slice with no pair: an empty table
     lone = Study(P, [P.entry("RN50-supervised")], wiseft.SECTION)
     assert wiseft.training_summary(lone).empty
+    # a final file that is not a checkpoint: one error naming it
+    broken = ckpts / "RN50-yfcc15m-ft" / "final.pt"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"truncated")
+    with pytest.raises(CheckpointError, match=r"RN50-yfcc15m-ft/final\.pt: cannot be read"):
+        wiseft.training_summary(study)
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,7 +374,7 @@ def test_sweep_figure_draws_the_table_and_the_papers_endpoints(tmp_path):
         key = fig.legends[0].legend_handles[-1]  # the paper's key: a hollow marker, no line
         assert key.get_linestyle() == "None" and key.get_markerfacecolor() == "none" and key.get_marker() == "o"
         assert all(axes[0].get_shared_x_axes().joined(axes[0], ax) for ax in axes)  # one alpha axis for all panels
-        assert fig._suptitle.get_text() == "Figures 15-16"
+        assert fig.get_suptitle() == "Figures 15-16"
     finally:
         plt.close(fig)
 
@@ -424,7 +430,7 @@ def test_sweep_figure_skips_missing_values_and_says_when_nothing_is_there(tmp_pa
         try:
             (ax,) = fig.axes
             assert [t.get_text() for t in ax.texts] == [placeholder] and not ax.axison and ax.get_lines() == []
-            assert fig._suptitle.get_text() == "Figures 17-18" and fig.legends == []
+            assert fig.get_suptitle() == "Figures 17-18" and fig.legends == []
         finally:
             plt.close(fig)
     # the paper's values need the profile to find each pair's paper models: without it, no markers
@@ -477,6 +483,10 @@ def test_epoch_entries_follow_the_run_folder(tmp_path):
         (k, f"RN50-yfcc15m-ft.epoch{k}", str(run_dir(P, yft) / f"epoch_{k}.pt")) for k in (1, 2)]
     # no run folder: no epochs
     assert wiseft.epoch_entries(P, P.entry("coca-ViT-B-32-laion2b-ft")) == []
+    # an unreadable final checkpoint: one error naming it, not a guess at the last epoch
+    final.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"RN50-openai-ft\.pt: cannot be read"):
+        wiseft.epoch_entries(P, ft)
 
 
 def test_overlap_fractions_by_set_algebra():
@@ -491,8 +501,8 @@ def test_overlap_fractions_by_set_algebra():
                    "finetuned only": 0.4}
     assert wiseft.overlap_fractions({"a"}, c_zero, c_sup) == {"zero-shot only": 1.0, "zero-shot and supervised": 0.0,
                                                              "supervised only": 0.0, "finetuned only": 0.0}
-    assert wiseft.overlap_fractions({"x", "c"}, set(), c_sup) == {"zero-shot only": 0.0, "zero-shot and supervised": 0.0,
-                                                                 "supervised only": 0.5, "finetuned only": 0.5}
+    assert wiseft.overlap_fractions({"x", "c"}, set(), c_sup) == {
+        "zero-shot only": 0.0, "zero-shot and supervised": 0.0, "supervised only": 0.5, "finetuned only": 0.5}
     empty = wiseft.overlap_fractions(set(), c_zero, c_sup)
     assert list(empty) == list(wiseft.REGIONS) and all(math.isnan(v) for v in empty.values())
 
@@ -671,7 +681,7 @@ def test_trajectory_figure_and_wide_table_show_the_long_table():
             assert list(ax.get_xticks()) == epochs
             assert ax.get_xlabel() == "finetuning epoch (0: zero-shot)" and ax.get_ylabel() == "% of finetuned concepts"
         assert legend_texts(fig) == list(wiseft.REGIONS)
-        assert fig._suptitle.get_text().startswith("Figure 5: ")
+        assert fig.get_suptitle().startswith("Figure 5: ")
     finally:
         plt.close(fig)
     fig = wiseft.trajectory_figure(table[table.pair == "RN50 / CC-12M"])
@@ -686,7 +696,8 @@ def test_trajectory_figure_and_wide_table_show_the_long_table():
     for _, row in wide.iterrows():
         cell = table[(table.pair == row.pair) & (table.epoch == row.epoch)].set_index("region")
         assert row.n_fine == 10 + row.epoch
-        assert [row[r] for r in wiseft.REGIONS] == pytest.approx([100 * cell.loc[r, "fraction"] for r in wiseft.REGIONS])
+        want = [100 * cell.loc[r, "fraction"] for r in wiseft.REGIONS]
+        assert [row[r] for r in wiseft.REGIONS] == pytest.approx(want)
     # regions missing from the table are left out, the others keep Figure 5's order
     part = wiseft.trajectory_wide(table[table.region.isin(["finetuned only", "zero-shot only"])])
     assert list(part.columns) == ["pair", "epoch", "n_fine", "zero-shot only", "finetuned only"]
@@ -730,8 +741,8 @@ def test_cka_layers_records_every_layer_in_network_order(tmp_path, monkeypatch):
     assert list(run.columns) == ["profile", "section", "entry", "backbone", "family", "pretraining", "zero_shot",
                                  "dataset", "layer", "depth", "cka"]
     expected = [(ft, arch, fam, pre, zs, d, name, i, planted_cka(arch, d, i))
-                for (zs, ft), arch, fam, pre in zip(pairs, ["RN50", "coca_ViT-B-32"], ["finetuned_clip", "coca_finetuned"],
-                                                    ["OpenAI", "LAION-2B"])
+                for (zs, ft), arch, fam, pre in zip(pairs, ["RN50", "coca_ViT-B-32"],
+                                                    ["finetuned_clip", "coca_finetuned"], ["OpenAI", "LAION-2B"])
                 for d in EVAL_DATASETS for i, name in enumerate(LAYERS[arch])]
     got = list(run[["entry", "backbone", "family", "pretraining", "zero_shot", "dataset", "layer", "depth"]]
                .itertuples(index=False, name=None))
@@ -742,9 +753,10 @@ def test_cka_layers_records_every_layer_in_network_order(tmp_path, monkeypatch):
     # a slice: the datasets and minibatch size asked for; a pair needs both members in the slice
     calls.clear()
     (tmp_path / "b").mkdir()
-    study2 = make_study(tmp_path / "b", cka_layers.SECTION, ids=["RN50-openai", "RN50-openai-ft", "coca-ViT-B-32-laion2b"])
+    study2 = make_study(tmp_path / "b", cka_layers.SECTION,
+                        ids=["RN50-openai", "RN50-openai-ft", "coca-ViT-B-32-laion2b"])
     out = cka_layers.measure(study2, datasets=("imagenet", "objectnet"), batch=16)
-    assert calls == [("RN50-openai", "RN50-openai-ft", "imagenet", 16), ("RN50-openai", "RN50-openai-ft", "objectnet", 16)]
+    assert calls == [("RN50-openai", "RN50-openai-ft", d, 16) for d in ("imagenet", "objectnet")]
     assert out.dataset.tolist() == ["imagenet"] * 5 + ["objectnet"] * 5 and out.depth.tolist() == [0, 1, 2, 3, 4] * 2
     assert out.cka.tolist() == pytest.approx([planted_cka("RN50", d, i) for d in ("imagenet", "objectnet")
                                               for i in range(5)], rel=1e-6)
