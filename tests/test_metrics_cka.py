@@ -158,3 +158,26 @@ def test_state_round_trip_resumes_the_same_sums():
     # and the sums are the per-minibatch HSIC_1 terms: one layer pair against cka_minibatch
     np.testing.assert_allclose(whole.compute()[0, 0], cka_minibatch([x["a"] for x, _ in batches],
                                                                     [y["c"] for _, y in batches]), rtol=1e-12)
+
+
+def test_load_state_after_one_batch_on_a_device_and_refusals():
+    rng = np.random.default_rng(4)
+    xs, ys = {"a": rng.normal(size=(6, 3))}, {"c": rng.normal(size=(6, 2))}
+    one = MinibatchCKA()
+    one.update(xs, ys)
+    resumed = MinibatchCKA(["a"], ["c"])
+    resumed.load_state(one.state())  # a pass killed after its first minibatch
+    assert resumed.n_batches == 1
+    np.testing.assert_array_equal(resumed.compute(), one.compute())
+    # the accumulators go to the device asked for (the meta device: no data, only placement)
+    on_meta = MinibatchCKA(["a"], ["c"])
+    on_meta.load_state(one.state(), device="meta")
+    assert on_meta._xy.device.type == "meta" and on_meta._xy.dtype == torch.float64
+    # a state saved before any minibatch (n_batches 0) restores nothing and needs no sums
+    empty = MinibatchCKA(["a"], ["c"])
+    empty.load_state({"n_batches": np.array([0])})
+    assert empty.n_batches == 0 and empty._xy is None
+    wrong = MinibatchCKA(["a", "b"], ["c"])
+    with pytest.raises(ValueError, match=r"^saved CKA state is \(1, 1\), expected \(2, 1\)$"):
+        wrong.load_state(one.state())
+

@@ -35,13 +35,16 @@ def random_problem(seed, n=240, D=6, C=8, ties=False):
     return S, Y, M
 
 
-BACKENDS = [engine._NumpyOps(), engine._TorchOps("cpu")]
+#: The two backends, built inside each test (an instance built at import would hide its constructor
+#: from the mutation run, which forks every test from the collected process).
+BACKENDS = {"numpy": engine._NumpyOps, "torch": lambda: engine._TorchOps("cpu")}
 
 
 @pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
-@pytest.mark.parametrize("ops", BACKENDS, ids=["numpy", "torch"])
+@pytest.mark.parametrize("backend", list(BACKENDS))
 @pytest.mark.parametrize("batch_size", [1 << 20, 100], ids=["one-block", "chunked"])
-def test_engine_equals_sklearn_on_every_pair(ties, ops, batch_size):
+def test_engine_equals_sklearn_on_every_pair(ties, backend, batch_size):
+    ops = BACKENDS[backend]()
     S, Y, M = random_problem(int(ties), ties=ties)
     ap, ap_neg = engine._ap_matrix(S, Y, M, "both", ops, batch_size)
     np.testing.assert_allclose(ap, sklearn_grid(S, Y, M), atol=1e-12)
@@ -191,7 +194,9 @@ def test_device_choice():
     assert isinstance(engine._ops_for(None, np.zeros(2)), engine._NumpyOps)
     assert isinstance(engine._ops_for("cpu"), engine._NumpyOps)
     assert isinstance(engine._ops_for(torch.device("cpu")), engine._NumpyOps)
-    assert isinstance(engine._ops_for("cuda:0"), engine._TorchOps)
+    cuda = engine._ops_for("cuda:0")  # built without touching the device
+    assert isinstance(cuda, engine._TorchOps) and cuda.device == torch.device("cuda:0") and cuda.torch is torch
+    assert cuda.dtypes == {np.int32: torch.int32, np.int64: torch.int64}
 
 
 @pytest.mark.gpu
@@ -201,3 +206,25 @@ def test_cuda_engine_equals_sklearn():
     np.testing.assert_allclose(concept_ap(S, Y, M, device="cuda"), concept_ap(S, Y, M), atol=1e-12)
     np.testing.assert_allclose(concept_ap(S, Y, M, sign="positive", device="cuda"),
                                sklearn_grid(S, Y, M), atol=1e-12)
+
+
+#: 53 APs with seven tied at the top (columns 8, 10, 13, 18, 20, 24, 27, ...): on rows longer than 16,
+#: numpy's default (introsort) argsort returns tied entries out of column order.
+TIED_ROW = [0.95, 0.95, 0.5, 0.5, 0.2, 0.2, 0.2, 0.2, 1.0, 0.95, 1.0, 0.95, 0.95, 1.0, 0.95, 0.95, 0.95, 0.95,
+            1.0, 0.5, 1.0, 0.95, 0.2, 0.5, 1.0, 0.95, 0.2, 1.0, 0.95, 1.0, 0.2, 0.2, 1.0, 0.2, 0.95, 0.2, 0.5, 0.5,
+            0.5, 0.5, 0.2, 0.2, 0.2, 0.2, 0.95, 0.95, 0.95, 0.5, 0.95, 1.0, 0.5, 0.5, 1.0]
+
+
+def test_top_concepts_of_a_long_row_with_ties_and_negative_directions():
+    ap = np.stack([np.full(len(TIED_ROW), 0.1), TIED_ROW])
+    assert top_concepts(ap, 1) == [(8, 1.0), (10, 1.0), (13, 1.0)]  # column order among the tied
+    # a direction counts from the end as a Python index does: -1 is the last, -2 the first of two
+    assert top_concepts(ap, -1) == top_concepts(ap, 1) and top_concepts(ap, -2) == [(0, 0.1), (1, 0.1), (2, 0.1)]
+    with pytest.raises(IndexError, match=r"^direction -3 out of range for 2 directions$"):
+        top_concepts(ap, -3)
+
+
+def test_threshold_sweep_refuses_a_grid():
+    with pytest.raises(ValueError, match=r"^thresholds must be a 1-D sequence; got shape \(1, 2\)$"):
+        threshold_sweep(np.full((2, 3), 0.5), [[0.8, 0.9]])
+
