@@ -797,6 +797,84 @@ def test_summary_indicators_correlations_and_comparisons(tmp_path):
     assert cat.loc["Table 1", "models in this run"] == 5 and cat.loc["Figure 5", "models in this run"] == 0
 
 
+def test_summary_of_a_slice_reads_only_its_models(tmp_path):
+    study = make_study(tmp_path, summary.SECTION)
+    plant_upstream(study.profile)  # all five models have every upstream table
+    P = study.profile
+    part = Study(P, [P.entry("RN50-openai"), P.entry("coca-ViT-B-32-laion2b")], summary.SECTION)
+    ind = summary.pool_indicators(part)
+    assert ind["entry"].tolist() == ["RN50-openai", "coca-ViT-B-32-laion2b"]
+    num = summary.numeric_comparison(part)
+    assert set(num["this run's model"].dropna()) == {"RN50-openai", "coca-ViT-B-32-laion2b"}
+    cat = summary.catalogue(part).set_index("paper item")
+    assert cat.loc["Table 1", "models in this run"] == 2 and cat.loc["Table 7", "models in this run"] == 2
+    corr = summary.indicator_correlations(part)  # two models: no correlation to speak of
+    assert corr["models"].tolist() == [2, 2, 2] and corr["spearman"].isna().all()
+
+
+def test_summary_counts_coca_claims_and_flags_stand_ins(tmp_path):
+    study = make_study(tmp_path, summary.SECTION)
+    plant_upstream(study.profile)
+    coca.tables(Study(study.profile, list(study.profile.pool), coca.SECTION))
+    claims = summary.all_claims(study).set_index("claim")
+    # Tables 3-5 per CoCa pair, by hand from UPSTREAM: ER 0.24 > 0.14, kurtosis 12.5 > 3.5, concepts 37 > 30
+    for what in ("effective robustness", "kurtosis", "unique concepts"):
+        assert claims.loc[f"finetuning lowers CoCa's {what} (per pair)", "this run"] == "1 of 1", what
+    num = summary.numeric_comparison(study)
+    line = summary.counterparts_line(num, study.profile)
+    assert line == f"counterparts: {int(num['this run'].notna().sum())} of {len(num)} paper numbers"
+    standing = replace(study.profile, pool=tuple(replace(e, stands_in_for="RN50-openai") if e.id == "RN50-openai"
+                                                 else e for e in study.profile.pool))
+    assert summary.counterparts_line(num, standing) == line + (
+        "\n(this run's models are untrained stand-ins: their values carry no meaning)")
+
+
+def test_indicator_correlations_need_three_models_and_two_values_of_each(tmp_path):
+    study = make_study(tmp_path, summary.SECTION, ids=IDS[:3])
+    P = study.profile
+    ers = {"RN50-openai": 0.2, "RN50-openai-ft": 0.1, "RN50-supervised": 0.0}
+    kurt = {"RN50-openai": 9.0, "RN50-openai-ft": 5.0, "RN50-supervised": 3.0}     # three values
+    ratio = {"RN50-openai": 2.0, "RN50-openai-ft": 2.0, "RN50-supervised": 1.0}    # two values
+    unique = {"RN50-openai": 7, "RN50-openai-ft": 7, "RN50-supervised": 7}         # one value
+    for e in ers:
+        meta = {"backbone": "RN50", "family": P.entry(e).family, "pretraining": P.entry(e).pretraining}
+        results.record(P, "robustness", e, {**meta, "er": ers[e], "acc_ratio": 0.5, "imagenet": 0.6})
+        results.record(P, "outlier_features", e, {**meta, "kurtosis": kurt[e]})
+        results.record(P, "privileged_directions", e, {**meta, "importance_ratio": ratio[e]})
+        results.record(P, "concept_probing", e, {**meta, "threshold": 0.9, "unique_concepts": unique[e]})
+    corr = summary.indicator_correlations(study).set_index("indicator")
+    assert corr["models"].tolist() == [3, 3, 3] and corr[["spearman", "low", "high"]].isna().all().all()
+    # three models and two distinct values pass the chapter's own checks and reach the bootstrap,
+    # which refuses: 3 of 27 resamples of three models repeat one model (11 % > 10 %); the reader
+    # sees why there is no interval
+    refused = corr.loc[["kurtosis", "importance_ratio"], "note"]
+    assert refused.str.startswith("the statistic is undefined on ").all(), refused
+    # a constant indicator is caught before the bootstrap: no rank correlation, nothing to explain
+    assert pd.isna(corr.loc["unique_concepts", "note"])
+    # and a constant ER likewise, for every indicator
+    for e in ers:
+        meta = {"backbone": "RN50", "family": P.entry(e).family, "pretraining": P.entry(e).pretraining}
+        results.record(P, "robustness", e, {**meta, "er": 0.1, "acc_ratio": 0.5, "imagenet": 0.6})
+    flat = summary.indicator_correlations(study)
+    assert flat["spearman"].isna().all() and flat["models"].tolist() == [3, 3, 3] and "note" not in flat
+
+
+def test_pool_indicators_keep_models_without_an_upstream_row(tmp_path):
+    study = make_study(tmp_path, summary.SECTION, ids=IDS[:3])
+    P = study.profile
+    for e in IDS[:3]:
+        meta = {"backbone": "RN50", "family": P.entry(e).family, "pretraining": P.entry(e).pretraining}
+        results.record(P, "robustness", e, {**meta, "er": 0.1, "acc_ratio": 0.5, "imagenet": 0.6})
+        if e != "RN50-supervised":  # the other chapters have not run for the supervised model yet
+            results.record(P, "outlier_features", e, {**meta, "kurtosis": 4.0})
+            results.record(P, "privileged_directions", e, [{**meta, "direction": 1, "importance_ratio": 2.0}])
+            results.record(P, "concept_probing", e, {**meta, "threshold": 0.9, "unique_concepts": 5})
+    ind = summary.pool_indicators(study).set_index("entry")
+    assert ind.index.tolist() == IDS[:3]
+    assert ind.loc["RN50-supervised", ["kurtosis", "importance_ratio", "unique_concepts"]].isna().all()
+    assert ind.loc["RN50-openai", ["kurtosis", "importance_ratio", "unique_concepts"]].tolist() == [4.0, 2.0, 5]
+
+
 def test_broden_sets_are_the_planted_concepts_balanced_and_cached(tmp_path, monkeypatch):
     from helpers import fixtures
     from helpers.data import BrodenDataset, open_broden

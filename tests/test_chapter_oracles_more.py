@@ -866,6 +866,15 @@ def test_jobs_without_results_names_missing_and_failed_tables(tmp_path):
                                                      hashlib.sha256(text.encode()).hexdigest()}}))
     got = summary.jobs_without_results(study)
     assert list(got.columns) == ["section", "entry", "status", "job"]
+    # the catalogue names the failed job beside the paper item its table would feed
+    cat = summary.catalogue(study)
+    assert list(cat.columns) == ["paper item", "models in this run", "chapter", "quantity", "paper reports",
+                                 "failed (stale table ignored)"]
+    cat = cat.set_index("paper item")
+    assert cat.loc["Figure 2b", "failed (stale table ignored)"] == "RN50-openai (privileged_directions[RN50-openai])"
+    assert cat.loc["Figure 2b", "models in this run"] == 4  # the failed job's table is not counted
+    assert cat.loc["Figure 2b", ["chapter", "quantity"]].tolist() == ["privileged_directions", "importance ratio, Eq. (3)"]
+    assert cat.loc["Table 1", "paper reports"] == "per model (%)" and cat.loc["Table 1", "failed (stale table ignored)"] == ""
     expected = ([("outlier_features", e, "missing", "") for e in IDS if e not in ("RN50-openai", "RN50-supervised")]
                 + [("privileged_directions", "RN50-openai", "failed", "privileged_directions[RN50-openai]")]
                 + [(s, e, "missing", "") for s in ("concept_probing", "wiseft", "cka_layers", "pruning", "coca")
@@ -881,6 +890,14 @@ def test_jobs_without_results_names_missing_and_failed_tables(tmp_path):
     assert summary.jobs_without_results(study, ["robustness"]).empty
     nothing = summary.jobs_without_results(study, (s for s in ()))  # sections that yield none
     assert nothing.empty and list(nothing.columns) == ["section", "entry", "status", "job"]
+    # a second failed job of the same section: both named, in slice order
+    text2 = "profile,section,entry,importance_ratio\ntmp,privileged_directions,RN50-supervised,8.0\n"
+    results.table_path(P, "privileged_directions", "RN50-supervised").write_text(text2)
+    (record.parent / "RN50-supervised.json").write_text(json.dumps(
+        {"section": "privileged_directions", "slice": "RN50-supervised", "status": "failed",
+         "tables_written": {"tables/privileged_directions/RN50-supervised.csv": hashlib.sha256(text2.encode()).hexdigest()}}))
+    assert summary.catalogue(study).set_index("paper item").loc["Figure 2b", "failed (stale table ignored)"] == (
+        "RN50-openai (privileged_directions[RN50-openai]), RN50-supervised (privileged_directions[RN50-supervised])")
 
 
 #: Tables 1-2 as printed, (ImageNet %, mean of the 5 shifts %) per model, by family (written out by hand)

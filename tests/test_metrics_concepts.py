@@ -9,6 +9,7 @@ from sklearn.metrics import average_precision_score
 from helpers.metrics import (average_precision, concept_ap, concept_overlaps, concepts_per_direction,
                              encoded_concepts, polysemanticity, threshold_sweep, top_concepts,
                              unique_concepts)
+from conftest import refuses
 from helpers.metrics import concepts as engine
 
 
@@ -206,6 +207,9 @@ def test_cuda_engine_equals_sklearn():
     np.testing.assert_allclose(concept_ap(S, Y, M, device="cuda"), concept_ap(S, Y, M), atol=1e-12)
     np.testing.assert_allclose(concept_ap(S, Y, M, sign="positive", device="cuda"),
                                sklearn_grid(S, Y, M), atol=1e-12)
+    # with no device given, a CUDA tensor's own device runs the engine
+    np.testing.assert_allclose(average_precision(torch.from_numpy(S).cuda(), Y, mask=M), sklearn_grid(S, Y, M),
+                               atol=1e-12)
 
 
 #: 53 APs with seven tied at the top (columns 8, 10, 13, 18, 20, 24, 27, ...): on rows longer than 16,
@@ -227,4 +231,48 @@ def test_top_concepts_of_a_long_row_with_ties_and_negative_directions():
 def test_threshold_sweep_refuses_a_grid():
     with pytest.raises(ValueError, match=r"^thresholds must be a 1-D sequence; got shape \(1, 2\)$"):
         threshold_sweep(np.full((2, 3), 0.5), [[0.8, 0.9]])
+
+
+def test_average_precision_refusals_name_the_argument():
+    S, Y, M = random_problem(11, n=12, D=2, C=3)
+    with refuses(ValueError, "scores must be a 2-D array (n_images or n_images x D); got shape (12, 2, 1)"):
+        average_precision(S[:, :, None], Y)
+    with refuses(ValueError, "labels must be a 2-D boolean array (n_images x C concepts); got shape (12, 3, 1)"):
+        average_precision(S, Y[:, :, None])
+    with refuses(ValueError, "labels has 11 rows but the scores have 12 images"):
+        average_precision(S, Y[:-1])
+    with refuses(ValueError, "mask must be a 2-D boolean array (n_images x C concepts); got shape (12,)"):
+        average_precision(S, Y, mask=M[:, 0])
+    with refuses(ValueError, "mask must be boolean (or 0/1); it holds other values"):
+        average_precision(S, Y, mask=M * 2)
+    with refuses(ValueError, "mask has shape (12, 2) but labels have (12, 3)"):
+        average_precision(S, Y, mask=M[:, :2])
+
+
+def test_average_precision_of_one_masked_column_is_a_float():
+    S, Y, M = random_problem(12, n=40, D=2, C=2)
+    ap = average_precision(S[:, 0], Y[:, 1], mask=M[:, 1])  # 1-D scores, labels and mask
+    assert type(ap) is float
+    assert ap == pytest.approx(average_precision_score(Y[M[:, 1], 1], S[M[:, 1], 0]), abs=1e-12)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_average_precision_runs_on_the_device_it_is_given():
+    # asking for a GPU that is not there fails; it does not quietly compute on the CPU instead
+    S, Y, _ = random_problem(13, n=20, D=1, C=1)
+    with pytest.raises((RuntimeError, AssertionError), match="(?i)cuda|nvidia"):
+        average_precision(S, Y, device="cuda:0")
+
+
+def test_torch_backend_with_ties_in_the_first_direction_only():
+    # the tie correction then has entries for direction 0 alone: its per-direction sums must still
+    # cover every direction (bincount's minlength)
+    rng = np.random.default_rng(14)
+    S = rng.normal(size=(60, 3))
+    S[:, 0] = np.round(S[:, 0])
+    Y = rng.random((60, 2)) < 0.4
+    M = np.ones_like(Y)
+    ap, ap_neg = engine._ap_matrix(S, Y, M, "both", engine._TorchOps("cpu"), None)
+    np.testing.assert_allclose(ap, sklearn_grid(S, Y, M), atol=1e-12)
+    np.testing.assert_allclose(ap_neg, sklearn_grid(S, Y, M, flip=True), atol=1e-12)
 

@@ -44,7 +44,7 @@ def catalogue(study) -> pd.DataFrame:
     rows = []
     for item, section, quantity, paper in CATALOGUE:
         n = _load(study, section)["entry"].nunique()
-        bad = results.status(P, section, _ids(study, section))
+        bad = results.status(P, section, _ids(study))
         failed = bad[bad.status == "failed"]
         rows.append({"paper item": item, "models in this run": n, "chapter": section, "quantity": quantity,
                      "paper reports": paper,
@@ -52,22 +52,23 @@ def catalogue(study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _ids(study, section: str) -> list[str]:
-    """The entries of this slice a section records: the pool slice (CoCa: its CoCa entries)."""
+def _ids(study) -> list[str]:
+    """The entries of this slice (a section without a row for some of them, such as CoCa's, simply
+    has no table for those)."""
     return [e.id for e in study.pool]
 
 
 def _load(study, section: str) -> pd.DataFrame:
     """This slice's trusted tables of a section: a slice summary reads only its slice, and tables
     of failed or unfinished jobs never enter an aggregate (:func:`helpers.results.load`)."""
-    return results.load(study.profile, section, _ids(study, section))
+    return results.load(study.profile, section, _ids(study))
 
 
 def jobs_without_results(study, sections=None) -> pd.DataFrame:
     """Per section the entries of this slice whose table is missing or belongs to a failed job
     (section, entry, status, job): what the numbers on this page do not include."""
     sections = sections or list(dict.fromkeys(s for _, s, _, _ in CATALOGUE))
-    frames = [results.status(study.profile, s, _ids(study, s)) for s in sections]
+    frames = [results.status(study.profile, s, _ids(study)) for s in sections]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["section", "entry", "status", "job"])
 
 
