@@ -526,6 +526,57 @@ def test_top_concepts_keep_column_order_among_tied_aps(probing, monkeypatch):
     assert row.unique_concepts == sum(v >= 0.9 for v in TIED_ROW) and row.probed_concepts == n
 
 
+def test_concept_counts_at_each_threshold_from_a_planted_ap(probing, monkeypatch):
+    study, sets, _, _, _ = probing
+    n = 7  # more concepts than directions (RANK = 5), so the two axes cannot be confused
+    planted = concept_probing.BrodenSets(pd.DataFrame({"number": np.arange(1, n + 1), "name": [f"c{c}" for c in range(n)],
+                                                       "category": ["object"] * n}),
+                                         np.ones((N_BRODEN, n), bool), np.ones((N_BRODEN, n), bool), pd.DataFrame(),
+                                         key="planted-ap")
+    ap = np.full((RANK, n), 0.5)
+    ap[:, 6] = np.nan  # a concept without a balanced set
+    ap[0, 0], ap[1, 1], ap[0, 2], ap[2, 3], ap[3, 3] = 0.97, 0.92, 0.87, 0.82, 0.83
+    monkeypatch.setattr(concept_probing, "broden_sets", lambda P: planted)
+    monkeypatch.setattr(concept_probing, "ap_matrix", lambda e, P, sets_: ap)
+    one = Study(study.profile, [study.profile.entry("RN50-openai")], study.section)
+    rows = concept_probing.measure(one).set_index("threshold")
+    # by hand: APs >= t, per concept (unique) and in total (polysemanticity over d_H = 6 and rank 5)
+    by_hand = {0.8: (4, 5), 0.85: (3, 3), 0.9: (2, 2), 0.95: (1, 1)}
+    for t, (unique, hits) in by_hand.items():
+        assert rows.loc[t, "unique_concepts"] == unique, t
+        assert rows.loc[t, "polysemanticity"] == pytest.approx(hits / D), t
+        assert rows.loc[t, "polysemanticity_rank"] == pytest.approx(hits / RANK), t
+    assert (rows["directions"] == RANK).all() and (rows["probed_concepts"] == n).all()
+
+
+def test_table6_beside_this_run_in_table1_order_with_stand_ins(tmp_path):
+    from helpers.compare import STAND_IN
+
+    pool = POOL + [{"id": "demo-vit", "arch": "RN50", "family": "robust_zeroshot_clip", "pretraining": "OpenAI",
+                    "model": "demo-RN50", "stands_in_for": "ViT-B-16-openai"}]
+    P = load_profile(write_profile(tmp_path, pool=pool))
+    # the run's rows in an order unlike Table 1's, a model without a Table 6 row first
+    entries = ["coca-ViT-B-32-laion2b", "demo-vit", "RN50-openai-ft", "RN50-openai"]
+    table = pd.DataFrame([{"entry": e, "threshold": t, "polysemanticity": 1.0 + i,
+                           **{f"top{k}": f"{e}-concept{k}" for k in (1, 2, 3)},
+                           **{f"top{k}_ap": 0.9 + k / 100 for k in (1, 2, 3)}}
+                          for i, e in enumerate(entries) for t in (0.8, 0.9)])
+    _, top = concept_probing.paper_comparison(table, 0.9, P)
+    assert list(top.columns) == ["paper model", "rank", "paper", "this run", "this run's model"]
+    assert top["paper model"].tolist() == ["RN50-openai"] * 3 + ["RN50-openai-ft"] * 3 + ["ViT-B-16-openai"] * 3
+    assert top["rank"].tolist() == [1, 2, 3] * 3
+    paper = paper_values.top_concepts().set_index(["entry", "rank"])
+    for row in top.itertuples():
+        p = paper.loc[(row[1], row.rank)]
+        assert row.paper == f"{p.concept} ({p.ap:.2f})"
+    vit = top[top["paper model"] == "ViT-B-16-openai"]
+    assert vit["this run"].tolist() == [f"demo-vit-concept{k} ({0.9 + k / 100:.2f})" for k in (1, 2, 3)]
+    assert set(vit["this run's model"]) == {f"demo-vit ({STAND_IN})"}
+    # no model of the run in Table 6: an empty table that still has its columns
+    _, none = concept_probing.paper_comparison(table[table.entry == "coca-ViT-B-32-laion2b"], 0.9, P)
+    assert none.empty and list(none.columns) == ["paper model", "rank", "paper", "this run", "this run's model"]
+
+
 def test_venn_sets_take_the_first_model_of_each_role_per_backbone(tmp_path, monkeypatch):
     # two zero-shot RN50 models: Figure 4 compares the first one (the paper's OpenAI model)
     pool = POOL + [{"id": "RN50-yfcc", "arch": "RN50", "family": "robust_zeroshot_clip", "pretraining": "YFCC-15M",
@@ -736,6 +787,25 @@ def test_coca_tables_read_the_other_chapters_results(tmp_path):
         pytest.approx([64.0, 24.0, 37])
     assert (recorded.threshold == 0.9).all() and set(recorded.index) == {"coca-ViT-B-32-laion2b",
                                                                           "coca-ViT-B-32-laion2b-ft"}
+
+
+def test_coca_tables_keep_models_whose_chapters_have_not_run(tmp_path):
+    study = make_study(tmp_path, coca.SECTION)
+    P = study.profile
+    zs, ft = "coca-ViT-B-32-laion2b", "coca-ViT-B-32-laion2b-ft"
+    meta = {"backbone": "coca_ViT-B-32", "pretraining": "LAION-2B"}
+    # robustness for both CoCa models (and a CLIP model, which the chapter ignores), kurtosis for one
+    for e, acc in ((zs, 0.6), (ft, 0.7), ("RN50-openai", 0.5)):
+        results.record(P, "robustness", e, {**meta, "family": P.entry(e).family, "imagenet": acc, "er": 0.1})
+    results.record(P, "outlier_features", zs, {**meta, "family": "coca_zeroshot", "kurtosis": 8.0})
+    run = coca.tables(study).set_index("entry")
+    assert run.index.tolist() == [zs, ft]
+    assert run.loc[ft, "imagenet"] == pytest.approx(70.0) and math.isnan(run.loc[ft, "kurtosis"])
+    assert run.loc[zs, "kurtosis"] == 8.0
+    # concept probing has not run at all: a float NaN column, not missing values of another type
+    assert run["unique_concepts"].dtype == np.float64 and run["unique_concepts"].isna().all()
+    recorded = results.load(P, "coca").set_index("entry")
+    assert recorded.index.tolist() == [zs, ft] and recorded["unique_concepts"].isna().all()
 
 
 def test_summary_indicators_correlations_and_comparisons(tmp_path):

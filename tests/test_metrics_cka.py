@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import refuses
 from helpers.metrics import MinibatchCKA, cka_linear, cka_minibatch
 
 
@@ -180,4 +181,30 @@ def test_load_state_after_one_batch_on_a_device_and_refusals():
     wrong = MinibatchCKA(["a", "b"], ["c"])
     with pytest.raises(ValueError, match=r"^saved CKA state is \(1, 1\), expected \(2, 1\)$"):
         wrong.load_state(one.state())
+
+
+def test_cka_linear_refusals_name_x_or_y():
+    rng = np.random.default_rng(5)
+    good = rng.normal(size=(6, 3))
+    tokens = ("must be 2-D (images x features), one vector per image; got shape (6, 3, 2). Pool or select "
+              "tokens first (e.g. the CLS token, or the mean over tokens) for transformer activations, and "
+              "flatten (x.flatten(1)) or pool feature maps")
+    with refuses(ValueError, "x " + tokens):
+        cka_linear(np.ones((6, 3, 2)), good)
+    with refuses(ValueError, "y " + tokens):
+        cka_linear(good, np.ones((6, 3, 2)))
+    bad = good.copy()
+    bad[2, 1] = np.nan
+    with refuses(ValueError, "x contains NaN or inf (first at index [2, 1])"):
+        cka_linear(bad, good)
+    with refuses(ValueError, "y contains NaN or inf (first at index [2, 1])"):
+        cka_linear(good, bad)
+    with refuses(ValueError, "y is the same vector for every image: its CKA is undefined"):
+        cka_linear(good, np.ones((6, 2)))
+
+
+def test_cka_linear_of_two_images_is_one():
+    # two images: each centred side is one vector and its negative, so the grams are proportional
+    rng = np.random.default_rng(6)
+    assert cka_linear(rng.normal(size=(2, 3)), rng.normal(size=(2, 5))) == pytest.approx(1.0)
 

@@ -276,3 +276,21 @@ def test_torch_backend_with_ties_in_the_first_direction_only():
     np.testing.assert_allclose(ap, sklearn_grid(S, Y, M), atol=1e-12)
     np.testing.assert_allclose(ap_neg, sklearn_grid(S, Y, M, flip=True), atol=1e-12)
 
+
+def test_set_summaries_refuse_by_name_and_count_at_the_threshold():
+    with refuses(ValueError, "ap must be a 2-D array (D directions x C concepts); got shape (3,)"):
+        unique_concepts(np.full(3, 0.5))
+    with refuses(ValueError, "ap must hold average precisions in [0, 1]"):
+        concepts_per_direction(np.array([[0.5, -0.1]]))
+    with refuses(ValueError, "ap contains NaN or inf (first at index [0, 1])"):
+        polysemanticity(np.array([[0.5, np.nan]]))
+    ap = np.array([[0.9, 0.85, 0.5], [0.95, 0.1, 0.8]])
+    # Eq. (4)'s threshold is inclusive: AP = 0.9 counts
+    assert concepts_per_direction(ap).tolist() == [1, 1]
+    assert concepts_per_direction(ap, 0.8).tolist() == [2, 2]
+    assert polysemanticity(ap, 0.8) == 2.0 and polysemanticity(ap) == 1.0
+    # the paper's d_H may equal the number of directions (a full-rank head with K >= d_H)
+    assert polysemanticity(ap, 0.8, d_H=2) == 2.0 and polysemanticity(ap, 0.8, d_H=4) == 1.0
+    with refuses(ValueError, "d_H = 1 is smaller than the 2 directions in ap"):
+        polysemanticity(ap, d_H=1)
+
