@@ -208,3 +208,42 @@ def test_cka_linear_of_two_images_is_one():
     rng = np.random.default_rng(6)
     assert cka_linear(rng.normal(size=(2, 3)), rng.normal(size=(2, 5))) == pytest.approx(1.0)
 
+
+def test_minibatch_refusals_name_the_side_and_layer():
+    rng = np.random.default_rng(7)
+    a, c = rng.normal(size=(8, 3)), rng.normal(size=(8, 2))
+    with refuses(ValueError, "xs['a'] must be 2-D (images x features), one vector per image; got shape (8, 3, 1). "
+                             "Pool or select tokens first (e.g. the CLS token, or the mean over tokens) for "
+                             "transformer activations, and flatten (x.flatten(1)) or pool feature maps"):
+        MinibatchCKA().update({"a": a[:, :, None]}, {"c": c})
+    with refuses(ValueError, "ys['c'] has 7 images but this minibatch has 8: every layer must see the same images"):
+        MinibatchCKA().update({"a": a}, {"c": c[:7]})
+    with refuses(ValueError, "xs['a'] has 5 images but this minibatch has 8: every layer must see the same images"):
+        MinibatchCKA().update({"b": a, "a": a[:5]}, {"c": c})
+    with refuses(ValueError, "minibatch CKA needs at least 4 images per batch (the unbiased HSIC divides by "
+                             "n (n - 3)); got 3"):
+        MinibatchCKA().update({"a": a[:3]}, {"c": c[:3]})
+    nan = a.copy()
+    nan[0, 0] = np.nan
+    with refuses(ValueError, "ys['d'] contains NaN or inf (first at index [0, 0])"):  # numpy input
+        MinibatchCKA().update({"a": a}, {"c": c, "d": nan})
+    # a torch tensor is checked on its own device, one sync per side: the first bad layer is named
+    t = {"a": torch.from_numpy(a), "b": torch.from_numpy(nan), "e": torch.from_numpy(nan)}
+    with refuses(ValueError, "xs['b'] contains NaN or inf"):
+        MinibatchCKA().update(t, {"c": c})
+    with refuses(ValueError, "MinibatchCKA.state: no minibatch was added"):
+        MinibatchCKA().state()
+    with refuses(ValueError, "MinibatchCKA.compute: no minibatch was added"):
+        MinibatchCKA().compute()
+
+
+def test_minibatch_of_four_images_and_float32_tensors_in_float64():
+    rng = np.random.default_rng(8)
+    x, y = rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(4, 5)).astype(np.float32)
+    exact = cka_minibatch([x.astype(np.float64)], [y.astype(np.float64)])  # the smallest batch allowed
+    acc = MinibatchCKA()
+    acc.update({"x": torch.from_numpy(x)}, {"y": torch.from_numpy(y)})
+    # float32 activations are promoted before the Gram: the same value as float64 input, to rounding
+    assert acc._xy.dtype == torch.float64
+    assert acc.compute()[0, 0] == pytest.approx(exact, rel=1e-12)
+
