@@ -247,3 +247,17 @@ def test_minibatch_of_four_images_and_float32_tensors_in_float64():
     assert acc._xy.dtype == torch.float64
     assert acc.compute()[0, 0] == pytest.approx(exact, rel=1e-12)
 
+
+def test_minibatches_of_unequal_size_average_their_unbiased_hsics():
+    """Nguyen et al.: CKA = mean_k HSIC_1(K_k, L_k) / sqrt(mean_k HSIC_1(K_k, K_k) mean_k HSIC_1(L_k, L_k)),
+    each HSIC_1 normalised by its own batch's n (n - 3); a layer constant in one batch only is fine."""
+    rng = np.random.default_rng(9)
+    xs = [rng.normal(size=(5, 3)), rng.normal(size=(9, 3))]
+    ys = [rng.normal(size=(5, 4)) + xs[0] @ rng.normal(size=(3, 4)), rng.normal(size=(9, 4))]
+    xs[0] = np.ones((5, 3))  # constant in the first batch, varied in the second
+    grams = [(x @ x.T, y @ y.T) for x, y in zip(xs, ys)]
+    xy = np.mean([hsic_unbiased(K, L) for K, L in grams])
+    xx = np.mean([hsic_unbiased(K, K) for K, _ in grams])
+    yy = np.mean([hsic_unbiased(L, L) for _, L in grams])
+    assert cka_minibatch(xs, ys) == pytest.approx(xy / np.sqrt(xx * yy), rel=1e-9)
+
