@@ -261,3 +261,11 @@ def test_minibatches_of_unequal_size_average_their_unbiased_hsics():
     yy = np.mean([hsic_unbiased(L, L) for _, L in grams])
     assert cka_minibatch(xs, ys) == pytest.approx(xy / np.sqrt(xx * yy), rel=1e-9)
 
+
+def test_nested_lists_are_arrays_too():
+    x, y = related(10, 12)
+    assert cka_linear(x.tolist(), y.tolist()) == pytest.approx(cka_linear(x, y), rel=1e-12)
+    with pytest.raises(ValueError, match=r"^x must be 2-D \(images x features\), one vector per image; got shape "
+                                         r"\(2, 1, 3\)\. "):
+        cka_linear([[[1.0, 2.0, 3.0]], [[4.0, 5.0, 6.0]]], y[:2])
+
