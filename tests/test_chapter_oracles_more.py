@@ -693,6 +693,11 @@ def test_trajectory_figure_and_wide_table_show_the_long_table():
     wide = wiseft.trajectory_wide(table)
     assert list(wide.columns) == ["pair", "epoch", "n_fine", *wiseft.REGIONS]
     assert len(wide) == 7 and not wide.duplicated(["pair", "epoch"]).any()
+    # rows in the pairs' order (as the figure's panels), epochs ascending, a clean index
+    assert list(zip(wide.pair, wide.epoch)) == [("RN50 / OpenAI", 0), ("RN50 / OpenAI", 1), ("RN50 / OpenAI", 2),
+                                                ("ViT-B-32 / LAION-2B", 0), ("ViT-B-32 / LAION-2B", 3),
+                                                ("RN50 / CC-12M", 0), ("RN50 / CC-12M", 1)]
+    assert wide.index.tolist() == list(range(7))
     for _, row in wide.iterrows():
         cell = table[(table.pair == row.pair) & (table.epoch == row.epoch)].set_index("region")
         assert row.n_fine == 10 + row.epoch

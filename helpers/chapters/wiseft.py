@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pandas as pd
 
 from .. import results
@@ -241,5 +242,8 @@ def trajectory_figure(table: pd.DataFrame):
 def trajectory_wide(table: pd.DataFrame) -> pd.DataFrame:
     """Figure 5's numbers as one row per (pair, epoch) and one column per region (in %)."""
     wide = table.pivot(index=["pair", "epoch", "n_fine"], columns="region", values="fraction")
-    return (100 * wide[[r for r in REGIONS if r in wide.columns]]).reset_index()
+    wide = (100 * wide[[r for r in REGIONS if r in wide.columns]]).reset_index()
+    # pivot sorts the pairs by name; the figure and the sweep list them in pool order
+    order = wide["pair"].map({p: i for i, p in enumerate(dict.fromkeys(table["pair"]))})
+    return wide.iloc[np.lexsort((wide["epoch"].to_numpy(), order.to_numpy()))].reset_index(drop=True)
 
