@@ -821,11 +821,21 @@ def test_summary_indicators_correlations_and_comparisons(tmp_path):
         rho = scipy.stats.spearmanr([v[col] for v in UPSTREAM.values()], er).statistic
         assert corr.loc[name, "spearman"] == pytest.approx(rho, abs=1e-12) and corr.loc[name, "models"] == 5
         assert corr.loc[name, "low"] <= rho <= corr.loc[name, "high"]
+        # the interval is the pool bootstrap at the profile's resample count and seed (200 and 7 here)
+        ci = bootstrap_ci(lambda a, b: scipy.stats.spearmanr(a, b).statistic,
+                          np.array([v[col] for v in UPSTREAM.values()], float), np.array(er, float),
+                          n_boot=200, seed=7)
+        assert (corr.loc[name, "low"], corr.loc[name, "high"]) == pytest.approx((ci.low, ci.high), abs=1e-12)
     # kurtosis ranks 4, 3, 1, 5, 2 against ER ranks 4, 2, 1, 5, 3: rho = 1 - 6 * 2 / (5 * 24) = 0.9
     assert corr.loc["kurtosis", "spearman"] == pytest.approx(0.9)
 
     fam = summary.by_family(study)
+    assert list(fam.columns) == ["er", "acc_ratio", "kurtosis", "importance_ratio", "unique_concepts"]
+    assert fam.index.tolist() == ["Robust zero-shot CLIP", "Fine-tuned CLIP", "Supervised", "CoCa zero-shot",
+                                  "CoCa fine-tuned"]  # the paper's family order, not the alphabet's
     assert fam.loc["Robust zero-shot CLIP", "er"] == pytest.approx(20.5)
+    assert fam.loc["Supervised", ["importance_ratio", "unique_concepts"]].tolist() == pytest.approx(
+        [UPSTREAM["RN50-supervised"][4], UPSTREAM["RN50-supervised"][3]])
     assert fam.loc["CoCa fine-tuned", "kurtosis"] == pytest.approx(3.5)
     assert fam.loc["Supervised", "acc_ratio"] == pytest.approx(100 * 0.499)
 
@@ -927,6 +937,17 @@ def test_indicator_correlations_need_three_models_and_two_values_of_each(tmp_pat
         results.record(P, "robustness", e, {**meta, "er": 0.1, "acc_ratio": 0.5, "imagenet": 0.6})
     flat = summary.indicator_correlations(study)
     assert flat["spearman"].isna().all() and flat["models"].tolist() == [3, 3, 3] and "note" not in flat
+
+
+def test_indicator_correlations_skip_a_chapter_that_has_not_run(tmp_path):
+    study = make_study(tmp_path, summary.SECTION, ids=IDS[:3])
+    P = study.profile
+    for i, e in enumerate(IDS[:3]):
+        meta = {"backbone": "RN50", "family": P.entry(e).family, "pretraining": P.entry(e).pretraining}
+        results.record(P, "robustness", e, {**meta, "er": 0.1 * i, "acc_ratio": 0.5, "imagenet": 0.6})
+        results.record(P, "outlier_features", e, {**meta, "kurtosis": 3.0 + i})
+    corr = summary.indicator_correlations(study)  # no privileged-directions or concept tables yet
+    assert corr["indicator"].tolist() == ["kurtosis"]
 
 
 def test_pool_indicators_keep_models_without_an_upstream_row(tmp_path):
