@@ -100,10 +100,11 @@ mutate: env
 	@test -x $(BIN)/mutmut || $(PY) -m pip install --quiet -e ".[book,test,mutate]"
 	OMP_NUM_THREADS=1 $(BIN)/mutmut run || true
 	$(BIN)/mutmut results > mutants/survivors.txt || true
+	$(PY) tools/mutation_survivors.py 0,33 > mutants/survivors.tsv
 	$(BIN)/mutmut export-cicd-stats
 	$(PY) -c "import json; s = json.load(open('mutants/mutmut-cicd-stats.json')); \
 	t = s['total'] - s['skipped']; print(s); print(f\"mutation score: {100 * (s['killed'] + s['timeout']) / t:.1f} % of {t}\")"
-	@echo "survivors: mutants/survivors.txt (reasons: tests/mutation_survivors.md)"
+	@echo "survivors with the line each changed: mutants/survivors.tsv (reasons: tests/mutation_survivors.md)"
 
 clean:
 	rm -rf _build rendered _results/demo _cache/demo $(NOTEBOOKS_IPYNB)
