@@ -294,3 +294,24 @@ def test_set_summaries_refuse_by_name_and_count_at_the_threshold():
     with refuses(ValueError, "d_H = 1 is smaller than the 2 directions in ap"):
         polysemanticity(ap, d_H=1)
 
+
+def test_concept_ap_inputs_refusals_and_signs():
+    S, Y, M = random_problem(15, n=30, D=3, C=2)
+    # 0/1 integers are masks too, and no selection means every image for every concept
+    np.testing.assert_array_equal(concept_ap(S, Y.astype(np.int64), M.astype(np.int8)), concept_ap(S, Y, M))
+    np.testing.assert_allclose(concept_ap(S, Y, sign="positive"), sklearn_grid(S, Y, np.ones_like(Y)), atol=1e-12)
+    with refuses(ValueError, "projections must be a 2-D array (n_images x D directions); got shape (30,)"):
+        concept_ap(S[:, 0], Y, M)
+    with refuses(ValueError, "selection has 29 rows but the scores have 30 images"):
+        concept_ap(S, Y, M[:-1])
+    with refuses(ValueError, "presence must be boolean (or 0/1); it holds other values"):
+        concept_ap(S, Y * 2, M)
+    with refuses(ValueError, "mask must be a 1-D boolean array (n_images); got shape (30, 1)"):
+        average_precision(S[:, 0], Y[:, 0], mask=M[:, :1])
+    # which of v and -v won, as int8
+    ap, signs = concept_ap(S, Y, M, return_sign=True)
+    assert signs.dtype == np.int8 and set(np.unique(signs)) <= {-1, 1}
+    flipped = sklearn_grid(S, Y, M, flip=True) > sklearn_grid(S, Y, M)
+    assert 0 < flipped.sum() < flipped.size
+    np.testing.assert_array_equal(signs == -1, flipped)
+
