@@ -1,8 +1,12 @@
 """Bootstrap intervals and rank correlations: against scipy, a loop, and planted distributions."""
+import warnings
+
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.stats
 
+from conftest import refuses
 from helpers.metrics import BootstrapCI, bootstrap_ci, rank_correlation
 
 
@@ -90,3 +94,74 @@ def test_refusals():
         rank_correlation([1, 2], [1, 2])
     with pytest.raises(ValueError, match="finite"):
         rank_correlation([1, np.nan, 2], [1, 2, 3])
+
+
+def scipy_interval(x, y, n_boot, seed, level):
+    """The documented recipe with scipy: resample models with numpy's generator at ``seed`` (the
+    draw every bootstrap here uses), Spearman's rho by scipy, percentiles by numpy."""
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant resamples: scipy warns and returns NaN
+        reps = np.array([scipy.stats.spearmanr(x[i], y[i]).statistic for i in idx])
+    return np.quantile(reps[np.isfinite(reps)], [(1 - level) / 2, (1 + level) / 2])
+
+
+def test_rank_correlation_uses_the_given_count_seed_and_level_without_warnings():
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=12)
+    y = x + rng.normal(size=12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no floating-point warning for resamples without a rho
+        ci = rank_correlation(x, y, n_boot=300, seed=5, level=0.9)
+    assert (ci.low, ci.high) == pytest.approx(tuple(scipy_interval(x, y, 300, 5, 0.9)), abs=1e-12)
+    assert (ci.n_boot, ci.level) == (300, 0.9)
+    # object columns (a merged results table) are numbers too
+    same = rank_correlation(pd.Series(x, dtype=object), pd.Series(y, dtype=object), n_boot=300, seed=5, level=0.9)
+    assert tuple(same) == tuple(ci)
+
+
+def test_rank_correlation_refusals_word_for_word():
+    with refuses(ValueError, "x and y must be 1-D with one value per model; got shapes (3, 2), (3, 2)"):
+        rank_correlation(np.ones((3, 2)), np.ones((3, 2)))
+    with refuses(ValueError, "x and y must be finite (drop models with a missing value first)"):
+        rank_correlation([1, 2, 3], [1, np.inf, 3])
+    with refuses(ValueError, "x or y is constant across models: the rank correlation is undefined"):
+        rank_correlation([1, 2, 3], [5, 5, 5])
+
+
+def test_bootstrap_refusals_and_boundaries():
+    with refuses(ValueError, "bootstrap_ci needs at least one array to resample"):
+        bootstrap_ci(np.mean)
+    with refuses(ValueError, "arrays must share their first axis (one row per image or model); got shapes [(5,), (6,)]"):
+        bootstrap_ci(np.mean, np.ones(5), np.ones(6))
+    with refuses(ValueError, "arrays must share their first axis (one row per image or model); got shapes [()]"):
+        bootstrap_ci(np.mean, np.float64(3.0))
+    with refuses(ValueError, "bootstrap needs at least 2 rows; got 1"):
+        bootstrap_ci(np.mean, np.ones(1))
+    for level in (0.0, 1.0, 1.5):
+        with refuses(ValueError, f"level must be in (0, 1); got {level}"):
+            bootstrap_ci(np.mean, np.arange(5.0), level=level)
+    with refuses(ValueError, "n_boot must be positive; got 0"):
+        bootstrap_ci(np.mean, np.arange(5.0), n_boot=0)
+    # the smallest accepted cases: two rows, one resample
+    two = bootstrap_ci(np.mean, np.array([1.0, 3.0]), n_boot=50)
+    assert two.estimate == 2.0 and 1.0 <= two.low <= two.high <= 3.0
+    one = bootstrap_ci(np.mean, np.arange(5.0), n_boot=1, seed=2)
+    drawn = np.random.default_rng(2).integers(0, 5, size=(1, 5))[0]
+    assert one.low == one.high == np.arange(5.0)[drawn].mean()
+
+
+def test_undefined_replicates_are_counted_and_refused_above_ten_percent():
+    def nan_for_first(k):
+        calls = iter(range(10 ** 6))
+
+        def statistic(a):  # the first call is the estimate, then one call per resample
+            i = next(calls)
+            return float("nan") if 1 <= i <= k else float(a.mean())
+        return statistic
+    ok = bootstrap_ci(nan_for_first(10), np.arange(6.0), n_boot=100)  # exactly 10 %: kept
+    assert ok.n_invalid == 10 and ok.estimate == 2.5
+    with refuses(ValueError, "the statistic is undefined on 11 of 100 resamples (e.g. a resample with a constant "
+                             "column): too few rows for a bootstrap interval"):
+        bootstrap_ci(nan_for_first(11), np.arange(6.0), n_boot=100)
+

@@ -35,7 +35,9 @@ def mutants(root: Path, codes: set[int]):
         if not keys:
             continue
         lines = meta.with_suffix("").read_text().splitlines()
-        bodies = {node.name: lines[node.lineno:node.end_lineno] for node in ast.walk(ast.parse("\n".join(lines)))
+        # the whole function, its def line included (a default value is mutated there), under one name
+        bodies = {node.name: [lines[node.lineno - 1].replace(node.name, "f", 1), *lines[node.lineno:node.end_lineno]]
+                  for node in ast.walk(ast.parse("\n".join(lines)))
                   if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
         for key in keys:
             name = key.split(".")[-1]
