@@ -165,3 +165,15 @@ def test_undefined_replicates_are_counted_and_refused_above_ten_percent():
                              "column): too few rows for a bootstrap interval"):
         bootstrap_ci(nan_for_first(11), np.arange(6.0), n_boot=100)
 
+
+
+def test_defaults_are_a_thousand_resamples_at_seed_zero():
+    rng = np.random.default_rng(7)
+    x, y = rng.normal(size=15), rng.normal(size=15)
+    default = rank_correlation(x, y)
+    assert default.n_boot == 1000 and default.level == 0.95
+    assert (default.low, default.high) == pytest.approx(tuple(scipy_interval(x, y, 1000, 0, 0.95)), abs=1e-12)
+    mean = bootstrap_ci(lambda a: a.mean(-1), x, vectorized=True)
+    drawn = np.random.default_rng(0).integers(0, 15, size=(1000, 15))
+    assert mean.n_boot == 1000
+    assert (mean.low, mean.high) == pytest.approx(tuple(np.quantile(x[drawn].mean(-1), [0.025, 0.975])), abs=1e-12)
