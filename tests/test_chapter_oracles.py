@@ -1025,6 +1025,44 @@ def json_of(path):
     return json.loads(path.read_text())
 
 
+def test_published_check_rows_message_and_tolerance(tmp_path, monkeypatch, capsys):
+    P = load_profile(write_profile(tmp_path, pool=POOL, limits={"imagenet": 50}))
+    plain = P.entry("RN50-openai")
+    assert robustness.published_check(plain, 0.6) == {"published_top1": None, "top1_deviation": None,
+                                                      "published_flag": False}
+    e = replace(plain, published_top1=76.5)
+    # exactly the 1.5-point tolerance is within it (75.0 and 76.5 are exact in binary)
+    assert robustness.published_check(e, 0.75) == {"published_top1": 76.5, "top1_deviation": -1.5,
+                                                   "published_flag": False}
+    with pytest.warns(robustness.PublishedAccuracyWarning) as caught:
+        row = robustness.published_check(e, 0.7, n_images=50)
+    assert row == {"published_top1": 76.5, "top1_deviation": pytest.approx(-6.5), "published_flag": True}
+    msg = ("entry 'RN50-openai' (demo-RN50 / random init (seed 0)): ImageNet top-1 70.00 % measured on a subset "
+           "of 50 images, expected 76.50 % (published), deviation -6.50 points (tolerance 1.5). Likely causes: "
+           + "; ".join(robustness.LIKELY_CAUSES) + ".")
+    assert [str(w.message) for w in caught] == [msg]
+    assert caught[0].filename == __file__ or caught[0].filename.endswith("trampoline.py"), caught[0].filename
+    assert capsys.readouterr().err == f"WARNING: {msg}\n"  # the terminal of the run sees it too
+    with pytest.warns(robustness.PublishedAccuracyWarning) as caught:
+        robustness.published_check(e, 0.7)
+    assert " measured, expected 76.50 %" in str(caught[0].message)  # all images: no subset clause
+    capsys.readouterr()
+
+    # the chapter passes the profile's ImageNet limit and records the check's columns per row
+    pool = [dict(x, published_top1=76.5) if x["id"] == "RN50-openai" else x for x in POOL]
+    (tmp_path / "run").mkdir()
+    P = load_profile(write_profile(tmp_path / "run", pool=pool, limits={"imagenet": 50}))
+    monkeypatch.setattr(extract, "accuracies", lambda e, P_, datasets: {"imagenet": 0.7, **dict.fromkeys(SHIFTS, 0.3)})
+    with pytest.warns(robustness.PublishedAccuracyWarning, match="on a subset of 50 images"):
+        run = robustness.measure(Study(P, [P.entry("RN50-openai"), P.entry("RN50-supervised")], robustness.SECTION))
+    capsys.readouterr()
+    rows = run.set_index("entry")
+    assert rows.loc["RN50-openai", "pretraining"] == "OpenAI" and rows.loc["RN50-supervised", "pretraining"] == "ImageNet"
+    assert rows.loc["RN50-openai", ["published_top1", "top1_deviation"]].tolist() == pytest.approx([76.5, -6.5])
+    assert bool(rows.loc["RN50-openai", "published_flag"]) and not bool(rows.loc["RN50-supervised", "published_flag"])
+    assert pd.isna(rows.loc["RN50-supervised", "published_top1"]) and pd.isna(rows.loc["RN50-supervised", "top1_deviation"])
+
+
 def test_robustness_uses_the_profiles_baseline(tmp_path, monkeypatch):
     # a refitted baseline (Appendix A: slope 1.04 on the high-accuracy models) replaces b1 and b0
     monkeypatch.setattr(extract, "accuracies", lambda e, P, datasets: {"imagenet": ACCS[e.id][0],

@@ -315,3 +315,15 @@ def test_concept_ap_inputs_refusals_and_signs():
     assert 0 < flipped.sum() < flipped.size
     np.testing.assert_array_equal(signs == -1, flipped)
 
+
+def test_concepts_without_positives_are_named_ten_at_most():
+    S = np.random.default_rng(16).normal(size=(8, 2))
+    Y = np.zeros((8, 12), bool)
+    Y[0, :] = True
+    for empty, listed in ((10, "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]"), (11, "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]...")):
+        Yk = Y.copy()
+        Yk[:, :empty] = False
+        with refuses(ValueError, f"{empty} concepts have no positive image in their selection (columns {listed}): "
+                                 "their AP is undefined; drop them or fix the selection"):
+            concept_ap(S, Yk)
+

@@ -178,3 +178,9 @@ def test_an_untrained_model_raises_no_floating_point_warning():
         assert math.isnan(accuracy_ratio(0.01, 0.0))
         np.testing.assert_allclose(effective_robustness(np.array([0.01, 0.44]), np.array([0.0, 0.6])),
                                    [0.01, 0.205280], atol=1e-6)
+
+
+def test_mean_shift_accuracy_names_every_missing_shift():
+    with refuses(KeyError, "'mean_shift_accuracy: no accuracy for objectnet, imagenet-a'"):
+        mean_shift_accuracy({"imagenet-v2": 0.5, "imagenet-r": 0.4, "imagenet-sketch": 0.3})
+
