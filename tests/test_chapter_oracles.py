@@ -806,6 +806,14 @@ def test_coca_tables_keep_models_whose_chapters_have_not_run(tmp_path):
     assert run["unique_concepts"].dtype == np.float64 and run["unique_concepts"].isna().all()
     recorded = results.load(P, "coca").set_index("entry")
     assert recorded.index.tolist() == [zs, ft] and recorded["unique_concepts"].isna().all()
+    # the finetuned model not yet measured anywhere: kept, with NaN, beside the zero-shot one's values
+    (tmp_path / "later").mkdir()
+    P2 = load_profile(write_profile(tmp_path / "later", pool=POOL))
+    results.record(P2, "robustness", zs, {**meta, "family": "coca_zeroshot", "imagenet": 0.6, "er": 0.1})
+    results.record(P2, "concept_probing", zs, {**meta, "family": "coca_zeroshot", "threshold": 0.9, "unique_concepts": 12})
+    later = coca.tables(Study(P2, [P2.entry(zs), P2.entry(ft)], coca.SECTION)).set_index("entry")
+    assert later.index.tolist() == [zs, ft] and later.loc[zs, ["imagenet", "unique_concepts"]].tolist() == [60.0, 12]
+    assert later.loc[ft, ["imagenet", "er", "unique_concepts"]].isna().all()
 
 
 def test_summary_indicators_correlations_and_comparisons(tmp_path):
@@ -900,6 +908,7 @@ def test_summary_counts_coca_claims_and_flags_stand_ins(tmp_path):
     # Tables 3-5 per CoCa pair, by hand from UPSTREAM: ER 0.24 > 0.14, kurtosis 12.5 > 3.5, concepts 37 > 30
     for what in ("effective robustness", "kurtosis", "unique concepts"):
         assert claims.loc[f"finetuning lowers CoCa's {what} (per pair)", "this run"] == "1 of 1", what
+    assert claims.loc["zero-shot kurtosis exceeds finetuned kurtosis (per pair)", "this run"] == "2 of 2"  # not replaced
     num = summary.numeric_comparison(study)
     line = summary.counterparts_line(num, study.profile)
     assert line == f"counterparts: {int(num['this run'].notna().sum())} of {len(num)} paper numbers"
@@ -937,6 +946,15 @@ def test_indicator_correlations_need_three_models_and_two_values_of_each(tmp_pat
         results.record(P, "robustness", e, {**meta, "er": 0.1, "acc_ratio": 0.5, "imagenet": 0.6})
     flat = summary.indicator_correlations(study)
     assert flat["spearman"].isna().all() and flat["models"].tolist() == [3, 3, 3] and "note" not in flat
+    # two distinct ER values are enough to reach the bootstrap (which then explains its refusal)
+    for e, er in zip(ers, (0.2, 0.2, 0.0)):
+        meta = {"backbone": "RN50", "family": P.entry(e).family, "pretraining": P.entry(e).pretraining}
+        results.record(P, "robustness", e, {**meta, "er": er, "acc_ratio": 0.5, "imagenet": 0.6})
+    two = summary.indicator_correlations(study, indicators=("kurtosis",))
+    assert list(two.columns) == ["indicator", "models", "spearman", "low", "high", "note"]
+    assert two["note"].str.startswith("the statistic is undefined on ").all()
+    one = summary.indicator_correlations(study, indicators=("unique_concepts",))
+    assert list(one.columns) == ["indicator", "models", "spearman", "low", "high"]
 
 
 def test_indicator_correlations_skip_a_chapter_that_has_not_run(tmp_path):
@@ -948,6 +966,8 @@ def test_indicator_correlations_skip_a_chapter_that_has_not_run(tmp_path):
         results.record(P, "outlier_features", e, {**meta, "kurtosis": 3.0 + i})
     corr = summary.indicator_correlations(study)  # no privileged-directions or concept tables yet
     assert corr["indicator"].tolist() == ["kurtosis"]
+    # an indicator that is missing does not hide the ones after it
+    assert summary.indicator_correlations(study, ("importance_ratio", "kurtosis"))["indicator"].tolist() == ["kurtosis"]
 
 
 def test_pool_indicators_keep_models_without_an_upstream_row(tmp_path):
@@ -1061,6 +1081,18 @@ def test_published_check_rows_message_and_tolerance(tmp_path, monkeypatch, capsy
     assert rows.loc["RN50-openai", ["published_top1", "top1_deviation"]].tolist() == pytest.approx([76.5, -6.5])
     assert bool(rows.loc["RN50-openai", "published_flag"]) and not bool(rows.loc["RN50-supervised", "published_flag"])
     assert pd.isna(rows.loc["RN50-supervised", "published_top1"]) and pd.isna(rows.loc["RN50-supervised", "top1_deviation"])
+
+
+def test_wide_accuracy_table_places_a_stand_in_at_its_paper_model(tmp_path):
+    pool = POOL + [{"id": "demo-vit", "arch": "RN50", "family": "robust_zeroshot_clip", "pretraining": "OpenAI",
+                    "model": "demo-RN50", "stands_in_for": "RN50-openai-ft"}]
+    P = load_profile(write_profile(tmp_path, pool=pool))
+    run = pd.DataFrame([{"entry": e, "imagenet": 0.5, **dict.fromkeys(SHIFTS, 0.25), "shifts_mean": 0.25, "er": 0.1,
+                         "acc_ratio": 0.5} for e in ("demo-vit", "RN50-supervised", "RN50-openai")])
+    wide = robustness.wide_accuracy_table(run, P)
+    # Table 1 order: RN50-openai, then RN50-openai-ft (the stand-in's place), then RN50-supervised
+    assert wide["entry"].tolist() == ["RN50-openai", "demo-vit", "RN50-supervised"]
+    assert wide["imagenet"].tolist() == [50.0, 50.0, 50.0] and wide["ER"].tolist() == pytest.approx([10.0] * 3)
 
 
 def test_robustness_uses_the_profiles_baseline(tmp_path, monkeypatch):

@@ -849,7 +849,7 @@ def test_skipped_files_gathers_the_manifests_of_the_slice(tmp_path, monkeypatch)
 # Summary: what the page lacks, and the paper's family means
 # --------------------------------------------------------------------------------------------
 
-def test_jobs_without_results_names_missing_and_failed_tables(tmp_path):
+def test_jobs_without_results_and_the_catalogue_name_missing_and_failed_tables(tmp_path):
     import hashlib
 
     study = make_study(tmp_path, summary.SECTION)

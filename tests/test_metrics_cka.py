@@ -255,6 +255,7 @@ def test_minibatches_of_unequal_size_average_their_unbiased_hsics():
     xs = [rng.normal(size=(5, 3)), rng.normal(size=(9, 3))]
     ys = [rng.normal(size=(5, 4)) + xs[0] @ rng.normal(size=(3, 4)), rng.normal(size=(9, 4))]
     xs[0] = np.ones((5, 3))  # constant in the first batch, varied in the second
+    ys[1] = np.full((9, 4), 2.0)  # and y the other way round
     grams = [(x @ x.T, y @ y.T) for x, y in zip(xs, ys)]
     xy = np.mean([hsic_unbiased(K, L) for K, L in grams])
     xx = np.mean([hsic_unbiased(K, K) for K, _ in grams])
