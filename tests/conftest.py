@@ -1,4 +1,5 @@
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -43,8 +44,4 @@ def tmp_profile(tmp_path):
 def refuses(exc, message: str):
     """``pytest.raises`` matching the whole message, not a part of it: the message is what a user
     reads when a notebook stops, so a test pins every word of it."""
-    import re
-
-    import pytest
-
     return pytest.raises(exc, match="^" + re.escape(message) + "$")

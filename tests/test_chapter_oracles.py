@@ -32,10 +32,12 @@ from conftest import write_profile
 from helpers import extract, paper_values, results
 from helpers.chapters import (coca, concept_probing, outlier_features, privileged_directions, pruning,
                               robustness, summary)
+from helpers.chapters.common import meta as row_meta
 from helpers.config import EVAL_DATASETS, SHIFTS, PoolEntry, Profile, load_profile
 from helpers.extract import Activations, Head
 from helpers.metrics import bootstrap_ci
 from helpers.study import Study
+from test_metrics_concepts import TIED_ROW  # 53 APs, seven tied at 1.0 (columns 8, 10, 13, ...)
 
 POOL = [
     {"id": "RN50-openai", "arch": "RN50", "family": "robust_zeroshot_clip", "pretraining": "OpenAI",
@@ -499,13 +501,6 @@ def test_concept_probing_tables_from_planted_concepts(probing):
     assert top2.set_index(["paper model", "rank"]).loc[("RN50-openai", 1), "this run"] == "red (1.00)"
 
 
-#: A row of 53 concept APs with seven concepts tied at 1.0 (columns 8, 10, 13, 18, 20, 24, 27, ...): on
-#: rows longer than 16, numpy's default (introsort) argsort returns tied entries out of column order.
-TIED_ROW = [0.95, 0.95, 0.5, 0.5, 0.2, 0.2, 0.2, 0.2, 1.0, 0.95, 1.0, 0.95, 0.95, 1.0, 0.95, 0.95, 0.95, 0.95,
-            1.0, 0.5, 1.0, 0.95, 0.2, 0.5, 1.0, 0.95, 0.2, 1.0, 0.95, 1.0, 0.2, 0.2, 1.0, 0.2, 0.95, 0.2, 0.5, 0.5,
-            0.5, 0.5, 0.2, 0.2, 0.2, 0.2, 0.95, 0.95, 0.95, 0.5, 0.95, 1.0, 0.5, 0.5, 1.0]
-
-
 def test_top_concepts_keep_column_order_among_tied_aps(probing, monkeypatch):
     study, _, _, _, _ = probing
     n = len(TIED_ROW)
@@ -926,7 +921,7 @@ def test_indicator_correlations_need_three_models_and_two_values_of_each(tmp_pat
     ratio = {"RN50-openai": 2.0, "RN50-openai-ft": 2.0, "RN50-supervised": 1.0}    # two values
     unique = {"RN50-openai": 7, "RN50-openai-ft": 7, "RN50-supervised": 7}         # one value
     for e in ers:
-        meta = {"backbone": "RN50", "family": P.entry(e).family, "pretraining": P.entry(e).pretraining}
+        meta = row_meta(P.entry(e))
         results.record(P, "robustness", e, {**meta, "er": ers[e], "acc_ratio": 0.5, "imagenet": 0.6})
         results.record(P, "outlier_features", e, {**meta, "kurtosis": kurt[e]})
         results.record(P, "privileged_directions", e, {**meta, "importance_ratio": ratio[e]})
@@ -942,13 +937,13 @@ def test_indicator_correlations_need_three_models_and_two_values_of_each(tmp_pat
     assert pd.isna(corr.loc["unique_concepts", "note"])
     # and a constant ER likewise, for every indicator
     for e in ers:
-        meta = {"backbone": "RN50", "family": P.entry(e).family, "pretraining": P.entry(e).pretraining}
+        meta = row_meta(P.entry(e))
         results.record(P, "robustness", e, {**meta, "er": 0.1, "acc_ratio": 0.5, "imagenet": 0.6})
     flat = summary.indicator_correlations(study)
     assert flat["spearman"].isna().all() and flat["models"].tolist() == [3, 3, 3] and "note" not in flat
     # two distinct ER values are enough to reach the bootstrap (which then explains its refusal)
     for e, er in zip(ers, (0.2, 0.2, 0.0)):
-        meta = {"backbone": "RN50", "family": P.entry(e).family, "pretraining": P.entry(e).pretraining}
+        meta = row_meta(P.entry(e))
         results.record(P, "robustness", e, {**meta, "er": er, "acc_ratio": 0.5, "imagenet": 0.6})
     two = summary.indicator_correlations(study, indicators=("kurtosis",))
     assert list(two.columns) == ["indicator", "models", "spearman", "low", "high", "note"]
@@ -961,7 +956,7 @@ def test_indicator_correlations_skip_a_chapter_that_has_not_run(tmp_path):
     study = make_study(tmp_path, summary.SECTION, ids=IDS[:3])
     P = study.profile
     for i, e in enumerate(IDS[:3]):
-        meta = {"backbone": "RN50", "family": P.entry(e).family, "pretraining": P.entry(e).pretraining}
+        meta = row_meta(P.entry(e))
         results.record(P, "robustness", e, {**meta, "er": 0.1 * i, "acc_ratio": 0.5, "imagenet": 0.6})
         results.record(P, "outlier_features", e, {**meta, "kurtosis": 3.0 + i})
     corr = summary.indicator_correlations(study)  # no privileged-directions or concept tables yet
@@ -974,7 +969,7 @@ def test_pool_indicators_keep_models_without_an_upstream_row(tmp_path):
     study = make_study(tmp_path, summary.SECTION, ids=IDS[:3])
     P = study.profile
     for e in IDS[:3]:
-        meta = {"backbone": "RN50", "family": P.entry(e).family, "pretraining": P.entry(e).pretraining}
+        meta = row_meta(P.entry(e))
         results.record(P, "robustness", e, {**meta, "er": 0.1, "acc_ratio": 0.5, "imagenet": 0.6})
         if e != "RN50-supervised":  # the other chapters have not run for the supervised model yet
             results.record(P, "outlier_features", e, {**meta, "kurtosis": 4.0})

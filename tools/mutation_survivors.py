@@ -18,7 +18,7 @@ import re
 import sys
 from pathlib import Path
 
-STATUS = {0: "survived", 1: "killed", 33: "no tests", 34: "skipped", 35: "suspicious", 36: "timeout"}
+from mutmut.stats import status_by_exit_code  # mutmut's own reading of its exit codes
 
 
 def changed_lines(original: list[str], mutant: list[str]) -> str:
@@ -44,7 +44,7 @@ def mutants(root: Path, codes: set[int]):
             original = bodies.get(re.sub(r"__mutmut_\d+$", "", name) + "__mutmut_orig")
             mutant = bodies.get(name)
             change = changed_lines(original, mutant) if original and mutant else "?"
-            yield key, STATUS.get(exit_codes[key], str(exit_codes[key])), change
+            yield key, status_by_exit_code[exit_codes[key]], change
 
 
 if __name__ == "__main__":
