@@ -20,7 +20,7 @@ export PYTHONHASHSEED ?= 0
 MATHJAX_VERSION ?= 3.2.2
 MATHJAX := _vendor/mathjax/tex-chtml.js
 
-.PHONY: env notebooks data run book test test-full browser bench clean mutate mathjax publish
+.PHONY: env notebooks data run book test test-fast test-full browser bench clean mutate mathjax publish
 
 # papermill reads .ipynb: each MyST chapter gets its jupytext pair (generated, not committed)
 NOTEBOOKS_IPYNB := $(patsubst %.md,%.ipynb,$(wildcard notebooks/[0-9][0-9]_*.md))
@@ -57,8 +57,18 @@ book: run mathjax
 	$(BIN)/clip-study render --profile $(PROFILE)
 	$(BIN)/jupyter-book build . --builder html -W -n --keep-going
 
+# Test tiers (tests/<tier>/; README "Test tiers" gives their times):
+#   tests/unit       unit tests, metric oracles, peer equivalence (CLIP_benchmark, torch_cka)
+#   tests/workflow   the runner, provenance, Slurm, training CLIs: notebooks and jobs executed
+#   tests/book       the demo book built with -W and checked page by page in headless Chromium
+#   tests/realarch   every chapter on the real architectures (make test-full)
+#   marker gpu       CUDA paths, skipped without a device (benchmarks/gpu_check.sh runs them)
 test: env browser
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra --durations=15
+
+# every unit and oracle test, no notebook execution (under 3 minutes on 2 idle cores)
+test-fast: env
+	$(PY) -m pytest -ra -q tests/unit -m "not slow"
 
 # The full-size tier: every chapter on the real architectures at 224 px with random weights
 # (configs/smoke-real.yml; about 20 minutes on 2 CPU cores), kept out of `make test`.

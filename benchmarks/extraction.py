@@ -1,8 +1,8 @@
-"""Benchmark of the extraction engine (helpers.extract): does decoding once pay, and what does the
+"""Benchmark of the extraction engine (helpers.engine.extract): does decoding once pay, and what does the
 engine cost over a bare forward pass?
 
 Writes ``--images`` JPEGs of 500 x 375 px (ImageNet's typical size) in ImageNet's val layout with
-helpers.fixtures into a temporary folder, then measures in one run:
+helpers.demo.fixtures into a temporary folder, then measures in one run:
 
 (a) one model with the uint8 store already built: end-to-end images/s of ``extract_many(force=True)``
     (store read, normalisation, forward, head, finite check, memmap writes, checkpoints, commit, and
@@ -42,10 +42,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from helpers import extract  # noqa: E402
+from helpers.engine import extract  # noqa: E402
 from helpers.config import PoolEntry, load_profile  # noqa: E402
 from helpers.data import open_dataset  # noqa: E402
-from helpers.models import load  # noqa: E402
+from helpers.models.loading import load  # noqa: E402
 from helpers.store import Geometry, ensure_store  # noqa: E402
 from timing import SIZE, bare_forward as timing_bare_forward, sync, timed, write_images  # noqa: E402  (benchmarks/timing.py)
 

@@ -9,7 +9,7 @@
 # 2. bf16 extraction end to end against its bare bf16 forward (real architectures, random
 #    weights, 224 px), the one-pass CKA, bf16 against fp32 h and kurtosis, and a full 80,000-prompt
 #    zero-shot head built on the device (benchmarks/paper_scale.py);
-# 3. the measured rates, to recalibrate helpers.costs.GPU_TFLOPS (printed by step 2).
+# 3. the measured rates, to recalibrate helpers.workflow.costs.GPU_TFLOPS (printed by step 2).
 # Exits non-zero if any step fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,6 @@
 """Benchmark at the paper's scale: real architectures (random weights, 224 px) on generated images.
 
-Measured in one run, on JPEGs of 500 x 375 px written in ImageNet's val layout by helpers.fixtures:
+Measured in one run, on JPEGs of 500 x 375 px written in ImageNet's val layout by helpers.demo.fixtures:
 
 (a) extraction end to end (``extract_many(force=True)`` with the uint8 store built and the model in
     the job's memo: planning, head and memo lookups, store reads, normalisation, forward, finite
@@ -14,7 +14,7 @@ Measured in one run, on JPEGs of 500 x 375 px written in ImageNet's val layout b
 (c) a zero-shot head build (``models.zero_shot_head``: tokenising, batched text-tower forwards,
     normalisations) against the bare text-tower forward of the same pre-tokenised prompts.
 (d) the extrapolation to the paper profile (43 models, published dataset sizes) that
-    ``clip-study plan`` prints, from :mod:`helpers.costs`.
+    ``clip-study plan`` prints, from :mod:`helpers.workflow.costs`.
 
 Usage (CPU; on a shared machine ``--threads 1`` steadies the timings):
 
@@ -34,8 +34,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from helpers import costs, extract, models  # noqa: E402
-from helpers.cka_pass import pair_cka  # noqa: E402
+from helpers.workflow import costs  # noqa: E402
+from helpers.engine import extract
+from helpers.models import loading as models
+from helpers.engine.cka_pass import pair_cka  # noqa: E402
 from helpers.config import PoolEntry, load_profile  # noqa: E402
 from timing import SIZE, bare_forward, sync, timed, write_images  # noqa: E402  (benchmarks/timing.py)
 
@@ -178,8 +180,8 @@ def main() -> None:
         if not args.only_extraction:
             _cka_and_head(args, P, batches, device, dtype, n, entries, tmp)
 
-    # ---- (d) the extrapolation `clip-study plan` prints (the same checks and helpers.costs.estimate)
-    from helpers import preflight
+    # ---- (d) the extrapolation `clip-study plan` prints (the same checks and helpers.workflow.costs.estimate)
+    from helpers.workflow import preflight
 
     report = preflight.check("paper")
     print(f"\n(d) paper profile ({len(report.entries)} entries, {len(report.sections)} sections; dataset sizes "
@@ -188,7 +190,7 @@ def main() -> None:
     print(costs.total_line(report.stages))
     if args.arch_table:
         print("\nper-architecture costs (torch.utils.flop_counter, one 224 px image, meta device), "
-              "the rows of helpers.costs.ARCHS:")
+              "the rows of helpers.workflow.costs.ARCHS:")
         for m in costs.ARCHS:
             src = "torchvision" if m.startswith("vit_") else "open_clip"
             e = PoolEntry(id="t", arch=m, family="supervised", pretraining="x", model=m, source=src)

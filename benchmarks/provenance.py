@@ -1,4 +1,4 @@
-"""Cost of the runner's up-to-date check on a dataset tree (helpers.provenance.tree_signature).
+"""Cost of the runner's up-to-date check on a dataset tree (helpers.study.provenance.tree_signature).
 
 Builds a tree in the ImageNet layout (``--dirs`` class folders x ``--files`` images of ``--kb`` KB),
 then measures in the same run:
@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from helpers.provenance import _TREE_MEMO, tree_signature
+from helpers.study.provenance import _TREE_MEMO, tree_signature
 
 
 def build(root: Path, dirs: int, files: int, kb: int) -> int:

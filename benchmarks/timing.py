@@ -15,7 +15,7 @@ SIZE = (500, 375)
 def write_images(data_root: Path, images: int) -> int:
     """At least ``images`` fixture JPEGs in ImageNet val's layout under ``data_root/imagenet/val``
     (the demo classes, equal counts); returns how many were written."""
-    from helpers import fixtures
+    from helpers.demo import fixtures
 
     classes = fixtures.DEMO_CLASSES
     per_class = -(-images // len(classes))

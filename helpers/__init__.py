@@ -1,24 +1,62 @@
 """Helpers for the executable companion to Crabbé et al., "Interpreting CLIP: Insights on the
 Robustness to ImageNet Distribution Shifts" (TMLR).
 
-One module per concern, each importable without a GPU; heavy imports live inside functions.
+A notebook needs two names, ``from helpers import load_profile, open_study``, then its chapter
+module, ``metrics``, ``plots`` and ``paper``. The package is grouped by role:
 
-- :mod:`helpers.config`      study profiles (``configs/*.yml``) and the model pool
-- :mod:`helpers.models`      loading any pool entry: image embedding h = f_v(x) and linear head W
-- :mod:`helpers.demo_archs`  the tiny architectures of the demo profile
-- :mod:`helpers.data`        ImageNet, its five shifts and Broden over their real on-disk layouts
-- :mod:`helpers.fixtures`    tiny datasets written in those exact layouts (tests and demo profile)
-- :mod:`helpers.store`       the shared uint8 image stores and atomic, resumable cache entries
-- :mod:`helpers.extract`     decode once, run every model, cache activations, resume
-- :mod:`helpers.metrics`     the paper's metrics (Eq. 1-5, CKA, AP), with uncertainty
-- :mod:`helpers.chapters`    what each chapter computes, called by its notebook
-- :mod:`helpers.training`, :mod:`helpers.finetune`, :mod:`helpers.supervised`, :mod:`helpers.ddp`
-                             Appendix H's recipes, resumable, on one GPU or many (torchrun)
-- :mod:`helpers.wiseft`      Appendix I's weight-space mixtures
-- :mod:`helpers.diagnose`    the paper's indicators for a new encoder
-- :mod:`helpers.forking`     ``clip-study new-notebook``: a fork from the template; layer names
-- :mod:`helpers.results`     one results table per (section, entry)
-- :mod:`helpers.runner`      papermill execution of the notebooks, locally or through submitit
-- :mod:`helpers.book`        the book's sources: executed notebooks and the pool page
+Notebook-facing (what a chapter or a fork imports)
+  - :mod:`helpers.config`    profiles (``configs/*.yml``) and the model pool: loading, validation
+  - :mod:`helpers.study`     ``open_study``; results tables (:mod:`~helpers.study.results`) and
+                             provenance records (:mod:`~helpers.study.provenance`)
+  - :mod:`helpers.chapters`  one module per notebook: what each chapter computes (diagnose included)
+  - :mod:`helpers.metrics`   the paper's metrics, each citing its equation, with uncertainty
+  - :mod:`helpers.plots`     every figure
+  - :mod:`helpers.paper`     the paper's own values and claims, set beside this run's
+The engine (what computes; no chapter logic)
+  - :mod:`helpers.engine`    extraction (the one forward pass), the CKA pass, WiSE-FT mixtures
+  - :mod:`helpers.models`    pool entries to modules: catalogue and traps, weights, heads, loading
+  - :mod:`helpers.data`      ImageNet, its five shifts and Broden over their real on-disk layouts
+  - :mod:`helpers.store`     the shared uint8 image stores and atomic, resumable cache entries
+The workflow (no chapter imports it)
+  - :mod:`helpers.workflow`  runner, preflight and costs (``plan``), book rendering, forking, CLI
+Training and the demo
+  - :mod:`helpers.training`  Appendix H's recipes: the loop, finetuning, supervised, DDP, demo runs
+  - :mod:`helpers.demo`      tiny fixtures in the real layouts and the demo's stand-in architectures
+  - ``helpers/reference/``   vendored data: class lists, the paper's tables, demo model configs
+
+Paper quantity -> function
+
+=========================================  ====================================================
+top-1 on ImageNet and each shift (Sec. 3)  :func:`helpers.data.scoring.accuracy` (label spaces:
+                                           :func:`helpers.data.scoring.label_space`)
+zero-shot head W (Sec. 2)                  :func:`helpers.models.loading.zero_shot_head`
+image embedding h = f_v(x)                 :func:`helpers.engine.extract.activations`
+Eq. (1) kurtosis                           :func:`helpers.metrics.outliers.kurtosis`
+Eq. (2) importance                         :func:`helpers.metrics.directions.importance`
+Eq. (3) importance ratio                   :func:`helpers.metrics.directions.importance_ratio`
+AP of a direction for a concept (Sec. 5)   :func:`helpers.metrics.concepts.concept_ap`
+Eq. (4) unique concepts                    :func:`helpers.metrics.concepts.unique_concepts`
+Eq. (5) effective robustness               :func:`helpers.metrics.robustness.effective_robustness`
+CKA per layer (App. C)                     :class:`helpers.metrics.cka.MinibatchCKA`,
+                                           :func:`helpers.engine.cka_pass.pair_cka`
+pruning singular directions (App. G)       :func:`helpers.metrics.pruning.pruning_curve`
+WiSE-FT mixture (App. I)                   :func:`helpers.engine.wiseft.interpolate`
+=========================================  ====================================================
 """
+from __future__ import annotations
+
 __version__ = "0.1.0"
+__all__ = ["load_profile", "open_study"]
+
+
+def __getattr__(name: str):
+    # lazy, so that ``import helpers.config`` stays light (no torch, no pandas)
+    if name == "load_profile":
+        from helpers.config import load_profile
+
+        return load_profile
+    if name == "open_study":
+        from helpers.study import open_study
+
+        return open_study
+    raise AttributeError(f"module 'helpers' has no attribute {name!r}")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import colorsys
 
-from .compare import backbone_order
-from .config import FAMILIES
+from helpers.paper.compare import backbone_order
+from helpers.config import FAMILIES
 
 FAMILY_COLORS = {
     "robust_zeroshot_clip": "#1f77b4",
@@ -135,7 +135,7 @@ def _stand_in_note(run) -> str:
 
 def _with_counterparts(run, profile):
     """``run`` with the paper entry each row is compared with and whether it is a stand-in."""
-    from .compare import counterparts, in_paper_order
+    from helpers.paper.compare import counterparts, in_paper_order
 
     links = counterparts(profile)
     df = run.drop(columns=[c for c in ("paper_entry", "stand_in") if c in run]).merge(links, on="entry", how="left")
@@ -244,7 +244,7 @@ def baseline_plot(points, slope: float, intercept: float, fit=None):
     import numpy as np
     import seaborn as sns
 
-    from .metrics import logit
+    from helpers.metrics import logit
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
     df = points.assign(family_label=points["family"].map(FAMILIES), x=lambda d: logit(d.imagenet),
@@ -272,7 +272,7 @@ def distributions(df, value: str, xlabel: str, title: str, profile, log: bool = 
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from .compare import in_paper_order
+    from helpers.paper.compare import in_paper_order
 
     order = list(in_paper_order(df[["entry"]].drop_duplicates(), profile)["entry"])
     df = df.assign(family_label=df["family"].map(FAMILIES))
@@ -294,7 +294,7 @@ def ranked_profiles(df, x: str, y: str, xlabel: str, ylabel: str, title: str, pr
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from .compare import in_paper_order
+    from helpers.paper.compare import in_paper_order
 
     entries = in_paper_order(df[["entry", "family"]].drop_duplicates("entry"), profile)
     styles = entry_styles(entries)
@@ -327,7 +327,7 @@ def threshold_sweep(table, profile, value: str = "unique_concepts", ylabel: str 
     """Footnote 3: a value against the AP threshold, one line per model (own shade and marker)."""
     import matplotlib.pyplot as plt
 
-    from .compare import in_paper_order
+    from helpers.paper.compare import in_paper_order
 
     table = in_paper_order(table, profile)
     styles = entry_styles(table)

@@ -5,7 +5,7 @@ Why a uint8 store: the analyses of Sections 3-5 and Appendix C push the same tes
 39 encoders. JPEG decoding and the bicubic resize cost more than a forward pass of a small encoder on
 a GPU, so each dataset is decoded, resized and centre-cropped once per geometry (image size,
 interpolation, resize mode) into an ``N x 3 x S x S`` uint8 array; each model then only normalises
-with its own mean/std on its device (:mod:`helpers.extract`).
+with its own mean/std on its device (:mod:`helpers.engine.extract`).
 
 Cache entry layout (one folder per key; the key is a hash of everything the content depends on)::
 
@@ -302,7 +302,7 @@ class Geometry:
 
     @classmethod
     def of(cls, model: Any) -> "Geometry":
-        """The geometry a loaded model expects (``helpers.models.LoadedModel``)."""
+        """The geometry a loaded model expects (``helpers.models.loading.LoadedModel``)."""
         resize = getattr(model, "resize_size", None)
         return cls(int(model.image_size), str(model.interpolation), str(model.resize_mode),
                    None if resize is None else int(resize))

@@ -45,3 +45,18 @@ def refuses(exc, message: str):
     """``pytest.raises`` matching the whole message, not a part of it: the message is what a user
     reads when a notebook stops, so a test pins every word of it."""
     return pytest.raises(exc, match="^" + re.escape(message) + "$")
+
+
+@pytest.fixture(scope="session")
+def demo_prepared():
+    """The demo profile's data and training checkpoints, made once when missing (``make data``
+    does the same): a test that loads the demo's finetuned or supervised entries runs on a fresh
+    clone without the book having been built first."""
+    from helpers.config import load_profile
+    from helpers.demo.fixtures import write_demo_data
+    from helpers.training.demo import prepare_demo
+
+    profile = load_profile("demo")
+    write_demo_data(profile.paths["data_root"])
+    prepare_demo(profile)
+    return profile

@@ -2,15 +2,15 @@
 zero-shot model and its finetuned counterpart, on ImageNet and on each shift (Figures 7 and 8).
 
 The pair runs over each dataset in one pass and only the minibatch HSIC accumulators are cached
-(:func:`helpers.cka_pass.pair_cka`); no layer activations are written to disk."""
+(:func:`helpers.engine.cka_pass.pair_cka`); no layer activations are written to disk."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from ..cka_pass import CKA_BATCH, default_batch, pair_cka  # noqa: F401 - CKA_BATCH re-exported for forks
-from ..config import EVAL_DATASETS
-from .common import finetuning_pairs
+from helpers.engine.cka_pass import CKA_BATCH, default_batch, pair_cka  # noqa: F401 - CKA_BATCH re-exported for forks
+from helpers.config import EVAL_DATASETS
+from helpers.chapters.common import finetuning_pairs
 
 SECTION = "cka_layers"
 
@@ -18,7 +18,7 @@ SECTION = "cka_layers"
 def measure(study, datasets=EVAL_DATASETS, batch: int | None = None) -> pd.DataFrame:
     """Record, under the finetuned entry, the minibatch CKA of every layer with the same layer of
     its zero-shot model, for each dataset (minibatches of ``batch`` images, default
-    :func:`helpers.cka_pass.default_batch`). Layers come in network order from the extraction
+    :func:`helpers.engine.cka_pass.default_batch`). Layers come in network order from the extraction
     engine (ResNet stages averaged over space; ViT blocks' class token and mean patch token)."""
     P = study.profile
     for zs, ft in finetuning_pairs(study.pool):

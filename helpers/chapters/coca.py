@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .. import paper_values, results
+from helpers.paper import values as paper_values
+from helpers.study import results
 
 SECTION = "coca"
 COCA = ("coca_zeroshot", "coca_finetuned")
@@ -43,14 +44,14 @@ QUANTITIES = {"imagenet": "Table 3: ImageNet top-1 (%)", "er": "Table 3: effecti
 
 def beside_paper(run: pd.DataFrame, profile) -> dict[str, pd.DataFrame]:
     """Per quantity of Tables 3-5, the paper's CoCa value beside this run's counterpart's."""
-    from ..compare import beside
+    from helpers.paper.compare import beside
 
     return {caption: beside(run, paper_values.coca_tables(), column, profile) for column, caption in QUANTITIES.items()}
 
 
 def bars_frame(run: pd.DataFrame, profile) -> pd.DataFrame:
     """Tables 3-5 as one row per paper model, ``<quantity> paper`` and ``<quantity> run`` columns."""
-    from ..compare import beside
+    from helpers.paper.compare import beside
 
     frames = None
     for column in QUANTITIES:

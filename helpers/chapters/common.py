@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import PoolEntry, Profile
+from helpers.config import PoolEntry, Profile
 
 ZEROSHOT = ("robust_zeroshot_clip", "coca_zeroshot")
 FINETUNED = ("finetuned_clip", "coca_finetuned")
@@ -19,7 +19,7 @@ def head(entry: PoolEntry, profile: Profile) -> tuple[np.ndarray, np.ndarray | N
     """(W, b, normalize_features) of an entry: K x d_H head, bias or None, and whether logits are
     W h/||h|| (CLIP, CoCa) or W h + b (supervised). Read from the extraction engine's head cache
     (no model is built when it is cached; otherwise once, on the profile's device)."""
-    from ..extract import head as cached_head
+    from helpers.engine.extract import head as cached_head
 
     h = cached_head(entry, profile)
     return np.asarray(h.W), None if h.b is None else np.asarray(h.b), h.normalize
@@ -27,14 +27,14 @@ def head(entry: PoolEntry, profile: Profile) -> tuple[np.ndarray, np.ndarray | N
 
 def embeddings(entry: PoolEntry, profile: Profile, dataset: str = "imagenet"):
     """Cached extraction of ``entry`` on ``dataset`` (h, labels; logits derived), computed on first use."""
-    from ..extract import activations
+    from helpers.engine.extract import activations
 
     return activations(entry, dataset, profile)
 
 
 def embeddings_many(entry: PoolEntry, profile: Profile, datasets) -> dict:
     """:func:`embeddings` over several datasets with one model build (``extract.extract_datasets``)."""
-    from ..extract import extract_datasets
+    from helpers.engine.extract import extract_datasets
 
     return extract_datasets(entry, list(datasets), profile)
 

@@ -10,11 +10,11 @@ import json
 import numpy as np
 import pandas as pd
 
-from .. import paper_values
-from ..config import PoolEntry, Profile
-from ..metrics import concept_ap, importance, polysemanticity, project, svd_head, unique_concepts
-from ..store import atomic_save_npy, atomic_write_json
-from .common import embeddings, head, meta
+from helpers.paper import values as paper_values
+from helpers.config import PoolEntry, Profile
+from helpers.metrics import concept_ap, importance, polysemanticity, project, svd_head, unique_concepts
+from helpers.store import atomic_save_npy, atomic_write_json
+from helpers.chapters.common import embeddings, head, meta
 
 SECTION = "concept_probing"
 
@@ -36,7 +36,7 @@ def broden_sets(profile: Profile) -> BrodenSets:
     """Balanced positive/negative sets for every concept (Section 5), decoded from Broden's masks
     once and cached under ``cache_dir/broden``, keyed by the dataset digest, the sample limit and
     the balancing parameters (``metrics.broden_min_positives``, ``metrics.seed``)."""
-    from ..data import open_broden
+    from helpers.data import open_broden
 
     ds = open_broden(profile.dataset_root("broden"), limit=profile.limit("broden"))
     material = {"digest": ds.digest(), "limit": profile.limit("broden"),
@@ -149,7 +149,7 @@ def paper_comparison(table: pd.DataFrame, threshold: float = 0.9, profile: Profi
     """(Table 7 beside this run's polysemanticity, Table 6 beside this run's top-3 concepts), one
     row per paper model with a counterpart in this run (its id or the entry standing in for it);
     Table 6 in long form, one row per (model, rank), each concept with its AP)."""
-    from ..compare import beside, counterparts, in_paper_order, model_label
+    from helpers.paper.compare import beside, counterparts, in_paper_order, model_label
 
     run = at_threshold(table, threshold)
     poly = beside(run, paper_values.polysemanticity(), "polysemanticity", profile)

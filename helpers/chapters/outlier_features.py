@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..metrics import bootstrap_ci, kurtosis
-from .common import embeddings, meta
+from helpers.metrics import bootstrap_ci, kurtosis
+from helpers.chapters.common import embeddings, meta
 
 SECTION = "outlier_features"
 

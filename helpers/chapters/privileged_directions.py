@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..metrics import importance, svd_head
-from .common import embeddings, head, meta
+from helpers.metrics import importance, svd_head
+from helpers.chapters.common import embeddings, head, meta
 
 SECTION = "privileged_directions"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..config import EVAL_DATASETS, SHIFTS
-from ..metrics import effective_robustness, mean_shift_accuracy, pruning_curve, svd_head
-from .common import embeddings_many, head, meta
+from helpers.config import EVAL_DATASETS, SHIFTS
+from helpers.metrics import effective_robustness, mean_shift_accuracy, pruning_curve, svd_head
+from helpers.chapters.common import embeddings_many, head, meta
 
 SECTION = "pruning"
 

@@ -11,9 +11,9 @@ import warnings
 
 import pandas as pd
 
-from .. import paper_values
-from ..config import EVAL_DATASETS, PUBLISHED_TOLERANCE, PoolEntry
-from ..metrics import accuracy_ratio, effective_robustness, mean_shift_accuracy
+from helpers.paper import values as paper_values
+from helpers.config import EVAL_DATASETS, PUBLISHED_TOLERANCE, PoolEntry
+from helpers.metrics import accuracy_ratio, effective_robustness, mean_shift_accuracy
 
 SECTION = "robustness"
 
@@ -63,7 +63,7 @@ def flagged(run: pd.DataFrame) -> pd.DataFrame:
 def skipped_files(study, datasets=EVAL_DATASETS) -> pd.DataFrame:
     """Every image left out as unreadable (``skip_unreadable``), read from the manifests of the
     slice's cached activations: one row per (dataset, file), with the entries whose numbers lack it."""
-    from .. import extract
+    from helpers.engine import extract
 
     rows: dict[tuple[str, str], dict] = {}
     for e in study.pool:
@@ -84,7 +84,7 @@ def measure(study) -> pd.DataFrame:
     Accuracies are fractions; ER uses the profile's beta_1 and beta_0. Each row also carries the
     published-accuracy check of :func:`published_check`.
     """
-    from .. import extract
+    from helpers.engine import extract
 
     P = study.profile
     slope, intercept = P.metrics["er_slope"], P.metrics["er_intercept"]
@@ -112,7 +112,7 @@ def paper_frame() -> pd.DataFrame:
 def side_by_side(run: pd.DataFrame, paper: pd.DataFrame, value: str, profile) -> pd.DataFrame:
     """One row per paper model with a counterpart in this run (its own id, or the entry that stands
     in for it): the paper's value, this run's and their difference, in points of %."""
-    from ..compare import beside
+    from helpers.paper.compare import beside
 
     return beside(run, paper.assign(**{value: 100 * paper[value]}), value, profile, scale=100)
 
@@ -120,7 +120,7 @@ def side_by_side(run: pd.DataFrame, paper: pd.DataFrame, value: str, profile) ->
 def wide_accuracy_table(run: pd.DataFrame, profile) -> pd.DataFrame:
     """This run's per-dataset accuracies (%), one column per dataset as in Tables 1-2, in the
     paper's model order."""
-    from ..compare import in_paper_order
+    from helpers.paper.compare import in_paper_order
 
     cols = [c for c in (*EVAL_DATASETS, "shifts_mean", "er", "acc_ratio") if c in run]
     out = in_paper_order(run[["entry", *cols]], profile)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import compare, paper_values, results
-from ..config import FAMILIES
-from ..metrics import rank_correlation
+from helpers.paper import compare
+from helpers.paper import values as paper_values
+from helpers.study import results
+from helpers.config import FAMILIES
+from helpers.metrics import rank_correlation
 
 SECTION = "summary"
 
@@ -60,7 +62,7 @@ def _ids(study) -> list[str]:
 
 def _load(study, section: str) -> pd.DataFrame:
     """This slice's trusted tables of a section: a slice summary reads only its slice, and tables
-    of failed or unfinished jobs never enter an aggregate (:func:`helpers.results.load`)."""
+    of failed or unfinished jobs never enter an aggregate (:func:`helpers.study.results.load`)."""
     return results.load(study.profile, section, _ids(study))
 
 

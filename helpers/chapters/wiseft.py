@@ -1,6 +1,6 @@
 """Chapter 06: WiSE-FT mixtures between each zero-shot model and its finetuned counterpart
 (Appendix I, Figures 15-22) and the concepts of a finetuning run epoch by epoch (Section 5,
-Figure 5). The computations live in :mod:`helpers.wiseft`, :mod:`helpers.training` and
+Figure 5). The computations live in :mod:`helpers.engine.wiseft`, :mod:`helpers.training.loop` and
 :mod:`.concept_probing`; this module pairs the pool entries, records the tables and draws the
 figures."""
 from __future__ import annotations
@@ -10,9 +10,9 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from .. import results
-from ..config import PoolEntry, Profile
-from .common import meta, supervised_counterpart
+from helpers.study import results
+from helpers.config import PoolEntry, Profile
+from helpers.chapters.common import meta, supervised_counterpart
 
 SECTION = "wiseft"
 #: Figure 5's table (one per finetuned entry) lives beside the sweep's, under its own section.
@@ -47,7 +47,7 @@ def _shown_path(path) -> str:
     absolute path), or just its last three parts when it lives elsewhere."""
     from pathlib import Path
 
-    from ..config import REPO_ROOT
+    from helpers.config import REPO_ROOT
 
     path = Path(path)
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(Path(*path.parts[-3:]))
@@ -55,7 +55,7 @@ def _shown_path(path) -> str:
 
 def training_summary(study) -> pd.DataFrame:
     """One row per pair: where the finetuned checkpoint is and the recipe and loss it recorded."""
-    from ..training import output_path, read_checkpoint
+    from helpers.training.loop import output_path, read_checkpoint
 
     rows = []
     for zs, ft in pairs(study):
@@ -74,9 +74,9 @@ def training_summary(study) -> pd.DataFrame:
 
 
 def measure(study, alphas) -> pd.DataFrame:
-    """The WiSE-FT sweep (:func:`helpers.wiseft.evaluate`) for every pair, recorded per finetuned
+    """The WiSE-FT sweep (:func:`helpers.engine.wiseft.evaluate`) for every pair, recorded per finetuned
     entry; returns the slice's table with a ``pair`` label and the paper's figure group."""
-    from ..wiseft import evaluate
+    from helpers.engine.wiseft import evaluate
 
     for zs, ft in pairs(study):
         table = evaluate(study.profile, zs.id, ft.id, alphas)
@@ -100,8 +100,8 @@ def sweep_figure(table: pd.DataFrame, series: dict[str, str], ylabel: str, title
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    from ..compare import paper_id
-    from ..plots import PAPER_LABEL
+    from helpers.paper.compare import paper_id
+    from helpers.plots import PAPER_LABEL
 
     labels = list(dict.fromkeys(table["pair"])) if "pair" in table else []
     if not labels or not any(c in table for c in series.values()):
@@ -148,8 +148,8 @@ def epoch_entries(profile: Profile, finetuned: PoolEntry) -> list[tuple[int, Poo
     """The epoch checkpoints of a finetuning run as pool entries (``<id>.epoch<k>``). The last
     epoch's weights are the final checkpoint's, so that epoch is the finetuned entry itself (whose
     activations other chapters have already cached). The other epochs cache only their Broden AP
-    matrices (:func:`helpers.wiseft.transient_ap`), not their activations."""
-    from ..training import epoch_checkpoints, output_path, read_checkpoint, run_dir
+    matrices (:func:`helpers.engine.wiseft.transient_ap`), not their activations."""
+    from helpers.training.loop import epoch_checkpoints, output_path, read_checkpoint, run_dir
 
     epochs = epoch_checkpoints(run_dir(profile, finetuned))
     final = output_path(profile, finetuned)
@@ -176,9 +176,9 @@ def concept_trajectory(study, threshold: float | None = None) -> tuple[pd.DataFr
     and supervised concept sets at each epoch, epoch 0 being the zero-shot model (Figure 5).
     Recorded per finetuned entry under :data:`TRAJECTORY_SECTION`. Returns the long table (one row
     per pair, epoch and region) and notes on the pairs that could not be traced."""
-    from ..extract import loaded_model
-    from ..wiseft import broden_available, transient_ap
-    from .concept_probing import ap_matrix, broden_sets, concept_set
+    from helpers.engine.extract import loaded_model
+    from helpers.engine.wiseft import broden_available, transient_ap
+    from helpers.chapters.concept_probing import ap_matrix, broden_sets, concept_set
 
     P = study.profile
     threshold = P.metrics["concept_threshold"] if threshold is None else threshold

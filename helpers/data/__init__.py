@@ -16,15 +16,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from .base import IMAGE_EXTENSIONS, LIMIT_SEED, DatasetLayoutError, ImageDataset, UnreadableImageError  # noqa: F401
-from .broden import BrodenDataset  # noqa: F401
-from .broden import open_broden as _open_broden
-from .folder import ImageFolderDataset, open_image_folder  # noqa: F401
-from .classes import LabelSpace, imagenet_classnames, imagenet_wnids  # noqa: F401
-from .imagenet import (open_imagenet, open_imagenet_a, open_imagenet_r, open_imagenet_sketch,
+from helpers.data.base import IMAGE_EXTENSIONS, LIMIT_SEED, DatasetLayoutError, ImageDataset, UnreadableImageError  # noqa: F401
+from helpers.data.broden import BrodenDataset  # noqa: F401
+from helpers.data.broden import open_broden as _open_broden
+from helpers.data.folder import ImageFolderDataset, open_image_folder  # noqa: F401
+from helpers.data.classes import LabelSpace, imagenet_classnames, imagenet_wnids  # noqa: F401
+from helpers.data.imagenet import (open_imagenet, open_imagenet_a, open_imagenet_r, open_imagenet_sketch,
                        open_imagenet_v2)
-from .objectnet import ObjectNetDataset, open_objectnet  # noqa: F401
-from .scoring import accuracy, correct, label_space  # noqa: F401
+from helpers.data.objectnet import ObjectNetDataset, open_objectnet  # noqa: F401
+from helpers.data.scoring import accuracy, correct, label_space  # noqa: F401
 
 #: Names :func:`open_dataset` accepts (``helpers.config.DATASETS`` and ``folder``).
 OPENABLE = ("imagenet", "imagenet-train", "imagenet-v2", "imagenet-r", "imagenet-sketch", "objectnet",
@@ -71,6 +71,6 @@ def open_broden(root: str | Path, **kw) -> BrodenDataset:
 
 
 def _provenance():
-    from .. import provenance
+    from helpers.study import provenance
 
     return provenance

@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from .base import (DatasetLayoutError, UnreadableImageError, balanced_subsample, decode_rgb, digest_of,
+from helpers.data.base import (DatasetLayoutError, UnreadableImageError, balanced_subsample, decode_rgb, digest_of,
                    find_unreadable, preview, require_dir)
 
 INDEX_COLUMNS = ("image", "split", "ih", "iw", "sh", "sw")

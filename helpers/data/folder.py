@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from .base import IMAGE_EXTENSIONS, DatasetLayoutError, ImageDataset, balanced_subsample, is_image, preview
+from helpers.data.base import IMAGE_EXTENSIONS, DatasetLayoutError, ImageDataset, balanced_subsample, is_image, preview
 
 #: The name the extraction engine files these stores and activations under
 #: (``stores/folder-...``, ``activations/<entry>/folder-...``); the key tells folders apart.

@@ -24,8 +24,8 @@ from typing import Callable
 
 import numpy as np
 
-from .base import DatasetLayoutError, ImageDataset, list_dirs, list_images, preview, require_dir
-from .classes import N_IMAGENET, imagenet_a_wnids, imagenet_index, imagenet_label_space, imagenet_r_wnids
+from helpers.data.base import DatasetLayoutError, ImageDataset, list_dirs, list_images, preview, require_dir
+from helpers.data.classes import N_IMAGENET, imagenet_a_wnids, imagenet_index, imagenet_label_space, imagenet_r_wnids
 
 _WNID = re.compile(r"^n\d{8}$")
 

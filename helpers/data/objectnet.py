@@ -28,9 +28,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from .base import DatasetLayoutError, ImageDataset, list_dirs, preview, require_dir
-from .classes import N_IMAGENET, LabelSpace
-from .imagenet import scan_class_folders
+from helpers.data.base import DatasetLayoutError, ImageDataset, list_dirs, preview, require_dir
+from helpers.data.classes import N_IMAGENET, LabelSpace
+from helpers.data.imagenet import scan_class_folders
 
 #: Pixels cropped from every side: ObjectNet images carry a thin red border.
 BORDER = 2

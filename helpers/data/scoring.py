@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .classes import LabelSpace, imagenet_a_wnids, imagenet_label_space, imagenet_r_wnids
+from helpers.data.classes import LabelSpace, imagenet_a_wnids, imagenet_label_space, imagenet_r_wnids
 
 #: Datasets scored over all 1,000 classes.
 FULL_IMAGENET = ("imagenet", "imagenet-train", "imagenet-v2", "imagenet-sketch")
@@ -31,7 +31,7 @@ def label_space(name: str, root: str | Path | None = None) -> LabelSpace:
         if root is None:
             raise ValueError("objectnet: scoring needs the mapping files: pass the dataset object or the "
                              "objectnet-1.0 root (the folder holding mappings/)")
-        from .objectnet import read_mappings
+        from helpers.data.objectnet import read_mappings
 
         return read_mappings(Path(root)).label_space
     raise ValueError(f"unknown dataset {name!r}; expected one of "

@@ -9,13 +9,13 @@
 - :mod:`.cka`          Appendix C: linear CKA and the unbiased minibatch CKA of Nguyen et al.
 - :mod:`.uncertainty`  bootstrap intervals over images, rank correlations across the pool
 """
-from .cka import MinibatchCKA, cka_linear, cka_minibatch  # noqa: F401
-from .concepts import (average_precision, concept_ap, concept_overlaps,  # noqa: F401
+from helpers.metrics.cka import MinibatchCKA, cka_linear, cka_minibatch  # noqa: F401
+from helpers.metrics.concepts import (average_precision, concept_ap, concept_overlaps,  # noqa: F401
                        concepts_per_direction, encoded_concepts, polysemanticity, threshold_sweep,
                        top_concepts, unique_concepts)
-from .directions import importance, importance_ratio, project, svd_head  # noqa: F401
-from .outliers import kurtosis, planted_kurtosis  # noqa: F401
-from .pruning import prune_singular_directions, pruned_logits, pruning_curve  # noqa: F401
-from .robustness import (PAPER_INTERCEPT, PAPER_SLOPE, BaselineFit, accuracy_ratio,  # noqa: F401
+from helpers.metrics.directions import importance, importance_ratio, project, svd_head  # noqa: F401
+from helpers.metrics.outliers import kurtosis, planted_kurtosis  # noqa: F401
+from helpers.metrics.pruning import prune_singular_directions, pruned_logits, pruning_curve  # noqa: F401
+from helpers.metrics.robustness import (PAPER_INTERCEPT, PAPER_SLOPE, BaselineFit, accuracy_ratio,  # noqa: F401
                          effective_robustness, expit, fit_baseline, logit, mean_shift_accuracy)
-from .uncertainty import BootstrapCI, bootstrap_ci, rank_correlation  # noqa: F401
+from helpers.metrics.uncertainty import BootstrapCI, bootstrap_ci, rank_correlation  # noqa: F401

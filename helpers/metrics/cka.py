@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .directions import _as_matrix, _ndim
+from helpers.metrics.directions import _as_matrix, _ndim
 
 #: The unbiased HSIC_1 divides by n (n - 3).
 MIN_BATCH = 4

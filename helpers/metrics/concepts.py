@@ -30,7 +30,7 @@ from itertools import combinations
 
 import numpy as np
 
-from .directions import _as_matrix, _ndim, _to_numpy
+from helpers.metrics.directions import _as_matrix, _ndim, _to_numpy
 
 #: Default bound on the (direction, image) elements of one block, per backend. On the CPU small
 #: blocks (~20 MB at ~40 bytes per element) stay in cache and measured 2-4x faster than 10x larger

@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 
-from .directions import _as_matrix
+from helpers.metrics.directions import _as_matrix
 
 #: Images per block, so the centred copies of h stay bounded in memory.
 _ROWS_PER_BLOCK = 8192

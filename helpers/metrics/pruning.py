@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .directions import _as_matrix, _to_numpy, svd_head
+from helpers.metrics.directions import _as_matrix, _to_numpy, svd_head
 
 #: Images per block when forming logits, so N x K temporaries stay bounded.
 _ROWS_PER_BLOCK = 4096

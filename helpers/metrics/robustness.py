@@ -95,7 +95,7 @@ def fit_baseline(acc_in, acc_shift) -> BaselineFit:
 
 def mean_shift_accuracy(accs: dict[str, float], shifts=None) -> float:
     """ACC(S): the plain mean of the five shift accuracies (Section 3), refusing a missing shift."""
-    from ..config import SHIFTS
+    from helpers.config import SHIFTS
 
     shifts = SHIFTS if shifts is None else shifts
     missing = [s for s in shifts if s not in accs or accs[s] is None or np.isnan(accs[s])]

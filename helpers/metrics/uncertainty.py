@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .directions import _to_numpy
+from helpers.metrics.directions import _to_numpy
 
 #: Elements of resampled data materialised at once by a vectorised statistic (float64: 128 MB).
 _ELEMENTS_PER_CHUNK = 1 << 24

@@ -1,0 +1,1041 @@
+"""Diagnose a new model: the paper's robustness indicators for any image encoder, measured on
+in-distribution images only, and placed against this study's pool.
+
+Section 7 of the paper proposes outlier features as "a useful tool for practitioners to get a
+feeling for the distribution shift robustness of a pretrained model during deployment, when the
+exact form of distribution shift is typically unknown": they are detected without any shifted
+data. :func:`diagnose` measures, on a folder of images (recursively, no labels needed):
+
+- the activation kurtosis of Eq. (1), with a percentile bootstrap interval over images;
+- the importance ratio of Eq. (3), when the model has a linear head W (open_clip models: the
+  zero-shot head over class names, ImageNet's by default; a classifier checkpoint: its own head;
+  a plain encoder: the ``head`` passed in);
+- the number of unique Broden concepts of Eq. (4), when it has a head and the profile's Broden
+  folder exists;
+
+and reads the pool's indicators and effective robustness (Eq. 5) from the profile's results tables
+(sections robustness, outlier_features, privileged_directions, concept_probing) to give the rank
+correlation of each indicator with ER across the pool and the new model's place among the pool's
+models. It writes ``<out>/report.md``, ``<out>/summary.json`` and two figures beside them.
+
+One engine: the model under diagnosis is a transient pool entry (a :class:`~helpers.config.PoolEntry`
+built from the model name and weights, never written to the profile), and the folder is a dataset
+(:class:`helpers.data.folder.ImageFolderDataset`). Extraction, the decode-once uint8 store, the
+resumable cache, the progress bars and model loading are those of every chapter
+(:func:`helpers.engine.extract.extract_many`, :mod:`helpers.store`, :func:`helpers.models.loading.load`): the
+activations land under ``<cache_dir>/stores/folder-...`` and ``<cache_dir>/activations/diagnose-<slug>/``,
+so a rerun loads no model and runs no forward pass. The head comes from the classifier checkpoint
+or the zero-shot head cache (:func:`helpers.models.loading.head_without_model`), and Eq. (4) is probed by
+:func:`helpers.chapters.concept_probing.probe_activations`, as for the pool.
+
+A plain encoder (any ``nn.Module`` or callable) goes through the same engine as an in-memory
+:class:`~helpers.models.loading.LoadedModel`, keyed by the digest of its parameters (a named callable: by
+its name; an unnamed callable is recomputed on every call).
+
+The paper computes none of the placement: the rank correlations, the pool percentile and the
+nearest models are this project's (methods page), and they are only as meaningful as the pool.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from helpers.config import PoolEntry, Profile, load_profile
+from helpers.store import atomic_write_json, atomic_write_text, key_of
+
+#: Bump when the report or summary would change for the same activations.
+DIAGNOSE_VERSION = 2
+
+#: Below this many images the mean kurtosis moves too much with the sample to place a model: the
+#: report says so (and still gives the interval). The paper averages over all 50,000 ImageNet
+#: test images; 30 is our floor, not the paper's.
+MIN_STABLE_IMAGES = 30
+
+#: The pool sections whose results tables the placement reads: ER (Eq. 5), kurtosis (Eq. 1),
+#: importance ratio (Eq. 3), unique concepts (Eq. 4).
+POOL_SECTIONS = ("robustness", "outlier_features", "privileged_directions", "concept_probing")
+
+#: Indicator column of the pool table -> (label, paper's equation, log scale when comparing).
+INDICATORS = {
+    "kurtosis": ("activation kurtosis", "Eq. (1)", True),
+    "importance_ratio": ("importance ratio", "Eq. (3)", True),
+    "unique_concepts": ("unique Broden concepts", "Eq. (4)", False),
+}
+
+#: How many pool models are listed as the nearest to the new one.
+NEAREST = 3
+
+#: Prefix of the transient entries' ids: their cache folders are ``activations/diagnose-<slug>/``.
+ENTRY_PREFIX = "diagnose-"
+
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+class DiagnoseError(ValueError):
+    """Input :func:`diagnose` cannot use; the message names the folder, file, model or tag and
+    what was expected."""
+
+
+# --------------------------------------------------------------------------------------------
+# The model under diagnosis: a transient pool entry
+
+
+@dataclass
+class _Subject:
+    """What is diagnosed: a transient pool entry, how the engine gets its model (``model``: an
+    in-memory LoadedModel for a plain encoder; None: the engine loads the entry itself, and only
+    on a cache miss), and where its head W comes from."""
+
+    label: str
+    slug: str
+    entry: PoolEntry
+    description: dict
+    model: Any = None  # helpers.models.loading.LoadedModel of a plain encoder
+    head: np.ndarray | None = None  # a plain encoder's head W (None: no head)
+    head_kind: str | None = None  # "zero-shot" | "own" | "given" | None
+    classnames: list[str] | None = None  # zero-shot head over these (None: ImageNet's)
+    force: bool = False  # recompute every time (an unnamed callable has no cache identity)
+    notes: list[str] = field(default_factory=list)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "model"
+
+
+def _read_classnames(classnames) -> list[str] | None:
+    if classnames is None:
+        return None
+    if isinstance(classnames, (str, os.PathLike)):
+        path = Path(classnames).expanduser()
+        if not path.is_file():
+            raise DiagnoseError(f"class names file {path} does not exist; expected a text file with one class "
+                                "name per line")
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        where = f"class names file {path}"
+    else:
+        names = [str(c).strip() for c in classnames if str(c).strip()]
+        where = "classnames"
+    if len(names) < 2:
+        raise DiagnoseError(f"{where}: a zero-shot head needs at least 2 class names, one per line; found {len(names)}")
+    return names
+
+
+def _checkpoint_path(pretrained: str) -> Path | None:
+    """``pretrained`` read as a file path when it looks like one (a tag never has a slash or a
+    weights-file ending)."""
+    p = Path(pretrained).expanduser()
+    if os.sep in pretrained or "/" in pretrained or pretrained.lower().endswith(_WEIGHT_SUFFIXES) or p.exists():
+        return p
+    return None
+
+
+def _entry_for(model: str, pretrained: str | None, profile: Profile, seed: int) -> tuple[PoolEntry, bool]:
+    """The transient pool entry of an open_clip model (so that :func:`helpers.models.loading.load` applies
+    its checks: QuickGELU, normalisation, offline weights), and whether its weights file is a
+    classifier checkpoint with its own head."""
+    from helpers.models import loading as models
+
+    oc = models._open_clip(model)
+    if oc.get_model_config(model) is None:
+        close = difflib.get_close_matches(model, oc.list_models(), n=6, cutoff=0.5)
+        raise DiagnoseError(f"open_clip does not know the model {model!r}; close names: "
+                            f"{', '.join(close) or 'none'} (all of them: open_clip.list_models())")
+    common = dict(id=f"{ENTRY_PREFIX}{_slug(model)}", arch=model, family="robust_zeroshot_clip",
+                  model=model, note="transient entry of clip-study diagnose (not in the profile)")
+    if pretrained is None:
+        if not profile.allow_random_init:
+            raise DiagnoseError(f"no weights for {model!r}: pass pretrained=<open_clip tag> or a checkpoint path "
+                                f"(--pretrained); random initialisation is allowed only on profiles with "
+                                f"allow_random_init: true, and profile {profile.name!r} does not allow it")
+        return PoolEntry(**common, pretraining=f"random init (seed {seed})", seed=seed), False
+    path = _checkpoint_path(pretrained)
+    if path is not None:
+        if not path.is_file():
+            raise DiagnoseError(f"checkpoint {path} {'is a folder' if path.is_dir() else 'does not exist'}; expected "
+                                f"a weights file for {model!r}: an open_clip state dict (.pt, .bin, .safetensors) or "
+                                f"a classifier checkpoint written by `clip-study finetune`")
+        entry = PoolEntry(**common, pretraining=f"checkpoint {path.name}", checkpoint=str(path.resolve()))
+        try:
+            ckpt = models._read_checkpoint(entry)
+        except models.ModelError as exc:
+            raise DiagnoseError(str(exc)) from None
+        if isinstance(ckpt, dict) and "format" in ckpt:
+            # A finetuned classifier: its own head, read on the normalised embedding (Section 2).
+            return dataclasses.replace(entry, family="finetuned_clip"), True
+        return entry, False
+    tags = oc.list_pretrained_tags_by_model(model)
+    if pretrained not in tags:
+        raise DiagnoseError(f"open_clip knows no pretrained tag {pretrained!r} for model {model!r}; its tags: "
+                            f"{', '.join(tags) or 'none'} (a checkpoint is given as a path to an existing file)")
+    return PoolEntry(**common, pretraining=pretrained, pretrained=pretrained), False
+
+
+def _model_error(exc: Exception, entry: PoolEntry) -> DiagnoseError:
+    hint = ""
+    if entry.pretrained:
+        hint = (f" For diagnose, a weights file is given as --pretrained /path/to/file (with --model "
+                f"{entry.model}).")
+    return DiagnoseError(f"{exc}{hint}")
+
+
+def _open_clip_subject(model: str, pretrained: str | None, classnames: list[str] | None, profile: Profile,
+                       seed: int) -> _Subject:
+    from helpers.models import loading as models
+
+    entry, own_head = _entry_for(model, pretrained, profile, seed)
+    if entry.checkpoint:
+        # the path tells two files of one name apart; the engine keys the activations on the content
+        tag = f"{Path(entry.checkpoint).stem}-{key_of({'path': entry.checkpoint})[:8]}"
+        weights = f"checkpoint {entry.checkpoint}"
+    elif entry.pretrained:
+        tag, weights = entry.pretrained, f"open_clip tag {entry.pretrained!r}"
+    else:
+        tag, weights = f"random-seed{seed}", f"random initialisation, seed {seed}"
+    slug = _slug(f"{model}-{tag}")
+    entry = dataclasses.replace(entry, id=ENTRY_PREFIX + slug)
+    try:
+        models.check_entry(entry)
+    except models.ModelError as exc:
+        raise _model_error(exc, entry) from None
+    notes = []
+    if own_head and classnames is not None:
+        notes.append(f"{entry.checkpoint} is a classifier checkpoint with its own head: the class names were "
+                     "not used")
+        classnames = None
+    if own_head:
+        head_desc = "the classifier checkpoint's own head"
+    elif classnames is not None:
+        head_desc = f"zero-shot head over {len(classnames)} class names x the 80 OpenAI templates"
+    else:
+        head_desc = "zero-shot head over ImageNet's 1,000 classes x the 80 OpenAI templates (as the pool's)"
+    return _Subject(label=f"{model} ({weights})", slug=slug, entry=entry,
+                    description={"kind": "open_clip", "model": model, "pretrained": entry.pretrained,
+                                 "checkpoint": entry.checkpoint, "entry": entry.id,
+                                 "seed": None if entry.pretrained or entry.checkpoint else seed, "weights": weights,
+                                 "head": head_desc},
+                    head_kind="own" if own_head else "zero-shot", classnames=classnames, notes=notes)
+
+
+def _module_digest(module) -> str:
+    """Digest of an nn.Module's class and every parameter and buffer (names, shapes, bytes)."""
+    import torch
+
+    h = hashlib.sha256(f"{type(module).__module__}.{type(module).__qualname__}".encode())
+    for name, t in module.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+_PREPROCESS_EXPECTED = ("torchvision transforms.Compose([Resize(S), CenterCrop(S), ToTensor(), Normalize(mean, std)]) "
+                        "or a helpers.models.loading.Preprocessing: the engine decodes each folder once into a uint8 store of "
+                        "that geometry and normalises on the device")
+
+
+def _preprocessing_of(preprocess):
+    """The :class:`helpers.models.loading.Preprocessing` a torchvision eval transform amounts to: the uint8
+    store holds exactly the pixels its Resize + CenterCrop give (the same torchvision transforms
+    open_clip's ``shortest`` mode uses), and Normalize runs on the device."""
+    from torchvision import transforms as T
+
+    from helpers.models.loading import Preprocessing
+
+    if isinstance(preprocess, Preprocessing):
+        return preprocess
+    steps = getattr(preprocess, "transforms", None)
+    kinds = [type(t).__name__ for t in steps] if isinstance(steps, list) else None
+    if kinds != ["Resize", "CenterCrop", "ToTensor", "Normalize"]:
+        raise DiagnoseError(f"preprocess must be {_PREPROCESS_EXPECTED}; got "
+                            f"{' -> '.join(kinds) if kinds else type(preprocess).__name__}")
+    resize, crop, _, norm = steps
+    size = resize.size if isinstance(resize.size, int) else (resize.size[0] if len(resize.size) == 1 else None)
+    crop_size = tuple(crop.size) if not isinstance(crop.size, int) else (crop.size, crop.size)
+    modes = {T.InterpolationMode.BILINEAR: "bilinear", T.InterpolationMode.BICUBIC: "bicubic"}
+    if size is None or crop_size != (size, size) or resize.interpolation not in modes or resize.antialias is False \
+            or resize.max_size is not None:
+        raise DiagnoseError(f"preprocess {preprocess!r}: Resize must take the shorter side to the CenterCrop size "
+                            f"S (bilinear or bicubic, antialiased); expected {_PREPROCESS_EXPECTED}")
+    mean, std = (tuple(float(v) for v in np.atleast_1d(np.asarray(x, dtype=float))) for x in (norm.mean, norm.std))
+    if len(mean) != 3 or len(std) != 3:
+        raise DiagnoseError(f"preprocess {preprocess!r}: Normalize needs 3 means and 3 stds (RGB)")
+    return Preprocessing(int(size), modes[resize.interpolation], "shortest", mean, std)
+
+
+def _as_module(encoder):
+    """A plain callable as an nn.Module (the engine moves and evaluates modules)."""
+    import torch
+
+    if isinstance(encoder, torch.nn.Module):
+        return encoder
+
+    class FunctionEncoder(torch.nn.Module):
+        def __init__(self, fn):
+            super().__init__()
+            self.fn = fn
+
+        def forward(self, x):
+            return self.fn(x)
+
+    return FunctionEncoder(encoder)
+
+
+def _callable_subject(encoder, preprocess, head, name: str | None, device: str) -> _Subject:
+    """A plain torch encoder as an in-memory LoadedModel over a transient entry. One forward of one
+    blank image gives d, which checks the head and sizes the placeholder head of a headless encoder
+    (the engine computes logits for every model; they are not read here)."""
+    import torch
+
+    from helpers.models.loading import LoadedModel
+
+    if preprocess is None:
+        raise DiagnoseError(f"encoder= needs preprocess=, the eval transform of its images: {_PREPROCESS_EXPECTED}")
+    if not callable(encoder):
+        raise DiagnoseError(f"encoder must be a callable or nn.Module mapping a (B, 3, S, S) batch to (B, d) "
+                            f"features; got {type(encoder).__name__}")
+    prep = _preprocessing_of(preprocess)
+    W = None
+    if head is not None:
+        W = (head.detach().float().cpu().numpy() if isinstance(head, torch.Tensor)
+             else np.asarray(head, dtype=np.float32))
+        if W.ndim != 2 or min(W.shape) == 0:
+            raise DiagnoseError(f"head must be a K x d matrix W (classes x features); got shape {W.shape}")
+    is_module = isinstance(encoder, torch.nn.Module)
+    kind = type(encoder).__qualname__ if is_module else getattr(encoder, "__qualname__", type(encoder).__name__)
+    if is_module:
+        digest = key_of({"module": _module_digest(encoder), "name": name})
+        cached = f"cached under the digest of its parameters{f' and the name {name!r}' if name else ''}"
+    elif name:
+        digest = key_of({"callable": name})
+        cached = f"cached under the name {name!r} (change it when the weights change)"
+    else:
+        digest, cached = key_of({"callable": kind, "uncached": True}), "recomputed on every call (pass name= to cache it)"
+    module = _as_module(encoder).to(device).eval()
+    S = prep.image_size
+    with torch.inference_mode():
+        probe = module(torch.zeros(1, 3, S, S, device=device))
+    if not isinstance(probe, torch.Tensor) or probe.ndim != 2 or probe.shape[0] != 1:
+        got = tuple(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
+        raise DiagnoseError(f"{name or kind}: expected features of shape (B, d) for a batch of B images, got {got} "
+                            "for B = 1")
+    d = int(probe.shape[1])
+    if W is not None and W.shape[1] != d:
+        raise DiagnoseError(f"head W is {W.shape[0]} x {W.shape[1]} but the encoder gives d = {d} features; "
+                            "expected W of shape K x d")
+    slug = _slug(name or f"{kind}-{digest[:8]}")
+    entry = PoolEntry(id=ENTRY_PREFIX + slug, arch=kind, family="supervised", pretraining="plain torch encoder",
+                      model=kind, note="transient entry of clip-study diagnose (a plain torch encoder)")
+    head_t = torch.from_numpy(W) if W is not None else torch.zeros(1, d)
+    model = LoadedModel(entry, module, head_t, None, False, "plain", prep, digest, f"plain torch encoder {kind}",
+                        "the given head W" if W is not None else "none (placeholder: no head given)")
+    notes = [] if is_module or name else ["the encoder is a plain callable without name=: its activations are "
+                                          "recomputed on every call"]
+    return _Subject(label=f"{name or kind} (plain torch encoder)", slug=slug, entry=entry, model=model, head=W,
+                    head_kind="given" if W is not None else None, force=not (is_module or name), notes=notes,
+                    description={"kind": "callable", "name": name, "encoder": kind, "weights": cached,
+                                 "weights_digest": digest, "entry": entry.id, "preprocess": repr(preprocess),
+                                 "head": f"the given head W ({W.shape[0]} x {W.shape[1]})" if W is not None else None})
+
+
+def _extract(subject: _Subject, dataset_name: str, P: Profile, device: str, dataset=None,
+             skip_unreadable: bool = False):
+    """The subject's activations on one dataset, through the study's engine."""
+    from helpers.models import loading as models
+    from helpers.engine.extract import NonFiniteActivations, extract_many
+    from helpers.store import DecodeError
+
+    given = {subject.entry.id: subject.model} if subject.model is not None else None
+    try:
+        out = extract_many([subject.entry], dataset_name, P, device=device, models=given, force=subject.force,
+                           skip_unreadable=skip_unreadable, dataset=dataset)
+    except DecodeError as exc:
+        raise DiagnoseError(f"{exc}; pass skip_unreadable=True (--skip-unreadable) to leave unreadable images out "
+                            "and count them") from None
+    except NonFiniteActivations as exc:
+        raise DiagnoseError(f"{subject.label}: {exc}") from None
+    except models.ModelError as exc:
+        raise _model_error(exc, subject.entry) from None
+    return out[subject.entry.id]
+
+
+def _head(subject: _Subject, P: Profile, acts, device: str) -> np.ndarray | None:
+    """W (K x d) of the subject: given, the classifier checkpoint's own, or the zero-shot head. The
+    entry's own head comes with its activations when the engine carries it (``acts.head``); else,
+    and for a zero-shot head over other class names, it is read without a model build when the
+    models helper has it (checkpoint file, head cache), or built by :func:`helpers.models.loading.load` on
+    the profile's device (and cached there)."""
+    from helpers.models import loading as models
+
+    if subject.head_kind in (None, "given"):
+        return subject.head
+    if subject.classnames is None and getattr(acts, "head", None) is not None:
+        return np.asarray(acts.head.W, dtype=np.float32)
+    weights_digest = acts.manifest["material"]["weights_digest"]
+    try:
+        W = models.head_without_model(subject.entry, weights_digest, P.cache_dir, classnames=subject.classnames)
+        if W is None:
+            W = models.load(subject.entry, device, P.cache_dir, P.paths.get("hf_cache"),
+                            classnames=subject.classnames).head.detach()
+    except models.ModelError as exc:
+        raise _model_error(exc, subject.entry) from None
+    return W.float().cpu().numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# The result
+
+
+@dataclass
+class Diagnosis:
+    """The indicators of one model on one folder of images, and its place among the pool.
+
+    ``kurtosis`` is a :class:`helpers.metrics.BootstrapCI` (NaN bounds below 2 usable images);
+    ``importance_ratio`` and ``unique_concepts`` are None when not computed (``notes`` says why).
+    ``pool``: the pool's indicators and ER from the results tables (empty without results);
+    ``correlations``: Spearman rank correlation of each indicator with ER across the pool, with its
+    bootstrap interval over models; ``placement``: per indicator, the new model's percentile in
+    the pool and its nearest pool models. ``summary`` is what ``summary.json`` holds."""
+
+    label: str
+    slug: str
+    images: Path
+    profile: Profile
+    description: dict
+    n_images: int
+    skipped: list[tuple[str, str]]
+    per_image_kurtosis: np.ndarray
+    kurtosis: Any
+    importance_ratio: float | None
+    unique_concepts: int | None
+    concepts_info: dict
+    pool: Any
+    correlations: Any
+    placement: dict
+    warnings: list[str]
+    notes: list[str]
+    out: Path | None = None
+    figures: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def report_path(self) -> Path | None:
+        return None if self.out is None else self.out / "report.md"
+
+    @property
+    def summary_path(self) -> Path | None:
+        return None if self.out is None else self.out / "summary.json"
+
+    def indicator_rows(self) -> list[dict]:
+        """Per indicator: label, this model's value and interval, the pool's range, its percentile."""
+        k = self.kurtosis
+        values = {"kurtosis": (k.estimate, k.low, k.high), "importance_ratio": (self.importance_ratio, None, None),
+                  "unique_concepts": (self.unique_concepts, None, None)}
+        rows = []
+        for col, (label, eq, _) in INDICATORS.items():
+            v, lo, hi = values[col]
+            pool = self.pool[col].dropna() if col in self.pool else self.pool.iloc[:0, :0]
+            rows.append({"indicator": f"{label}, {eq}", "this model": v, "low": lo, "high": hi,
+                         "pool min": pool.min() if len(pool) else None, "pool max": pool.max() if len(pool) else None,
+                         "percentile in pool": self.placement.get(col, {}).get("percentile")})
+        return rows
+
+    def indicators(self):
+        """:meth:`indicator_rows` as a DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(self.indicator_rows())
+
+    def nearest(self, indicator: str = "kurtosis"):
+        """The pool models whose ``indicator`` is closest to this model's, with their ER (%)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.placement.get(indicator, {}).get("nearest", []))
+
+    def row(self) -> dict:
+        """A flat results-table row (``Study.record``)."""
+        k = self.kurtosis
+        return {"model": self.label, "images": str(self.images), "n_images": self.n_images,
+                "n_skipped": len(self.skipped), "kurtosis": k.estimate, "ci_low": k.low, "ci_high": k.high,
+                "importance_ratio": self.importance_ratio, "unique_concepts": self.unique_concepts,
+                "kurtosis_percentile": self.placement.get("kurtosis", {}).get("percentile"),
+                "weights_digest": self.description.get("weights_digest")}
+
+    @property
+    def summary(self) -> dict:
+        k = self.kurtosis
+        corr = {} if self.correlations is None or self.correlations.empty else {
+            r["indicator"]: {key: r[key] for key in ("models", "spearman", "low", "high", "note") if key in r}
+            for r in self.correlations.to_dict("records")}
+        return _json_safe({
+            "version": DIAGNOSE_VERSION,
+            "model": {"label": self.label, **self.description},
+            "images": {"folder": str(self.images), "n_images": self.n_images, "n_skipped": len(self.skipped),
+                       "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
+                       "n_constant": int(np.isnan(self.per_image_kurtosis).sum())},
+            "profile": {"name": self.profile.name, "path": str(self.profile.path), "is_demo": self.profile.is_demo},
+            "kurtosis": {"estimate": k.estimate, "low": k.low, "high": k.high, "level": k.level, "n_boot": k.n_boot,
+                         "median_per_image": float(np.nanmedian(self.per_image_kurtosis)),
+                         "gaussian_reference": 3.0},
+            "importance_ratio": self.importance_ratio,
+            "unique_concepts": self.unique_concepts,
+            "concepts": self.concepts_info,
+            "pool": {"models": [] if self.pool.empty else self.pool.to_dict("records"),
+                     "correlations_with_er": corr, "placement": self.placement},
+            "warnings": self.warnings,
+            "notes": self.notes,
+            "files": {"report": "report.md", **{name: p.name for name, p in self.figures.items()}},
+        })
+
+    def markdown(self, figures: bool = True) -> str:
+        """The report as Markdown; ``figures=False`` leaves out the image links (a notebook shows
+        the PNG files itself)."""
+        return _report(self, figures)
+
+    def _repr_markdown_(self) -> str:
+        return self.markdown(figures=False)
+
+
+def _json_safe(x):
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return None if not math.isfinite(float(x)) else float(x)
+    if isinstance(x, (np.bool_,)):
+        return bool(x)
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# Pool comparison
+
+
+def pool_table(profile: Profile, pool: Iterable[PoolEntry] | None = None):
+    """The pool's per-model ER, %acc and indicators from the results tables
+    (:func:`helpers.chapters.summary.pool_indicators`), restricted to ``pool`` (default: all)."""
+    from helpers.chapters.summary import pool_indicators
+    from helpers.study import Study
+
+    entries = list(profile.pool if pool is None else pool)
+    df = pool_indicators(Study(profile, entries, "diagnose"))
+    if df.empty:
+        return df
+    return df[df["entry"].isin([e.id for e in entries])].reset_index(drop=True)
+
+
+def _missing_sections(profile: Profile) -> list[str]:
+    from helpers.study import results
+
+    return [s for s in POOL_SECTIONS if results.load(profile, s).empty]
+
+
+def _run_command(profile: Profile, sections: Sequence[str]) -> str:
+    name = profile.name if profile.path.parent.name == "configs" else str(profile.path)
+    return f"clip-study run --profile {name} " + " ".join(f"--section {s}" for s in sections)
+
+
+def _placement(df, new: dict, n_boot: int, seed: int) -> tuple[Any, dict, list[str]]:
+    """Rank correlation of each indicator with ER across the pool, and the new model's percentile
+    and nearest pool models per indicator."""
+    import pandas as pd
+
+    from helpers.metrics import rank_correlation
+
+    corr, place, notes = [], {}, []
+    for col, (label, eq, log) in INDICATORS.items():
+        if col not in df or df[col].isna().all():
+            continue
+        sub = df[["entry", "family", "er", col]].dropna()
+        row = {"indicator": col, "models": len(sub), "spearman": np.nan, "low": np.nan, "high": np.nan}
+        try:
+            ci = rank_correlation(sub[col].to_numpy(), sub["er"].to_numpy(), n_boot=n_boot, seed=seed)
+            row.update(spearman=ci.estimate, low=ci.low, high=ci.high)
+        except ValueError as exc:  # fewer than 3 models, a constant column, too many degenerate resamples
+            row["note"] = str(exc)
+            notes.append(f"no rank correlation of {label} with ER across the pool: {exc}")
+        corr.append(row)
+        v = new.get(col)
+        if v is None or not np.isfinite(v) or sub.empty:
+            continue
+        x = sub[col].to_numpy(dtype=float)
+        percentile = 100.0 * (np.sum(x < v) + 0.5 * np.sum(x == v)) / len(x)
+        # Kurtosis and the importance ratio spread over orders of magnitude across the paper's pool.
+        dist = np.abs(np.log(x) - np.log(v)) if log and v > 0 and (x > 0).all() else np.abs(x - v)
+        near = sub.assign(distance=dist).nsmallest(NEAREST, "distance")
+        place[col] = {"percentile": float(percentile), "n_pool": int(len(x)),
+                      "nearest": [{"entry": r.entry, "family": r.family, col: float(getattr(r, col)),
+                                   "er_percent": 100 * float(r.er)} for r in near.itertuples()]}
+    return pd.DataFrame(corr), place, notes
+
+
+# --------------------------------------------------------------------------------------------
+# Figures and report
+
+
+def _save_figure(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def _log_x(ax) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 3, 10, 40 rather than 3 x 10^0
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+
+
+#: Label offsets tried around a point, in typographic points: nearest first, then further out.
+_LABEL_OFFSETS = [(r * dx, r * dy) for r in (4, 9, 16, 26, 40)
+                  for dx, dy in ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))]
+
+
+def _text_box(annotation, renderer):
+    """Display box of an annotation's words only (not its leader line), at its current offset."""
+    from matplotlib.text import Text
+
+    annotation.update_positions(renderer)
+    return Text.get_window_extent(annotation, renderer)
+
+
+def _label_points(fig, ax, x: np.ndarray, y: np.ndarray, labels: Sequence[str], fontsize: float = 7) -> None:
+    """Name each point without overprinting: a greedy label repel. Each label takes the first offset
+    of :data:`_LABEL_OFFSETS` whose box overlaps no label placed before, no point and stays inside
+    the axes; a label placed away from its point gets a thin leader line. Call it last, once the
+    axes limits and scales are final."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.transforms import Bbox
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    frame = ax.get_window_extent(renderer)
+    px = ax.transData.transform(np.column_stack([x, y]))
+    r = 4 * fig.dpi / 72  # marker half-width (s=40 is a ~6 pt marker), in pixels
+    taken = [Bbox([[a - r, b - r], [a + r, b + r]]) for a, b in px]
+
+    def place(i, dx, dy):
+        far = max(abs(dx), abs(dy)) > 9
+        return ax.annotate(labels[i], (x[i], y[i]), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+                           ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                           va="bottom" if dy > 0 else "top" if dy < 0 else "center",
+                           arrowprops=dict(arrowstyle="-", color="0.5", lw=0.6, shrinkA=0, shrinkB=3) if far else None)
+
+    for i in np.argsort(-px[:, 1], kind="stable"):  # top down: crowded clusters fan out downwards
+        for dx, dy in _LABEL_OFFSETS:
+            text = place(i, dx, dy)
+            box = _text_box(text, renderer)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(box.overlaps(t) for t in taken):
+                break
+            text.remove()
+        else:  # no free place: the nearest one
+            text = place(i, *_LABEL_OFFSETS[0])
+            box = _text_box(text, renderer)
+        taken.append(box)
+
+
+def _figures(d: Diagnosis, out: Path) -> dict[str, Path]:
+    """Per-image kurtosis with the pool's values marked; the pool's kurtosis against ER with this
+    model's kurtosis as a vertical line and its interval as a band. Built on matplotlib's Figure
+    (no pyplot): nothing is shown or left open in a notebook."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    from helpers.config import FAMILIES
+    from helpers.plots import FAMILY_COLORS
+
+    k = d.per_image_kurtosis[np.isfinite(d.per_image_kurtosis)]
+    est, low, high = d.kurtosis
+    pool = d.pool if not d.pool.empty and "kurtosis" in d.pool else None
+    pool_k = None if pool is None else pool.dropna(subset=["kurtosis"])
+    values = np.concatenate([k, [est], [] if pool_k is None else pool_k["kurtosis"].to_numpy()])
+    log = values.min() > 0 and values.max() / values.min() > 10
+    figs = {}
+
+    fig = Figure(figsize=(9, 3.8))
+    ax = fig.subplots()
+    bins = np.geomspace(k.min(), k.max(), 30) if log and k.min() < k.max() else 30
+    ax.hist(k, bins=bins, color="0.75", edgecolor="0.5", zorder=2)
+    handles = [Line2D([], [], color="0.75", lw=6, label=f"this model, {len(k)} images")]
+    if pool_k is not None and not pool_k.empty:
+        for r in pool_k.itertuples():
+            ax.axvline(r.kurtosis, color=FAMILY_COLORS.get(r.family, "0.3"), ls="--", lw=1.2)
+        handles += [Line2D([], [], color=FAMILY_COLORS.get(f, "0.3"), ls="--",
+                           label=f"pool model means: {FAMILIES.get(f, f)}")
+                    for f in dict.fromkeys(pool_k["family"])]
+    if np.isfinite(low):
+        ax.axvspan(low, high, color="k", alpha=0.15, zorder=1)
+    ax.axvline(est, color="k", lw=2, zorder=3)
+    ax.axvline(3, color="0.4", ls=":", lw=1)
+    handles += [Line2D([], [], color="k", lw=2, label=f"this model's mean {est:.2f} (band: 95 % interval)"),
+                Line2D([], [], color="0.4", ls=":", label="Gaussian (3)")]
+    if log:
+        _log_x(ax)
+    ax.set(xlabel="kurtosis of each image's activation vector, Eq. (1)", ylabel="images",
+           title=f"Per-image kurtosis: {d.label}")
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    figs["kurtosis_distribution"] = _save_figure(fig, out / "kurtosis_distribution.png")
+
+    if pool_k is not None and not pool_k.empty:
+        fig = Figure(figsize=(9, 4.5))
+        ax = fig.subplots()
+        for fam, g in pool_k.groupby("family", sort=False):
+            ax.scatter(g["kurtosis"], 100 * g["er"], color=FAMILY_COLORS.get(fam, "0.3"), s=40,
+                       label=FAMILIES.get(fam, fam), zorder=3)
+        if np.isfinite(low):
+            ax.axvspan(low, high, color="k", alpha=0.15, label="its 95 % interval")
+        ax.axvline(est, color="k", lw=2, label=f"this model: {est:.2f}")
+        ax.axvline(3, color="0.4", ls=":", lw=1, label="Gaussian (3)")
+        if log:
+            _log_x(ax)
+        corr = d.correlations
+        rho = corr[corr["indicator"] == "kurtosis"] if corr is not None and not corr.empty else None
+        title = "Pool: kurtosis vs effective robustness"
+        if rho is not None and not rho.empty and np.isfinite(rho["spearman"].iloc[0]):
+            r = rho.iloc[0]
+            title += f"\nSpearman rho = {r.spearman:.2f} [{r.low:.2f}, {r.high:.2f}], {int(r.models)} models"
+        ax.set(xlabel="activation kurtosis, Eq. (1)", ylabel="effective robustness, Eq. (5) (%)", title=title)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+        _label_points(fig, ax, pool_k["kurtosis"].to_numpy(float), 100 * pool_k["er"].to_numpy(float),
+                      pool_k["entry"].tolist())
+        figs["kurtosis_vs_er"] = _save_figure(fig, out / "kurtosis_vs_er.png")
+    return figs
+
+
+def _fmt(v, digits: int = 2) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    return f"{v:.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _report(d: Diagnosis, figures: bool) -> str:
+    from helpers.config import FAMILIES
+
+    k = d.kurtosis
+    parts = [f"# Diagnosis: {d.label}", "",
+             f"Robustness indicators of Crabbé et al., *Interpreting CLIP: Insights on the Robustness to ImageNet "
+             f"Distribution Shifts* (TMLR), measured on {d.n_images} images under `{d.images}` without any shifted "
+             f"data (Section 7), and placed against the pool of profile `{d.profile.name}`.", ""]
+    if d.warnings:
+        parts += ["**Warnings**", ""] + [f"- {w}" for w in d.warnings] + [""]
+    desc = d.description
+    parts += ["## The model", "", _table(["", ""], [
+        ["model", d.label], ["weights digest", f"`{(desc.get('weights_digest') or 'none')[:16]}`"],
+        ["head", desc.get("head") or "none (no importance ratio, no concepts)"],
+        ["images", f"{d.n_images} used, {len(d.skipped)} unreadable skipped"]]), ""]
+    rows = []
+    for r in d.indicator_rows():
+        interval = f"[{_fmt(r['low'])}, {_fmt(r['high'])}]" if r["low"] is not None else "–"
+        pool = f"{_fmt(r['pool min'])} – {_fmt(r['pool max'])}" if r["pool min"] is not None else "–"
+        rows.append([r["indicator"], _fmt(r["this model"]), interval, pool, _fmt(r["percentile in pool"], 0)])
+    parts += ["## Indicators", "", _table(["indicator", "this model", "95 % interval", "pool range",
+                                           "percentile in pool"], rows), "",
+              f"Kurtosis is the mean over images of the kurtosis of each activation vector (a Gaussian vector gives "
+              f"3); the interval is a percentile bootstrap over images ({k.n_boot} resamples).", ""]
+    if figures and "kurtosis_distribution" in d.figures:
+        parts += [f"![per-image kurtosis]({d.figures['kurtosis_distribution'].name})", ""]
+    parts += ["## Against the pool", ""]
+    if d.pool.empty:
+        parts += ["No pool results to compare with (see the notes below).", ""]
+    else:
+        corr = d.correlations
+        if corr is not None and not corr.empty:
+            parts += ["Spearman rank correlation of each indicator with effective robustness across the "
+                      f"{len(d.pool)} pool models (95 % bootstrap interval over models):", "",
+                      _table(["indicator", "models", "rho", "interval"],
+                             [[INDICATORS[r["indicator"]][0], r["models"], _fmt(r["spearman"]),
+                               f"[{_fmt(r['low'])}, {_fmt(r['high'])}]"] for r in corr.to_dict("records")]), ""]
+        near = d.placement.get("kurtosis", {}).get("nearest", [])
+        if near:
+            parts += ["Pool models with the nearest kurtosis:", "",
+                      _table(["pool model", "family", "kurtosis", "ER (%)"],
+                             [[n["entry"], FAMILIES.get(n["family"], n["family"]), _fmt(n["kurtosis"]),
+                               _fmt(n["er_percent"], 1)] for n in near]), ""]
+        if figures and "kurtosis_vs_er" in d.figures:
+            parts += [f"![kurtosis against ER]({d.figures['kurtosis_vs_er'].name})", ""]
+    parts += ["## How to read this", "",
+              "The paper found outlier features (kurtosis ≫ 3) only in models robust to ImageNet's natural "
+              "distribution shifts, and kurtosis near 3 in its non-robust models (Section 4, take-away 2). It is an "
+              "indicator, not a measurement: this report does not estimate the model's effective robustness. "
+              "Privileged directions (a large importance ratio) also appear in non-robust ImageNet-Captions models, "
+              "and many unique concepts do not imply robustness either (Sections 4 and 5): the paper does not use "
+              "them as robustness indicators. The pool's values were measured on the profile's ImageNet test "
+              "images; a comparison assumes these images come from a similar distribution.", ""]
+    if d.notes:
+        parts += ["**Notes**", ""] + [f"- {n}" for n in d.notes] + [""]
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Diagnose
+
+
+def diagnose(images: str | os.PathLike | None = None, model: str | None = None, pretrained: str | None = None, *,
+             encoder: Callable | None = None, preprocess: Any = None, head=None, name: str | None = None,
+             classnames: str | os.PathLike | Sequence[str] | None = None, profile: str | os.PathLike | Profile = "demo",
+             pool: Iterable[PoolEntry | str] | None = None, out: str | os.PathLike | None = None,
+             device: str | None = None, batch_size: int | None = None, num_workers: int | None = None,
+             limit: int | None = None, skip_unreadable: bool = False, concepts: bool = True, seed: int = 0,
+             write: bool = True) -> Diagnosis:
+    """The paper's robustness indicators for one model on a folder of in-distribution images.
+
+    The model is either an open_clip ``model`` name with ``pretrained`` (an open_clip tag, or the
+    path of a weights file: an open_clip state dict or a classifier checkpoint of this project;
+    None: a random initialisation seeded by ``seed``, on profiles with ``allow_random_init`` only),
+    or a plain ``encoder`` (a callable or ``nn.Module`` mapping a normalised float batch
+    (B, 3, S, S) to (B, d) features) with its ``preprocess`` (a torchvision
+    ``Compose([Resize(S), CenterCrop(S), ToTensor(), Normalize(mean, std)])`` or a
+    :class:`helpers.models.loading.Preprocessing`) and optionally a ``head`` W (K x d) and a cache ``name``.
+    A module is moved to ``device`` and put in eval mode; its activations are cached under a digest
+    of its parameters (and ``name``), a plain function's only under ``name``.
+
+    ``images``: a folder, searched recursively (default: the profile's ImageNet test folder);
+    ``limit``: use a fixed-seed random subset of that many images; ``skip_unreadable``: leave
+    undecodable images out and count them instead of stopping at the first. ``classnames``: a
+    text file (one name per line) or a list, for the zero-shot head (default: ImageNet's 1,000
+    open_clip names). ``pool``: the pool entries (or ids) to compare with (default: all of the
+    profile's). ``concepts=False`` skips the Broden probing. ``out``: where report.md,
+    summary.json and the figures go (default ``<results_dir>/diagnose/<slug>``); ``write=False``
+    writes nothing there. ``device``, ``batch_size``, ``num_workers`` default to the profile's.
+
+    Returns a :class:`Diagnosis`. Bad input raises :class:`DiagnoseError` naming it.
+    """
+    import pandas as pd
+
+    from helpers.data import DatasetLayoutError, open_image_folder
+    from helpers.data.base import preview
+    from helpers.data.folder import NAME as FOLDER
+    from helpers.metrics import importance_ratio, svd_head
+
+    P = profile if isinstance(profile, Profile) else load_profile(profile)
+    device = device or P.device
+    # The engine reads batch size and workers from the profile: a copy carries the overrides.
+    P = dataclasses.replace(P, batch_size=batch_size or P.batch_size,
+                            num_workers=P.num_workers if num_workers is None else num_workers)
+    if (encoder is None) == (model is None):
+        raise DiagnoseError("give either model= (an open_clip model name, with pretrained=) or encoder= (a plain "
+                            "torch image encoder, with preprocess=), not both or neither")
+    if encoder is not None:
+        if classnames is not None:
+            raise DiagnoseError("classnames build a zero-shot head from an open_clip text tower; a plain encoder "
+                                "takes its head as head= (a K x d matrix)")
+        if pretrained is not None:
+            raise DiagnoseError("pretrained= applies to open_clip models; a plain encoder comes with its weights")
+        subject = _callable_subject(encoder, preprocess, head, name, device)
+    else:
+        if head is not None or preprocess is not None:
+            raise DiagnoseError("head= and preprocess= apply to a plain encoder; an open_clip model brings its own")
+        subject = _open_clip_subject(model, pretrained, _read_classnames(classnames), P, seed)
+    if images is None:
+        images = P.dataset_root("imagenet")
+    try:
+        ds = open_image_folder(images, limit=limit)
+    except DatasetLayoutError as exc:
+        raise DiagnoseError(str(exc)) from None
+    folder = ds.root
+    warnings_, notes = [], list(subject.notes)
+    if P.is_demo:
+        warnings_.append(f"profile {P.name!r} is the demo: its pool models are untrained, so where this model falls "
+                         "among them says nothing about robustness; run the paper profile for a meaningful pool")
+
+    acts = _extract(subject, FOLDER, P, device, dataset=ds, skip_unreadable=skip_unreadable)
+    h = np.asarray(acts.h, dtype=np.float32)
+    skipped = [(_relative(msg, ds), msg) for msg in acts.manifest.get("skipped", [])]
+    if skipped:
+        notes.append(f"{len(skipped)} unreadable image(s) skipped: {preview([s[0] for s in skipped])}")
+    subject.description.setdefault("weights_digest", acts.manifest["material"]["weights_digest"])
+
+    per_image, kci = _kurtosis(h, subject.label, P, warnings_, notes)
+
+    W = _head(subject, P, acts, device)
+    ir = importance_ratio(W, h, svd=svd_head(W)) if W is not None else None
+    if W is None:
+        notes.append("no linear head: importance ratio (Eq. 3) and unique concepts (Eq. 4) not computed"
+                     + (" (pass head= W)" if encoder is not None else ""))
+    elif subject.head_kind == "given" or subject.classnames is not None:
+        notes.append("the importance ratio depends on the head: the pool's used its own ImageNet heads (1,000 "
+                     "classes), so compare it with care")
+
+    uc, concepts_info = None, {}
+    if W is not None and concepts:
+        uc, concepts_info = _concepts(subject, P, W, device, warnings_, notes)
+    elif W is not None:
+        notes.append("unique concepts (Eq. 4) not computed (concepts=False)")
+
+    # Place the model among the pool's models.
+    pool_entries = None if pool is None else [P.entry(e) if isinstance(e, str) else e for e in pool]
+    df = pool_table(P, pool_entries)
+    missing = _missing_sections(P)
+    if df.empty:
+        notes.append(f"profile {P.name!r} has no results yet under {P.results_dir / 'tables'}: nothing to place this "
+                     f"model against. Produce them with `{_run_command(P, list(POOL_SECTIONS))}`")
+    elif missing:
+        notes.append(f"profile {P.name!r} has no results for {', '.join(missing)}: produce them with "
+                     f"`{_run_command(P, missing)}`")
+    correlations, placement, pnotes = (None, {}, []) if df.empty else _placement(
+        df, {"kurtosis": kci.estimate, "importance_ratio": ir, "unique_concepts": uc}, P.metrics["bootstrap"],
+        P.metrics["seed"])
+    notes += pnotes
+    default_images = P.datasets.get("imagenet")
+    if not df.empty and (default_images is None or Path(default_images).resolve() != folder):
+        notes.append(f"the pool's kurtosis was measured on {default_images}; these images come from {folder}")
+
+    d = Diagnosis(label=subject.label, slug=subject.slug, images=folder, profile=P, description=subject.description,
+                  n_images=int(np.isfinite(per_image).sum()), skipped=skipped, per_image_kurtosis=per_image, kurtosis=kci,
+                  importance_ratio=ir, unique_concepts=uc, concepts_info=concepts_info,
+                  pool=df if not df.empty else pd.DataFrame(), correlations=correlations, placement=placement,
+                  warnings=warnings_, notes=notes)
+    if write:
+        d.out = Path(out).expanduser().resolve() if out is not None else P.results_dir / "diagnose" / subject.slug
+        d.figures = _figures(d, d.out)
+        atomic_write_text(d.report_path, d.markdown(figures=True))
+        atomic_write_json(d.summary_path, d.summary)
+    return d
+
+
+def _kurtosis(h: np.ndarray, label: str, P: Profile, warnings_: list[str], notes: list[str]):
+    """Eq. (1) per image and the mean's percentile bootstrap interval over images. Constant vectors
+    have no kurtosis (NaN) and are left out of the mean."""
+    from helpers.metrics import BootstrapCI, bootstrap_ci, kurtosis
+
+    if h.shape[1] < 2:
+        raise DiagnoseError(f"{label}: features have d = {h.shape[1]}; kurtosis needs at least 2 components")
+    per_image = kurtosis(h, per_image=True)
+    valid = per_image[np.isfinite(per_image)]
+    if valid.size == 0:
+        raise DiagnoseError(f"{label}: every activation vector is constant on these images; kurtosis is undefined")
+    if valid.size < per_image.size:
+        notes.append(f"{per_image.size - valid.size} constant activation vector(s) have no kurtosis and were left "
+                     "out of the mean")
+    n_boot, seed = P.metrics["bootstrap"], P.metrics["seed"]
+    if valid.size >= 2:
+        kci = bootstrap_ci(lambda a: a.mean(axis=-1), valid, n_boot=n_boot, seed=seed, vectorized=True)
+    else:
+        kci = BootstrapCI(float(valid[0]), math.nan, math.nan, 0.95, n_boot)
+    if valid.size < MIN_STABLE_IMAGES:
+        warnings_.append(f"only {valid.size} image(s): too few for a stable kurtosis (use at least "
+                         f"{MIN_STABLE_IMAGES}, better hundreds); the interval "
+                         f"{'is given but wide' if valid.size >= 2 else 'needs at least 2 images'}")
+    return per_image, kci
+
+
+def _concepts(subject: _Subject, P: Profile, W: np.ndarray, device: str, warnings_: list[str],
+              notes: list[str]) -> tuple[int | None, dict]:
+    """Eq. (4): unique Broden concepts of the right singular vectors of W, probed as for the pool
+    (Section 5; :func:`helpers.chapters.concept_probing.probe_activations`: same balanced sets, AP
+    threshold and sign rule) on the subject's Broden activations from the engine."""
+    from helpers.chapters.concept_probing import broden_sets, probe_activations
+    from helpers.data import DatasetLayoutError
+    from helpers.metrics import unique_concepts
+
+    broden = P.datasets.get("broden")
+    if broden is None or not Path(broden).is_dir():
+        notes.append(f"Broden folder {broden or '(not named in the profile)'} not found: unique concepts (Eq. 4) "
+                     "skipped; Section 5 needs broden1_224 (book/reproducing.md)")
+        return None, {}
+    try:
+        sets = broden_sets(P)
+        acts = _extract(subject, "broden", P, device)
+    except DatasetLayoutError as exc:
+        warnings_.append(f"unique concepts skipped: {exc}")
+        return None, {}
+    sign, threshold = P.metrics["concept_sign"], P.metrics["concept_threshold"]
+    ap = np.nan_to_num(probe_activations(acts, W, sets, sign), nan=0.0)  # no balanced set: not encoded
+    return int(unique_concepts(ap, threshold)), {"threshold": threshold, "sign": sign,
+                                                 "probed_concepts": int(sets.probed.size),
+                                                 "directions": int(ap.shape[0]), "broden_images": int(acts.h.shape[0])}
+
+
+def _relative(message: str, ds) -> str:
+    """The folder-relative path of the image an engine 'skipped' message (``<path>: cannot ...``) names."""
+    path = Path(message.split(": cannot ", 1)[0])
+    return path.relative_to(ds.root).as_posix() if path.is_relative_to(ds.root) else str(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line (``clip-study diagnose``)
+
+
+def command_line(images, model: str, pretrained: str | None = None, profile: str | os.PathLike = "demo",
+                 **options: Any) -> str:
+    """The ``clip-study diagnose`` command equivalent to a :func:`diagnose` call (options given as
+    their argument names: ``classnames``, ``out``, ``device``, ``batch_size``, ``limit``, ...;
+    None and False are left out, True becomes a flag)."""
+    import shlex
+
+    args = ["clip-study", "diagnose", "--profile", str(profile), "--model", model]
+    if pretrained is not None:
+        args += ["--pretrained", str(pretrained)]
+    from helpers.config import REPO_ROOT
+
+    # the command runs from the repository root: a path inside it is shown relative (no machine path)
+    shown = Path(images).resolve()
+    args += ["--images", str(shown.relative_to(REPO_ROOT) if shown.is_relative_to(REPO_ROOT) else images)]
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif value is not None and value is not False:
+            args += [flag, str(value)]
+    return shlex.join(args)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", help="open_clip model name (e.g. ViT-B-32-quickgelu, demo-ViT-B-32)", required=True)
+    p.add_argument("--pretrained", help="open_clip pretrained tag (e.g. openai) or the path of a weights file; "
+                   "omitted: random initialisation (demo profile only)")
+    p.add_argument("--images", required=True, help="folder of in-distribution images, searched recursively")
+    p.add_argument("--classnames", help="text file of class names, one per line, for the zero-shot head "
+                   "(default: ImageNet's 1,000)")
+    p.add_argument("--profile", default="demo", help="profile whose pool and results tables to compare with")
+    p.add_argument("--out", help="output folder (default: <results_dir>/diagnose/<model-tag>)")
+    p.add_argument("--device", help="cpu | cuda | cuda:N (default: the profile's)")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default: the profile's)")
+    p.add_argument("--limit", type=int, help="use a fixed-seed random subset of this many images")
+    p.add_argument("--skip-unreadable", action="store_true", help="leave unreadable images out and count them")
+    p.add_argument("--no-concepts", action="store_true", help="skip the Broden concept probing (Eq. 4)")
+    p.add_argument("--seed", type=int, default=0, help="random-initialisation seed (without --pretrained)")
+
+
+def run_cli(args) -> int:
+    d = diagnose(args.images, model=args.model, pretrained=args.pretrained, classnames=args.classnames,
+                 profile=args.profile, out=args.out, device=args.device, batch_size=args.batch_size, limit=args.limit,
+                 skip_unreadable=args.skip_unreadable, concepts=not args.no_concepts, seed=args.seed)
+    table = d.indicators()
+    print(f"{d.label}: {d.n_images} images from {d.images}")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))
+    for w in d.warnings:
+        print(f"warning: {w}")
+    for n in d.notes:
+        print(f"note: {n}")
+    print(f"report: {d.report_path}\nsummary: {d.summary_path}")
+    return 0

@@ -1,0 +1,242 @@
+"""Layer-by-layer CKA of a (zero-shot, finetuned) pair in one pass, without a layer cache
+(Appendix C, Figures 7-8).
+
+Both models run over the same batches of the dataset's uint8 store (:mod:`helpers.store`), with
+forward hooks pooling every layer as :func:`helpers.engine.extract.layer_activations` does (ResNet stages
+averaged over space; transformer blocks' class token and patch-token mean; ``embedding`` = h).
+The pooled outputs stay on the device: forward batches are regrouped into CKA minibatches of
+``batch`` images, and :class:`helpers.metrics.MinibatchCKA` adds each minibatch's unbiased HSIC_1
+terms (Nguyen et al., 2021) there. The partition is the one of the layer-cache path: consecutive
+minibatches of ``batch`` images from the first, and a trailing minibatch of fewer images kept
+only if it has at least 4 (the unbiased HSIC divides by n (n - 3)).
+
+Only the accumulators are stored, per (pair, dataset)::
+
+    <cache_dir>/cka/<zero-shot id>--<finetuned id>/<dataset>-<key>/
+        xy (Lx x Ly), xx (Lx), yy (Ly)   sums of HSIC_1 terms over the minibatches (float64)
+        varied_x, varied_y               whether each layer ever varied across images
+        n_batches (1,)                   minibatches summed
+
+a few kilobytes instead of the 75-200 kB per image and model a layer cache takes. The key covers
+both models' weights digests and normalisation, the store, the layers, the compute dtype, the
+sample limit, the forward batch size and the CKA minibatch size. The pass records a checkpoint
+(the accumulators and the number of images consumed) at minibatch boundaries that are also forward
+batch boundaries, so an interrupted pass resumes there and gives the same numbers; a finished pass
+is a cache hit that builds no model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from helpers.config import PoolEntry, Profile
+from helpers.store import CHUNK_IMAGES, CacheEntry, Checkpoints, ensure_store, key_of, store_material
+
+#: Bump when the stored accumulators would change for the same models, data and settings.
+CKA_VERSION = 1
+#: Default images per CKA minibatch of the unbiased estimator (at least 4).
+CKA_BATCH = 256
+
+
+@dataclass
+class PairCKA:
+    """Minibatch CKA grid between every layer of model x (zero-shot) and of model y (finetuned)."""
+
+    layers_x: list[str]
+    layers_y: list[str]
+    xy: np.ndarray
+    xx: np.ndarray
+    yy: np.ndarray
+    n_batches: int
+    manifest: dict
+
+    @property
+    def grid(self) -> np.ndarray:
+        """(len(layers_x), len(layers_y)) CKA values: mean HSIC_1(K, L) / sqrt(mean HSIC_1(K, K) mean HSIC_1(L, L))."""
+        from helpers.metrics import MinibatchCKA
+
+        return MinibatchCKA.ratio(self.xy, self.xx, self.yy)
+
+    def same_layer(self) -> dict[str, float]:
+        """CKA of each layer of x with the layer of the same name in y, in x's (network) order."""
+        g, col = self.grid, {n: j for j, n in enumerate(self.layers_y)}
+        return {n: float(g[i, col[n]]) for i, n in enumerate(self.layers_x) if n in col}
+
+
+def default_batch(n_images: int) -> int:
+    """The chapter's minibatch size: :data:`CKA_BATCH`, or a quarter of a small dataset (>= 4)."""
+    return min(CKA_BATCH, max(4, n_images // 4))
+
+
+def minibatch_bounds(n: int, batch: int) -> list[tuple[int, int]]:
+    """The minibatch partition of images 0..n-1: consecutive runs of ``batch``; a trailing run of
+    fewer than 4 images is dropped (at most 3 images)."""
+    used = (n // batch) * batch + (n % batch if n % batch >= 4 else 0)
+    return [(lo, min(lo + batch, used)) for lo in range(0, used, batch)]
+
+
+def pair_cka(zeroshot: PoolEntry | str, finetuned: PoolEntry | str, dataset_name: str, profile: Profile, *,
+             batch: int | None = None, layers: Sequence[str] | None = None, force: bool = False,
+             device: str | None = None, chunk_images: int = CHUNK_IMAGES,
+             on_chunk: Callable[[int], None] | None = None) -> PairCKA:
+    """Minibatch CKA between every pooled layer of ``zeroshot`` and of ``finetuned`` on one
+    dataset, accumulated in one pass over its uint8 store (see the module docstring).
+
+    ``batch``: images per CKA minibatch (default :func:`default_batch` of the dataset's size),
+    independent of the profile's forward ``batch_size``. ``layers``: names from
+    :func:`helpers.engine.extract.layer_names` (None: all), the same for both models. ``force``
+    recomputes. A checkpoint is recorded every ``chunk_images`` images or
+    :data:`helpers.store.CHECKPOINT_S` seconds (then ``on_chunk(k)``)."""
+    import torch
+
+    from helpers.engine import extract as X
+
+    zs = profile.entry(zeroshot) if isinstance(zeroshot, str) else zeroshot
+    ft = profile.entry(finetuned) if isinstance(finetuned, str) else finetuned
+    dev = torch.device(device or profile.device)
+    dtype = "fp32" if dev.type == "cpu" else profile.precision
+    limit = profile.limit(dataset_name)
+    dataset = X._open_dataset(dataset_name, profile)
+    (ix, mx), (iy, my) = (X._describe(e, profile, dev, fresh=force) for e in (zs, ft))
+    if ix.geometry != iy.geometry:
+        raise ValueError(f"CKA pair {zs.id!r} / {ft.id!r}: the models read different images "
+                         f"({ix.geometry.key} vs {iy.geometry.key}); a finetuned model keeps its parent's geometry")
+    names_x = X._resolve_layers(zs, ix, layers or "all")
+    names_y = X._resolve_layers(ft, iy, layers or "all")
+    batch = batch or default_batch(len(dataset.files))
+    if batch < 4:
+        raise ValueError(f"CKA minibatches need at least 4 images; got batch={batch}")
+    smat = store_material(dataset_name, dataset, ix.geometry, limit, False)
+    material = {"kind": "pair-cka", "version": CKA_VERSION, "extract_version": X.EXTRACT_VERSION,
+                "x": {"entry": zs.id, "weights_digest": ix.weights_digest, "image_mean": list(ix.image_mean),
+                      "image_std": list(ix.image_std)},
+                "y": {"entry": ft.id, "weights_digest": iy.weights_digest, "image_mean": list(iy.image_mean),
+                      "image_std": list(iy.image_std)},
+                "store": key_of(smat), "geometry": ix.geometry.key, "layers_x": names_x, "layers_y": names_y,
+                "dtype": dtype, "limit": limit, "cka_batch": batch, "forward_batch": profile.batch_size}
+    cache = CacheEntry(profile.cache_dir / "cka" / f"{zs.id}--{ft.id}", dataset_name, material)
+    loaded = None if force else cache.load()
+    if loaded is None:
+        store = ensure_store(dataset_name, dataset, ix.geometry, profile.cache_dir, limit=limit,
+                             batch_size=profile.batch_size, num_workers=profile.num_workers, material=smat)
+        with cache.lock():
+            loaded = None if force else cache.load()  # another process may have finished it meanwhile
+            if loaded is None:
+                models = [mx if mx is not None else X._load(zs, profile, dev),
+                          my if my is not None else X._load(ft, profile, dev)]
+                loaded = _run(cache, models, (zs, ft), (names_x, names_y), store, dataset_name, dev, dtype,
+                              profile, batch, force, chunk_images, on_chunk)
+    m, a = loaded
+    return PairCKA(list(m["layers_x"]), list(m["layers_y"]), np.asarray(a["xy"]), np.asarray(a["xx"]),
+                   np.asarray(a["yy"]), int(a["n_batches"][0]), m)
+
+
+def _run(cache: CacheEntry, models, entries, names, store, dataset_name: str, dev, dtype: str, profile: Profile,
+         batch: int, force: bool, chunk_images: int, on_chunk) -> tuple[dict, dict]:
+    """The pass (called with the cache entry's lock held): both models on every forward batch,
+    pooled layers buffered on the device and summed into the accumulators per CKA minibatch."""
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm  # plain bars: notebook widgets need ipywidgets and would warn
+
+    from helpers.engine import extract as X
+    from helpers.metrics import MinibatchCKA
+
+    n, bs = len(store), profile.batch_size
+    names_x, names_y = names
+    bounds = minibatch_bounds(n, batch)
+    used = bounds[-1][1] if bounds else 0
+    if not bounds:
+        raise ValueError(f"CKA of {entries[0].id!r} / {entries[1].id!r} on {dataset_name}: {n} images "
+                         "give no minibatch of at least 4")
+    acc = MinibatchCKA(names_x, names_y)
+    specs = {"xy": ((len(names_x), len(names_y)), "float64"), "xx": ((len(names_x),), "float64"),
+             "yy": ((len(names_y),), "float64"), "varied_x": ((len(names_x),), "bool"),
+             "varied_y": ((len(names_y),), "bool"), "n_batches": ((1,), "int64")}
+    state = {"cka_batch": batch, "forward_batch": bs}
+    part = cache.partial(specs, fresh=force, state=state)
+    if part.state != state:
+        part = cache.partial(specs, fresh=True, state=state)
+    if part.done:
+        acc.load_state(part.arrays, device=dev)
+    start = part.done  # a multiple of both batch sizes (see the checkpoints below)
+    captured = [{}, {}]
+    handles = []
+    try:
+        for model, cap, ns in zip(models, captured, (names_x, names_y)):
+            if dev.type == "cuda":
+                model.to(memory_format=torch.channels_last)
+            handles += X._layer_hooks(model, ns, cap)
+        # Forward batches over all n images, as the layer-cache path ran them (same bits on the CPU).
+        loader = DataLoader(X._StoreBatches(store.entry.dir / store.manifest["run"] / "pixels.npy", n, bs, start),
+                            batch_size=None, shuffle=False, num_workers=profile.num_workers,
+                            pin_memory=dev.type == "cuda")
+        buffers: list[list[dict]] = [[], []]
+        buffered, consumed = 0, start
+        checkpoints = Checkpoints(chunk_images, done=start)
+        with tqdm(total=n, initial=start, unit="img", smoothing=0.1,
+                  desc=f"CKA {entries[0].id} / {entries[1].id} on {dataset_name}") as bar:
+            for b, (lo, x8) in enumerate(loader, start=start // bs):
+                lo, hi = int(lo), int(lo) + x8.shape[0]
+                x8 = x8.to(dev, non_blocking=True)
+                for k, (model, cap, ns) in enumerate(zip(models, captured, (names_x, names_y))):
+                    out = X._forward(model, x8, dev, dtype, cap)
+                    pooled = {name: out[name] for name in ns}
+                    if not bool(torch.stack([torch.isfinite(v).all() for v in pooled.values()]).all()):
+                        raise X.NonFiniteActivations(
+                            f"model {entries[k].id}: non-finite values (NaN or inf) in a pooled layer at batch {b} "
+                            f"(images {lo}..{hi - 1}) of {dataset_name}, computed in {dtype} on {dev}")
+                    buffers[k].append(pooled)
+                buffered += hi - lo
+                # Every full minibatch in the buffer; at the end, the trailing one if it has >= 4 images.
+                while buffered >= batch or (hi == n and buffered >= 4):
+                    take = min(batch, buffered)
+                    xs, ys = (_take(buf, take) for buf in buffers)
+                    acc.update(xs, ys)
+                    buffered -= take
+                    consumed += take
+                bar.update(hi - lo)
+                # Checkpoints only where a minibatch and a forward batch end together: a resumed
+                # pass then feeds the models and the estimator exactly the same batches.
+                if buffered == 0 and consumed % bs == 0 and hi < n and checkpoints.due(consumed):
+                    _save(part, acc)
+                    part.advance(consumed)
+                    k = checkpoints.mark(consumed)
+                    if on_chunk is not None:
+                        on_chunk(k)
+    finally:
+        for hnd in handles:
+            hnd.remove()
+    _save(part, acc)
+    info = {"pair": [e.id for e in entries], "dataset": dataset_name, "n": n, "images_used": used,
+            "minibatches": acc.n_batches, "device": str(dev), "dtype": dtype, "layers_x": names_x, "layers_y": names_y,
+            "store": store.entry.dir.name, "torch": torch.__version__}
+    return part.commit(info)
+
+
+def _take(buffer: list[dict], rows: int) -> dict:
+    """Pop the first ``rows`` rows of a buffer of per-batch {layer: (b, d) tensor} dicts as one dict."""
+    import torch
+
+    out: dict[str, list] = {}
+    left = rows
+    while left:
+        first = buffer[0]
+        b = next(iter(first.values())).shape[0]
+        k = min(b, left)
+        for name, v in first.items():
+            out.setdefault(name, []).append(v[:k])
+        if k == b:
+            buffer.pop(0)
+        else:
+            buffer[0] = {name: v[k:] for name, v in first.items()}
+        left -= k
+    return {name: parts[0] if len(parts) == 1 else torch.cat(parts) for name, parts in out.items()}
+
+
+def _save(part, acc) -> None:
+    for k, v in acc.state().items():
+        part.arrays[k][...] = v
+

@@ -1,0 +1,486 @@
+"""What a run costs before it runs: cache bytes and GPU-hours per stage (``clip-study plan``,
+``benchmarks/paper_scale.py`` (d)). No weights, data or GPU are needed.
+
+Per-image costs come from one table, :data:`ARCHS`, measured by :func:`measure_arch`
+(``torch.utils.flop_counter`` on one 224 px image, on the meta device) for every architecture of
+the paper profile; any other architecture (the demo models, a fork's) is measured the same way on
+first use. The meta device counts ``nn.MultiheadAttention`` through its decomposition: on a CPU,
+in eval mode, its fused fast path (``_native_multi_head_attention``) is invisible to the counter
+and a ViT's projections would go uncounted (5.89 instead of 8.82 GFLOPs for ViT-B-32). The meta
+counts equal OpenCLIP's published model profile (``docs/model_profile.csv``: 8.82 / 12.22 / 162.03
+GFLOPs for ViT-B-32 / RN50 / ViT-L-14, 5.96 per text prompt), an independent check of the table.
+
+Stages (:func:`estimate` returns one :class:`Stage` each, in this order):
+
+- ``stores``: one uint8 store per (dataset, input geometry): ``3 S^2`` pixels + int64 label and
+  index per image (150,544 B at 224 px). A geometry fewer than
+  :data:`helpers.engine.extract.KEEP_STORE_MIN_ENTRIES` pool entries read (the torchvision ViTs' 256 -> 224
+  bilinear) is removed after each pass (:func:`helpers.engine.extract.keeps_store`): counted once, as the
+  largest such store, in ``transient_bytes`` (the peak), not in the cache. CPU work (decoding).
+- ``heads``: every entry's head W (1,000 x d_H float32, + bias for a supervised head) under
+  ``linear_heads/``; a zero-shot entry's head also under ``heads/`` (keyed by weights digest),
+  built from 1,000 classes x 80 templates through the text tower.
+- ``extraction``: h in float32 + an int64 label (``4 d_H + 8`` B per image) per (entry, dataset)
+  a section reads (Broden included); no logits (derived: the head applied to h), no layer arrays.
+- ``CKA``: one extra forward of both models of each (zero-shot, finetuned) pair over the six
+  evaluation sets; the HSIC accumulators (``L_x x L_y`` float64 and their diagonals) per
+  (pair, dataset).
+- ``finetuning``: Appendix H.1/H.2 runs whose checkpoint is still to write, under
+  ``paths.checkpoints_dir`` (counted apart from the cache), in the layout of
+  :mod:`helpers.training.loop` (:func:`helpers.training.loop.checkpoint_bytes`): with W = 4 bytes x the
+  trained parameters (image tower + head W (+ bias); the text tower is neither trained nor stored),
+  a finetuning run keeps its 10 weights-only epochs (Figure 5) and ``final.pt``, 11 W; a supervised
+  run its newest epoch and ``final.pt``, 2 W; and while one trains, its resume states (weights + two
+  AdamW moments, 3 W; two of them for a moment) need 6 W more, counted once (for the largest run:
+  runs train one at a time).
+- ``WiSE-FT``: nine in-memory mixtures per pair over the evaluation sets and Broden, and the epoch
+  checkpoints of Figure 5 on Broden; only accuracies, kurtosis and AP matrices are cached.
+- ``Broden probing``: the concept presence matrix (images x 1,197 bool) once, and an AP matrix
+  (directions x concepts, float64) per entry (CPU work).
+
+GPU-hours: FLOPs / :data:`GPU_TFLOPS` of the profile's precision (an assumption for an A100-class
+GPU; recalibrate from the img/s that ``benchmarks/gpu_check.sh`` measures on yours); on a CPU device
+:data:`CPU_TFLOPS`. A training step costs :data:`TRAIN_FORWARDS` forwards at
+:data:`TRAIN_EFFICIENCY` of that rate.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from helpers.config import EVAL_DATASETS, PoolEntry, Profile
+from helpers.paper.published import IMAGES as DATASET_IMAGES  # noqa: F401 - the published sizes, one table
+
+GB = 1e9
+
+#: Effective TFLOP/s of one A100-class GPU on these encoders at batch 256, per precision: about a
+#: third of the dense bf16 peak under autocast; fp32 (TF32 off) four times slower.
+GPU_TFLOPS = {"bf16": 100.0, "fp16": 100.0, "fp32": 25.0}
+#: Effective TFLOP/s of two CPU threads (facts.md: 8 images of ViT-B-32 in 0.25 s, of ViT-L-14 in
+#: 4.9 s, of RN50 in 0.84 s: 0.28, 0.26, 0.12 TFLOP/s with the FLOPs of :data:`ARCHS`).
+CPU_TFLOPS = 0.2
+#: A training step (forward + backward) costs three forwards ...
+TRAIN_FORWARDS = 3.0
+#: ... at half the inference rate (optimizer step, augmentation, fp32 master weights).
+TRAIN_EFFICIENCY = 0.5
+#: Images decoded and resized per second per DataLoader worker (500 x 375 JPEG to 224 px).
+DECODE_PER_WORKER = 150.0
+
+#: Zero-shot head: 1,000 classes x 80 templates (open_clip.OPENAI_IMAGENET_TEMPLATES).
+N_CLASSES = 1_000
+N_TEMPLATES = 80
+HEAD_PROMPTS = N_CLASSES * N_TEMPLATES
+#: WiSE-FT (Appendix I): the paper's alphas 0, 0.1, ..., 1; 0 and 1 are the pool entries themselves.
+WISEFT_MIXTURES = 9
+BRODEN_CONCEPTS = 1_197
+#: A committed cache entry's manifest.json and folder, about.
+MANIFEST_BYTES = 2048
+
+
+@dataclass(frozen=True)
+class ArchCost:
+    """Per-image costs of one image tower at 224 px (counted by :func:`measure_arch`) and of its
+    text tower per prompt."""
+
+    d_H: int  # width of h
+    image_gflops: float  # forward FLOPs per image / 1e9
+    image_params: int  # image tower parameters (no head)
+    layers: int  # pooled layer outputs (CKA grid side)
+    layer_bytes: int  # float32 bytes per image of all pooled layers (the opt-in layer cache)
+    text_gflops: float = 0.0  # text tower FLOPs per prompt / 1e9 (CLIP / CoCa)
+    text_params: int = 0  # everything outside ``visual`` (text tower, logit scale, CoCa decoder)
+
+
+def _measured(d_H, gflops, mparams, layers, layer_bytes, text_gflops=0.0, text_mparams=0.0) -> ArchCost:
+    """A table row as :func:`measure_arch` prints it, rounded as OpenCLIP's model profile is
+    (GFLOPs and millions of parameters to two decimals)."""
+    return ArchCost(d_H, gflops, round(mparams * 1e6), layers, layer_bytes, text_gflops, round(text_mparams * 1e6))
+
+
+#: :func:`measure_arch` on the meta device (``benchmarks/paper_scale.py --arch-table``; torch 2.14,
+#: open_clip 3.3), keyed by :func:`arch_key`.
+ARCHS: dict[str, ArchCost] = {
+    "RN50": _measured(1024, 12.22, 38.32, 5, 19_456, 5.96, 63.69),
+    "RN101": _measured(512, 19.54, 56.26, 5, 17_408, 5.96, 63.43),
+    "ViT-B-16": _measured(512, 35.13, 86.19, 25, 75_776, 5.96, 63.43),
+    "ViT-B-32": _measured(512, 8.82, 87.85, 25, 75_776, 5.96, 63.43),
+    "ViT-L-14": _measured(768, 162.03, 303.97, 49, 199_680, 13.30, 123.65),
+    "coca_ViT-B-32": _measured(512, 9.19, 89.16, 25, 75_776, 5.96, 164.40),
+    "coca_ViT-L-14": _measured(768, 163.64, 306.72, 49, 199_680, 13.30, 331.73),
+    "vit_b_16": _measured(768, 35.13, 85.80, 25, 76_800),
+    "vit_b_32": _measured(768, 8.82, 87.46, 25, 76_800),
+}
+
+#: Datasets whose h each section reads, per pool entry of its slice (the chapter modules).
+SECTION_DATASETS = {
+    "robustness": EVAL_DATASETS, "outlier_features": ("imagenet",), "privileged_directions": ("imagenet",),
+    "concept_probing": ("imagenet", "broden"), "pruning": EVAL_DATASETS,
+}
+#: Sections over (zero-shot, finetuned) pairs: their forwards are in-memory (no h cached).
+PAIR_SECTIONS = ("wiseft", "cka_layers")
+STAGES = ("stores", "heads", "extraction", "CKA", "finetuning", "WiSE-FT", "Broden probing")
+#: Stages done by CPU workers (their hours column reads ``CPU``).
+CPU_STAGES = ("stores", "Broden probing")
+
+
+def arch_key(entry: PoolEntry) -> str:
+    """The :data:`ARCHS` key of an entry: its model name without ``-quickgelu`` (an activation,
+    not a size)."""
+    m = entry.model
+    return m[: -len("-quickgelu")] if m.endswith("-quickgelu") else m
+
+
+_MEASURED: dict[str, ArchCost] = {}
+
+
+def arch_cost(entry: PoolEntry) -> ArchCost:
+    """Per-image costs of an entry's architecture: the table, else counted on the meta device
+    (no weights, no memory: the demo architectures and forks' models)."""
+    key = arch_key(entry)
+    if key in ARCHS:
+        return ARCHS[key]
+    if (entry.source, key) not in _MEASURED:
+        _MEASURED[entry.source, key] = measure_arch(entry)
+    return _MEASURED[entry.source, key]
+
+
+def measure_arch(entry: PoolEntry, device: str = "meta") -> ArchCost:
+    """Count an architecture's costs (``torch.utils.flop_counter``) on one 224 px image; how
+    :data:`ARCHS` was filled. ``device="meta"``: shapes only, instant, and attention counted through
+    its decomposition (a CPU run of a ViT misses the fused attention's projections, see above)."""
+    import dataclasses
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from helpers.engine import extract
+    from helpers.models import loading as models
+
+    e = dataclasses.replace(entry, checkpoint=None, pretrained=None)
+    net = models.build_architecture(e, device=device).eval()
+    enc, kind = models._image_encoder(net, e)
+    size = models.preprocessing(e).image_size
+    x = torch.zeros(1, 3, size, size, device=device)
+
+    class _Shell:  # what extract.layer_names / _layer_hooks read from a LoadedModel
+        arch_kind, encoder = kind, enc
+    names = extract.layer_names(_Shell)
+    captured: dict = {}
+    hooks = extract._layer_hooks(_Shell, names, captured)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            h = enc(x)
+    finally:
+        for hk in hooks:
+            hk.remove()
+    widths = [int(h.shape[1]) if n == "embedding" else int(captured[n].shape[1]) for n in names]
+    text_gflops, text_params = 0.0, 0
+    if hasattr(net, "encode_text"):
+        import open_clip
+
+        tokens = open_clip.get_tokenizer(e.model)(["a photo of a tench."]).to(device)
+        with torch.no_grad(), FlopCounterMode(display=False) as ft:
+            net.encode_text(tokens)
+        text_gflops = ft.get_total_flops() / 1e9
+        text_params = sum(p.numel() for n, p in net.named_parameters() if not n.startswith("visual"))
+    return ArchCost(int(h.shape[1]), fc.get_total_flops() / 1e9, sum(p.numel() for p in enc.parameters()),
+                    len(names), 4 * sum(widths), text_gflops, text_params)
+
+
+def layer_bytes_per_image(entry: PoolEntry) -> int:
+    """Disk bytes per image of :func:`helpers.engine.extract.layer_activations` with every layer."""
+    return arch_cost(entry).layer_bytes
+
+
+def store_bytes_per_image(image_size: int = 224) -> int:
+    """uint8 pixels of one image in a store, plus its label and index (int64 each)."""
+    return 3 * image_size * image_size + 16
+
+
+def h_bytes_per_image(d_H: int) -> int:
+    """h in float32 plus the image's int64 label (``activations/<entry>/<dataset>``)."""
+    return 4 * d_H + 8
+
+
+def head_bytes(entry: PoolEntry) -> int:
+    """An entry's cached head: W (+ bias for a supervised head) in ``linear_heads/``, and for a
+    zero-shot entry the same W again in ``heads/`` (what a new weights file of the same model reuses)."""
+    from helpers.models.loading import ZERO_SHOT_FAMILIES
+
+    w = 4 * N_CLASSES * arch_cost(entry).d_H
+    return w + (4 * N_CLASSES if entry.family == "supervised" else 0) + (w if entry.family in ZERO_SHOT_FAMILIES else 0)
+
+
+def trained_weight_bytes(entry: PoolEntry) -> float | None:
+    """W: float32 bytes of what training updates and an epoch file stores: the image tower
+    and the head (1,000 x d_H, plus the bias of a supervised head). None: no known architecture."""
+    try:
+        c = arch_cost(entry)
+    except Exception:  # noqa: BLE001 - an entry that cannot build is reported by the checks
+        return None
+    return 4 * (c.image_params + N_CLASSES * c.d_H + (N_CLASSES if entry.family == "supervised" else 0))
+
+
+def download_bytes(entry: PoolEntry) -> float | None:
+    """Size of an open_clip tag's weights file: every parameter of the model in float32."""
+    c = ARCHS.get(arch_key(entry))
+    return None if c is None else 4 * (c.image_params + c.text_params)
+
+
+def flops_per_second(profile: Profile) -> float:
+    """The effective rate the hours are computed at: :data:`GPU_TFLOPS` of the profile's precision
+    on CUDA, :data:`CPU_TFLOPS` otherwise."""
+    if str(profile.device).startswith("cuda"):
+        return GPU_TFLOPS[profile.precision] * 1e12
+    return CPU_TFLOPS * 1e12
+
+
+@dataclass
+class Stage:
+    """One stage of a run: what it writes and what it costs."""
+
+    name: str
+    cache_bytes: float = 0.0
+    gpu_hours: float = 0.0  # hours of the profile's device (CPU-hours on a CPU device)
+    unknown: list[str] = field(default_factory=list)  # entries whose architecture could not be counted
+    notes: list[str] = field(default_factory=list)
+    checkpoint_bytes: float = 0.0  # written under paths.checkpoints_dir, not the cache
+    transient_bytes: float = 0.0  # on disk only while the stage runs (the peak, on top of the cache)
+    cpu_hours: float = 0.0
+
+    def add_time(self, gflops: float | None, who: str, times: float, rate: float) -> None:
+        if gflops is None:
+            if who not in self.unknown:
+                self.unknown.append(who)
+        else:
+            self.gpu_hours += gflops * 1e9 * times / rate / 3600
+
+
+def cache_bytes(stages: Sequence[Stage]) -> float:
+    """What stays under ``cache_dir`` (checkpoints and transient stores excluded)."""
+    return sum(s.cache_bytes for s in stages)
+
+
+def peak_bytes(stages: Sequence[Stage]) -> float:
+    """The cache plus the largest transient store at once: the free space the cache needs."""
+    return cache_bytes(stages) + max((s.transient_bytes for s in stages), default=0.0)
+
+
+def estimate(profile: Profile, entries: Sequence[PoolEntry] | None = None, sections: Sequence[str] | None = None, *,
+             images: Mapping[str, int] | None = None, geometries: Mapping[str, object] | None = None,
+             to_train: Sequence[PoolEntry] | None = None, train_images: int | None = None,
+             keep_epochs: str | None = None) -> list[Stage]:
+    """Per-stage cache bytes and hours (one :class:`Stage` per :data:`STAGES`) for ``entries``
+    (None: the pool) over ``sections`` (None: every notebook's section).
+
+    ``images``: images per dataset (default: the published sizes under the profile's limits;
+    ``clip-study plan`` passes the counts found on disk); ``geometries``: each pool entry's input
+    :class:`helpers.store.Geometry` (default: ``models.preprocessing``); ``to_train``: entries whose
+    checkpoint a finetuning or training command still has to write (default: none), over
+    ``train_images`` ImageNet training images, keeping ``keep_epochs`` epoch weights files
+    (default: each command's, ``all`` for finetuning and ``last`` for supervised runs).
+    """
+    from helpers.training import finetune
+    from helpers.training import supervised
+    from helpers.engine.extract import KEEP_STORE_MIN_ENTRIES, keeps_store
+    from helpers.training.finetune import FinetuneRecipe
+    from helpers.models.loading import ZERO_SHOT_FAMILIES, preprocessing
+    from helpers.training.supervised import SupervisedRecipe
+    from helpers.training.loop import checkpoint_bytes
+
+    def limited(d: str, n: int) -> int:
+        lim = profile.limit(d)
+        return n if lim is None else min(n, lim)
+
+    entries = list(profile.pool if entries is None else entries)
+    if sections is None:
+        from helpers.workflow.runner import notebooks
+
+        sections = list(notebooks())
+    if images is None:
+        images = {d: limited(d, n) for d, n in DATASET_IMAGES.items()}
+    if geometries is None:
+        geometries = {}
+        for e in profile.pool:
+            try:
+                geometries[e.id] = preprocessing(e).geometry
+            except Exception:  # noqa: BLE001 - an entry that cannot resolve is reported by the checks
+                continue
+    to_train = list(to_train or [])
+    if train_images is None:
+        train_images = limited("imagenet-train", DATASET_IMAGES["imagenet-train"])
+    rate = flops_per_second(profile)
+    stages = {n: Stage(n) for n in STAGES}
+
+    cost: dict[str, ArchCost | None] = {}
+    for e in {**{e.id: e for e in entries}, **{e.id: e for e in to_train}}.values():
+        try:
+            cost[e.id] = arch_cost(e)
+        except Exception:  # noqa: BLE001 - the entry's build error is reported by the checks
+            cost[e.id] = None
+    gflops = lambda e: None if cost[e.id] is None else cost[e.id].image_gflops  # noqa: E731
+
+    # pairs within the slice, as the chapters form them (chapters.common.finetuning_pairs)
+    by_id = {e.id: e for e in entries}
+    pairs = [(by_id[e.finetuned_from], e) for e in entries if e.finetuned_from in by_id]
+    need: dict[str, set[str]] = {e.id: set() for e in entries}  # entry -> datasets with h
+    for s in sections:
+        for e in entries:
+            need[e.id] |= set(SECTION_DATASETS.get(s, ()))
+
+    stores: set[tuple[str, object]] = set()
+    for e in entries:
+        for d in sorted(need[e.id]):
+            n = images.get(d, 0)
+            st = stages["extraction"]
+            if cost[e.id] is not None:
+                st.cache_bytes += h_bytes_per_image(cost[e.id].d_H) * n
+            st.add_time(gflops(e), e.id, n, rate)
+            if e.id in geometries:
+                stores.add((d, geometries[e.id]))
+    rows = sum(images.get(d, 0) for e in entries for d in need[e.id])
+    if rows:
+        stages["extraction"].notes.append(f"{sum(bool(need[e.id]) for e in entries)} entries, {rows:,} (entry, image) "
+                                          "rows of h (float32) + label; no logits, no layer arrays")
+    for s in sections:
+        if s in PAIR_SECTIONS:  # both models of a pair read the stores of the evaluation sets (and Broden)
+            for zs, ft in pairs:
+                for d in EVAL_DATASETS + (("broden",) if s == "wiseft" and "broden" in images else ()):
+                    stores.update((d, geometries[x.id]) for x in (zs, ft) if x.id in geometries)
+    st = stages["stores"]
+    kept = transient = 0
+    readers = {}
+    for g in geometries.values():
+        readers[g] = readers.get(g, 0) + 1
+    decoded = 0.0
+    for d, g in stores:
+        size = store_bytes_per_image(g.image_size) * images.get(d, 0)
+        if keeps_store(profile, g):
+            kept += 1
+            st.cache_bytes += size
+            decoded += images.get(d, 0)
+        else:  # removed after each pass: decoded again by each of its readers
+            transient += 1
+            st.transient_bytes = max(st.transient_bytes, size)
+            decoded += images.get(d, 0) * readers.get(g, 1)
+    st.cpu_hours = decoded / DECODE_PER_WORKER / 3600
+    if stores:
+        st.notes.append(f"{kept} (dataset, geometry) store(s) kept, decoded once on CPU workers "
+                        f"(~{st.cpu_hours:.1f} worker-hours)")
+    if transient:
+        st.notes.append(f"{transient} transient (a geometry fewer than {KEEP_STORE_MIN_ENTRIES} pool entries read, "
+                        f"removed after each pass): {_size(st.transient_bytes)} more at the peak")
+
+    loaded = {e.id for e in entries if need[e.id]}
+    if any(s in PAIR_SECTIONS for s in sections):
+        loaded |= {zs.id for zs, _ in pairs}
+    st = stages["heads"]
+    for e in entries:
+        if e.id in loaded and cost[e.id] is not None:
+            st.cache_bytes += head_bytes(e)
+        if e.id in loaded and e.family in ZERO_SHOT_FAMILIES:
+            st.add_time(None if cost[e.id] is None else cost[e.id].text_gflops, e.id, HEAD_PROMPTS, rate)
+    heads = sum(e.family in ZERO_SHOT_FAMILIES for e in entries if e.id in loaded)
+    if heads:
+        st.notes.append(f"{heads} zero-shot head(s) x {HEAD_PROMPTS:,} prompts on the device, once per weights")
+
+    eval_n = sum(images.get(d, 0) for d in EVAL_DATASETS)
+    if "cka_layers" in sections:
+        st = stages["CKA"]
+        for zs, ft in pairs:
+            if cost[zs.id] is not None and cost[ft.id] is not None:
+                lx, ly = cost[zs.id].layers, cost[ft.id].layers
+                st.cache_bytes += len(EVAL_DATASETS) * (8 * (lx * ly + lx + ly + 1) + lx + ly + MANIFEST_BYTES)
+            st.add_time(gflops(zs), zs.id, eval_n, rate)
+            st.add_time(gflops(ft), ft.id, eval_n, rate)
+        if pairs:
+            st.notes.append(f"{len(pairs)} pair(s): both models over the same minibatches, "
+                            "HSIC sums accumulated on the device (no layer cache)")
+    if "wiseft" in sections:
+        st = stages["WiSE-FT"]
+        ft_epochs = FinetuneRecipe().epochs
+        broden_n = images.get("broden", 0)
+        for zs, ft in pairs:
+            st.add_time(gflops(ft), ft.id, WISEFT_MIXTURES * (eval_n + broden_n), rate)
+            st.add_time(gflops(ft), ft.id, (ft_epochs - 1) * broden_n, rate)
+            if cost[ft.id] is not None:
+                ap = 8 * min(N_CLASSES, cost[ft.id].d_H) * BRODEN_CONCEPTS
+                summaries = (len(EVAL_DATASETS) + 1) * (16 + MANIFEST_BYTES)  # accuracy, kurtosis per dataset
+                st.cache_bytes += WISEFT_MIXTURES * (ap + summaries) + (ft_epochs - 1) * (ap + 16 + MANIFEST_BYTES)
+        if pairs:
+            st.notes.append(f"{len(pairs)} pair(s) x {WISEFT_MIXTURES} mixtures (the paper's alphas) "
+                            f"and {ft_epochs - 1} epoch checkpoints on Broden (Figure 5); tables only")
+    probed = [e for e in entries if "broden" in need[e.id]]
+    if probed or ("wiseft" in sections and pairs and "broden" in images):
+        st = stages["Broden probing"]
+        st.cache_bytes += images.get("broden", 0) * BRODEN_CONCEPTS
+        st.cache_bytes += sum(8 * min(N_CLASSES, cost[e.id].d_H) * BRODEN_CONCEPTS for e in probed
+                              if cost[e.id] is not None)
+        st.cpu_hours = len(probed) * 10 / 3600  # about 10 s per entry (benchmarks/concept_probing.py)
+        if probed:
+            st.notes.append(f"{len(probed)} AP matrices x {BRODEN_CONCEPTS:,} concepts (h on Broden: extraction)")
+
+    kept_b, kept_last, peak_extra = 0.0, 0.0, 0.0
+    st = stages["finetuning"]
+    for e in to_train:
+        sup = e.family == "supervised"
+        recipe = SupervisedRecipe() if sup else FinetuneRecipe()
+        st.add_time(None if gflops(e) is None else TRAIN_FORWARDS * gflops(e) / TRAIN_EFFICIENCY, e.id,
+                    recipe.epochs * train_images, rate)
+        w = trained_weight_bytes(e)
+        if w is not None:  # (an unknown model is listed by add_time above)
+            keep = keep_epochs or (supervised.KEEP_EPOCHS_DEFAULT if sup else finetune.KEEP_EPOCHS_DEFAULT)
+            k, x = checkpoint_bytes(w, recipe.epochs, keep)
+            kept_b, peak_extra = kept_b + k, max(peak_extra, x)
+            kept_last += checkpoint_bytes(w, recipe.epochs, "last")[0]
+    if to_train:
+        st.checkpoint_bytes = kept_b + peak_extra
+        st.notes.append(f"{len(to_train)} checkpoint(s) to produce (finetune: {FinetuneRecipe().epochs} epochs, "
+                        f"train-supervised: {SupervisedRecipe().epochs} epochs, over {train_images:,} images); "
+                        f"{kept_b / GB:.1f} GB kept (weights-only epochs, final.pt), {peak_extra / GB:.1f} GB more "
+                        "while a run trains (resume states)"
+                        + (f"; --keep-epochs last keeps {kept_last / GB:.1f} GB (Figure 5: final epoch only)"
+                           if kept_last < kept_b else ""))
+    return list(stages.values())
+
+
+def _size(b: float) -> str:
+    return f"{b / GB:.1f} GB" if b >= 0.05 * GB else f"{b / 1e6:.1f} MB" if b >= 1e5 else f"{b / 1e3:.0f} kB"
+
+
+def assumptions(profile: Profile) -> str:
+    """How the hours column was computed, for the line under the table."""
+    if str(profile.device).startswith("cuda"):
+        return (f"GPU-hours: FLOPs per image of each architecture (helpers.workflow.costs.ARCHS, counted with "
+                f"torch.utils.flop_counter) at {GPU_TFLOPS[profile.precision]:g} effective TFLOP/s "
+                f"({profile.precision}, an A100-class GPU; training at x{TRAIN_EFFICIENCY:g} of that rate); "
+                "recalibrate from the img/s benchmarks/gpu_check.sh measures on yours")
+    return (f"CPU-hours: FLOPs per image of each architecture (helpers.workflow.costs.ARCHS) at {CPU_TFLOPS:g} "
+            "TFLOP/s, facts.md's 2-thread encode_image times")
+
+
+def format_stages(stages: Sequence[Stage], profile: Profile) -> list[str]:
+    """The per-stage table ``clip-study plan`` prints (followed, there, by ``total cache: <N> GB``)."""
+    unit = "GPU-hours" if str(profile.device).startswith("cuda") else "CPU-hours"
+    out = [f"{'Stage':<16} {'cache':>10} {unit:>10}  notes"]
+    for s in stages:
+        hours = f"{s.gpu_hours:.2f}" if not s.unknown else (f"{s.gpu_hours:.2f}+" if s.gpu_hours else "n/a")
+        notes = list(s.notes)
+        if s.checkpoint_bytes:
+            notes.insert(0, f"checkpoints: {_size(s.checkpoint_bytes)} under checkpoints_dir")
+        if s.unknown:
+            notes.append(f"no per-image cost for {', '.join(s.unknown[:4])}"
+                         + (f" (+{len(s.unknown) - 4})" if len(s.unknown) > 4 else ""))
+        if s.name in CPU_STAGES:
+            hours = "CPU"
+        out.append(f"  {s.name:<14} {_size(s.cache_bytes):>10} {hours:>10}  {'; '.join(notes)}")
+    total_h = sum(s.gpu_hours for s in stages)
+    out.append(f"  {'total':<14} {_size(cache_bytes(stages)):>10} {total_h:>10.2f}  "
+               f"peak with transient stores {_size(peak_bytes(stages))}")
+    out.append(f"  ({assumptions(profile)})")
+    return out
+
+
+def total_line(stages: Sequence[Stage]) -> str:
+    """The last line of ``clip-study plan``."""
+    return f"total cache: {cache_bytes(stages) / GB:.0f} GB"

@@ -1,0 +1,592 @@
+"""Execute the chapter notebooks with papermill, per pool slice: locally, spread over the GPUs of
+one node (``gpus``), or on Slurm via submitit.
+
+A *job* is one (section, slice) pair: the slice is the whole pool of the profile (``all``), one
+backbone or one entry. Its executed notebook goes to ``<results_dir>/executed/<section>/<slice>.ipynb``,
+its log (every line the kernel, papermill and the notebook print; it grows while the job runs) to
+``<results_dir>/logs/<section>/<slice>.log``, and the notebook itself records one results table per
+(section, entry) through :mod:`helpers.study.results` and its provenance through :mod:`helpers.study.provenance`
+(``<results_dir>/provenance/<section>/<slice>.json``).
+
+A job is skipped when its provenance record is complete and every input it recorded is unchanged:
+the code that ran, the parameters, the profile, the ``helpers`` modules it imported, every file of
+the datasets it opened, the weights files, and the tables it read and wrote. A plain ``papermill``
+run of ``notebooks/<chapter>.ipynb`` writes the same record, so the runner sees it. jupyter-cache
+alone would miss a change in ``helpers/`` (facts.md), hence our own records.
+
+Each job runs in a child process (``python -m helpers.workflow.runner``): the runner writes all its output to
+the job's log and shows the progress on the terminal (cells, tqdm rates), without the kernel's
+start-up warnings.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from helpers.study import provenance
+from helpers.config import REPO_ROOT, ConfigError, Profile, load_profile
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+#: Sections known to aggregate other sections' tables (their records say so too): with ``gpus``
+#: they run after every other job, in paper order.
+READS_TABLES = {"summary", "coca", "diagnose"}
+
+#: Console lines that are kept in the job log but not shown: the kernel's start-up notice,
+#: papermill's parameter-parsing notices, and ipykernel's shutdown message on a finished job.
+QUIET = re.compile(r"Kernel is running over TCP without encryption|Unable to parse line|"
+                   r"KeyboardInterrupt caught in kernel|\[IPKernelApp\] WARNING|Passed unknown parameter|"
+                   r"Black is not installed|Input notebook does not contain a cell with tag")
+_LOG_ONLY = "\x01"  # child -> parent: a line for the log only (cell outputs)
+
+
+class ParameterError(ConfigError):
+    """A ``-p`` parameter no selected notebook declares; the message lists those it declares."""
+
+
+def notebooks(folder: Path = NOTEBOOK_DIR) -> dict[str, Path]:
+    """Section name → MyST notebook, in paper order (``01_robustness.md`` → ``robustness``)."""
+    out = {}
+    for p in sorted(folder.glob("[0-9][0-9]_*.md")):
+        out[p.stem.split("_", 1)[1]] = p
+    return out
+
+
+def _declared_parameters(md_path: Path) -> dict[str, Any]:
+    """Parameter name -> default of a notebook (its cell tagged ``parameters``)."""
+    return provenance.declared_parameters(md_path)
+
+
+def _to_ipynb(md_path: Path, folder: Path) -> Path:
+    """jupytext MyST → .ipynb (papermill reads only .ipynb; the parameters tag survives)."""
+    import jupytext
+    import nbformat
+
+    nb = jupytext.read(md_path)
+    out = folder / (md_path.stem + ".ipynb")
+    nbformat.write(nb, out)
+    return out
+
+
+@dataclass
+class Job:
+    section: str
+    notebook: str
+    slice: str
+    parameters: dict[str, Any]  # what papermill passes (declared names only)
+    output: str
+    record: str = ""
+    log: str = ""
+    effective: dict[str, Any] = field(default_factory=dict)  # every declared parameter's value
+    code_sha256: str = ""
+    results_dir: str = ""
+    cache_dir: str = ""
+    device: str | None = None  # CUDA_VISIBLE_DEVICES of the job's process
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}[{self.slice}]"
+
+    @property
+    def log_dir(self) -> str:
+        return str(Path(self.results_dir) / "logs")
+
+
+@dataclass
+class Outcome:
+    job: Job
+    status: str  # ran | skipped | failed
+    seconds: float = 0.0
+    error: str = ""
+    reason: str = ""
+
+
+@dataclass
+class RunSummary:
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    def report(self) -> str:
+        lines = [f"{o.status:>7}  {o.job.name:<40} {o.seconds:7.1f} s" for o in self.outcomes]
+        if self.failures:
+            lines.append(f"\n{len(self.failures)} notebook(s) failed:")
+            lines += [f"  {o.job.name}: {o.error.strip().splitlines()[-1] if o.error.strip() else 'error'}"
+                      f"\n    executed notebook: {o.job.output}\n    log: {o.job.log}" for o in self.failures]
+        return "\n".join(lines)
+
+
+def profile_overrides(params: dict[str, Any]) -> dict[str, Any]:
+    """The profile keys a notebook's parameters override (what ``open_study`` applies)."""
+    from helpers.study import profile_overrides as ov
+
+    return ov(params)
+
+
+def _profile_arg(profile: Profile) -> str:
+    # a named profile is passed by name, so executed notebooks do not carry local paths
+    named = profile.path.parent == REPO_ROOT / "configs" and profile.path.stem == profile.name
+    return profile.name if named else str(profile.path)
+
+
+def check_parameters(extra: dict[str, Any], declared: dict[str, dict[str, Any]]) -> None:
+    """Every ``-p`` name must be a parameter of at least one selected notebook."""
+    known = sorted(set().union(*declared.values())) if declared else []
+    unknown = [k for k in extra if not any(k in d for d in declared.values())]
+    if unknown:
+        where = next(iter(declared)) if len(declared) == 1 else f"the {len(declared)} selected notebooks"
+        raise ParameterError(f"unknown notebook parameter(s) {', '.join(map(repr, unknown))}; "
+                             f"parameters of {where}: {', '.join(known)}")
+
+
+def _empty_slice_message(profile: Profile, entry: str | None, backbone: str | None) -> str | None:
+    if entry and backbone:
+        try:
+            e = profile.entry(entry)
+        except KeyError as exc:
+            return exc.args[0]
+        if e.arch != backbone:
+            return (f"entry {entry!r} has backbone {e.arch!r}, not {backbone!r}: --entry and --backbone "
+                    f"together select nothing (give one of them)")
+    return None
+
+
+def plan(profile: Profile, sections: Iterable[str] | None = None, entry: str | None = None,
+         backbone: str | None = None, per_entry: bool = False, extra: dict[str, Any] | None = None,
+         notebook_dir: Path = NOTEBOOK_DIR) -> list[Job]:
+    """The jobs for a slice of the study: every requested section × (the slice, or each entry).
+
+    Checked here, before any job starts: section names, the slice, every ``-p`` name (declared by
+    some selected notebook) and the profile as each job will load it (its overrides applied)."""
+    available = notebooks(notebook_dir)
+    wanted = list(available) if not sections else list(dict.fromkeys(sections))
+    unknown = [s for s in wanted if s not in available]
+    if unknown:
+        raise KeyError(f"unknown section(s) {', '.join(unknown)}; sections: {', '.join(available)}")
+    wanted = [s for s in available if s in wanted]  # paper order: a reader runs after what it reads
+    why = _empty_slice_message(profile, entry, backbone)
+    if why:
+        raise KeyError(why)
+    entries = profile.select(entry=entry, backbone=backbone)
+    if per_entry:
+        slices = [({"entry": e.id}) for e in entries]
+    elif entry:
+        slices = [{"entry": entry}]
+    elif backbone:
+        slices = [{"backbone": backbone}]
+    else:
+        slices = [{}]
+    extra = dict(extra or {})
+    declared = {s: _declared_parameters(available[s]) for s in wanted}
+    check_parameters(extra, {available[s].name: d for s, d in declared.items()})
+    profiles: dict[str, Profile] = {}
+    jobs = []
+    for section in wanted:
+        md, decl = available[section], declared[section]
+        # a notebook that takes no slice (synthetic data) runs once, whatever the slice
+        own_slices = slices if {"entry", "backbone"} & set(decl) else [{}]
+        code = provenance.notebook_digest(md)
+        for sl in own_slices:
+            params = {"profile": _profile_arg(profile)} | sl | extra
+            params = {k: v for k, v in params.items() if k in decl}
+            effective = {**decl, **params}
+            ov = profile_overrides(effective)
+            pkey = json.dumps([effective.get("profile", _profile_arg(profile)), ov], sort_keys=True, default=str)
+            if pkey not in profiles:  # a bad -p value fails here, naming the key, before any job
+                profiles[pkey] = load_profile(effective.get("profile", _profile_arg(profile)), overrides=ov)
+            P = profiles[pkey]
+            label = provenance.slice_label(sl.get("entry"), sl.get("backbone"))
+            rd = P.results_dir
+            jobs.append(Job(section, str(md), label, params, str(rd / "executed" / section / f"{label}.ipynb"),
+                            str(provenance.record_path(rd, section, label)),
+                            str(rd / "logs" / section / f"{label}.log"), effective, code, str(rd), str(P.cache_dir)))
+    return jobs
+
+
+_PROFILE_MEMO: dict[str, str] = {}
+
+
+def _profile_loader(name, overrides):
+    key = json.dumps([name, overrides], sort_keys=True, default=str)
+
+    class _D:  # the digest is all the check needs
+        def __init__(self, d):
+            self._d = d
+
+        def digest(self):
+            return self._d
+
+    if key not in _PROFILE_MEMO:
+        _PROFILE_MEMO[key] = load_profile(name, overrides=overrides).digest()
+    return _D(_PROFILE_MEMO[key])
+
+
+def stale_reason(job: Job) -> str | None:
+    """Why ``job`` must run (None: its record is complete and every recorded input unchanged)."""
+    return provenance.check(provenance.read_record(Path(job.record)), notebook_digest_=job.code_sha256,
+                            parameters=job.effective, load_profile=_profile_loader, cache_dir=Path(job.cache_dir))
+
+
+def is_current(job: Job) -> bool:
+    return stale_reason(job) is None
+
+
+# ---------------------------------------------------------------- one job, in a child process
+
+@contextlib.contextmanager
+def _job_tmp(job: Job):
+    """A scratch folder under ``<results_dir>/.tmp`` (removed on exit; leftovers of a killed run
+    are removed when the next run starts)."""
+    tmp = Path(job.results_dir) / ".tmp" / f"{job.section}-{job.slice}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _Console:
+    """Shows a job's output on the terminal: cell progress, tqdm bars (at most one update per
+    ``every`` seconds per bar, and the last one), errors; drops QUIET lines."""
+
+    def __init__(self, name: str, echo: Callable[[str], None], n_cells: int, every: float = 5.0):
+        self.name, self.echo, self.n_cells, self.every = name, echo, n_cells, every
+        self.last: float = 0.0
+        self.pending: str | None = None
+
+    def line(self, text: str, final: bool) -> None:
+        text = text.rstrip()
+        if not text.strip() or QUIET.search(text):
+            return
+        m = re.match(r"Executing Cell (\d+)-*$", text.strip())
+        if m:
+            self.flush()
+            self.echo(f"  {self.name}  cell {m.group(1)}/{self.n_cells}")
+            return
+        if re.match(r"Ending Cell \d+-*$", text.strip()) or text.startswith(("Input Notebook:", "Output Notebook:",
+                                                                              "Working directory:", "Executing notebook with kernel")):
+            return
+        if not final:  # a tqdm update (ends with \r): throttle
+            now = time.monotonic()
+            if now - self.last < self.every:
+                self.pending = text
+                return
+            self.last = now
+        self.pending = None
+        self.echo(f"  {self.name}  {text.strip()}")
+
+    def flush(self):
+        if self.pending:
+            self.echo(f"  {self.name}  {self.pending.strip()}")
+            self.pending = None
+
+
+def _stream(proc: subprocess.Popen, log, console: _Console) -> None:
+    """Copy the child's output to the log (everything, flushed at once) and the console."""
+    buf = b""
+    while True:
+        chunk = proc.stdout.read1(65536) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096)
+        if not chunk:
+            break
+        buf += chunk
+        while True:
+            m = re.search(rb"[\r\n]", buf)
+            if not m:
+                break
+            raw, sep, buf = buf[:m.start()], buf[m.start():m.end()], buf[m.end():]
+            text = raw.decode("utf-8", "replace")
+            log_only = text.startswith(_LOG_ONLY)
+            text = text.lstrip(_LOG_ONLY)
+            log.write(text + ("\n" if sep == b"\n" else "\r"))
+            log.flush()
+            if not log_only:
+                console.line(text, final=sep == b"\n")
+    if buf:
+        log.write(buf.decode("utf-8", "replace").lstrip(_LOG_ONLY) + "\n")
+    console.flush()
+    log.flush()
+
+
+def execute(job: Job, echo: Callable[[str], None] = print) -> Outcome:
+    """Run one job with papermill in a child process; on failure keep the partial notebook for
+    inspection and mark the job's record failed (its tables are then not trusted)."""
+    t0 = time.time()
+    out, log_path = Path(job.output), Path(job.log)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    import jupytext
+
+    n_cells = sum(c.cell_type == "code" and bool(c.source.strip()) for c in jupytext.read(job.notebook).cells)
+    with _job_tmp(job) as tmp:
+        (tmp / "job.json").write_text(json.dumps(asdict(job), default=str))
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(
+            [str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+        if job.device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(job.device)
+        with open(log_path, "w") as log:
+            log.write(f"# {job.name}: {job.notebook} parameters={json.dumps(job.parameters, default=str)}"
+                      f"{'' if job.device is None else f' CUDA_VISIBLE_DEVICES={job.device}'}\n")
+            log.flush()
+            proc = subprocess.Popen([sys.executable, "-m", "helpers.workflow.runner", str(tmp / "job.json")], cwd=REPO_ROOT,
+                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            try:
+                _stream(proc, log, _Console(job.name, echo, n_cells))
+                rc = proc.wait()
+            except BaseException:  # Ctrl-C: stop the child (and its kernel) before leaving
+                proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(10)
+                proc.kill()
+                raise
+        res = provenance.read_record(tmp / "result.json") or {"status": "failed",
+                                                               "error": f"job process exited with status {rc}"}
+    if res["status"] != "ran":
+        provenance.mark_failed(Path(job.record), res.get("error", ""), job.section, job.slice)
+    return Outcome(job, res["status"], time.time() - t0, res.get("error", ""))
+
+
+def _child(job_file: str) -> int:
+    """The job's process: convert, execute with papermill, report to ``result.json`` beside ``job_file``."""
+    import logging
+
+    import papermill
+
+    job = Job(**json.loads(Path(job_file).read_text()))
+    tmp = Path(job_file).parent
+
+    class Handler(logging.Handler):
+        at_line_start = True
+
+        def emit(self, record):
+            msg = record.getMessage()
+            # the kernel's stderr stream (tqdm bars, warnings) is passed through as written, so a
+            # bar's "\r" updates stay updates; cell progress goes to the console too; other cell
+            # output (stdout, displayed values) to the log only
+            if record.levelno >= logging.WARNING and record.name == "papermill":
+                text = msg
+            else:
+                shown = msg.startswith(("Executing Cell", "Ending Cell")) or record.levelno >= logging.WARNING
+                text = "".join(("" if shown else _LOG_ONLY) + ln + "\n" for ln in msg.splitlines())
+                if not Handler.at_line_start:
+                    text = "\n" + text
+            if text:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+                Handler.at_line_start = text.endswith("\n")
+
+    log = logging.getLogger("papermill")
+    log.handlers[:] = [Handler()]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # figures into the notebook
+    os.environ[provenance.NOTEBOOK_ENV] = str(job.notebook)
+    src = _to_ipynb(Path(job.notebook), tmp)
+    partial = tmp / "executed.ipynb"
+    try:
+        papermill.execute_notebook(str(src), str(partial), parameters=job.parameters, kernel_name="python3",
+                                   cwd=str(REPO_ROOT), progress_bar=False, log_output=True)
+        res = {"status": "ran", "error": ""}
+    except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
+        res = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        sys.stdout.write(f"{job.name} failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}\n")
+    if partial.exists():
+        shutil.move(str(partial), job.output)
+    (tmp / "result.json").write_text(json.dumps(res))
+    return 0
+
+
+def _execute_for_submitit(job_dict: dict) -> dict:
+    outcome = execute(Job(**job_dict))
+    return {"status": outcome.status, "seconds": outcome.seconds, "error": outcome.error}
+
+
+# ---------------------------------------------------------------- many jobs
+
+@contextlib.contextmanager
+def run_lock(results_dir: Path, echo=print):
+    """One ``clip-study run`` per results folder at a time: a second one waits, saying so. The
+    holder clears what killed runs left in ``<results_dir>/.tmp``."""
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / ".run.lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            echo(f"waiting: another clip-study run ({holder}) is using {results_dir} ...")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {os.uname().nodename}")
+        f.flush()
+        shutil.rmtree(results_dir / ".tmp", ignore_errors=True)
+        try:
+            yield
+        finally:
+            shutil.rmtree(results_dir / ".tmp", ignore_errors=True)
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _aggregates(job: Job) -> bool:
+    if job.section in READS_TABLES:
+        return True
+    r = provenance.read_record(Path(job.record)) or {}
+    return any(q.get("section") != job.section for q in (r.get("tables_read") or {}).values())
+
+
+def run(jobs: list[Job], executor: str = "local", force: bool = False, slurm: dict | None = None,
+        echo=print, gpus: list[str] | None = None) -> RunSummary:
+    """Run the jobs that are out of date; keep going past failures and report them at the end.
+
+    Each job is checked just before it would start, so a section that reads tables sees those
+    that ran before it. ``gpus``: run up to one job per listed device at a time (each job's
+    process sees only its device, ``CUDA_VISIBLE_DEVICES``); sections that read other sections'
+    tables run afterwards. ``executor='slurm'`` submits one submitit job per (section, slice)
+    with the ``slurm`` parameters; ``'submitit-local'`` runs that path with submitit's local
+    executor (used by the tests).
+    """
+    if executor not in ("local", "slurm", "submitit-local"):
+        raise ValueError(f"unknown executor {executor!r}: expected local, slurm or submitit-local")
+    summary = RunSummary()
+    if not jobs:
+        return summary
+    with contextlib.ExitStack() as stack:
+        for rd in sorted({j.results_dir for j in jobs}):
+            stack.enter_context(run_lock(Path(rd), echo))
+
+        def due(job: Job) -> bool:
+            reason = None if force else stale_reason(job)
+            if not force and reason is None:
+                summary.outcomes.append(Outcome(job, "skipped"))
+                echo(f"up to date  {job.name}")
+                return False
+            job_reason[job.name] = "forced" if force else reason
+            return True
+
+        job_reason: dict[str, str] = {}
+        if executor != "local":
+            todo = [j for j in jobs if due(j)]
+            summary.outcomes += _run_submitit(todo, executor, slurm or {}, echo)
+        elif not gpus:
+            for i, job in enumerate(jobs, 1):
+                if due(job):
+                    echo(f"[{i}/{len(jobs)}] running {job.name} ({job_reason[job.name]}); log {job.log}")
+                    outcome = execute(job, echo)
+                    echo(f"[{i}/{len(jobs)}] {outcome.status} {job.name} in {outcome.seconds:.1f} s")
+                    summary.outcomes.append(outcome)
+        else:
+            first = [j for j in jobs if not _aggregates(j)]
+            later = [j for j in jobs if _aggregates(j)]
+            summary.outcomes += _run_on_devices([j for j in first if due(j)], gpus, echo, job_reason)
+            for job in later:  # in paper order: coca before summary, summary before diagnose
+                if due(job):
+                    summary.outcomes += _run_on_devices([job], gpus, echo, job_reason)
+    order = {j.name: i for i, j in enumerate(jobs)}
+    summary.outcomes.sort(key=lambda o: order.get(o.job.name, 0))
+    return summary
+
+
+def _run_on_devices(jobs: list[Job], gpus: list[str], echo, reasons: dict[str, str]) -> list[Outcome]:
+    """One job per device at a time, each in its own process with ``CUDA_VISIBLE_DEVICES`` set.
+    The extraction cache's entries are locked, so jobs sharing an input wait for its builder."""
+    free = list(gpus)
+    queue = list(jobs)
+    outcomes: list[Outcome] = []
+    cond = threading.Condition()
+    lock = threading.Lock()
+
+    def say(msg):
+        with lock:
+            echo(msg)
+
+    def work(job: Job, dev: str):
+        try:
+            job.device = dev
+            say(f"running {job.name} on device {dev} ({reasons.get(job.name, '')}); log {job.log}")
+            try:
+                o = execute(job, say)
+            except Exception as exc:
+                o = Outcome(job, "failed", 0.0, f"{type(exc).__name__}: {exc}")
+            say(f"{o.status} {job.name} on device {dev} in {o.seconds:.1f} s")
+            outcomes.append(o)
+        finally:
+            with cond:
+                free.append(dev)
+                cond.notify_all()
+
+    threads = []
+    while queue:
+        with cond:
+            while not free:
+                cond.wait()
+            dev = free.pop(0)
+        t = threading.Thread(target=work, args=(queue.pop(0), dev), daemon=True)
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join()
+    return outcomes
+
+
+def _scheduler_state(submitted) -> str:
+    """The state Slurm reports for a submitit job now (submitit caches ``.state`` between polls)."""
+    try:
+        submitted.watcher.update()
+    except Exception:  # no scheduler to ask (the local executor): the cached state
+        pass
+    try:
+        return str(submitted.state)
+    except Exception:
+        return "unknown"
+
+
+def _run_submitit(jobs: list[Job], executor: str, slurm: dict, echo) -> list[Outcome]:
+    import submitit
+
+    if not jobs:
+        return []
+    log_dir = Path(jobs[0].log_dir) / "submitit"
+    if executor == "slurm":
+        ex = submitit.AutoExecutor(folder=str(log_dir), cluster="slurm")
+        params = {"timeout_min": 240, "gpus_per_node": 1, "cpus_per_task": 8, "mem_gb": 64}
+        params.update(slurm)
+        ex.update_parameters(name="clip-study", **params)
+    else:
+        ex = submitit.LocalExecutor(folder=str(log_dir))
+        ex.update_parameters(timeout_min=int(slurm.get("timeout_min", 60)))
+    submitted = [(job, ex.submit(_execute_for_submitit, asdict(job))) for job in jobs]
+    echo(f"submitted {len(submitted)} job(s); logs in {log_dir}; per-job logs under {jobs[0].log_dir}")
+    outcomes = []
+    for job, sj in submitted:
+        try:
+            res = sj.result()
+            outcomes.append(Outcome(job, res["status"], res["seconds"], res["error"]))
+        except Exception as exc:  # the job itself died (node failure, timeout)
+            # the scheduler's own word on the job (NODE_FAIL, TIMEOUT, OUT_OF_MEMORY, ...), asked anew
+            state = _scheduler_state(sj)
+            error = f"{type(exc).__name__}: {exc}" + (f" [scheduler state: {state}]" if state not in str(exc) else "")
+            provenance.mark_failed(Path(job.record), error, job.section, job.slice)
+            outcomes.append(Outcome(job, "failed", 0.0, error))
+        echo(f"{outcomes[-1].status} {job.name} (job {sj.job_id}, log {job.log})")
+    return outcomes
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1]))
