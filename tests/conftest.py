@@ -49,14 +49,17 @@ def refuses(exc, message: str):
 
 @pytest.fixture(scope="session")
 def demo_prepared():
-    """The demo profile's data and training checkpoints, made once when missing (``make data``
-    does the same): a test that loads the demo's finetuned or supervised entries runs on a fresh
-    clone without the book having been built first."""
-    from helpers.config import load_profile
-    from helpers.demo.fixtures import write_demo_data
-    from helpers.training.demo import prepare_demo
+    """The demo profile's data and training checkpoints, made once when missing, by the very
+    commands ``make data`` runs: a test that loads the demo's finetuned or supervised entries runs on
+    a fresh clone without the book having been built first. A subprocess, not a call: training in
+    this process would inherit a test's thread count, and the weights (so the book's numbers) would
+    differ in the last bits from what ``make data`` writes."""
+    import subprocess
+    import sys
 
-    profile = load_profile("demo")
-    write_demo_data(profile.paths["data_root"])
-    prepare_demo(profile)
-    return profile
+    from helpers.config import load_profile
+
+    for command in ("demo-data", "prepare-demo"):
+        subprocess.run([sys.executable, "-m", "helpers.workflow.cli", command, "--profile", "demo"],
+                       cwd=REPO, check=True, capture_output=True)
+    return load_profile("demo")
