@@ -25,7 +25,7 @@ resumable cache, the progress bars and model loading are those of every chapter
 (:func:`helpers.engine.extract.extract_many`, :mod:`helpers.store`, :func:`helpers.models.loading.load`): the
 activations land under ``<cache_dir>/stores/folder-...`` and ``<cache_dir>/activations/diagnose-<slug>/``,
 so a rerun loads no model and runs no forward pass. The head comes from the classifier checkpoint
-or the zero-shot head cache (:func:`helpers.models.loading.head_without_model`), and Eq. (4) is probed by
+or the zero-shot head cache (:func:`helpers.models.head_without_model`), and Eq. (4) is probed by
 :func:`helpers.chapters.concept_probing.probe_activations`, as for the pool.
 
 A plain encoder (any ``nn.Module`` or callable) goes through the same engine as an in-memory
@@ -143,9 +143,11 @@ def _entry_for(model: str, pretrained: str | None, profile: Profile, seed: int) 
     """The transient pool entry of an open_clip model (so that :func:`helpers.models.loading.load` applies
     its checks: QuickGELU, normalisation, offline weights), and whether its weights file is a
     classifier checkpoint with its own head."""
-    from helpers.models import loading as models
+    from helpers import models
+    from helpers.models.catalogue import open_clip_module
+    from helpers.models.weights import read_checkpoint
 
-    oc = models._open_clip(model)
+    oc = open_clip_module(model)
     if oc.get_model_config(model) is None:
         close = difflib.get_close_matches(model, oc.list_models(), n=6, cutoff=0.5)
         raise DiagnoseError(f"open_clip does not know the model {model!r}; close names: "
@@ -166,7 +168,7 @@ def _entry_for(model: str, pretrained: str | None, profile: Profile, seed: int) 
                                 f"a classifier checkpoint written by `clip-study finetune`")
         entry = PoolEntry(**common, pretraining=f"checkpoint {path.name}", checkpoint=str(path.resolve()))
         try:
-            ckpt = models._read_checkpoint(entry)
+            ckpt = read_checkpoint(entry)
         except models.ModelError as exc:
             raise DiagnoseError(str(exc)) from None
         if isinstance(ckpt, dict) and "format" in ckpt:
@@ -190,7 +192,7 @@ def _model_error(exc: Exception, entry: PoolEntry) -> DiagnoseError:
 
 def _open_clip_subject(model: str, pretrained: str | None, classnames: list[str] | None, profile: Profile,
                        seed: int) -> _Subject:
-    from helpers.models import loading as models
+    from helpers import models
 
     entry, own_head = _entry_for(model, pretrained, profile, seed)
     if entry.checkpoint:
@@ -239,17 +241,17 @@ def _module_digest(module) -> str:
 
 
 _PREPROCESS_EXPECTED = ("torchvision transforms.Compose([Resize(S), CenterCrop(S), ToTensor(), Normalize(mean, std)]) "
-                        "or a helpers.models.loading.Preprocessing: the engine decodes each folder once into a uint8 store of "
+                        "or a helpers.models.Preprocessing: the engine decodes each folder once into a uint8 store of "
                         "that geometry and normalises on the device")
 
 
 def _preprocessing_of(preprocess):
-    """The :class:`helpers.models.loading.Preprocessing` a torchvision eval transform amounts to: the uint8
+    """The :class:`helpers.models.Preprocessing` a torchvision eval transform amounts to: the uint8
     store holds exactly the pixels its Resize + CenterCrop give (the same torchvision transforms
     open_clip's ``shortest`` mode uses), and Normalize runs on the device."""
     from torchvision import transforms as T
 
-    from helpers.models.loading import Preprocessing
+    from helpers.models import Preprocessing
 
     if isinstance(preprocess, Preprocessing):
         return preprocess
@@ -296,7 +298,7 @@ def _callable_subject(encoder, preprocess, head, name: str | None, device: str) 
     (the engine computes logits for every model; they are not read here)."""
     import torch
 
-    from helpers.models.loading import LoadedModel
+    from helpers.models import LoadedModel
 
     if preprocess is None:
         raise DiagnoseError(f"encoder= needs preprocess=, the eval transform of its images: {_PREPROCESS_EXPECTED}")
@@ -350,7 +352,7 @@ def _callable_subject(encoder, preprocess, head, name: str | None, device: str) 
 def _extract(subject: _Subject, dataset_name: str, P: Profile, device: str, dataset=None,
              skip_unreadable: bool = False):
     """The subject's activations on one dataset, through the study's engine."""
-    from helpers.models import loading as models
+    from helpers import models
     from helpers.engine.extract import NonFiniteActivations, extract_many
     from helpers.store import DecodeError
 
@@ -374,7 +376,7 @@ def _head(subject: _Subject, P: Profile, acts, device: str) -> np.ndarray | None
     and for a zero-shot head over other class names, it is read without a model build when the
     models helper has it (checkpoint file, head cache), or built by :func:`helpers.models.loading.load` on
     the profile's device (and cached there)."""
-    from helpers.models import loading as models
+    from helpers import models
 
     if subject.head_kind in (None, "given"):
         return subject.head
@@ -814,7 +816,7 @@ def diagnose(images: str | os.PathLike | None = None, model: str | None = None, 
     or a plain ``encoder`` (a callable or ``nn.Module`` mapping a normalised float batch
     (B, 3, S, S) to (B, d) features) with its ``preprocess`` (a torchvision
     ``Compose([Resize(S), CenterCrop(S), ToTensor(), Normalize(mean, std)])`` or a
-    :class:`helpers.models.loading.Preprocessing`) and optionally a ``head`` W (K x d) and a cache ``name``.
+    :class:`helpers.models.Preprocessing`) and optionally a ``head`` W (K x d) and a cache ``name``.
     A module is moved to ``device`` and put in eval mode; its activations are cached under a digest
     of its parameters (and ``name``), a plain function's only under ``name``.
 

@@ -300,7 +300,7 @@ _GEOMETRY_USERS: dict[str, dict] = {}
 def keeps_store(profile: Profile, geometry: Geometry) -> bool:
     """Whether the store of ``geometry`` stays on disk for ``profile`` (see
     :data:`KEEP_STORE_MIN_ENTRIES`); resolved from the pool's preprocessing, no weights read."""
-    from helpers.models.loading import ModelError, preprocessing
+    from helpers.models import ModelError, preprocessing
 
     key = profile.digest()
     if key not in _GEOMETRY_USERS:
@@ -462,7 +462,7 @@ def _load(entry: PoolEntry, profile: Profile, device, fingerprint: str | None = 
     """Load an entry on ``device`` (through the profile when it is one of its pool's entries, so
     that the models helper checks it against the pool), or take it from the process memo: one
     build per job. The memo holds :data:`MODELS_IN_MEMORY` models; older ones are dropped."""
-    from helpers.models.loading import load, load_from_profile, profile_load_options
+    from helpers.models import load, load_from_profile, profile_load_options
 
     key = (entry.id, fingerprint or _fingerprint(entry, profile), str(device), profile.precision)
     with _LOADED_LOCK:

@@ -186,7 +186,7 @@ def evaluate(profile: Profile, zeroshot_id: str, finetuned_id: str, alphas: Sequ
 
     from helpers.engine.extract import extract_datasets, loaded_model
     from helpers.metrics import effective_robustness, kurtosis, unique_concepts
-    from helpers.models.loading import save_classifier
+    from helpers.models import save_classifier
 
     zs_entry, ft_entry = profile.entry(zeroshot_id), profile.entry(finetuned_id)
     zs, ft = loaded_model(zs_entry, profile), loaded_model(ft_entry, profile)

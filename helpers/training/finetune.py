@@ -73,7 +73,7 @@ def finetune(profile: Profile, entry_id: str, recipe: FinetuneRecipe | None = No
     finished run, ``last`` drops the older epochs once Figure 5's table for the entry exists).
     Resumes an interrupted run; returns at once when the checkpoint is already this run's.
     """
-    from helpers.models.loading import load_from_profile
+    from helpers.models import load_from_profile
 
     recipe = recipe or FinetuneRecipe()
     entry = profile.entry(entry_id)

@@ -10,7 +10,7 @@ step with gradient clipping, and a learning-rate schedule stepped per iteration.
 Checkpoints (the layout :func:`checkpoint_bytes` counts): after every epoch ``k`` the run folder gets
 
 - ``epoch_<k>.pt``: the classifier's weights alone, in the ``clip-study-classifier/1`` format of
-  :func:`helpers.models.loading.save_classifier` (so any epoch loads as a model, as Figure 5 needs), with
+  :func:`helpers.models.save_classifier` (so any epoch loads as a model, as Figure 5 needs), with
   the epoch, step, loss history and run identity but no optimiser state: 4 bytes per trained
   parameter (image encoder + head W (+ bias b); the text tower is not trained and not stored);
 - ``resume_<k>.pt``: everything a resume needs, self-contained: the same weights, the optimiser
@@ -480,7 +480,7 @@ def fit(model, dataset, recipe: Recipe, run_dir: str | os.PathLike, final: str |
     from torch.nn.parallel import DistributedDataParallel
     from tqdm import tqdm  # plain bars: notebook widgets need ipywidgets and would warn
 
-    from helpers.models.loading import save_classifier
+    from helpers.models import save_classifier
 
     if keep_epochs not in KEEP_EPOCHS:
         raise ValueError(f"keep_epochs must be one of {', '.join(KEEP_EPOCHS)}, found {keep_epochs!r}")

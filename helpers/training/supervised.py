@@ -62,7 +62,7 @@ def initial_model(profile: Profile, entry_id: str):
     """The untrained classifier of a supervised entry: its architecture's image tower and a linear
     head with bias, randomly initialised from ``entry.seed`` (whatever ``checkpoint:`` says: that
     file is what training produces)."""
-    from helpers.models.loading import load
+    from helpers.models import load
 
     entry = profile.entry(entry_id)
     if entry.family != "supervised":

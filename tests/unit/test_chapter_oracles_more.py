@@ -6,7 +6,7 @@ the robustness guards and the summary's bookkeeping).
 As in :mod:`test_chapter_oracles`, inputs are planted where a chapter reads models and data
 (``helpers.engine.wiseft.evaluate``, ``pair_cka`` as imported by the CKA chapter, ``extract.activations``,
 ``extract.head``, ...), training checkpoints are real files written by the project's own writer
-(:func:`helpers.models.loading.save_classifier`, what :func:`helpers.training.loop.fit` calls) in the run layout
+(:func:`helpers.models.save_classifier`, what :func:`helpers.training.loop.fit` calls) in the run layout
 of :mod:`helpers.training.loop`, and every expected value is written out by hand (set algebra, Eq. 5
 with ``math``, the paper's printed numbers) rather than computed by the code under test. No model
 is built.
@@ -29,7 +29,7 @@ from helpers.study import results
 from helpers.chapters import cka_layers, common, concept_probing, robustness, summary, wiseft
 from helpers.config import EVAL_DATASETS, REPO_ROOT, SHIFTS, PoolEntry, Profile, load_profile
 from helpers.engine.extract import Head
-from helpers.models.loading import save_classifier
+from helpers.models import save_classifier
 from helpers.plots import PAPER_LABEL
 from helpers.study import Study
 from helpers.training.loop import CheckpointError, Recipe, epoch_path, resume_path, run_dir

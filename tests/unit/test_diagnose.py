@@ -10,7 +10,7 @@ import yaml
 
 from conftest import write_profile
 from helpers.chapters import diagnose as dg
-from helpers.models import loading as models
+from helpers import models
 from helpers.study import results
 from helpers.workflow.cli import main
 from helpers.config import load_profile

@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from helpers.engine import extract  # noqa: E402
 from helpers.demo import fixtures
-from helpers.models import loading as models
+from helpers import models
 from helpers.config import load_profile  # noqa: E402
 from helpers.data import ImageDataset, accuracy, open_dataset  # noqa: E402
 from helpers.store import DecodeError, Geometry, ensure_store  # noqa: E402

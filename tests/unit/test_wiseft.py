@@ -11,7 +11,7 @@ import yaml
 from helpers.config import load_profile
 from helpers.training.finetune import FinetuneRecipe, finetune
 from helpers.demo.fixtures import DEMO_CLASSES, write_broden, write_imagenet
-from helpers.models.loading import load
+from helpers.models import load
 from helpers.training.supervised import initial_model
 from helpers.engine.wiseft import WiseFTError, evaluate, interpolate, mixture_path
 
