@@ -163,11 +163,11 @@ def measure_arch(entry: PoolEntry, device: str = "meta") -> ArchCost:
     size = models.preprocessing(e).image_size
     x = torch.zeros(1, 3, size, size, device=device)
 
-    class _Shell:  # what extract.layer_names / _layer_hooks read from a LoadedModel
+    class _Shell:  # what extract.layer_names / layer_hooks read from a LoadedModel
         arch_kind, encoder = kind, enc
     names = extract.layer_names(_Shell)
     captured: dict = {}
-    hooks = extract._layer_hooks(_Shell, names, captured)
+    hooks = extract.layer_hooks(_Shell, names, captured)
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
             h = enc(x)
