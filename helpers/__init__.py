@@ -41,7 +41,7 @@ Eq. (5) effective robustness               :func:`helpers.metrics.robustness.eff
 CKA per layer (App. C)                     :class:`helpers.metrics.cka.MinibatchCKA`,
                                            :func:`helpers.engine.cka_pass.pair_cka`
 pruning singular directions (App. G)       :func:`helpers.metrics.pruning.pruning_curve`
-WiSE-FT mixture (App. I)                   :func:`helpers.engine.wiseft.interpolate`
+WiSE-FT mixture (App. I)                   :func:`helpers.engine.mixtures.interpolate`
 =========================================  ====================================================
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Chapter 06: WiSE-FT mixtures between each zero-shot model and its finetuned counterpart
 (Appendix I, Figures 15-22) and the concepts of a finetuning run epoch by epoch (Section 5,
-Figure 5). The computations live in :mod:`helpers.engine.wiseft`, :mod:`helpers.training.loop` and
+Figure 5). The computations live in :mod:`helpers.engine.mixtures`, :mod:`helpers.training.loop` and
 :mod:`.concept_probing`; this module pairs the pool entries, records the tables and draws the
 figures."""
 from __future__ import annotations
@@ -74,9 +74,9 @@ def training_summary(study) -> pd.DataFrame:
 
 
 def measure(study, alphas) -> pd.DataFrame:
-    """The WiSE-FT sweep (:func:`helpers.engine.wiseft.evaluate`) for every pair, recorded per finetuned
+    """The WiSE-FT sweep (:func:`helpers.engine.mixtures.evaluate`) for every pair, recorded per finetuned
     entry; returns the slice's table with a ``pair`` label and the paper's figure group."""
-    from helpers.engine.wiseft import evaluate
+    from helpers.engine.mixtures import evaluate
 
     for zs, ft in pairs(study):
         table = evaluate(study.profile, zs.id, ft.id, alphas)
@@ -99,7 +99,7 @@ def epoch_entries(profile: Profile, finetuned: PoolEntry) -> list[tuple[int, Poo
     """The epoch checkpoints of a finetuning run as pool entries (``<id>.epoch<k>``). The last
     epoch's weights are the final checkpoint's, so that epoch is the finetuned entry itself (whose
     activations other chapters have already cached). The other epochs cache only their Broden AP
-    matrices (:func:`helpers.engine.wiseft.transient_ap`), not their activations."""
+    matrices (:func:`helpers.engine.mixtures.transient_ap`), not their activations."""
     from helpers.training.loop import epoch_checkpoints, output_path, read_checkpoint, run_dir
 
     epochs = epoch_checkpoints(run_dir(profile, finetuned))
@@ -128,7 +128,7 @@ def concept_trajectory(study, threshold: float | None = None) -> tuple[pd.DataFr
     Recorded per finetuned entry under :data:`TRAJECTORY_SECTION`. Returns the long table (one row
     per pair, epoch and region) and notes on the pairs that could not be traced."""
     from helpers.engine.extract import loaded_model
-    from helpers.engine.wiseft import broden_available, transient_ap
+    from helpers.engine.mixtures import broden_available, transient_ap
     from helpers.chapters.concept_probing import ap_matrix, broden_sets, concept_set
 
     P = study.profile

@@ -325,7 +325,7 @@ def accuracies(entry: PoolEntry | str, profile: Profile,
 def loaded_model(entry: PoolEntry | str, profile: Profile, device: str | None = None) -> Any:
     """The entry's :class:`~helpers.models.loading.LoadedModel` on the profile's device (or ``device``),
     from the process memo when this job built it already: one build per job. Do not modify it in
-    place (copy it, as :func:`helpers.engine.wiseft.interpolate` does)."""
+    place (copy it, as :func:`helpers.engine.mixtures.interpolate` does)."""
     import torch
 
     e = profile.entry(entry) if isinstance(entry, str) else entry

@@ -4,7 +4,7 @@ epoch-by-epoch concept overlap, the CKA chapter's table, the shared readers of `
 the robustness guards and the summary's bookkeeping).
 
 As in :mod:`test_chapter_oracles`, inputs are planted where a chapter reads models and data
-(``helpers.engine.wiseft.evaluate``, ``pair_cka`` as imported by the CKA chapter, ``extract.activations``,
+(``helpers.engine.mixtures.evaluate``, ``pair_cka`` as imported by the CKA chapter, ``extract.activations``,
 ``extract.head``, ...), training checkpoints are real files written by the project's own writer
 (:func:`helpers.models.save_classifier`, what :func:`helpers.training.loop.fit` calls) in the run layout
 of :mod:`helpers.training.loop`, and every expected value is written out by hand (set algebra, Eq. 5
@@ -234,7 +234,7 @@ def planted_sweep(zs_id, ft_id, alphas):
 
 
 def test_wiseft_measure_records_each_pair_under_the_finetuned_entry(tmp_path, monkeypatch):
-    from helpers.engine import wiseft as engine
+    from helpers.engine import mixtures as engine
 
     calls = []
 
@@ -531,7 +531,7 @@ def planted_ap(concepts, weak=()):
 
 
 def trajectory_world(tmp_path, monkeypatch, **metrics):
-    from helpers.engine import wiseft as engine
+    from helpers.engine import mixtures as engine
 
     pool = [dict(e) for e in POOL] + YFCC
     final = tmp_path / "weights" / "RN50-openai-ft.pt"

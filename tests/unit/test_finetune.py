@@ -367,7 +367,7 @@ def test_plan_disk_counts_only_the_runs_still_to_train(fresh):
 def test_command_line_passes_keep_epochs(fresh, capsys):
     from pathlib import Path
 
-    from helpers.training.finetune import build_parser
+    from helpers.workflow.cli import build_parser
     from helpers.training.loop import TrainResult, run_cli
 
     got = {}
@@ -377,7 +377,7 @@ def test_command_line_passes_keep_epochs(fresh, capsys):
         return TrainResult(Path("final.pt"), [1, 2])
 
     for flags, want in (([], None), (["--keep-epochs", "last"], "last")):
-        args = build_parser().parse_args(["--profile", str(fresh.path), "--entry", "ft-vit", "--device", "cpu",
+        args = build_parser().parse_args(["finetune", "--profile", str(fresh.path), "--entry", "ft-vit", "--device", "cpu",
                                           "--epochs", "2", *flags])
         assert run_cli(args, train, FinetuneRecipe()) == 0
         assert (got["keep_epochs"], got["entry"], got["epochs"]) == (want, "ft-vit", 2)

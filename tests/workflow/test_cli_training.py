@@ -134,7 +134,7 @@ def er_by_hand(acc_shift: float, acc_in: float) -> float:
 def test_wiseft_cli_rows_hold_the_mixtures_numbers(world, finetuned):
     from helpers.data import open_dataset
     from helpers.models import load
-    from helpers.engine.wiseft import interpolate, mixture_path
+    from helpers.engine.mixtures import interpolate, mixture_path
 
     P = load_profile(world)
     out = ok(cli("wiseft", "--profile", str(world), "--entry", "ft-vit", "--alphas", "0", "0.5", "1", "--save"))

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -210,14 +209,7 @@ def evaluate(profile: Profile, zeroshot_id: str, finetuned_id: str, alphas: Sequ
 
 
 # --------------------------------------------------------------------------------------------
-# Command line: `clip-study wiseft` / `python -m helpers.engine.wiseft`
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m helpers.engine.wiseft", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(ap)
-    return ap
+# Command line: `clip-study wiseft` (helpers.workflow.cli)
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -240,11 +232,3 @@ def run(args: argparse.Namespace) -> int:
                      concepts=False if args.no_concepts else None, save=args.save)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
