@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 
-from helpers.metrics.directions import _as_matrix
+from helpers.metrics.arrays import as_matrix
 from helpers.metrics.uncertainty import BootstrapCI, bootstrap_ci
 
 #: Images per block, so the centred copies of h stay bounded in memory.
@@ -28,7 +28,7 @@ def kurtosis(h, per_image: bool = False):
     A constant vector (sigma = 0) has no kurtosis: its per-image value is NaN and the mean is taken
     over the other images, with a RuntimeWarning giving their number. All-constant input raises.
     """
-    h = _as_matrix(h, "h", "n_images x d_H")
+    h = as_matrix(h, "h", "n_images x d_H")
     n, d = h.shape
     if n == 0:
         raise ValueError("h has no images")
