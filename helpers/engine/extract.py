@@ -610,7 +610,8 @@ def _material(entry: PoolEntry, info: _ModelInfo, store_key: str, geometry: Geom
 
 
 # --------------------------------------------------------------------------------------------
-# The pass over the store
+# The pass over the store: one loop (forward_loop) and its sinks, the cache entries of an
+# extraction here (_CacheSink) and the minibatch CKA sums of helpers.engine.cka_pass
 # --------------------------------------------------------------------------------------------
 
 @dataclass(eq=False)
