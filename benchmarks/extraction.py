@@ -45,7 +45,7 @@ import torch  # noqa: E402
 from helpers.engine import extract  # noqa: E402
 from helpers.config import PoolEntry, load_profile  # noqa: E402
 from helpers.data import open_dataset  # noqa: E402
-from helpers.models.loading import load  # noqa: E402
+from helpers.models import load  # noqa: E402
 from helpers.store import Geometry, ensure_store  # noqa: E402
 from timing import SIZE, bare_forward as timing_bare_forward, sync, timed, write_images  # noqa: E402  (benchmarks/timing.py)
 

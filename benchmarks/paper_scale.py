@@ -36,7 +36,9 @@ import torch  # noqa: E402
 
 from helpers.workflow import costs  # noqa: E402
 from helpers.engine import extract
-from helpers.models import loading as models
+from helpers import models
+from helpers.models.heads import MemoTokenizer
+from helpers.models.precision import autocast
 from helpers.engine.cka_pass import pair_cka  # noqa: E402
 from helpers.config import PoolEntry, load_profile  # noqa: E402
 from timing import SIZE, bare_forward, sync, timed, write_images  # noqa: E402  (benchmarks/timing.py)
@@ -77,11 +79,11 @@ def _cka_and_head(args, P, batches, device, dtype, n, entries, tmp) -> None:
     texts = [t(c) for c in names for t in templates]
     tokens = [tok(texts[i:i + per_batch * len(templates)]).to(device)
               for i in range(0, len(texts), per_batch * len(templates))]
-    with torch.inference_mode(), models._autocast(device, dtype):
+    with torch.inference_mode(), autocast(device, dtype):
         clip.encode_text(tokens[0][:2])
         sync(device)
         _, t_text = timed(lambda: ([clip.encode_text(t) for t in tokens], sync(device)))
-    models._MemoTokenizer._memo.clear()
+    MemoTokenizer.forget()
     _, t_head = timed(lambda: (models.zero_shot_head(clip, tok, names, templates, device, per_batch, dtype),
                                sync(device)))
     if device.type == "cuda" and dtype != "fp32":

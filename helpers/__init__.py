@@ -29,7 +29,8 @@ Paper quantity -> function
 =========================================  ====================================================
 top-1 on ImageNet and each shift (Sec. 3)  :func:`helpers.data.scoring.accuracy` (label spaces:
                                            :func:`helpers.data.scoring.label_space`)
-zero-shot head W (Sec. 2)                  :func:`helpers.models.loading.zero_shot_head`
+zero-shot head W (Sec. 2)                  :func:`helpers.models.heads.zero_shot_head`
+logits W h / ||h|| or W h + b (Sec. 2)     :meth:`helpers.models.loading.LoadedModel.logits_from_features`
 image embedding h = f_v(x)                 :func:`helpers.engine.extract.activations`
 Eq. (1) kurtosis                           :func:`helpers.metrics.outliers.kurtosis`
 Eq. (2) importance                         :func:`helpers.metrics.directions.importance`
@@ -40,7 +41,7 @@ Eq. (5) effective robustness               :func:`helpers.metrics.robustness.eff
 CKA per layer (App. C)                     :class:`helpers.metrics.cka.MinibatchCKA`,
                                            :func:`helpers.engine.cka_pass.pair_cka`
 pruning singular directions (App. G)       :func:`helpers.metrics.pruning.pruning_curve`
-WiSE-FT mixture (App. I)                   :func:`helpers.engine.wiseft.interpolate`
+WiSE-FT mixture (App. I)                   :func:`helpers.engine.mixtures.interpolate`
 =========================================  ====================================================
 """
 from __future__ import annotations

@@ -200,7 +200,7 @@ _SOURCES = ("open_clip", "torchvision")
 _DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 #: Points of ImageNet top-1 a measured accuracy may differ from ``published_top1`` before it is flagged.
 PUBLISHED_TOLERANCE = 1.5
-#: Families whose checkpoint a command of this project writes (helpers.models.loading' family groups).
+#: Families whose checkpoint a command of this project writes (helpers.models.catalogue's family groups).
 PRODUCED_BY = {"finetuned_clip": "finetune", "coca_finetuned": "finetune", "supervised": "train-supervised"}
 
 
@@ -588,9 +588,9 @@ def _validate_entry(P: _Problems, i: int, e: Any, allow_random: bool, resolve) -
 
 def _validate_models(P: _Problems, pool: list[PoolEntry], where: list[int]) -> None:
     """Every model name, (model, tag) pair and torchvision builder known to the installed
-    open_clip / torchvision, the QuickGELU rule and finetuned lineage (``helpers.models.loading.check_entry``,
+    open_clip / torchvision, the QuickGELU rule and finetuned lineage (``helpers.models.check_entry``,
     which builds nothing and reads no weights)."""
-    from helpers.models.loading import ModelError, check_entry
+    from helpers.models import ModelError, check_entry
 
     ids = {e.id for e in pool}
     for i, e in zip(where, pool):

@@ -478,3 +478,216 @@ def venn3(sets: dict[str, set], title: str, ax=None):
     ax.set(xlim=(-1.9, 1.9), ylim=(-1.9, 1.7), aspect="equal", title=title)
     ax.axis("off")
     return ax
+
+# --------------------------------------------------------------------------------------------
+# Moved here verbatim: the WiSE-FT sweep and Figure 5 (from helpers.chapters.wiseft) and the
+# figures of ``diagnose`` (from helpers.chapters.diagnose), so that every figure lives in this module.
+
+
+def sweep_figure(table: pd.DataFrame, series: dict[str, str], ylabel: str, title: str, scale: float = 1.0,
+                 ref: float | None = None, paper: pd.DataFrame | None = None, profile: Profile | None = None):
+    """One panel per pair, value against alpha, one line per ``series`` (legend label -> column).
+    With ``paper`` (an ``entry`` column and the series' columns, in the run's units) the paper's
+    values of the pair's two models are drawn as hollow markers at alpha = 0 and alpha = 1: the
+    mixtures' endpoints are the pool entries (or, in the demo, the models they stand in for)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    from helpers.paper.compare import paper_id
+
+    labels = list(dict.fromkeys(table["pair"])) if "pair" in table else []
+    if not labels or not any(c in table for c in series.values()):
+        fig, ax = plt.subplots(figsize=(6, 1.2))
+        ax.text(0.5, 0.5, "no (zero-shot, finetuned) pair with these values in this slice", ha="center", va="center")
+        ax.axis("off")
+        fig.suptitle(title)
+        return fig
+    n = max(len(labels), 1)
+    cols = min(n, 2)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharex=True)
+    for ax, label in zip(axes.flat, labels):
+        sub = table[table["pair"] == label].sort_values("alpha")
+        for (name, column), color in zip(series.items(), ("#1f77b4", "#ff7f0e", "#2ca02c")):
+            if column in sub and sub[column].notna().any():
+                ax.plot(sub["alpha"], scale * sub[column], marker="o", ms=4, label=name, color=color)
+                if paper is not None and profile is not None and column in paper:
+                    values = paper.set_index("entry")[column]
+                    ends = [paper_id(profile.entry(sub["zeroshot"].iloc[0])), paper_id(profile.entry(sub["entry"].iloc[0]))]
+                    ax.plot([0, 1], [scale * values.get(e, float("nan")) for e in ends], ls="", marker="o", ms=9,
+                            mfc="none", mec=color, mew=1.6)
+        if ref is not None:
+            ax.axhline(ref, color="0.4", lw=0.8, ls="--")
+        ax.set(title=label, xlabel="α (0: zero-shot, 1: finetuned)", ylabel=ylabel)
+    for ax in list(axes.flat)[len(labels):]:
+        ax.set_visible(False)
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    if paper is not None:
+        handles.append(Line2D([], [], ls="", marker="o", ms=8, mfc="none", mec="0.3", mew=1.4))
+        names.append(PAPER_LABEL + ": α = 0 and 1 (Tables 1-5)")
+    if handles:
+        fig.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 0.92), frameon=False, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def trajectory_figure(table: pd.DataFrame):
+    """Figure 5: per pair, the fraction of C_fine in each region against the finetuning epoch."""
+    import matplotlib.pyplot as plt
+
+    from helpers.chapters.wiseft import REGIONS
+
+    labels = list(dict.fromkeys(table["pair"]))
+    cols = min(len(labels), 2)
+    rows = -(-len(labels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.4 * rows), squeeze=False)
+    for ax in list(axes.flat)[len(labels):]:
+        ax.set_visible(False)
+    for ax, label in zip(axes.flat, labels):
+        sub = table[table["pair"] == label]
+        for region, color in REGIONS.items():
+            r = sub[sub["region"] == region].sort_values("epoch")
+            ax.plot(r["epoch"], 100 * r["fraction"], marker="o", ms=4, color=color, label=region)
+        ax.set(title=label, xlabel="finetuning epoch (0: zero-shot)", ylabel="% of finetuned concepts")
+        ax.set_xticks(sorted(sub["epoch"].unique()))
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 0.92), frameon=False, fontsize=8)
+    fig.suptitle("Figure 5: overlap of the finetuned concepts with the zero-shot and supervised ones")
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path):
+    """Write ``fig`` as a PNG at ``path`` atomically (temporary file, then rename); returns the path."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+#: Label offsets tried around a point, in typographic points: nearest first, then further out.
+_LABEL_OFFSETS = [(r * dx, r * dy) for r in (4, 9, 16, 26, 40)
+                  for dx, dy in ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))]
+
+
+def text_box(annotation, renderer):
+    """Display box of an annotation's words only (not its leader line), at its current offset."""
+    from matplotlib.text import Text
+
+    annotation.update_positions(renderer)
+    return Text.get_window_extent(annotation, renderer)
+
+
+def label_points(fig, ax, x, y, labels, fontsize: float = 7) -> None:
+    """Name each point without overprinting: a greedy label repel. Each label takes the first offset
+    of :data:`_LABEL_OFFSETS` whose box overlaps no label placed before, no point and stays inside
+    the axes; a label placed away from its point gets a thin leader line. Call it last, once the
+    axes limits and scales are final."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.transforms import Bbox
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    frame = ax.get_window_extent(renderer)
+    px = ax.transData.transform(np.column_stack([x, y]))
+    r = 4 * fig.dpi / 72  # marker half-width (s=40 is a ~6 pt marker), in pixels
+    taken = [Bbox([[a - r, b - r], [a + r, b + r]]) for a, b in px]
+
+    def place(i, dx, dy):
+        far = max(abs(dx), abs(dy)) > 9
+        return ax.annotate(labels[i], (x[i], y[i]), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+                           ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                           va="bottom" if dy > 0 else "top" if dy < 0 else "center",
+                           arrowprops=dict(arrowstyle="-", color="0.5", lw=0.6, shrinkA=0, shrinkB=3) if far else None)
+
+    for i in np.argsort(-px[:, 1], kind="stable"):  # top down: crowded clusters fan out downwards
+        for dx, dy in _LABEL_OFFSETS:
+            text = place(i, dx, dy)
+            box = text_box(text, renderer)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(box.overlaps(t) for t in taken):
+                break
+            text.remove()
+        else:  # no free place: the nearest one
+            text = place(i, *_LABEL_OFFSETS[0])
+            box = text_box(text, renderer)
+        taken.append(box)
+
+
+def diagnose_figures(d, out) -> dict:
+    """Per-image kurtosis with the pool's values marked; the pool's kurtosis against ER with this
+    model's kurtosis as a vertical line and its interval as a band. Built on matplotlib's Figure
+    (no pyplot): nothing is shown or left open in a notebook."""
+    import numpy as np
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    k = d.per_image_kurtosis[np.isfinite(d.per_image_kurtosis)]
+    est, low, high = d.kurtosis
+    pool = d.pool if not d.pool.empty and "kurtosis" in d.pool else None
+    pool_k = None if pool is None else pool.dropna(subset=["kurtosis"])
+    values = np.concatenate([k, [est], [] if pool_k is None else pool_k["kurtosis"].to_numpy()])
+    log = values.min() > 0 and values.max() / values.min() > 10
+    figs = {}
+
+    fig = Figure(figsize=(9, 3.8))
+    ax = fig.subplots()
+    bins = np.geomspace(k.min(), k.max(), 30) if log and k.min() < k.max() else 30
+    ax.hist(k, bins=bins, color="0.75", edgecolor="0.5", zorder=2)
+    handles = [Line2D([], [], color="0.75", lw=6, label=f"this model, {len(k)} images")]
+    if pool_k is not None and not pool_k.empty:
+        for r in pool_k.itertuples():
+            ax.axvline(r.kurtosis, color=FAMILY_COLORS.get(r.family, "0.3"), ls="--", lw=1.2)
+        handles += [Line2D([], [], color=FAMILY_COLORS.get(f, "0.3"), ls="--",
+                           label=f"pool model means: {FAMILIES.get(f, f)}")
+                    for f in dict.fromkeys(pool_k["family"])]
+    if np.isfinite(low):
+        ax.axvspan(low, high, color="k", alpha=0.15, zorder=1)
+    ax.axvline(est, color="k", lw=2, zorder=3)
+    ax.axvline(3, color="0.4", ls=":", lw=1)
+    handles += [Line2D([], [], color="k", lw=2, label=f"this model's mean {est:.2f} (band: 95 % interval)"),
+                Line2D([], [], color="0.4", ls=":", label="Gaussian (3)")]
+    if log:
+        ax.set_xscale("log")
+        plain_log_ticks(ax, "x")
+    ax.set(xlabel="kurtosis of each image's activation vector, Eq. (1)", ylabel="images",
+           title=f"Per-image kurtosis: {d.label}")
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    figs["kurtosis_distribution"] = save_figure(fig, out / "kurtosis_distribution.png")
+
+    if pool_k is not None and not pool_k.empty:
+        fig = Figure(figsize=(9, 4.5))
+        ax = fig.subplots()
+        for fam, g in pool_k.groupby("family", sort=False):
+            ax.scatter(g["kurtosis"], 100 * g["er"], color=FAMILY_COLORS.get(fam, "0.3"), s=40,
+                       label=FAMILIES.get(fam, fam), zorder=3)
+        if np.isfinite(low):
+            ax.axvspan(low, high, color="k", alpha=0.15, label="its 95 % interval")
+        ax.axvline(est, color="k", lw=2, label=f"this model: {est:.2f}")
+        ax.axvline(3, color="0.4", ls=":", lw=1, label="Gaussian (3)")
+        if log:
+            ax.set_xscale("log")
+        plain_log_ticks(ax, "x")
+        corr = d.correlations
+        rho = corr[corr["indicator"] == "kurtosis"] if corr is not None and not corr.empty else None
+        title = "Pool: kurtosis vs effective robustness"
+        if rho is not None and not rho.empty and np.isfinite(rho["spearman"].iloc[0]):
+            r = rho.iloc[0]
+            title += f"\nSpearman rho = {r.spearman:.2f} [{r.low:.2f}, {r.high:.2f}], {int(r.models)} models"
+        ax.set(xlabel="activation kurtosis, Eq. (1)", ylabel="effective robustness, Eq. (5) (%)", title=title)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+        label_points(fig, ax, pool_k["kurtosis"].to_numpy(float), 100 * pool_k["er"].to_numpy(float),
+                      pool_k["entry"].tolist())
+        figs["kurtosis_vs_er"] = save_figure(fig, out / "kurtosis_vs_er.png")
+    return figs

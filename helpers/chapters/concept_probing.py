@@ -4,8 +4,8 @@ most privileged direction (Table 6), concept-set overlaps (Figure 4) and the thr
 footnote 3. AP matrices are cached: forks and later chapters (WiSE-FT, diagnose) reuse them."""
 from __future__ import annotations
 
-import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,7 +13,7 @@ import pandas as pd
 from helpers.paper import values as paper_values
 from helpers.config import PoolEntry, Profile
 from helpers.metrics import concept_ap, importance, polysemanticity, project, svd_head, unique_concepts
-from helpers.store import atomic_save_npy, atomic_write_json
+from helpers.store import atomic_save_npy, atomic_write_json, key_of
 from helpers.chapters.common import embeddings, head, meta
 
 SECTION = "concept_probing"
@@ -41,7 +41,7 @@ def broden_sets(profile: Profile) -> BrodenSets:
     ds = open_broden(profile.dataset_root("broden"), limit=profile.limit("broden"))
     material = {"digest": ds.digest(), "limit": profile.limit("broden"),
                 "min_positives": profile.metrics["broden_min_positives"], "seed": profile.metrics["seed"]}
-    key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:20]
+    key = key_of(material)[:20]
     folder = profile.cache_dir / "broden" / key
     if not (folder / "manifest.json").exists():
         selection, report = ds.balanced_sets(min_positives=material["min_positives"], seed=material["seed"])
@@ -54,16 +54,22 @@ def broden_sets(profile: Profile) -> BrodenSets:
                       np.load(folder / "selection.npy"), pd.read_csv(folder / "report.csv"), key)
 
 
+def ap_path(profile: Profile, entry_id: str, activations_key: str, sets: BrodenSets, sign: str) -> Path:
+    """Where an AP matrix is cached: ``<cache_dir>/concepts/<entry id>/<key>.npy``, keyed by the
+    Broden activations' key, the balanced sets and the sign rule (pool entries and in-memory
+    mixtures alike)."""
+    key = key_of({"activations": activations_key, "broden": sets.key, "sign": sign})[:20]
+    return profile.cache_dir / "concepts" / entry_id / f"{key}.npy"
+
+
 def ap_matrix(entry: PoolEntry, profile: Profile, sets: BrodenSets | None = None) -> np.ndarray:
     """AP_i^c for every right singular vector i of W (rows, by decreasing sigma) and every Broden
     concept c (columns; NaN for concepts without a balanced set), cached per entry."""
     sets = sets or broden_sets(profile)
     acts = embeddings(entry, profile, "broden")
     sign = profile.metrics["concept_sign"]
-    material = {"activations": acts.manifest.get("key", json.dumps(acts.manifest, sort_keys=True, default=str)),
-                "broden": sets.key, "sign": sign}
-    key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:20]
-    path = profile.cache_dir / "concepts" / entry.id / f"{key}.npy"
+    path = ap_path(profile, entry.id, acts.manifest.get("key", json.dumps(acts.manifest, sort_keys=True, default=str)),
+                   sets, sign)
     if path.exists():
         return np.load(path)
     ap = probe_activations(acts, head(entry, profile)[0], sets, sign)
@@ -90,6 +96,13 @@ def probe_activations(acts, W: np.ndarray, sets: BrodenSets, sign: str) -> np.nd
     return probe(np.asarray(acts.h)[np.argsort(np.asarray(acts.labels))], Vt, sets, sign)
 
 
+def unique_concepts_at(ap: np.ndarray, threshold: float) -> int:
+    """Eq. (4), |C|, of an AP matrix (directions x concepts) at ``threshold``: what the chapter,
+    the WiSE-FT sweep and ``diagnose`` report. A concept without a balanced set (a NaN column) never
+    counts as encoded."""
+    return int(unique_concepts(np.nan_to_num(ap, nan=0.0), threshold))
+
+
 def concept_set(ap: np.ndarray, sets: BrodenSets, threshold: float) -> set[str]:
     """Names of the concepts encoded by some direction (Eq. 4's set C)."""
     hit = np.flatnonzero(np.nan_to_num(ap, nan=0.0).max(axis=0) >= threshold)
@@ -114,7 +127,7 @@ def measure(study, thresholds=None) -> pd.DataFrame:
         a = np.nan_to_num(ap, nan=0.0)  # concepts without a balanced set never count as encoded
         rows = []
         for t in thresholds:
-            rows.append({**meta(e), "threshold": t, "unique_concepts": int(unique_concepts(a, t)),
+            rows.append({**meta(e), "threshold": t, "unique_concepts": unique_concepts_at(ap, t),
                          "polysemanticity": polysemanticity(a, t, d_H=W.shape[1]),
                          "polysemanticity_rank": polysemanticity(a, t),
                          "probed_concepts": int(sets.probed.size), "directions": ap.shape[0],

@@ -25,7 +25,7 @@ resumable cache, the progress bars and model loading are those of every chapter
 (:func:`helpers.engine.extract.extract_many`, :mod:`helpers.store`, :func:`helpers.models.loading.load`): the
 activations land under ``<cache_dir>/stores/folder-...`` and ``<cache_dir>/activations/diagnose-<slug>/``,
 so a rerun loads no model and runs no forward pass. The head comes from the classifier checkpoint
-or the zero-shot head cache (:func:`helpers.models.loading.head_without_model`), and Eq. (4) is probed by
+or the zero-shot head cache (:func:`helpers.models.head_without_model`), and Eq. (4) is probed by
 :func:`helpers.chapters.concept_probing.probe_activations`, as for the pool.
 
 A plain encoder (any ``nn.Module`` or callable) goes through the same engine as an in-memory
@@ -43,13 +43,13 @@ import hashlib
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from helpers import plots
 from helpers.config import PoolEntry, Profile, load_profile
 from helpers.store import atomic_write_json, atomic_write_text, key_of
 
@@ -143,9 +143,11 @@ def _entry_for(model: str, pretrained: str | None, profile: Profile, seed: int) 
     """The transient pool entry of an open_clip model (so that :func:`helpers.models.loading.load` applies
     its checks: QuickGELU, normalisation, offline weights), and whether its weights file is a
     classifier checkpoint with its own head."""
-    from helpers.models import loading as models
+    from helpers import models
+    from helpers.models.catalogue import open_clip_module
+    from helpers.models.weights import read_checkpoint
 
-    oc = models._open_clip(model)
+    oc = open_clip_module(model)
     if oc.get_model_config(model) is None:
         close = difflib.get_close_matches(model, oc.list_models(), n=6, cutoff=0.5)
         raise DiagnoseError(f"open_clip does not know the model {model!r}; close names: "
@@ -166,7 +168,7 @@ def _entry_for(model: str, pretrained: str | None, profile: Profile, seed: int) 
                                 f"a classifier checkpoint written by `clip-study finetune`")
         entry = PoolEntry(**common, pretraining=f"checkpoint {path.name}", checkpoint=str(path.resolve()))
         try:
-            ckpt = models._read_checkpoint(entry)
+            ckpt = read_checkpoint(entry)
         except models.ModelError as exc:
             raise DiagnoseError(str(exc)) from None
         if isinstance(ckpt, dict) and "format" in ckpt:
@@ -190,7 +192,7 @@ def _model_error(exc: Exception, entry: PoolEntry) -> DiagnoseError:
 
 def _open_clip_subject(model: str, pretrained: str | None, classnames: list[str] | None, profile: Profile,
                        seed: int) -> _Subject:
-    from helpers.models import loading as models
+    from helpers import models
 
     entry, own_head = _entry_for(model, pretrained, profile, seed)
     if entry.checkpoint:
@@ -239,17 +241,17 @@ def _module_digest(module) -> str:
 
 
 _PREPROCESS_EXPECTED = ("torchvision transforms.Compose([Resize(S), CenterCrop(S), ToTensor(), Normalize(mean, std)]) "
-                        "or a helpers.models.loading.Preprocessing: the engine decodes each folder once into a uint8 store of "
+                        "or a helpers.models.Preprocessing: the engine decodes each folder once into a uint8 store of "
                         "that geometry and normalises on the device")
 
 
 def _preprocessing_of(preprocess):
-    """The :class:`helpers.models.loading.Preprocessing` a torchvision eval transform amounts to: the uint8
+    """The :class:`helpers.models.Preprocessing` a torchvision eval transform amounts to: the uint8
     store holds exactly the pixels its Resize + CenterCrop give (the same torchvision transforms
     open_clip's ``shortest`` mode uses), and Normalize runs on the device."""
     from torchvision import transforms as T
 
-    from helpers.models.loading import Preprocessing
+    from helpers.models import Preprocessing
 
     if isinstance(preprocess, Preprocessing):
         return preprocess
@@ -296,7 +298,7 @@ def _callable_subject(encoder, preprocess, head, name: str | None, device: str) 
     (the engine computes logits for every model; they are not read here)."""
     import torch
 
-    from helpers.models.loading import LoadedModel
+    from helpers.models import LoadedModel
 
     if preprocess is None:
         raise DiagnoseError(f"encoder= needs preprocess=, the eval transform of its images: {_PREPROCESS_EXPECTED}")
@@ -350,7 +352,7 @@ def _callable_subject(encoder, preprocess, head, name: str | None, device: str) 
 def _extract(subject: _Subject, dataset_name: str, P: Profile, device: str, dataset=None,
              skip_unreadable: bool = False):
     """The subject's activations on one dataset, through the study's engine."""
-    from helpers.models import loading as models
+    from helpers import models
     from helpers.engine.extract import NonFiniteActivations, extract_many
     from helpers.store import DecodeError
 
@@ -374,7 +376,7 @@ def _head(subject: _Subject, P: Profile, acts, device: str) -> np.ndarray | None
     and for a zero-shot head over other class names, it is read without a model build when the
     models helper has it (checkpoint file, head cache), or built by :func:`helpers.models.loading.load` on
     the profile's device (and cached there)."""
-    from helpers.models import loading as models
+    from helpers import models
 
     if subject.head_kind in (None, "given"):
         return subject.head
@@ -586,143 +588,6 @@ def _placement(df, new: dict, n_boot: int, seed: int) -> tuple[Any, dict, list[s
 # Figures and report
 
 
-def _save_figure(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
-
-
-def _log_x(ax) -> None:
-    from matplotlib.ticker import FuncFormatter
-
-    ax.set_xscale("log")
-    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 3, 10, 40 rather than 3 x 10^0
-    ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(plain)
-
-
-#: Label offsets tried around a point, in typographic points: nearest first, then further out.
-_LABEL_OFFSETS = [(r * dx, r * dy) for r in (4, 9, 16, 26, 40)
-                  for dx, dy in ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))]
-
-
-def _text_box(annotation, renderer):
-    """Display box of an annotation's words only (not its leader line), at its current offset."""
-    from matplotlib.text import Text
-
-    annotation.update_positions(renderer)
-    return Text.get_window_extent(annotation, renderer)
-
-
-def _label_points(fig, ax, x: np.ndarray, y: np.ndarray, labels: Sequence[str], fontsize: float = 7) -> None:
-    """Name each point without overprinting: a greedy label repel. Each label takes the first offset
-    of :data:`_LABEL_OFFSETS` whose box overlaps no label placed before, no point and stays inside
-    the axes; a label placed away from its point gets a thin leader line. Call it last, once the
-    axes limits and scales are final."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.transforms import Bbox
-
-    renderer = FigureCanvasAgg(fig).get_renderer()
-    frame = ax.get_window_extent(renderer)
-    px = ax.transData.transform(np.column_stack([x, y]))
-    r = 4 * fig.dpi / 72  # marker half-width (s=40 is a ~6 pt marker), in pixels
-    taken = [Bbox([[a - r, b - r], [a + r, b + r]]) for a, b in px]
-
-    def place(i, dx, dy):
-        far = max(abs(dx), abs(dy)) > 9
-        return ax.annotate(labels[i], (x[i], y[i]), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
-                           ha="left" if dx > 0 else "right" if dx < 0 else "center",
-                           va="bottom" if dy > 0 else "top" if dy < 0 else "center",
-                           arrowprops=dict(arrowstyle="-", color="0.5", lw=0.6, shrinkA=0, shrinkB=3) if far else None)
-
-    for i in np.argsort(-px[:, 1], kind="stable"):  # top down: crowded clusters fan out downwards
-        for dx, dy in _LABEL_OFFSETS:
-            text = place(i, dx, dy)
-            box = _text_box(text, renderer)
-            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
-            if inside and not any(box.overlaps(t) for t in taken):
-                break
-            text.remove()
-        else:  # no free place: the nearest one
-            text = place(i, *_LABEL_OFFSETS[0])
-            box = _text_box(text, renderer)
-        taken.append(box)
-
-
-def _figures(d: Diagnosis, out: Path) -> dict[str, Path]:
-    """Per-image kurtosis with the pool's values marked; the pool's kurtosis against ER with this
-    model's kurtosis as a vertical line and its interval as a band. Built on matplotlib's Figure
-    (no pyplot): nothing is shown or left open in a notebook."""
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-
-    from helpers.config import FAMILIES
-    from helpers.plots import FAMILY_COLORS
-
-    k = d.per_image_kurtosis[np.isfinite(d.per_image_kurtosis)]
-    est, low, high = d.kurtosis
-    pool = d.pool if not d.pool.empty and "kurtosis" in d.pool else None
-    pool_k = None if pool is None else pool.dropna(subset=["kurtosis"])
-    values = np.concatenate([k, [est], [] if pool_k is None else pool_k["kurtosis"].to_numpy()])
-    log = values.min() > 0 and values.max() / values.min() > 10
-    figs = {}
-
-    fig = Figure(figsize=(9, 3.8))
-    ax = fig.subplots()
-    bins = np.geomspace(k.min(), k.max(), 30) if log and k.min() < k.max() else 30
-    ax.hist(k, bins=bins, color="0.75", edgecolor="0.5", zorder=2)
-    handles = [Line2D([], [], color="0.75", lw=6, label=f"this model, {len(k)} images")]
-    if pool_k is not None and not pool_k.empty:
-        for r in pool_k.itertuples():
-            ax.axvline(r.kurtosis, color=FAMILY_COLORS.get(r.family, "0.3"), ls="--", lw=1.2)
-        handles += [Line2D([], [], color=FAMILY_COLORS.get(f, "0.3"), ls="--",
-                           label=f"pool model means: {FAMILIES.get(f, f)}")
-                    for f in dict.fromkeys(pool_k["family"])]
-    if np.isfinite(low):
-        ax.axvspan(low, high, color="k", alpha=0.15, zorder=1)
-    ax.axvline(est, color="k", lw=2, zorder=3)
-    ax.axvline(3, color="0.4", ls=":", lw=1)
-    handles += [Line2D([], [], color="k", lw=2, label=f"this model's mean {est:.2f} (band: 95 % interval)"),
-                Line2D([], [], color="0.4", ls=":", label="Gaussian (3)")]
-    if log:
-        _log_x(ax)
-    ax.set(xlabel="kurtosis of each image's activation vector, Eq. (1)", ylabel="images",
-           title=f"Per-image kurtosis: {d.label}")
-    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    figs["kurtosis_distribution"] = _save_figure(fig, out / "kurtosis_distribution.png")
-
-    if pool_k is not None and not pool_k.empty:
-        fig = Figure(figsize=(9, 4.5))
-        ax = fig.subplots()
-        for fam, g in pool_k.groupby("family", sort=False):
-            ax.scatter(g["kurtosis"], 100 * g["er"], color=FAMILY_COLORS.get(fam, "0.3"), s=40,
-                       label=FAMILIES.get(fam, fam), zorder=3)
-        if np.isfinite(low):
-            ax.axvspan(low, high, color="k", alpha=0.15, label="its 95 % interval")
-        ax.axvline(est, color="k", lw=2, label=f"this model: {est:.2f}")
-        ax.axvline(3, color="0.4", ls=":", lw=1, label="Gaussian (3)")
-        if log:
-            _log_x(ax)
-        corr = d.correlations
-        rho = corr[corr["indicator"] == "kurtosis"] if corr is not None and not corr.empty else None
-        title = "Pool: kurtosis vs effective robustness"
-        if rho is not None and not rho.empty and np.isfinite(rho["spearman"].iloc[0]):
-            r = rho.iloc[0]
-            title += f"\nSpearman rho = {r.spearman:.2f} [{r.low:.2f}, {r.high:.2f}], {int(r.models)} models"
-        ax.set(xlabel="activation kurtosis, Eq. (1)", ylabel="effective robustness, Eq. (5) (%)", title=title)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-        _label_points(fig, ax, pool_k["kurtosis"].to_numpy(float), 100 * pool_k["er"].to_numpy(float),
-                      pool_k["entry"].tolist())
-        figs["kurtosis_vs_er"] = _save_figure(fig, out / "kurtosis_vs_er.png")
-    return figs
-
-
 def _fmt(v, digits: int = 2) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
@@ -814,7 +679,7 @@ def diagnose(images: str | os.PathLike | None = None, model: str | None = None, 
     or a plain ``encoder`` (a callable or ``nn.Module`` mapping a normalised float batch
     (B, 3, S, S) to (B, d) features) with its ``preprocess`` (a torchvision
     ``Compose([Resize(S), CenterCrop(S), ToTensor(), Normalize(mean, std)])`` or a
-    :class:`helpers.models.loading.Preprocessing`) and optionally a ``head`` W (K x d) and a cache ``name``.
+    :class:`helpers.models.Preprocessing`) and optionally a ``head`` W (K x d) and a cache ``name``.
     A module is moved to ``device`` and put in eval mode; its activations are cached under a digest
     of its parameters (and ``name``), a plain function's only under ``name``.
 
@@ -916,7 +781,7 @@ def diagnose(images: str | os.PathLike | None = None, model: str | None = None, 
                   warnings=warnings_, notes=notes)
     if write:
         d.out = Path(out).expanduser().resolve() if out is not None else P.results_dir / "diagnose" / subject.slug
-        d.figures = _figures(d, d.out)
+        d.figures = plots.diagnose_figures(d, d.out)
         atomic_write_text(d.report_path, d.markdown(figures=True))
         atomic_write_json(d.summary_path, d.summary)
     return d
@@ -925,22 +790,18 @@ def diagnose(images: str | os.PathLike | None = None, model: str | None = None, 
 def _kurtosis(h: np.ndarray, label: str, P: Profile, warnings_: list[str], notes: list[str]):
     """Eq. (1) per image and the mean's percentile bootstrap interval over images. Constant vectors
     have no kurtosis (NaN) and are left out of the mean."""
-    from helpers.metrics import BootstrapCI, bootstrap_ci, kurtosis
+    from helpers.metrics import kurtosis_interval
 
     if h.shape[1] < 2:
         raise DiagnoseError(f"{label}: features have d = {h.shape[1]}; kurtosis needs at least 2 components")
-    per_image = kurtosis(h, per_image=True)
-    valid = per_image[np.isfinite(per_image)]
-    if valid.size == 0:
-        raise DiagnoseError(f"{label}: every activation vector is constant on these images; kurtosis is undefined")
+    try:
+        per_image, kci = kurtosis_interval(h, n_boot=P.metrics["bootstrap"], seed=P.metrics["seed"])
+    except ValueError:
+        raise DiagnoseError(f"{label}: every activation vector is constant on these images; kurtosis is undefined") from None
+    valid = per_image[~np.isnan(per_image)]
     if valid.size < per_image.size:
         notes.append(f"{per_image.size - valid.size} constant activation vector(s) have no kurtosis and were left "
                      "out of the mean")
-    n_boot, seed = P.metrics["bootstrap"], P.metrics["seed"]
-    if valid.size >= 2:
-        kci = bootstrap_ci(lambda a: a.mean(axis=-1), valid, n_boot=n_boot, seed=seed, vectorized=True)
-    else:
-        kci = BootstrapCI(float(valid[0]), math.nan, math.nan, 0.95, n_boot)
     if valid.size < MIN_STABLE_IMAGES:
         warnings_.append(f"only {valid.size} image(s): too few for a stable kurtosis (use at least "
                          f"{MIN_STABLE_IMAGES}, better hundreds); the interval "
@@ -953,9 +814,8 @@ def _concepts(subject: _Subject, P: Profile, W: np.ndarray, device: str, warning
     """Eq. (4): unique Broden concepts of the right singular vectors of W, probed as for the pool
     (Section 5; :func:`helpers.chapters.concept_probing.probe_activations`: same balanced sets, AP
     threshold and sign rule) on the subject's Broden activations from the engine."""
-    from helpers.chapters.concept_probing import broden_sets, probe_activations
+    from helpers.chapters.concept_probing import broden_sets, probe_activations, unique_concepts_at
     from helpers.data import DatasetLayoutError
-    from helpers.metrics import unique_concepts
 
     broden = P.datasets.get("broden")
     if broden is None or not Path(broden).is_dir():
@@ -969,8 +829,8 @@ def _concepts(subject: _Subject, P: Profile, W: np.ndarray, device: str, warning
         warnings_.append(f"unique concepts skipped: {exc}")
         return None, {}
     sign, threshold = P.metrics["concept_sign"], P.metrics["concept_threshold"]
-    ap = np.nan_to_num(probe_activations(acts, W, sets, sign), nan=0.0)  # no balanced set: not encoded
-    return int(unique_concepts(ap, threshold)), {"threshold": threshold, "sign": sign,
+    ap = probe_activations(acts, W, sets, sign)
+    return unique_concepts_at(ap, threshold), {"threshold": threshold, "sign": sign,
                                                  "probed_concepts": int(sets.probed.size),
                                                  "directions": int(ap.shape[0]), "broden_images": int(acts.h.shape[0])}
 

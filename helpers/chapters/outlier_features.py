@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from helpers.metrics import bootstrap_ci, kurtosis
+from helpers.metrics import kurtosis, kurtosis_interval
 from helpers.chapters.common import embeddings, meta
 
 SECTION = "outlier_features"
@@ -17,12 +17,10 @@ def measure(study, dataset: str = "imagenet") -> pd.DataFrame:
     P = study.profile
     for e in study.pool:
         h = np.asarray(embeddings(e, P, dataset).h)
-        per_image = kurtosis(h, per_image=True)
-        per_image = per_image[~np.isnan(per_image)]
-        est, low, high = bootstrap_ci(np.mean, per_image, n_boot=P.metrics["bootstrap"], seed=P.metrics["seed"])
+        per_image, (est, low, high) = kurtosis_interval(h, n_boot=P.metrics["bootstrap"], seed=P.metrics["seed"])
         mean_abs = np.abs(h).mean(axis=0)
         study.record(e.id, {**meta(e), "dataset": dataset, "kurtosis": est, "ci_low": low, "ci_high": high,
-                            "n_images": len(per_image), "d_H": h.shape[1],
+                            "n_images": int((~np.isnan(per_image)).sum()), "d_H": h.shape[1],
                             "top_coordinate": int(mean_abs.argmax()),
                             "top_over_mean": float(mean_abs.max() / mean_abs.mean())})
     return study.table()

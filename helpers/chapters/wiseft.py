@@ -1,6 +1,6 @@
 """Chapter 06: WiSE-FT mixtures between each zero-shot model and its finetuned counterpart
 (Appendix I, Figures 15-22) and the concepts of a finetuning run epoch by epoch (Section 5,
-Figure 5). The computations live in :mod:`helpers.engine.wiseft`, :mod:`helpers.training.loop` and
+Figure 5). The computations live in :mod:`helpers.engine.mixtures`, :mod:`helpers.training.loop` and
 :mod:`.concept_probing`; this module pairs the pool entries, records the tables and draws the
 figures."""
 from __future__ import annotations
@@ -74,9 +74,9 @@ def training_summary(study) -> pd.DataFrame:
 
 
 def measure(study, alphas) -> pd.DataFrame:
-    """The WiSE-FT sweep (:func:`helpers.engine.wiseft.evaluate`) for every pair, recorded per finetuned
+    """The WiSE-FT sweep (:func:`helpers.engine.mixtures.evaluate`) for every pair, recorded per finetuned
     entry; returns the slice's table with a ``pair`` label and the paper's figure group."""
-    from helpers.engine.wiseft import evaluate
+    from helpers.engine.mixtures import evaluate
 
     for zs, ft in pairs(study):
         table = evaluate(study.profile, zs.id, ft.id, alphas)
@@ -91,55 +91,6 @@ def sweep_table(table: pd.DataFrame) -> pd.DataFrame:
     return table[[c for c in wanted if c in table.columns]]
 
 
-def sweep_figure(table: pd.DataFrame, series: dict[str, str], ylabel: str, title: str, scale: float = 1.0,
-                 ref: float | None = None, paper: pd.DataFrame | None = None, profile: Profile | None = None):
-    """One panel per pair, value against alpha, one line per ``series`` (legend label -> column).
-    With ``paper`` (an ``entry`` column and the series' columns, in the run's units) the paper's
-    values of the pair's two models are drawn as hollow markers at alpha = 0 and alpha = 1: the
-    mixtures' endpoints are the pool entries (or, in the demo, the models they stand in for)."""
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-
-    from helpers.paper.compare import paper_id
-    from helpers.plots import PAPER_LABEL
-
-    labels = list(dict.fromkeys(table["pair"])) if "pair" in table else []
-    if not labels or not any(c in table for c in series.values()):
-        fig, ax = plt.subplots(figsize=(6, 1.2))
-        ax.text(0.5, 0.5, "no (zero-shot, finetuned) pair with these values in this slice", ha="center", va="center")
-        ax.axis("off")
-        fig.suptitle(title)
-        return fig
-    n = max(len(labels), 1)
-    cols = min(n, 2)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharex=True)
-    for ax, label in zip(axes.flat, labels):
-        sub = table[table["pair"] == label].sort_values("alpha")
-        for (name, column), color in zip(series.items(), ("#1f77b4", "#ff7f0e", "#2ca02c")):
-            if column in sub and sub[column].notna().any():
-                ax.plot(sub["alpha"], scale * sub[column], marker="o", ms=4, label=name, color=color)
-                if paper is not None and profile is not None and column in paper:
-                    values = paper.set_index("entry")[column]
-                    ends = [paper_id(profile.entry(sub["zeroshot"].iloc[0])), paper_id(profile.entry(sub["entry"].iloc[0]))]
-                    ax.plot([0, 1], [scale * values.get(e, float("nan")) for e in ends], ls="", marker="o", ms=9,
-                            mfc="none", mec=color, mew=1.6)
-        if ref is not None:
-            ax.axhline(ref, color="0.4", lw=0.8, ls="--")
-        ax.set(title=label, xlabel="α (0: zero-shot, 1: finetuned)", ylabel=ylabel)
-    for ax in list(axes.flat)[len(labels):]:
-        ax.set_visible(False)
-    handles, names = axes.flat[0].get_legend_handles_labels()
-    if paper is not None:
-        handles.append(Line2D([], [], ls="", marker="o", ms=8, mfc="none", mec="0.3", mew=1.4))
-        names.append(PAPER_LABEL + ": α = 0 and 1 (Tables 1-5)")
-    if handles:
-        fig.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 0.92), frameon=False, fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
 # --------------------------------------------------------------------------------------------
 # Figure 5: the finetuned model's concepts, epoch by epoch
 
@@ -148,7 +99,7 @@ def epoch_entries(profile: Profile, finetuned: PoolEntry) -> list[tuple[int, Poo
     """The epoch checkpoints of a finetuning run as pool entries (``<id>.epoch<k>``). The last
     epoch's weights are the final checkpoint's, so that epoch is the finetuned entry itself (whose
     activations other chapters have already cached). The other epochs cache only their Broden AP
-    matrices (:func:`helpers.engine.wiseft.transient_ap`), not their activations."""
+    matrices (:func:`helpers.engine.mixtures.transient_ap`), not their activations."""
     from helpers.training.loop import epoch_checkpoints, output_path, read_checkpoint, run_dir
 
     epochs = epoch_checkpoints(run_dir(profile, finetuned))
@@ -177,7 +128,7 @@ def concept_trajectory(study, threshold: float | None = None) -> tuple[pd.DataFr
     Recorded per finetuned entry under :data:`TRAJECTORY_SECTION`. Returns the long table (one row
     per pair, epoch and region) and notes on the pairs that could not be traced."""
     from helpers.engine.extract import loaded_model
-    from helpers.engine.wiseft import broden_available, transient_ap
+    from helpers.engine.mixtures import broden_available, transient_ap
     from helpers.chapters.concept_probing import ap_matrix, broden_sets, concept_set
 
     P = study.profile
@@ -213,30 +164,6 @@ def concept_trajectory(study, threshold: float | None = None) -> tuple[pd.DataFr
         results.record(P, TRAJECTORY_SECTION, ft.id, table)
         frames.append(table.assign(entry=ft.id))
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), notes
-
-
-def trajectory_figure(table: pd.DataFrame):
-    """Figure 5: per pair, the fraction of C_fine in each region against the finetuning epoch."""
-    import matplotlib.pyplot as plt
-
-    labels = list(dict.fromkeys(table["pair"]))
-    cols = min(len(labels), 2)
-    rows = -(-len(labels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.4 * rows), squeeze=False)
-    for ax in list(axes.flat)[len(labels):]:
-        ax.set_visible(False)
-    for ax, label in zip(axes.flat, labels):
-        sub = table[table["pair"] == label]
-        for region, color in REGIONS.items():
-            r = sub[sub["region"] == region].sort_values("epoch")
-            ax.plot(r["epoch"], 100 * r["fraction"], marker="o", ms=4, color=color, label=region)
-        ax.set(title=label, xlabel="finetuning epoch (0: zero-shot)", ylabel="% of finetuned concepts")
-        ax.set_xticks(sorted(sub["epoch"].unique()))
-    handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 0.92), frameon=False, fontsize=8)
-    fig.suptitle("Figure 5: overlap of the finetuned concepts with the zero-shot and supervised ones")
-    fig.tight_layout()
-    return fig
 
 
 def trajectory_wide(table: pd.DataFrame) -> pd.DataFrame:

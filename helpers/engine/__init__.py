@@ -2,5 +2,5 @@
 
 - :mod:`.extract`   decode each dataset once, run every model over it, cache h and the head (Sec. 2-5)
 - :mod:`.cka_pass`  layer-by-layer CKA of a (zero-shot, finetuned) pair in one pass (Appendix C)
-- :mod:`.wiseft`    WiSE-FT weight-space mixtures and their evaluation (Appendix I)
+- :mod:`.mixtures`  WiSE-FT weight-space mixtures and their evaluation (Appendix I)
 """

@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from helpers.config import PoolEntry, Profile
-from helpers.store import CHUNK_IMAGES, CacheEntry, Checkpoints, ensure_store, key_of, store_material
+from helpers.store import CHUNK_IMAGES, CacheEntry, ensure_store, key_of, store_material
 
 #: Bump when the stored accumulators would change for the same models, data and settings.
 CKA_VERSION = 1
@@ -92,19 +92,20 @@ def pair_cka(zeroshot: PoolEntry | str, finetuned: PoolEntry | str, dataset_name
     import torch
 
     from helpers.engine import extract as X
+    from helpers.models.precision import compute_dtype
 
     zs = profile.entry(zeroshot) if isinstance(zeroshot, str) else zeroshot
     ft = profile.entry(finetuned) if isinstance(finetuned, str) else finetuned
     dev = torch.device(device or profile.device)
-    dtype = "fp32" if dev.type == "cpu" else profile.precision
+    dtype = compute_dtype(dev, profile.precision)
     limit = profile.limit(dataset_name)
-    dataset = X._open_dataset(dataset_name, profile)
-    (ix, mx), (iy, my) = (X._describe(e, profile, dev, fresh=force) for e in (zs, ft))
+    dataset = X.profile_dataset(dataset_name, profile)
+    (ix, mx), (iy, my) = (X.describe(e, profile, dev, fresh=force) for e in (zs, ft))
     if ix.geometry != iy.geometry:
         raise ValueError(f"CKA pair {zs.id!r} / {ft.id!r}: the models read different images "
                          f"({ix.geometry.key} vs {iy.geometry.key}); a finetuned model keeps its parent's geometry")
-    names_x = X._resolve_layers(zs, ix, layers or "all")
-    names_y = X._resolve_layers(ft, iy, layers or "all")
+    names_x = X.resolve_layers(zs, ix, layers or "all")
+    names_y = X.resolve_layers(ft, iy, layers or "all")
     batch = batch or default_batch(len(dataset.files))
     if batch < 4:
         raise ValueError(f"CKA minibatches need at least 4 images; got batch={batch}")
@@ -124,8 +125,8 @@ def pair_cka(zeroshot: PoolEntry | str, finetuned: PoolEntry | str, dataset_name
         with cache.lock():
             loaded = None if force else cache.load()  # another process may have finished it meanwhile
             if loaded is None:
-                models = [mx if mx is not None else X._load(zs, profile, dev),
-                          my if my is not None else X._load(ft, profile, dev)]
+                models = {"x": mx if mx is not None else X.loaded_model(zs, profile, dev),
+                          "y": my if my is not None else X.loaded_model(ft, profile, dev)}
                 loaded = _run(cache, models, (zs, ft), (names_x, names_y), store, dataset_name, dev, dtype,
                               profile, batch, force, chunk_images, on_chunk)
     m, a = loaded
@@ -133,13 +134,53 @@ def pair_cka(zeroshot: PoolEntry | str, finetuned: PoolEntry | str, dataset_name
                    np.asarray(a["yy"]), int(a["n_batches"][0]), m)
 
 
-def _run(cache: CacheEntry, models, entries, names, store, dataset_name: str, dev, dtype: str, profile: Profile,
+class _CKASink:
+    """The CKA pass's sink of :func:`helpers.engine.extract.forward_loop`: the pooled layers of x
+    and y stay on the device, regrouped into CKA minibatches of ``batch`` images and summed into the
+    accumulators; checkpoints only where a minibatch and a forward batch end together."""
+
+    def __init__(self, part, acc, layers: dict[str, list[str]], batch: int, bs: int, n: int):
+        self.part, self.acc, self.layers, self.batch, self.bs, self.n = part, acc, layers, batch, bs, n
+        self.start = part.done  # a multiple of both batch sizes (see boundary)
+        self.buffers: dict[str, list[dict]] = {k: [] for k in layers}
+        self.buffered, self.consumed = 0, self.start
+
+    def initial(self, key: str) -> int:
+        return self.start
+
+    def wants(self, key: str, lo: int) -> bool:
+        return True
+
+    def take(self, key: str, outputs: dict, lo: int) -> dict:
+        return {name: outputs[name] for name in self.layers[key]}
+
+    def write(self, key: str, values: dict, lo: int, hi: int) -> None:
+        self.buffers[key].append(values)
+
+    def end_batch(self, lo: int, hi: int) -> None:
+        self.buffered += hi - lo
+        # Every full minibatch in the buffer; at the end, the trailing one if it has >= 4 images.
+        while self.buffered >= self.batch or (hi == self.n and self.buffered >= 4):
+            take = min(self.batch, self.buffered)
+            xs, ys = (_take(self.buffers[k], take) for k in ("x", "y"))
+            self.acc.update(xs, ys)
+            self.buffered -= take
+            self.consumed += take
+
+    def boundary(self, hi: int) -> bool:
+        # A resumed pass then feeds the models and the estimator exactly the same batches.
+        return self.buffered == 0 and self.consumed % self.bs == 0 and hi < self.n
+
+    def save(self, hi: int) -> None:
+        _save(self.part, self.acc)
+        self.part.advance(self.consumed)
+
+
+def _run(cache: CacheEntry, models: dict, entries, names, store, dataset_name: str, dev, dtype: str, profile: Profile,
          batch: int, force: bool, chunk_images: int, on_chunk) -> tuple[dict, dict]:
-    """The pass (called with the cache entry's lock held): both models on every forward batch,
-    pooled layers buffered on the device and summed into the accumulators per CKA minibatch."""
+    """The pass (called with the cache entry's lock held): :func:`helpers.engine.extract.forward_loop`
+    over both models, with the minibatch CKA sink."""
     import torch
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm  # plain bars: notebook widgets need ipywidgets and would warn
 
     from helpers.engine import extract as X
     from helpers.metrics import MinibatchCKA
@@ -161,54 +202,13 @@ def _run(cache: CacheEntry, models, entries, names, store, dataset_name: str, de
         part = cache.partial(specs, fresh=True, state=state)
     if part.done:
         acc.load_state(part.arrays, device=dev)
-    start = part.done  # a multiple of both batch sizes (see the checkpoints below)
-    captured = [{}, {}]
-    handles = []
-    try:
-        for model, cap, ns in zip(models, captured, (names_x, names_y)):
-            if dev.type == "cuda":
-                model.to(memory_format=torch.channels_last)
-            handles += X._layer_hooks(model, ns, cap)
-        # Forward batches over all n images, as the layer-cache path ran them (same bits on the CPU).
-        loader = DataLoader(X._StoreBatches(store.entry.dir / store.manifest["run"] / "pixels.npy", n, bs, start),
-                            batch_size=None, shuffle=False, num_workers=profile.num_workers,
-                            pin_memory=dev.type == "cuda")
-        buffers: list[list[dict]] = [[], []]
-        buffered, consumed = 0, start
-        checkpoints = Checkpoints(chunk_images, done=start)
-        with tqdm(total=n, initial=start, unit="img", smoothing=0.1,
-                  desc=f"CKA {entries[0].id} / {entries[1].id} on {dataset_name}") as bar:
-            for b, (lo, x8) in enumerate(loader, start=start // bs):
-                lo, hi = int(lo), int(lo) + x8.shape[0]
-                x8 = x8.to(dev, non_blocking=True)
-                for k, (model, cap, ns) in enumerate(zip(models, captured, (names_x, names_y))):
-                    out = X._forward(model, x8, dev, dtype, cap)
-                    pooled = {name: out[name] for name in ns}
-                    if not bool(torch.stack([torch.isfinite(v).all() for v in pooled.values()]).all()):
-                        raise X.NonFiniteActivations(
-                            f"model {entries[k].id}: non-finite values (NaN or inf) in a pooled layer at batch {b} "
-                            f"(images {lo}..{hi - 1}) of {dataset_name}, computed in {dtype} on {dev}")
-                    buffers[k].append(pooled)
-                buffered += hi - lo
-                # Every full minibatch in the buffer; at the end, the trailing one if it has >= 4 images.
-                while buffered >= batch or (hi == n and buffered >= 4):
-                    take = min(batch, buffered)
-                    xs, ys = (_take(buf, take) for buf in buffers)
-                    acc.update(xs, ys)
-                    buffered -= take
-                    consumed += take
-                bar.update(hi - lo)
-                # Checkpoints only where a minibatch and a forward batch end together: a resumed
-                # pass then feeds the models and the estimator exactly the same batches.
-                if buffered == 0 and consumed % bs == 0 and hi < n and checkpoints.due(consumed):
-                    _save(part, acc)
-                    part.advance(consumed)
-                    k = checkpoints.mark(consumed)
-                    if on_chunk is not None:
-                        on_chunk(k)
-    finally:
-        for hnd in handles:
-            hnd.remove()
+    layers = {"x": names_x, "y": names_y}
+    sink = _CKASink(part, acc, layers, batch, bs, n)
+    # Forward batches over all n images, as the layer-cache path ran them (same bits on the CPU).
+    with X.hooked(models, layers, dev) as captured:
+        X.forward_loop(models, captured, {"x": entries[0].id, "y": entries[1].id}, store, sink, device=dev,
+                       dtype=dtype, profile=profile, dataset_name=dataset_name, chunk_images=chunk_images,
+                       on_chunk=on_chunk, desc="CKA ")
     _save(part, acc)
     info = {"pair": [e.id for e in entries], "dataset": dataset_name, "n": n, "images_used": used,
             "minibatches": acc.n_batches, "device": str(dev), "dtype": dtype, "layers_x": names_x, "layers_y": names_y,

@@ -194,7 +194,7 @@ def head(entry: PoolEntry | str, profile: Profile, device: str | None = None) ->
 
     e = profile.entry(entry) if isinstance(entry, str) else entry
     dev = torch.device(device or profile.device)
-    info, model = _describe(e, profile, dev)
+    info, model = describe(e, profile, dev)
     return _head_of(e, info, profile, dev, model)
 
 
@@ -300,7 +300,7 @@ _GEOMETRY_USERS: dict[str, dict] = {}
 def keeps_store(profile: Profile, geometry: Geometry) -> bool:
     """Whether the store of ``geometry`` stays on disk for ``profile`` (see
     :data:`KEEP_STORE_MIN_ENTRIES`); resolved from the pool's preprocessing, no weights read."""
-    from helpers.models.loading import ModelError, preprocessing
+    from helpers.models import ModelError, preprocessing
 
     key = profile.digest()
     if key not in _GEOMETRY_USERS:
@@ -325,7 +325,7 @@ def accuracies(entry: PoolEntry | str, profile: Profile,
 def loaded_model(entry: PoolEntry | str, profile: Profile, device: str | None = None) -> Any:
     """The entry's :class:`~helpers.models.loading.LoadedModel` on the profile's device (or ``device``),
     from the process memo when this job built it already: one build per job. Do not modify it in
-    place (copy it, as :func:`helpers.engine.wiseft.interpolate` does)."""
+    place (copy it, as :func:`helpers.engine.mixtures.interpolate` does)."""
     import torch
 
     e = profile.entry(entry) if isinstance(entry, str) else entry
@@ -387,7 +387,7 @@ def _fingerprint(entry: PoolEntry, profile: Profile) -> str:
     """What a model's weights digest and preprocessing can depend on, readable without loading it:
     the entry, its checkpoint file's size and mtime, the hub cache, the library versions, the
     precision (zero-shot heads are built under it) and the source of the loading code and demo
-    architectures. A change makes :func:`_describe` reload."""
+    architectures. A change makes :func:`describe` reload."""
     import open_clip
     import torch
     import torchvision
@@ -420,7 +420,7 @@ def _code_digest(path: Path) -> str:
     return _CODE_DIGESTS[k]
 
 
-def _describe(entry: PoolEntry, profile: Profile, device, fresh: bool = False) -> tuple[_ModelInfo, Any]:
+def describe(entry: PoolEntry, profile: Profile, device, fresh: bool = False) -> tuple[_ModelInfo, Any]:
     """Weights digest, preprocessing and layer names of an entry, memoised under
     ``<cache_dir>/models/<id>.json`` against :func:`_fingerprint`, so that a cache hit loads no model
     (a ViT-L-14 load and the sha256 of its 1.7 GB checkpoint take seconds). ``fresh`` (a forced
@@ -462,7 +462,7 @@ def _load(entry: PoolEntry, profile: Profile, device, fingerprint: str | None = 
     """Load an entry on ``device`` (through the profile when it is one of its pool's entries, so
     that the models helper checks it against the pool), or take it from the process memo: one
     build per job. The memo holds :data:`MODELS_IN_MEMORY` models; older ones are dropped."""
-    from helpers.models.loading import load, load_from_profile, profile_load_options
+    from helpers.models import load, load_from_profile, profile_load_options
 
     key = (entry.id, fingerprint or _fingerprint(entry, profile), str(device), profile.precision)
     with _LOADED_LOCK:
@@ -520,7 +520,7 @@ def _head_from_model(model: Any, info: _ModelInfo) -> Head:
     return Head(W, b, bool(model.normalize_features), info.head_digest)
 
 
-def _open_dataset(dataset_name: str, profile: Profile) -> Any:
+def profile_dataset(dataset_name: str, profile: Profile) -> Any:
     """The profile's dataset, limited. Unreadable files are dropped while decoding into the store
     (not by the datasets' up-front scan, which would decode every image again on each call, cache
     hits included)."""
@@ -551,11 +551,13 @@ def _plan(entries, dataset_name: str, profile: Profile, *, device, layers, force
     import torch
 
     entries = list({e.id: e for e in (profile.entry(e) if isinstance(e, str) else e for e in entries)}.values())
+    from helpers.models.precision import compute_dtype
+
     dev = torch.device(device or profile.device)
-    dtype = "fp32" if dev.type == "cpu" else profile.precision
+    dtype = compute_dtype(dev, profile.precision)
     # an opened dataset (diagnose's image folder) carries its own limit
     limit = profile.limit(dataset_name) if dataset is None else None
-    dataset = _open_dataset(dataset_name, profile) if dataset is None else dataset
+    dataset = profile_dataset(dataset_name, profile) if dataset is None else dataset
     stores: dict[Geometry, dict] = {}
     jobs: list[_Job] = []
     heads: dict[str, Head] = {}
@@ -565,13 +567,13 @@ def _plan(entries, dataset_name: str, profile: Profile, *, device, layers, force
             model = models[e.id].to(dev)
             info = _info_of(model)
         else:
-            info, model = _describe(e, profile, dev, fresh=force)
+            info, model = describe(e, profile, dev, fresh=force)
         geometry = info.geometry
         if geometry not in stores:
             stores[geometry] = store_material(dataset_name, dataset, geometry, limit, skip_unreadable)
         wanted = [("final", None)]
         if layers is not None:
-            wanted.append(("layers", _resolve_layers(e, info, layers)))
+            wanted.append(("layers", resolve_layers(e, info, layers)))
         for kind, names in wanted:
             cache = CacheEntry(profile.cache_dir / ("activations" if kind == "final" else "layers") / e.id,
                                dataset_name, _material(e, info, key_of(stores[geometry]), geometry, names, dtype, limit))
@@ -585,7 +587,9 @@ def _plan(entries, dataset_name: str, profile: Profile, *, device, layers, force
     return _Plan(entries, dataset, dev, dtype, limit, stores, jobs, heads)
 
 
-def _resolve_layers(entry: PoolEntry, info: _ModelInfo, layers: Sequence[str] | str) -> list[str]:
+def resolve_layers(entry: PoolEntry, info: _ModelInfo, layers: Sequence[str] | str) -> list[str]:
+    """The entry's layer names ``layers`` asks for (``"all"``: every one), in network order; a
+    :class:`KeyError` naming the first unknown one."""
     if layers == "all":
         return list(info.layer_names)
     unknown = [n for n in layers if n not in info.layer_names]
@@ -606,7 +610,8 @@ def _material(entry: PoolEntry, info: _ModelInfo, store_key: str, geometry: Geom
 
 
 # --------------------------------------------------------------------------------------------
-# The pass over the store
+# The pass over the store: one loop (forward_loop) and its sinks, the cache entries of an
+# extraction here (_CacheSink) and the minibatch CKA sums of helpers.engine.cka_pass
 # --------------------------------------------------------------------------------------------
 
 @dataclass(eq=False)
@@ -631,7 +636,7 @@ def _blocks(model: Any):
     raise ValueError(f"no per-layer outputs for architecture kind {model.arch_kind!r}")
 
 
-def _layer_hooks(model: Any, names: Sequence[str], out: dict) -> list:
+def layer_hooks(model: Any, names: Sequence[str], out: dict) -> list:
     """Forward hooks writing pooled layer outputs into ``out`` (on the model's device, float32).
 
     ResNet stages: global average over space. Transformer blocks (batch-first tokens in open_clip
@@ -678,26 +683,20 @@ class _StoreBatches:
         return lo, torch.from_numpy(np.array(self._pixels[lo:lo + self.batch_size]))
 
 
-def _autocast(device, dtype: str):
-    import torch
-
-    if device.type == "cpu" or dtype == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
-
-
 def _forward(model: Any, x8, device, dtype: str, captured: dict) -> dict:
     """One model on one uint8 batch already on its device: normalise (fp32), ``h`` under autocast,
     returned in float32 with the pooled layers the hooks captured. The logits are not computed
     here: they derive from ``h`` and the head (:attr:`Activations.logits`)."""
     import torch
 
+    from helpers.models.precision import autocast
+
     captured.clear()
     with torch.inference_mode():
         x = model.normalize_input(x8)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             h = model.encode(x)
         h = h.float()
         outputs = {"h": h, "embedding": h}
@@ -730,107 +729,196 @@ class _Clock:
         return self._start.elapsed_time(self._end) / 1000 if self._cuda else self._elapsed
 
 
+class _CacheSink:
+    """The extraction pass's sink: each model's outputs (h, or pooled layers) copied to the host
+    into its jobs' cache entries (or, with ``keep=False``, into memory), checkpointed at any batch."""
+
+    def __init__(self, by_model: dict[str, list[_Job]], models: dict[str, Any], captured: dict[str, dict],
+                 store: ImageStore, device, dtype: str, force: bool, keep: bool, batch_size: int):
+        import torch
+
+        n = len(store)
+        self.by_model, self.parts = by_model, {}
+        for i, js in by_model.items():
+            # Output widths are known only after a forward pass; one image is enough.
+            probe = _forward(models[i], torch.from_numpy(np.array(store.pixels[:1])).to(device), device, dtype,
+                             captured[i])
+            for j in js:
+                names = ["h"] if j.kind == "final" else j.layers
+                specs = {name: ((n, int(probe[name].shape[1])), "float32") for name in names}
+                if j.kind == "final":
+                    specs["labels"] = ((n,), "int64")
+                self.parts[id(j)] = self._part(j, specs, store, force, keep, batch_size)
+        self.start = min(p.done for p in self.parts.values())
+
+    @staticmethod
+    def _part(j: _Job, specs, store: ImageStore, force: bool, keep: bool, bs: int):
+        if not keep:
+            part = _InMemory(j.cache, specs)
+            if j.kind == "final":
+                part.arrays["labels"][:] = store.labels
+            return part
+        part = j.cache.partial(specs, fresh=force, state={"batch_size": bs})
+        if part.state.get("batch_size") != bs:
+            # Resuming with other batches would break bit-equality with an uninterrupted run.
+            part = j.cache.partial(specs, fresh=True, state={"batch_size": bs})
+        if j.kind == "final" and part.done == 0:
+            part.arrays["labels"][:] = store.labels
+        return part
+
+    def _pending(self, i: str, lo: int) -> list[_Job]:
+        return [j for j in self.by_model[i] if self.parts[id(j)].done <= lo]
+
+    def initial(self, i: str) -> int:
+        return min(self.parts[id(j)].done for j in self.by_model[i])
+
+    def wants(self, i: str, lo: int) -> bool:
+        return bool(self._pending(i, lo))
+
+    def take(self, i: str, outputs: dict, lo: int) -> dict:
+        needed = dict.fromkeys(k for j in self._pending(i, lo) for k in (("h",) if j.kind == "final" else j.layers))
+        return {k: outputs[k].cpu().numpy() for k in needed}
+
+    def write(self, i: str, values: dict, lo: int, hi: int) -> None:
+        for j in self._pending(i, lo):
+            for name in (("h",) if j.kind == "final" else j.layers):
+                self.parts[id(j)].arrays[name][lo:hi] = values[name]
+
+    def end_batch(self, lo: int, hi: int) -> None:
+        pass
+
+    def boundary(self, hi: int) -> bool:
+        return True  # every batch boundary: each job resumes at a multiple of the batch size
+
+    def save(self, hi: int) -> None:
+        for p in self.parts.values():
+            if p.done < hi:
+                p.advance(hi)
+
+
+@contextlib.contextmanager
+def hooked(models: Mapping[Any, Any], layers: Mapping[Any, Sequence[str]], device):
+    """Prepare ``models`` for :func:`forward_loop`: channels-last on CUDA and forward hooks pooling
+    ``layers[key]`` of each (:func:`layer_hooks`); yields {key: dict the hooks write into} and
+    removes the hooks on exit."""
+    import torch
+
+    captured: dict = {i: {} for i in models}
+    handles: list = []
+    try:
+        for i, model in models.items():
+            if device.type == "cuda":
+                # Channels-last lets cuDNN pick tensor-core convolutions (ResNets, patch embedding).
+                model.to(memory_format=torch.channels_last)
+            handles += layer_hooks(model, layers[i], captured[i])
+        yield captured
+    finally:
+        for hnd in handles:
+            hnd.remove()
+
+
+def _check_finite(values: Mapping[str, Any], name: str, b: int, lo: int, hi: int, dataset_name: str,
+                  dtype: str, device) -> None:
+    """Raise :class:`NonFiniteActivations` on the first output holding NaN or inf (host arrays or
+    device tensors; the latter checked with one device sync)."""
+    import torch
+
+    keys = list(values)
+    tensors = [v for v in values.values() if isinstance(v, torch.Tensor)]
+    if tensors and len(tensors) == len(keys):
+        finite = torch.stack([torch.isfinite(v).all() for v in tensors]).tolist()
+    else:
+        finite = [bool(np.isfinite(v).all()) for v in values.values()]
+    for k, ok in zip(keys, finite):
+        if not ok:
+            raise NonFiniteActivations(
+                f"model {name}: non-finite values (NaN or inf) in {k!r} at batch {b} "
+                f"(images {lo}..{hi - 1}) of {dataset_name}, computed in {dtype} on {device}")
+
+
+def forward_loop(models: Mapping[Any, Any], captured: Mapping[Any, dict], names: Mapping[Any, str], store: ImageStore,
+                 sink: Any, *, device, dtype: str, profile: Profile, dataset_name: str, chunk_images: int,
+                 on_chunk: Callable[[int], None] | None, desc: str = "") -> None:
+    """The engine's one forward loop: ``models`` (prepared by :func:`hooked`) over the uint8
+    ``store`` from image ``sink.start``, in batches of the profile's ``batch_size`` read by a
+    DataLoader, each model's outputs (:func:`_forward`: h and the pooled layers) checked finite and
+    handed to ``sink``, with a progress bar per model (``desc`` + ``names[key]``) and checkpoints.
+
+    The sink decides what is kept: ``initial(key)`` (images already done, for the bar),
+    ``wants(key, lo)`` (run this model on the batch at ``lo``?), ``take(key, outputs, lo)`` (the
+    values it needs: host arrays or device tensors), ``write(key, values, lo, hi)``,
+    ``end_batch(lo, hi)``, ``boundary(hi)`` (may a checkpoint fall at ``hi``?) and ``save(hi)``
+    (record it; called at the end of the store too when ``boundary(n)``). Batches always start at
+    multiples of the batch size, so a resumed pass feeds the models exactly the same batches."""
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm  # plain bars: notebook widgets need ipywidgets and would warn
+
+    n, bs, start = len(store), profile.batch_size, sink.start
+    loader = DataLoader(_StoreBatches(store.entry.dir / store.manifest["run"] / "pixels.npy", n, bs, start),
+                        batch_size=None, shuffle=False, num_workers=profile.num_workers,
+                        pin_memory=device.type == "cuda")
+    bars = {i: tqdm(total=n, initial=sink.initial(i), unit="img", desc=f"{desc}{names[i]} on {dataset_name}",
+                    position=k, smoothing=0.1, leave=True) for k, i in enumerate(models)}
+    busy = dict.fromkeys(models, 0.0)
+    checkpoints = Checkpoints(chunk_images, done=start)
+    try:
+        for b, (lo, x8) in enumerate(loader, start=start // bs):
+            lo, hi = int(lo), int(lo) + x8.shape[0]
+            x8 = x8.to(device, non_blocking=True)
+            outs = {}
+            for i, model in models.items():
+                if sink.wants(i, lo):
+                    clock = _Clock(device)
+                    outs[i] = (_forward(model, x8, device, dtype, captured[i]), clock.stop())
+            # Copy back only once every model's batch is queued: the device never waits for the host.
+            for i, (o, clock) in outs.items():
+                values = sink.take(i, o, lo)
+                busy[i] += clock.seconds()
+                _check_finite(values, names[i], b, lo, hi, dataset_name, dtype, device)
+                sink.write(i, values, lo, hi)
+                bars[i].update(hi - lo)
+                bars[i].set_postfix_str(f"model alone {(bars[i].n - bars[i].initial) / max(busy[i], 1e-9):.0f} img/s",
+                                        refresh=False)
+            sink.end_batch(lo, hi)
+            if sink.boundary(hi) and (hi == n or checkpoints.due(hi)):
+                sink.save(hi)
+                k = checkpoints.mark(hi)
+                if on_chunk is not None:
+                    on_chunk(k)
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
 def _run_pass(jobs: list[_Job], store: ImageStore, dataset_name: str, device, dtype: str, profile: Profile,
               force: bool, chunk_images: int, on_chunk: Callable[[int], None] | None, keep: bool = True) -> None:
     """One pass over ``store`` filling every job (called with the jobs' locks held; ``keep=False``:
-    into memory, nothing written, no lock needed).
+    into memory, nothing written, no lock needed): :func:`forward_loop` with the cache sink.
 
     Each job resumes from its own last checkpoint and the pass starts at the earliest. Checkpoints
     fall between batches, and batches always start at multiples of the batch size, so a resumed
     run feeds the models exactly the same batches (bit-identical results on CPU)."""
     import torch
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm  # plain bars: notebook widgets need ipywidgets and would warn
 
-    n, bs = len(store), profile.batch_size
     ids = list(dict.fromkeys(j.entry.id for j in jobs))
     by_model = {i: [j for j in jobs if j.entry.id == i] for i in ids}
-    captured: dict[str, dict] = {i: {} for i in ids}
-    handles, parts = [], {}
-    try:
-        for i, js in by_model.items():
-            model = js[0].model if js[0].model is not None else _load(js[0].entry, profile, device)
-            if device.type == "cuda":
-                # Channels-last lets cuDNN pick tensor-core convolutions (ResNets, patch embedding).
-                model.to(memory_format=torch.channels_last)
-            wanted = [name for j in js if j.kind == "layers" for name in j.layers]
-            handles += _layer_hooks(model, wanted, captured[i])
-            # Output widths are known only after a forward pass; one image is enough.
-            probe = _forward(model, torch.from_numpy(np.array(store.pixels[:1])).to(device), device, dtype, captured[i])
-            for j in js:
-                j.model = model
-                names = ["h"] if j.kind == "final" else j.layers
-                specs = {name: ((n, int(probe[name].shape[1])), "float32") for name in names}
-                if j.kind == "final":
-                    specs["labels"] = ((n,), "int64")
-                if not keep:
-                    parts[id(j)] = _InMemory(j.cache, specs)
-                    if j.kind == "final":
-                        parts[id(j)].arrays["labels"][:] = store.labels
-                    continue
-                part = j.cache.partial(specs, fresh=force, state={"batch_size": bs})
-                if part.state.get("batch_size") != bs:
-                    # Resuming with other batches would break bit-equality with an uninterrupted run.
-                    part = j.cache.partial(specs, fresh=True, state={"batch_size": bs})
-                if j.kind == "final" and part.done == 0:
-                    part.arrays["labels"][:] = store.labels
-                parts[id(j)] = part
-
-        start = min(p.done for p in parts.values())
-        loader = DataLoader(_StoreBatches(store.entry.dir / store.manifest["run"] / "pixels.npy", n, bs, start),
-                            batch_size=None, shuffle=False, num_workers=profile.num_workers,
-                            pin_memory=device.type == "cuda")
-        bars = {i: tqdm(total=n, initial=min(parts[id(j)].done for j in by_model[i]), unit="img",
-                        desc=f"{i} on {dataset_name}", position=k, smoothing=0.1, leave=True)
-                for k, i in enumerate(ids)}
-        busy = dict.fromkeys(ids, 0.0)
-        checkpoints = Checkpoints(chunk_images, done=start)
-        try:
-            for b, (lo, x8) in enumerate(loader, start=start // bs):
-                lo, hi = int(lo), int(lo) + x8.shape[0]
-                x8 = x8.to(device, non_blocking=True)
-                outs = {}
-                for i, js in by_model.items():
-                    js = [j for j in js if parts[id(j)].done <= lo]
-                    if js:
-                        clock = _Clock(device)
-                        outs[i] = (js, _forward(js[0].model, x8, device, dtype, captured[i]), clock.stop())
-                # Copy back only once every model's batch is queued: the device never waits for the host.
-                for i, (js, o, clock) in outs.items():
-                    needed = dict.fromkeys(n_ for j in js for n_ in (("h",) if j.kind == "final" else j.layers))
-                    host = {k: o[k].cpu().numpy() for k in needed}
-                    busy[i] += clock.seconds()
-                    for k, v in host.items():
-                        if not np.isfinite(v).all():
-                            raise NonFiniteActivations(
-                                f"model {i}: non-finite values (NaN or inf) in {k!r} at batch {b} "
-                                f"(images {lo}..{hi - 1}) of {dataset_name}, computed in {dtype} on {device}")
-                    for j in js:
-                        for name in (("h",) if j.kind == "final" else j.layers):
-                            parts[id(j)].arrays[name][lo:hi] = host[name]
-                    bars[i].update(hi - lo)
-                    bars[i].set_postfix_str(f"model alone {(bars[i].n - bars[i].initial) / max(busy[i], 1e-9):.0f} img/s",
-                                            refresh=False)
-                if hi == n or checkpoints.due(hi):
-                    for p in parts.values():
-                        if p.done < hi:
-                            p.advance(hi)
-                    k = checkpoints.mark(hi)
-                    if on_chunk is not None:
-                        on_chunk(k)
-        finally:
-            for bar in bars.values():
-                bar.close()
-    finally:
-        for hnd in handles:
-            hnd.remove()
+    models = {i: js[0].model if js[0].model is not None else _load(js[0].entry, profile, device)
+              for i, js in by_model.items()}
+    for i, js in by_model.items():
+        for j in js:
+            j.model = models[i]
+    layers = {i: [name for j in js if j.kind == "layers" for name in j.layers] for i, js in by_model.items()}
+    with hooked(models, layers, device) as captured:
+        sink = _CacheSink(by_model, models, captured, store, device, dtype, force, keep, profile.batch_size)
+        forward_loop(models, captured, {i: i for i in ids}, store, sink, device=device, dtype=dtype, profile=profile,
+                     dataset_name=dataset_name, chunk_images=chunk_images, on_chunk=on_chunk)
     for j in jobs:
-        info = {"entry": j.entry.id, "dataset": dataset_name, "n": n, "device": str(device), "dtype": dtype,
-                "batch_size": bs, "store": store.entry.dir.name, "skipped": store.manifest["skipped"],
+        info = {"entry": j.entry.id, "dataset": dataset_name, "n": len(store), "device": str(device), "dtype": dtype,
+                "batch_size": profile.batch_size, "store": store.entry.dir.name, "skipped": store.manifest["skipped"],
                 "torch": torch.__version__, "weights": j.entry.weights_label}
         if j.kind == "layers":
             info["layers"] = j.layers
-        j.loaded = parts[id(j)].commit(info)
+        j.loaded = sink.parts[id(j)].commit(info)
 
 
 class _InMemory:

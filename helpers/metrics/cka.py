@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from helpers.metrics.directions import _as_matrix, _ndim
+from helpers.metrics.arrays import as_matrix, ndim_of
 
 #: The unbiased HSIC_1 divides by n (n - 3).
 MIN_BATCH = 4
 
 
 def _check_2d(x, name: str):
-    if _ndim(x) != 2:
+    if ndim_of(x) != 2:
         shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
         raise ValueError(
             f"{name} must be 2-D (images x features), one vector per image; got shape {shape}. "
@@ -40,8 +40,8 @@ def cka_linear(x, y) -> float:
     scaling of either side, 1 for identical inputs."""
     _check_2d(x, "x")
     _check_2d(y, "y")
-    x = _as_matrix(x, "x", "n_images x features")
-    y = _as_matrix(y, "y", "n_images x features")
+    x = as_matrix(x, "x", "n_images x features")
+    y = as_matrix(y, "y", "n_images x features")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x has {x.shape[0]} images but y has {y.shape[0]}")
     n = x.shape[0]
@@ -106,7 +106,7 @@ class MinibatchCKA:
             x = batch[layer]
             _check_2d(x, f"{side}[{layer!r}]")
             x = x.detach().to(torch.float64) if isinstance(x, torch.Tensor) else \
-                torch.from_numpy(_as_matrix(x, f"{side}[{layer!r}]", "images x features"))
+                torch.from_numpy(as_matrix(x, f"{side}[{layer!r}]", "images x features"))
             if b is None:
                 b = x.shape[0]
             if x.shape[0] != b:

@@ -30,7 +30,7 @@ from itertools import combinations
 
 import numpy as np
 
-from helpers.metrics.directions import _as_matrix, _ndim, _to_numpy
+from helpers.metrics.arrays import as_matrix, ndim_of, to_numpy
 
 #: Default bound on the (direction, image) elements of one block, per backend. On the CPU small
 #: blocks (~20 MB at ~40 bytes per element) stay in cache and measured 2-4x faster than 10x larger
@@ -180,7 +180,7 @@ def _ops_for(device, *arrays):
 def _as_mask(x, name: str, n: int, ndim: int = 2) -> np.ndarray:
     """A boolean (n_images, C) matrix (or (n_images,) vector); 0/1 numbers are accepted, anything
     else is refused."""
-    a = _to_numpy(x)
+    a = to_numpy(x)
     shape = "n_images" if ndim == 1 else "n_images x C concepts"
     if a.ndim != ndim:
         raise ValueError(f"{name} must be a {ndim}-D boolean array ({shape}); got shape {a.shape}")
@@ -321,8 +321,8 @@ def average_precision(scores, labels, mask=None, device=None, batch_size: int | 
     bounds the (direction, image) elements held at once (None: :data:`DEFAULT_BATCH_SIZE` of the
     backend; memory is about 40 bytes per element). A label column with no positive is
     refused (its AP is undefined)."""
-    scores_1d, labels_1d = _ndim(scores) == 1, _ndim(labels) == 1
-    S = _as_matrix(scores, "scores", "n_images or n_images x D", ndim=1 if scores_1d else 2,
+    scores_1d, labels_1d = ndim_of(scores) == 1, ndim_of(labels) == 1
+    S = as_matrix(scores, "scores", "n_images or n_images x D", ndim=1 if scores_1d else 2,
                    dtype=None)
     n = S.shape[0]
     Y = _as_mask(labels, "labels", n, ndim=1 if labels_1d else 2).reshape(n, -1)
@@ -354,7 +354,7 @@ def concept_ap(projections, presence, selection=None, sign: str = "both", device
     -1 where -v_i did. ``device`` and ``batch_size`` as in :func:`average_precision`."""
     if sign not in ("both", "positive"):
         raise ValueError(f"sign must be 'both' or 'positive'; got {sign!r}")
-    S = _as_matrix(projections, "projections", "n_images x D directions", dtype=None)
+    S = as_matrix(projections, "projections", "n_images x D directions", dtype=None)
     Y = _as_mask(presence, "presence", S.shape[0])
     M = np.ones_like(Y) if selection is None else _as_mask(selection, "selection", S.shape[0])
     if M.shape != Y.shape:
@@ -368,7 +368,7 @@ def concept_ap(projections, presence, selection=None, sign: str = "both", device
 
 
 def _as_ap(ap) -> np.ndarray:
-    ap = _as_matrix(ap, "ap", "D directions x C concepts")
+    ap = as_matrix(ap, "ap", "D directions x C concepts")
     if ((ap < 0) | (ap > 1)).any():
         raise ValueError("ap must hold average precisions in [0, 1]")
     return ap

@@ -9,46 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from helpers.metrics.arrays import as_matrix
+
 #: Images per block when projecting activations, so N x r temporaries stay bounded.
 _ROWS_PER_BLOCK = 8192
-
-
-def _to_numpy(x) -> np.ndarray:
-    """A numpy view of ``x`` (numpy array, torch tensor on any device, or nested sequence);
-    half-precision floats are widened to float32, which numpy handles natively."""
-    if hasattr(x, "detach") and hasattr(x, "cpu"):
-        x = x.detach().cpu()
-        if x.is_floating_point() and x.element_size() < 4:
-            x = x.float()
-        x = x.numpy()
-    a = np.asarray(x)
-    if a.dtype.kind == "f" and a.itemsize < 4:
-        a = a.astype(np.float32)
-    return a
-
-
-def _ndim(x) -> int:
-    return x.ndim if hasattr(x, "ndim") else np.ndim(x)
-
-
-def _as_matrix(x, name: str, shape: str = "n_images x d_H", ndim: int = 2, dtype=np.float64,
-               finite: bool = True) -> np.ndarray:
-    """``x`` as a numpy array with ``ndim`` dims, refusing other shapes and NaN/inf by name.
-
-    The one conversion every metric uses, so that a GPU tensor, a half-precision tensor and a list
-    arrive alike and each refusal names the argument and its expected shape. ``dtype=None`` keeps
-    a floating dtype (anything else becomes float64)."""
-    a = _to_numpy(x)
-    if a.ndim != ndim:
-        raise ValueError(f"{name} must be a {ndim}-D array ({shape}); got shape {a.shape}")
-    if dtype is not None:
-        a = a.astype(dtype, copy=False)
-    elif a.dtype.kind != "f":
-        a = a.astype(np.float64)
-    if finite and not np.isfinite(a).all():
-        bad = np.argwhere(~np.isfinite(a))[0].tolist()
-        raise ValueError(f"{name} contains NaN or inf (first at index {bad})")
-    return a
 
 
 def svd_head(W, rtol: float | None = None):
@@ -61,7 +25,7 @@ def svd_head(W, rtol: float | None = None):
     sign flip of (u_i, v_i); we fix it so that the largest-magnitude entry of each v_i is positive
     (sklearn's ``svd_flip`` rule), which makes results reproducible across LAPACK builds without
     changing W."""
-    W = _as_matrix(W, "W", "K classes x d_H", dtype=None)
+    W = as_matrix(W, "W", "K classes x d_H", dtype=None)
     if min(W.shape) == 0:
         raise ValueError(f"W must be a non-empty K x d_H matrix; got shape {W.shape}")
     if rtol is None:
@@ -81,8 +45,8 @@ def project(h, Vt) -> np.ndarray:
 
     h: (N, d_H); Vt: (D, d_H) with unit rows (from :func:`svd_head`). Returns (N, D) in h's
     floating precision (float32 activations stay float32, halving the memory of the probing)."""
-    h = _as_matrix(h, "h", "n_images x d_H", dtype=None)
-    Vt = _as_matrix(Vt, "Vt", "directions x d_H", dtype=h.dtype)
+    h = as_matrix(h, "h", "n_images x d_H", dtype=None)
+    Vt = as_matrix(Vt, "Vt", "directions x d_H", dtype=h.dtype)
     if h.shape[1] != Vt.shape[1]:
         raise ValueError(f"h has d_H = {h.shape[1]} but Vt has {Vt.shape[1]} columns")
     return h @ Vt.T
@@ -108,7 +72,7 @@ def importance(W, h, svd=None) -> np.ndarray:
     W: (K, d_H) head; h: (N, d_H) activations. Returns (rank(W),) ordered like the singular values
     (decreasing sigma_i), each in (0, 1). ``svd`` reuses a ``(U, sigma, Vt)`` from
     :func:`svd_head` (e.g. across bootstrap resamples of h)."""
-    h = _as_matrix(h, "h", "n_images x d_H")
+    h = as_matrix(h, "h", "n_images x d_H")
     _, sigma, Vt = svd_head(W) if svd is None else svd
     if h.shape[1] != Vt.shape[1]:
         raise ValueError(f"h has d_H = {h.shape[1]} but W has {Vt.shape[1]} columns")

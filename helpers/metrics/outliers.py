@@ -6,7 +6,8 @@ import warnings
 
 import numpy as np
 
-from helpers.metrics.directions import _as_matrix
+from helpers.metrics.arrays import as_matrix
+from helpers.metrics.uncertainty import BootstrapCI, bootstrap_ci
 
 #: Images per block, so the centred copies of h stay bounded in memory.
 _ROWS_PER_BLOCK = 8192
@@ -27,7 +28,7 @@ def kurtosis(h, per_image: bool = False):
     A constant vector (sigma = 0) has no kurtosis: its per-image value is NaN and the mean is taken
     over the other images, with a RuntimeWarning giving their number. All-constant input raises.
     """
-    h = _as_matrix(h, "h", "n_images x d_H")
+    h = as_matrix(h, "h", "n_images x d_H")
     n, d = h.shape
     if n == 0:
         raise ValueError("h has no images")
@@ -52,6 +53,24 @@ def kurtosis(h, per_image: bool = False):
         warnings.warn(f"kurtosis: {n_constant} of {n} activation vectors are constant and were "
                       "left out of the mean", RuntimeWarning, stacklevel=2)
     return float(np.nanmean(k))
+
+
+def kurtosis_interval(h, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[np.ndarray, BootstrapCI]:
+    """Eq. (1) with its percentile bootstrap interval over images (Figure 2a).
+
+    Returns the per-image values (N,) of :func:`kurtosis` (NaN for a constant vector) and their
+    mean with its interval. The NaN rule: constant vectors have no kurtosis and are left out of the
+    mean and of every resample (``n_images`` of a table is then the number left); all-constant
+    input raises. With a single usable image the bounds are NaN."""
+    per_image = kurtosis(h, per_image=True)
+    valid = per_image[~np.isnan(per_image)]
+    if valid.size == 0:
+        raise ValueError("every activation vector in h is constant: kurtosis is undefined")
+    if valid.size < 2:
+        return per_image, BootstrapCI(float(valid[0]), np.nan, np.nan, level, n_boot)
+    # the mean of each resample, all resamples at once (bit-equal to np.mean on each)
+    return per_image, bootstrap_ci(lambda a: a.mean(axis=-1), valid, n_boot=n_boot, seed=seed, level=level,
+                                   vectorized=True)
 
 
 def planted_kurtosis(d_H: int, k: int, a: float) -> float:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from helpers.metrics.directions import _as_matrix, _to_numpy, svd_head
+from helpers.metrics.arrays import as_matrix, to_numpy
+from helpers.metrics.directions import svd_head
 
 #: Images per block when forming logits, so N x K temporaries stay bounded.
 _ROWS_PER_BLOCK = 4096
@@ -31,8 +32,8 @@ def prune_singular_directions(W, fraction: float) -> np.ndarray:
 
 
 def _inputs(W, h, normalize: bool, bias):
-    h = _as_matrix(h, "h", "n_images x d_H")
-    W = _as_matrix(W, "W", "K classes x d_H")
+    h = as_matrix(h, "h", "n_images x d_H")
+    W = as_matrix(W, "W", "K classes x d_H")
     if h.shape[1] != W.shape[1]:
         raise ValueError(f"h has d_H = {h.shape[1]} but W has {W.shape[1]} columns")
     if normalize:
@@ -41,7 +42,7 @@ def _inputs(W, h, normalize: bool, bias):
             raise ValueError("h has all-zero activation vectors: they cannot be normalised")
         h = h / norms
     if bias is not None:
-        bias = _as_matrix(bias, "bias", "K", ndim=1)
+        bias = as_matrix(bias, "bias", "K", ndim=1)
         if bias.shape[0] != W.shape[0]:
             raise ValueError(f"bias has {bias.shape[0]} entries but W has {W.shape[0]} classes")
     return W, h, bias
@@ -72,7 +73,7 @@ def pruning_curve(W, h, labels, fractions, normalize: bool = True, bias=None, pr
     to ImageNet-R's 200 classes, or collapse ObjectNet's classes, before the argmax). Ties in the
     argmax go to the lowest class index, so fraction 1 (all logits equal) predicts class 0."""
     W, h, bias = _inputs(W, h, normalize, bias)
-    labels = _to_numpy(labels)
+    labels = to_numpy(labels)
     if labels.shape != (h.shape[0],):
         raise ValueError(f"labels must be ({h.shape[0]},) class indices, one per image of h; "
                          f"got shape {labels.shape}")

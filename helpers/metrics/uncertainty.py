@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from helpers.metrics.directions import _to_numpy
+from helpers.metrics.arrays import to_numpy
 
 #: Elements of resampled data materialised at once by a vectorised statistic (float64: 128 MB).
 _ELEMENTS_PER_CHUNK = 1 << 24
@@ -38,7 +38,7 @@ class BootstrapCI:
 def _rows(arrays) -> tuple[list[np.ndarray], int]:
     if not arrays:
         raise ValueError("bootstrap_ci needs at least one array to resample")
-    arrays = [_to_numpy(a) for a in arrays]
+    arrays = [to_numpy(a) for a in arrays]
     sizes = {a.shape[0] if a.ndim else None for a in arrays}
     if None in sizes or len(sizes) != 1:
         raise ValueError("arrays must share their first axis (one row per image or model); "
@@ -111,8 +111,8 @@ def rank_correlation(x, y, n_boot: int = 1000, seed: int = 0, level: float = 0.9
 
     Resamples in which x or y is constant have no rho; they are counted in ``n_invalid`` (and
     refused above 10% of the resamples)."""
-    x = np.asarray(_to_numpy(x), dtype=float)
-    y = np.asarray(_to_numpy(y), dtype=float)
+    x = np.asarray(to_numpy(x), dtype=float)
+    y = np.asarray(to_numpy(y), dtype=float)
     if x.ndim != 1 or x.shape != y.shape:
         raise ValueError(f"x and y must be 1-D with one value per model; got shapes {x.shape}, {y.shape}")
     if x.size < 3:

@@ -193,7 +193,7 @@ _FILE_MEMO: dict[tuple, str] = {}
 
 def sha256_file(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes, memoised in this process per (resolved path, size, mtime): the one
-    file hash of the package (also the weights digest :func:`helpers.models.loading.file_sha256` gives a
+    file hash of the package (also the weights digest :func:`helpers.models.file_sha256` gives a
     checkpoint), so a weights file a job loads and records is read once."""
     p = Path(path).resolve()
     st = p.stat()

@@ -21,20 +21,17 @@ Once Figure 5's table for the entry is recorded, ``--keep-epochs last`` on the f
 epochs 1 to 9 (refused before: they could not be made again without finetuning anew).
 
 Run it with ``clip-study finetune --entry <id>`` or, on several GPUs or nodes,
-``torchrun --nproc_per_node=8 -m helpers.training.finetune --profile paper --entry <id>``.
+``torchrun --nproc_per_node=8 -m helpers.workflow.cli finetune --profile paper --entry <id>``.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass
 from typing import Callable
 
 from helpers.training import ddp
 from helpers.config import Profile
-from helpers.training.loop import (Recipe, TrainResult, add_recipe_arguments, add_run_arguments, epoch_checkpoints,
-                       final_is_current, fit, output_path, precision_for, run_cli, run_dir, run_identity,
-                       single_process, training_set, weights_digest)
+from helpers.training.loop import (Recipe, TrainResult, epoch_checkpoints, final_is_current, fit, output_path,
+                       precision_for, run_dir, run_identity, single_process, training_set, weights_digest)
 
 #: Finetuning keeps every epoch's weights: Figure 5 reads them.
 KEEP_EPOCHS_DEFAULT = "all"
@@ -73,7 +70,7 @@ def finetune(profile: Profile, entry_id: str, recipe: FinetuneRecipe | None = No
     finished run, ``last`` drops the older epochs once Figure 5's table for the entry exists).
     Resumes an interrupted run; returns at once when the checkpoint is already this run's.
     """
-    from helpers.models.loading import load_from_profile
+    from helpers.models import load_from_profile
 
     recipe = recipe or FinetuneRecipe()
     entry = profile.entry(entry_id)
@@ -119,19 +116,3 @@ def _check_figure5_recorded(profile: Profile, entry, identity: dict) -> None:
         raise ValueError(f"{entry.id}: keep_epochs='last' would delete {older[0][1]}..{older[-1][1].name}, the "
                          f"epochs Figure 5 reads, but its table {table} is not recorded yet; run the wiseft section "
                          f"first (clip-study run --profile {profile.name} --section wiseft), then drop them")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m helpers.training.finetune", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_arguments(ap)
-    add_recipe_arguments(ap, FinetuneRecipe())
-    return ap
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_cli(build_parser().parse_args(argv), finetune, FinetuneRecipe())
-
-
-if __name__ == "__main__":
-    sys.exit(main())

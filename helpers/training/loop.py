@@ -10,7 +10,7 @@ step with gradient clipping, and a learning-rate schedule stepped per iteration.
 Checkpoints (the layout :func:`checkpoint_bytes` counts): after every epoch ``k`` the run folder gets
 
 - ``epoch_<k>.pt``: the classifier's weights alone, in the ``clip-study-classifier/1`` format of
-  :func:`helpers.models.loading.save_classifier` (so any epoch loads as a model, as Figure 5 needs), with
+  :func:`helpers.models.save_classifier` (so any epoch loads as a model, as Figure 5 needs), with
   the epoch, step, loss history and run identity but no optimiser state: 4 bytes per trained
   parameter (image encoder + head W (+ bias b); the text tower is not trained and not stored);
 - ``resume_<k>.pt``: everything a resume needs, self-contained: the same weights, the optimiser
@@ -448,16 +448,6 @@ def _loader(train_set, recipe: Recipe, ctx: ddp.Context, num_workers: int):
     return sampler, loader
 
 
-def _autocast(device, precision: str):
-    import contextlib
-
-    import torch
-
-    if device.type != "cuda" or precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
-
-
 def fit(model, dataset, recipe: Recipe, run_dir: str | os.PathLike, final: str | os.PathLike, *,
         identity: dict | None = None, ctx: ddp.Context | None = None, label: str = "training",
         precision: str = "fp32", num_workers: int = 0, restart: bool = False, final_extra: dict | None = None,
@@ -480,7 +470,7 @@ def fit(model, dataset, recipe: Recipe, run_dir: str | os.PathLike, final: str |
     from torch.nn.parallel import DistributedDataParallel
     from tqdm import tqdm  # plain bars: notebook widgets need ipywidgets and would warn
 
-    from helpers.models.loading import save_classifier
+    from helpers.models import autocast, save_classifier
 
     if keep_epochs not in KEEP_EPOCHS:
         raise ValueError(f"keep_epochs must be one of {', '.join(KEEP_EPOCHS)}, found {keep_epochs!r}")
@@ -539,7 +529,7 @@ def fit(model, dataset, recipe: Recipe, run_dir: str | os.PathLike, final: str |
         for i, (x8, y) in enumerate(bar):
             x = model.normalize_input(x8.to(ctx.device, non_blocking=True))
             y = y.to(ctx.device, non_blocking=True)
-            with _autocast(ctx.device, precision):
+            with autocast(ctx.device, precision):
                 logits = net(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
             # The mean over ranks is the same number on every rank, so all stop together.
@@ -660,8 +650,10 @@ def single_process(profile) -> ddp.Context:
 
 
 def precision_for(profile, ctx: ddp.Context) -> str:
-    """The profile's autocast precision on CUDA; fp32 elsewhere (CPU autocast is not used)."""
-    return profile.precision if ctx.device.type == "cuda" else "fp32"
+    """The profile's autocast precision on CUDA; fp32 elsewhere (:func:`helpers.models.precision.compute_dtype`)."""
+    from helpers.models.precision import compute_dtype
+
+    return compute_dtype(ctx.device, profile.precision)
 
 
 def add_run_arguments(parser) -> None:

@@ -18,21 +18,18 @@ resume state: 2 W kept after the run (W = 4 bytes per parameter of the image tow
 for RN50) and 6 W more while it trains; ``"all"`` would keep 90 W (14 GB for RN50).
 
 The supervised ViTs of the paper are torchvision's released weights: nothing is trained for them.
-Run with ``clip-study train-supervised --entry <id>`` or under ``torchrun -m helpers.training.supervised``.
+Run with ``clip-study train-supervised --entry <id>`` or under ``torchrun -m helpers.workflow.cli train-supervised``.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 from dataclasses import dataclass
 from typing import Callable
 
 from helpers.training import ddp
 from helpers.config import Profile
-from helpers.training.loop import (Recipe, TrainResult, add_recipe_arguments, add_run_arguments, fit, output_path,
-                       precision_for, run_cli, run_dir, run_identity, single_process, training_set,
-                       weights_digest)
+from helpers.training.loop import (Recipe, TrainResult, fit, output_path, precision_for, run_dir, run_identity,
+                       single_process, training_set, weights_digest)
 
 #: Nothing reads the epochs of a run from scratch: keep the newest only.
 KEEP_EPOCHS_DEFAULT = "last"
@@ -62,7 +59,7 @@ def initial_model(profile: Profile, entry_id: str):
     """The untrained classifier of a supervised entry: its architecture's image tower and a linear
     head with bias, randomly initialised from ``entry.seed`` (whatever ``checkpoint:`` says: that
     file is what training produces)."""
-    from helpers.models.loading import load
+    from helpers.models import load
 
     entry = profile.entry(entry_id)
     if entry.family != "supervised":
@@ -96,19 +93,3 @@ def train_supervised(profile: Profile, entry_id: str, recipe: SupervisedRecipe |
                ctx=ctx, label=entry.id, precision=precision_for(profile, ctx), num_workers=profile.num_workers,
                restart=restart, final_extra={"entry": entry.id, "trained_by": "supervised"},
                keep_epochs=keep_epochs or KEEP_EPOCHS_DEFAULT, on_epoch_end=on_epoch_end)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m helpers.training.supervised", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_arguments(ap)
-    add_recipe_arguments(ap, SupervisedRecipe())
-    return ap
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_cli(build_parser().parse_args(argv), train_supervised, SupervisedRecipe())
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -156,9 +156,9 @@ def cmd_train_supervised(args) -> int:
 
 @_reported
 def cmd_wiseft(args) -> int:
-    from helpers.engine import wiseft
+    from helpers.engine import mixtures
 
-    return wiseft.run(args)
+    return mixtures.run(args)
 
 
 @_reported
@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     from helpers.training.finetune import FinetuneRecipe
     from helpers.training.supervised import SupervisedRecipe
     from helpers.training.loop import add_recipe_arguments, add_run_arguments
-    from helpers.engine.wiseft import add_arguments as add_wiseft_arguments
+    from helpers.engine.mixtures import add_arguments as add_wiseft_arguments
 
     pd_ = sub.add_parser("prepare-demo", help="train the demo profile's finetuned and supervised checkpoints "
                          "(a few steps each; skips those already present)")

@@ -154,19 +154,20 @@ def measure_arch(entry: PoolEntry, device: str = "meta") -> ArchCost:
     from torch.utils.flop_counter import FlopCounterMode
 
     from helpers.engine import extract
-    from helpers.models import loading as models
+    from helpers import models
+    from helpers.models.loading import image_encoder
 
     e = dataclasses.replace(entry, checkpoint=None, pretrained=None)
     net = models.build_architecture(e, device=device).eval()
-    enc, kind = models._image_encoder(net, e)
+    enc, kind = image_encoder(net, e)
     size = models.preprocessing(e).image_size
     x = torch.zeros(1, 3, size, size, device=device)
 
-    class _Shell:  # what extract.layer_names / _layer_hooks read from a LoadedModel
+    class _Shell:  # what extract.layer_names / layer_hooks read from a LoadedModel
         arch_kind, encoder = kind, enc
     names = extract.layer_names(_Shell)
     captured: dict = {}
-    hooks = extract._layer_hooks(_Shell, names, captured)
+    hooks = extract.layer_hooks(_Shell, names, captured)
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
             h = enc(x)
@@ -205,7 +206,7 @@ def h_bytes_per_image(d_H: int) -> int:
 def head_bytes(entry: PoolEntry) -> int:
     """An entry's cached head: W (+ bias for a supervised head) in ``linear_heads/``, and for a
     zero-shot entry the same W again in ``heads/`` (what a new weights file of the same model reuses)."""
-    from helpers.models.loading import ZERO_SHOT_FAMILIES
+    from helpers.models import ZERO_SHOT_FAMILIES
 
     w = 4 * N_CLASSES * arch_cost(entry).d_H
     return w + (4 * N_CLASSES if entry.family == "supervised" else 0) + (w if entry.family in ZERO_SHOT_FAMILIES else 0)
@@ -284,7 +285,7 @@ def estimate(profile: Profile, entries: Sequence[PoolEntry] | None = None, secti
     from helpers.training import supervised
     from helpers.engine.extract import KEEP_STORE_MIN_ENTRIES, keeps_store
     from helpers.training.finetune import FinetuneRecipe
-    from helpers.models.loading import ZERO_SHOT_FAMILIES, preprocessing
+    from helpers.models import ZERO_SHOT_FAMILIES, preprocessing
     from helpers.training.supervised import SupervisedRecipe
     from helpers.training.loop import checkpoint_bytes
 

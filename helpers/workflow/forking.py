@@ -98,7 +98,7 @@ def layer_names(entry: PoolEntry) -> list[str]:
     for every transformer block; ``embedding`` (h) last. The same as
     :func:`helpers.engine.extract.layer_names` on the loaded model."""
     if entry.source == "torchvision":
-        from helpers.models.loading import build_architecture
+        from helpers.models import build_architecture
 
         blocks = len(build_architecture(entry, device="meta").encoder.layers)
     else:

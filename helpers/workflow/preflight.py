@@ -96,10 +96,10 @@ def _datasets_needed(sections: list[str], entries: list[PoolEntry], profile: Pro
 
 def _hub_location(entry: PoolEntry) -> tuple[str | None, list[str], str | None]:
     """(hub repository, candidate file names, download url) of an open_clip tag: the lookup of
-    ``helpers.models.loading._hub_weights``, without downloading."""
-    from helpers.models.loading import _open_clip
+    ``helpers.models.weights.hub_weights``, without downloading."""
+    from helpers.models.catalogue import open_clip_module
 
-    oc = _open_clip(entry.model)
+    oc = open_clip_module(entry.model)
     cfg = oc.get_pretrained_cfg(entry.model, entry.pretrained)
     hub = cfg.get("hf_hub")
     if not hub:
@@ -144,7 +144,7 @@ def _check_hub(profile: Profile, entries: list[PoolEntry], report: Report) -> No
 
 
 def _hub_offline() -> bool:
-    from helpers.models.loading import _hub_offline as offline
+    from helpers.models.weights import hub_offline as offline
 
     return offline()
 
@@ -198,13 +198,13 @@ def _activation_of_training_run(e: PoolEntry) -> str | None:
     found = _training_params(Path(e.checkpoint))
     if found is None or "model" not in found[1]:
         return None
-    from helpers.models.loading import _open_clip
+    from helpers.models.catalogue import open_clip_module
 
     path, params = found
     trained_model = params["model"]
-    cfg = _open_clip(trained_model).get_model_config(trained_model) or {}
+    cfg = open_clip_module(trained_model).get_model_config(trained_model) or {}
     trained = bool(cfg.get("quick_gelu", False)) or params.get("force_quick_gelu", "False") == "True"
-    runs = bool((_open_clip(e.model).get_model_config(e.model) or {}).get("quick_gelu", False))
+    runs = bool((open_clip_module(e.model).get_model_config(e.model) or {}).get("quick_gelu", False))
     if trained == runs:
         return None
     base = e.model[: -len("-quickgelu")] if e.model.endswith("-quickgelu") else e.model

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from helpers.models import loading as models
+from helpers import models
 from helpers.study import results
 from helpers.workflow import runner
 from helpers.config import REPO_ROOT, ConfigError, load_profile

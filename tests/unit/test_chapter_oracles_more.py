@@ -4,9 +4,9 @@ epoch-by-epoch concept overlap, the CKA chapter's table, the shared readers of `
 the robustness guards and the summary's bookkeeping).
 
 As in :mod:`test_chapter_oracles`, inputs are planted where a chapter reads models and data
-(``helpers.engine.wiseft.evaluate``, ``pair_cka`` as imported by the CKA chapter, ``extract.activations``,
+(``helpers.engine.mixtures.evaluate``, ``pair_cka`` as imported by the CKA chapter, ``extract.activations``,
 ``extract.head``, ...), training checkpoints are real files written by the project's own writer
-(:func:`helpers.models.loading.save_classifier`, what :func:`helpers.training.loop.fit` calls) in the run layout
+(:func:`helpers.models.save_classifier`, what :func:`helpers.training.loop.fit` calls) in the run layout
 of :mod:`helpers.training.loop`, and every expected value is written out by hand (set algebra, Eq. 5
 with ``math``, the paper's printed numbers) rather than computed by the code under test. No model
 is built.
@@ -29,7 +29,8 @@ from helpers.study import results
 from helpers.chapters import cka_layers, common, concept_probing, robustness, summary, wiseft
 from helpers.config import EVAL_DATASETS, REPO_ROOT, SHIFTS, PoolEntry, Profile, load_profile
 from helpers.engine.extract import Head
-from helpers.models.loading import save_classifier
+from helpers.models import save_classifier
+from helpers import plots
 from helpers.plots import PAPER_LABEL
 from helpers.study import Study
 from helpers.training.loop import CheckpointError, Recipe, epoch_path, resume_path, run_dir
@@ -233,7 +234,7 @@ def planted_sweep(zs_id, ft_id, alphas):
 
 
 def test_wiseft_measure_records_each_pair_under_the_finetuned_entry(tmp_path, monkeypatch):
-    from helpers.engine import wiseft as engine
+    from helpers.engine import mixtures as engine
 
     calls = []
 
@@ -348,7 +349,7 @@ def test_sweep_figure_draws_the_table_and_the_papers_endpoints(tmp_path):
     P = figure_pool(tmp_path)
     run = sweep_run()
     series = {"ImageNet": "imagenet", "mean of the 5 shifts": "shifts_mean"}
-    fig = wiseft.sweep_figure(run, series, "top-1 (%)", "Figures 15-16", scale=100, paper=PAPER, profile=P)
+    fig = plots.sweep_figure(run, series, "top-1 (%)", "Figures 15-16", scale=100, paper=PAPER, profile=P)
     try:
         axes = fig.axes
         assert len(axes) == 4 and [ax.get_visible() for ax in axes] == [True, True, True, False]  # 2 x 2, one spare
@@ -381,7 +382,7 @@ def test_sweep_figure_draws_the_table_and_the_papers_endpoints(tmp_path):
 
     # ER: a dashed reference at ref (in the plotted units: not scaled), no paper markers without paper
     two = run[run.pair != "RN50 / YFCC-15M"]
-    fig = wiseft.sweep_figure(two, {"ER": "er"}, "ER (points)", "Figures 17-18", scale=100, ref=0)
+    fig = plots.sweep_figure(two, {"ER": "er"}, "ER (points)", "Figures 17-18", scale=100, ref=0)
     try:
         assert len(fig.axes) == 2 and all(ax.get_visible() for ax in fig.axes)
         for ax, label in zip(fig.axes, ["RN50 / OpenAI", "coca_ViT-B-32 / LAION-2B"]):
@@ -391,7 +392,7 @@ def test_sweep_figure_draws_the_table_and_the_papers_endpoints(tmp_path):
         assert legend_texts(fig) == ["ER"]
     finally:
         plt.close(fig)
-    fig = wiseft.sweep_figure(run, {"ImageNet": "kurtosis"}, "kurtosis", "Figures 19-20", ref=3, paper=PAPER,
+    fig = plots.sweep_figure(run, {"ImageNet": "kurtosis"}, "kurtosis", "Figures 19-20", ref=3, paper=PAPER,
                               profile=P)
     try:
         for ax, label in zip(fig.axes[:3], ["RN50 / OpenAI", "coca_ViT-B-32 / LAION-2B", "RN50 / YFCC-15M"]):
@@ -410,7 +411,7 @@ def test_sweep_figure_skips_missing_values_and_says_when_nothing_is_there(tmp_pa
 
     run = sweep_run(("RN50-openai", "coca-ViT-B-32-laion2b"))
     run.loc[run.pair == "coca_ViT-B-32 / LAION-2B", "unique_concepts"] = np.nan  # no Broden for that pair
-    fig = wiseft.sweep_figure(run, {"unique concepts": "unique_concepts", "absent": "no_such_column"}, "n", "F21")
+    fig = plots.sweep_figure(run, {"unique concepts": "unique_concepts", "absent": "no_such_column"}, "n", "F21")
     try:
         first, second = fig.axes
         assert [ln.get_label() for ln in first.get_lines()] == ["unique concepts"]
@@ -420,14 +421,14 @@ def test_sweep_figure_skips_missing_values_and_says_when_nothing_is_there(tmp_pa
     finally:
         plt.close(fig)
     one = sweep_run(("RN50-openai",))
-    fig = wiseft.sweep_figure(one, {"ER": "er"}, "ER", "one pair")
+    fig = plots.sweep_figure(one, {"ER": "er"}, "ER", "one pair")
     try:
         assert len(fig.axes) == 1 and fig.axes[0].get_title() == "RN50 / OpenAI"
     finally:
         plt.close(fig)
     placeholder = "no (zero-shot, finetuned) pair with these values in this slice"
     for table in (pd.DataFrame(), run.drop(columns=["pair"]), run.iloc[:0], run[["pair", "alpha", "entry"]]):
-        fig = wiseft.sweep_figure(table, {"ER": "er"}, "ER", "Figures 17-18")
+        fig = plots.sweep_figure(table, {"ER": "er"}, "ER", "Figures 17-18")
         try:
             (ax,) = fig.axes
             assert [t.get_text() for t in ax.texts] == [placeholder] and not ax.axison and ax.get_lines() == []
@@ -435,13 +436,13 @@ def test_sweep_figure_skips_missing_values_and_says_when_nothing_is_there(tmp_pa
         finally:
             plt.close(fig)
     # the paper's values need the profile to find each pair's paper models: without it, no markers
-    fig = wiseft.sweep_figure(run, {"ImageNet": "imagenet"}, "top-1", "t", paper=PAPER)
+    fig = plots.sweep_figure(run, {"ImageNet": "imagenet"}, "top-1", "t", paper=PAPER)
     try:
         assert all(split_lines(ax)[1] == [] and len(split_lines(ax)[0]) == 1 for ax in fig.axes)
     finally:
         plt.close(fig)
     # no series drawn on the first panel (and no paper): no legend at all
-    fig = wiseft.sweep_figure(run[run.pair == "coca_ViT-B-32 / LAION-2B"], {"u": "unique_concepts"}, "n", "t")
+    fig = plots.sweep_figure(run[run.pair == "coca_ViT-B-32 / LAION-2B"], {"u": "unique_concepts"}, "n", "t")
     try:
         assert fig.legends == []
     finally:
@@ -530,7 +531,7 @@ def planted_ap(concepts, weak=()):
 
 
 def trajectory_world(tmp_path, monkeypatch, **metrics):
-    from helpers.engine import wiseft as engine
+    from helpers.engine import mixtures as engine
 
     pool = [dict(e) for e in POOL] + YFCC
     final = tmp_path / "weights" / "RN50-openai-ft.pt"
@@ -664,7 +665,7 @@ def test_trajectory_figure_and_wide_table_show_the_long_table():
     import matplotlib.pyplot as plt
 
     table = hand_trajectory()
-    fig = wiseft.trajectory_figure(table)
+    fig = plots.trajectory_figure(table)
     try:
         axes = fig.axes
         assert len(axes) == 4 and [ax.get_visible() for ax in axes] == [True, True, True, False]
@@ -685,7 +686,7 @@ def test_trajectory_figure_and_wide_table_show_the_long_table():
         assert fig.get_suptitle().startswith("Figure 5: ")
     finally:
         plt.close(fig)
-    fig = wiseft.trajectory_figure(table[table.pair == "RN50 / CC-12M"])
+    fig = plots.trajectory_figure(table[table.pair == "RN50 / CC-12M"])
     try:
         assert len(fig.axes) == 1 and fig.axes[0].get_title() == "RN50 / CC-12M"
     finally:

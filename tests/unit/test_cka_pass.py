@@ -9,7 +9,7 @@ import pytest
 from helpers.engine import cka_pass
 from helpers.engine import extract
 from helpers.demo import fixtures
-from helpers.models import loading as models
+from helpers import models
 from helpers.chapters import cka_layers
 from helpers.config import load_profile
 from helpers.metrics import cka_minibatch

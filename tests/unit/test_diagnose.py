@@ -10,7 +10,7 @@ import yaml
 
 from conftest import write_profile
 from helpers.chapters import diagnose as dg
-from helpers.models import loading as models
+from helpers import models, plots
 from helpers.study import results
 from helpers.workflow.cli import main
 from helpers.config import load_profile
@@ -402,9 +402,9 @@ def test_scatter_labels_do_not_overprint():
     ax.scatter(x, y, s=40)
     ax.set_xscale("log")
     labels = [f"pool-model-{i}" for i in range(len(x))]
-    dg._label_points(fig, ax, x, y, labels)
+    plots.label_points(fig, ax, x, y, labels)
     renderer = FigureCanvasAgg(fig).get_renderer()
-    boxes = [dg._text_box(t, renderer) for t in ax.texts]
+    boxes = [plots.text_box(t, renderer) for t in ax.texts]
     assert all(b.width > 20 for b in boxes)
     assert [t.get_text() for t in ax.texts] == [labels[i] for i in np.argsort(-y, kind="stable")]
     for i, a in enumerate(boxes):

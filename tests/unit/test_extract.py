@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from helpers.engine import extract  # noqa: E402
 from helpers.demo import fixtures
-from helpers.models import loading as models
+from helpers import models
 from helpers.config import load_profile  # noqa: E402
 from helpers.data import ImageDataset, accuracy, open_dataset  # noqa: E402
 from helpers.store import DecodeError, Geometry, ensure_store  # noqa: E402
@@ -357,7 +357,7 @@ def test_in_memory_models_are_keyed_by_their_own_digest(world, tmp_path):
     model = models.load_from_profile(P, "t-vit-a")
     with torch.no_grad():
         model.encoder.proj.mul_(3.0)
-    model.weights_digest = "tripled projection"  # as helpers.engine.wiseft names its mixtures
+    model.weights_digest = "tripled projection"  # as helpers.engine.mixtures names its mixtures
     e = dataclasses.replace(P.entry("t-vit-a"), id="t-vit-a.x3")
     out = extract.extract_many([e], "imagenet", P, models={e.id: model})[e.id]
     np.testing.assert_allclose(out.h, 3 * np.asarray(base.h), rtol=1e-4, atol=1e-5)

@@ -15,7 +15,7 @@ import yaml
 from helpers.config import load_profile
 from helpers.training.finetune import FinetuneRecipe, finetune
 from helpers.demo.fixtures import DEMO_CLASSES, write_imagenet
-from helpers.models.loading import load
+from helpers.models import load
 from helpers.training.supervised import SupervisedRecipe, initial_model, train_supervised
 from helpers.training.loop import (CHECKPOINT_KEYS, RESUME_ONLY_KEYS, CheckpointError, CorruptCheckpointWarning,
                               LrSchedule, TrainingDiverged, checkpoint_bytes, epoch_checkpoints, fit, resume_states,
@@ -222,7 +222,7 @@ def test_epochs_keep_weights_only_and_the_newest_the_resume_state(fresh, zero_sh
     """After each epoch: every epoch_<k>.pt holds the classifier and no optimiser state and loads as
     the finetuned model of that epoch; only the newest epoch has a resume state; a finished run keeps
     none. The files' sizes are the layout checkpoint_bytes counts."""
-    from helpers.models.loading import LoadedModel
+    from helpers.models import LoadedModel
 
     start = copy.deepcopy(zero_shot["zs-vit"])
     n_params = sum(p.numel() for p in start.parameters())
@@ -367,7 +367,7 @@ def test_plan_disk_counts_only_the_runs_still_to_train(fresh):
 def test_command_line_passes_keep_epochs(fresh, capsys):
     from pathlib import Path
 
-    from helpers.training.finetune import build_parser
+    from helpers.workflow.cli import build_parser
     from helpers.training.loop import TrainResult, run_cli
 
     got = {}
@@ -377,7 +377,7 @@ def test_command_line_passes_keep_epochs(fresh, capsys):
         return TrainResult(Path("final.pt"), [1, 2])
 
     for flags, want in (([], None), (["--keep-epochs", "last"], "last")):
-        args = build_parser().parse_args(["--profile", str(fresh.path), "--entry", "ft-vit", "--device", "cpu",
+        args = build_parser().parse_args(["finetune", "--profile", str(fresh.path), "--entry", "ft-vit", "--device", "cpu",
                                           "--epochs", "2", *flags])
         assert run_cli(args, train, FinetuneRecipe()) == 0
         assert (got["keep_epochs"], got["entry"], got["epochs"]) == (want, "ft-vit", 2)

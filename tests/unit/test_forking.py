@@ -8,7 +8,7 @@ import yaml
 
 from helpers.engine import extract
 from helpers.workflow import forking
-from helpers.models import loading as models
+from helpers import models
 from helpers.workflow import runner
 from helpers.workflow.cli import build_parser
 from helpers.config import REPO_ROOT, PoolEntry

@@ -6,7 +6,7 @@ import torch
 
 from conftest import refuses
 from helpers.metrics import directions, importance, importance_ratio, kurtosis, project, svd_head
-from helpers.metrics.directions import _as_matrix
+from helpers.metrics.arrays import as_matrix
 
 
 def orthonormal_rows(rng, k, d):
@@ -129,17 +129,17 @@ def test_refusals(call, match):
 def test_torch_tensors_of_every_kind_become_numpy():
     h = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.5]])
     for t in (h.to(torch.bfloat16), h.half(), h.clone().requires_grad_(True)):
-        a = _as_matrix(t, "h", dtype=None)
+        a = as_matrix(t, "h", dtype=None)
         assert isinstance(a, np.ndarray) and a.dtype == np.float32
         np.testing.assert_array_equal(a, h.numpy())
-    assert _as_matrix(h.double(), "h", dtype=None).dtype == np.float64
+    assert as_matrix(h.double(), "h", dtype=None).dtype == np.float64
     # numpy half precision is widened to float32, not to float64; float32 stays float32
-    assert _as_matrix(np.ones((2, 2), np.float16), "h", dtype=None).dtype == np.float32
-    assert _as_matrix(np.ones((2, 2), np.float32), "h", dtype=None).dtype == np.float32
+    assert as_matrix(np.ones((2, 2), np.float16), "h", dtype=None).dtype == np.float32
+    assert as_matrix(np.ones((2, 2), np.float32), "h", dtype=None).dtype == np.float32
     # integers become float64 when the caller keeps the input's precision
-    i = _as_matrix([[1, 2], [3, 4]], "h", dtype=None)
+    i = as_matrix([[1, 2], [3, 4]], "h", dtype=None)
     assert i.dtype == np.float64 and i.tolist() == [[1.0, 2.0], [3.0, 4.0]]
-    assert _as_matrix(np.ones((2, 2), np.int8), "h", dtype=None).dtype == np.float64
+    assert as_matrix(np.ones((2, 2), np.int8), "h", dtype=None).dtype == np.float64
 
 
 def test_metrics_take_a_bf16_tensor_with_grad_like_its_float32_values():

@@ -1,4 +1,4 @@
-"""helpers.models.loading: weights resolution, QuickGELU, zero-shot head (Section 2), checkpoints, demo pool.
+"""helpers.models: weights resolution, QuickGELU, zero-shot head (Section 2), checkpoints, demo pool.
 
 Real components throughout: open_clip builds and loads every CLIP / CoCa, torchvision every
 supervised ViT. Models are the demo sizes except where a real architecture is the point (tags,
@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers.models import loading as models
+from helpers import models
 from helpers.config import PoolEntry, load_profile
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

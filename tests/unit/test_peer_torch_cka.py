@@ -22,7 +22,7 @@ from torch_cka import CKA
 
 from helpers.engine import extract
 from helpers.demo import fixtures
-from helpers.models import loading as models
+from helpers import models
 from helpers.config import load_profile
 from helpers.data import open_dataset
 from helpers.metrics import MinibatchCKA

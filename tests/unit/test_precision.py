@@ -26,7 +26,7 @@ import yaml
 
 from helpers.engine import extract
 from helpers.demo import fixtures
-from helpers.models import loading as models
+from helpers import models
 from helpers.config import REPO_ROOT, PoolEntry, load_profile
 from helpers.data import open_dataset
 from helpers.metrics import concept_ap, importance_ratio, kurtosis, project, svd_head

@@ -11,9 +11,9 @@ import yaml
 from helpers.config import load_profile
 from helpers.training.finetune import FinetuneRecipe, finetune
 from helpers.demo.fixtures import DEMO_CLASSES, write_broden, write_imagenet
-from helpers.models.loading import load
+from helpers.models import load
 from helpers.training.supervised import initial_model
-from helpers.engine.wiseft import WiseFTError, evaluate, interpolate, mixture_path
+from helpers.engine.mixtures import WiseFTError, evaluate, interpolate, mixture_path
 
 POOL = [
     {"id": "zs-vit", "arch": "ViT-B-32", "family": "robust_zeroshot_clip", "pretraining": "x", "model": "demo-ViT-B-32"},

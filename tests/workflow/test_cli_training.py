@@ -85,7 +85,7 @@ def finetuned(world):
 
 
 def test_train_supervised_cli_writes_a_checkpoint_that_loads_as_its_entry(world):
-    from helpers.models.loading import load
+    from helpers.models import load
 
     P = load_profile(world)
     out = ok(cli("train-supervised", "--profile", str(world), "--entry", "sup-rn", *TINY, "--limit", "4"))
@@ -106,7 +106,7 @@ def test_train_supervised_cli_writes_a_checkpoint_that_loads_as_its_entry(world)
 
 
 def test_finetune_cli_writes_a_checkpoint_that_loads_as_the_finetuned_entry(world, finetuned):
-    from helpers.models.loading import load
+    from helpers.models import load
 
     P = load_profile(world)
     final = P.paths["checkpoints_dir"] / "ft-vit" / "final.pt"
@@ -133,8 +133,8 @@ def er_by_hand(acc_shift: float, acc_in: float) -> float:
 
 def test_wiseft_cli_rows_hold_the_mixtures_numbers(world, finetuned):
     from helpers.data import open_dataset
-    from helpers.models.loading import load
-    from helpers.engine.wiseft import interpolate, mixture_path
+    from helpers.models import load
+    from helpers.engine.mixtures import interpolate, mixture_path
 
     P = load_profile(world)
     out = ok(cli("wiseft", "--profile", str(world), "--entry", "ft-vit", "--alphas", "0", "0.5", "1", "--save"))

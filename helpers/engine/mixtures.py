@@ -20,15 +20,13 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import hashlib
-import json
-import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from helpers.config import EVAL_DATASETS, SHIFTS, PoolEntry, Profile
+from helpers.store import key_of
 
 #: The paper's grid: 0, 0.1, ..., 1.0.
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
@@ -84,8 +82,8 @@ def interpolate(zeroshot, finetuned, alpha: float, out=None):
     model = out if out is not None else copy.deepcopy(zeroshot)
     model.load_state_dict(mixed)
     model.entry = mixture_entry(finetuned.entry, alpha)
-    model.weights_digest = hashlib.sha256(json.dumps(
-        ["wiseft", zeroshot.weights_digest, finetuned.weights_digest, float(alpha)]).encode()).hexdigest()
+    model.weights_digest = key_of({"kind": "wiseft", "zeroshot": zeroshot.weights_digest,
+                                   "finetuned": finetuned.weights_digest, "alpha": float(alpha)})
     model.weights_source = (f"WiSE-FT alpha={alpha:g}: (1 - alpha) x {zeroshot.entry.id} "
                             f"[{zeroshot.weights_source}] + alpha x {finetuned.entry.id} [{finetuned.weights_source}]")
     model.head_source = model.weights_source
@@ -135,37 +133,20 @@ def transient_ap(profile: Profile, model, sets=None) -> np.ndarray:
     activations computed in memory and never written; the matrix is cached where
     :func:`helpers.chapters.concept_probing.ap_matrix` caches a pool entry's (same key material:
     the activations' key, the balanced sets, the sign rule)."""
-    import hashlib
-
-    from helpers.chapters.concept_probing import broden_sets, probe_activations
+    from helpers.chapters.concept_probing import ap_path, broden_sets, probe_activations
     from helpers.engine.extract import activation_keys, extract_many
     from helpers.store import atomic_save_npy
 
     sets = sets or broden_sets(profile)
     e, sign = model.entry, profile.metrics["concept_sign"]
     key = activation_keys([e], "broden", profile, models={e.id: model})[e.id]
-    material = {"activations": key, "broden": sets.key, "sign": sign}
-    path = profile.cache_dir / "concepts" / e.id / (
-        hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:20] + ".npy")
+    path = ap_path(profile, e.id, key, sets, sign)
     if path.exists():
         return np.load(path)
     acts = extract_many([e], "broden", profile, models={e.id: model}, keep=False)[e.id]
     ap = probe_activations(acts, model.head.detach().float().cpu().numpy(), sets, sign)
     atomic_save_npy(path, ap)
     return ap
-
-
-def unique_concepts_of(profile: Profile, acts, W, sets=None, threshold: float | None = None) -> int:
-    """Eq. (4), |C|, for a model known only by its Broden activations ``acts`` and its head ``W``
-    (a mixture); the same computation as :func:`helpers.chapters.concept_probing.ap_matrix`, which
-    reads a pool entry's."""
-    from helpers.chapters.concept_probing import broden_sets, probe_activations
-    from helpers.metrics import unique_concepts
-
-    sets = sets or broden_sets(profile)
-    threshold = profile.metrics["concept_threshold"] if threshold is None else threshold
-    ap = probe_activations(acts, W, sets, profile.metrics["concept_sign"])
-    return int(unique_concepts(np.nan_to_num(ap, nan=0.0), threshold))
 
 
 def evaluate(profile: Profile, zeroshot_id: str, finetuned_id: str, alphas: Sequence[float] = DEFAULT_ALPHAS,
@@ -185,15 +166,15 @@ def evaluate(profile: Profile, zeroshot_id: str, finetuned_id: str, alphas: Sequ
     from tqdm import tqdm  # plain bars: notebook widgets need ipywidgets and would warn
 
     from helpers.engine.extract import extract_datasets, loaded_model
-    from helpers.metrics import effective_robustness, kurtosis, unique_concepts
-    from helpers.models.loading import save_classifier
+    from helpers.metrics import effective_robustness, kurtosis
+    from helpers.models import save_classifier
 
     zs_entry, ft_entry = profile.entry(zeroshot_id), profile.entry(finetuned_id)
     zs, ft = loaded_model(zs_entry, profile), loaded_model(ft_entry, profile)
     check_compatible(zs, ft)
     concepts = broden_available(profile) if concepts is None else concepts
     if concepts:
-        from helpers.chapters.concept_probing import ap_matrix, broden_sets
+        from helpers.chapters.concept_probing import ap_matrix, broden_sets, unique_concepts_at
 
         sets = broden_sets(profile)
     shifts = [d for d in datasets if d in SHIFTS]
@@ -222,21 +203,13 @@ def evaluate(profile: Profile, zeroshot_id: str, finetuned_id: str, alphas: Sequ
                                              profile.metrics["er_intercept"])
         if concepts:
             ap = ap_matrix(model.entry, profile, sets) if alpha in (0.0, 1.0) else transient_ap(profile, model, sets)
-            row["unique_concepts"] = int(unique_concepts(np.nan_to_num(ap, nan=0.0),
-                                                         profile.metrics["concept_threshold"]))
+            row["unique_concepts"] = unique_concepts_at(ap, profile.metrics["concept_threshold"])
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------------------------
-# Command line: `clip-study wiseft` / `python -m helpers.engine.wiseft`
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m helpers.engine.wiseft", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(ap)
-    return ap
+# Command line: `clip-study wiseft` (helpers.workflow.cli)
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -259,11 +232,3 @@ def run(args: argparse.Namespace) -> int:
                      concepts=False if args.no_concepts else None, save=args.save)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
