@@ -167,7 +167,9 @@ def _kernel_sources() -> list[str] | None:
     return [s for s in ip.history_manager.input_hist_raw if s]
 
 
-def _kernel_namespace() -> dict | None:
+def kernel_namespace() -> dict | None:
+    """The variables of the IPython kernel this code runs in (None outside one): where a
+    notebook's parameters are read as they are when the job starts."""
     try:
         from IPython import get_ipython
     except ImportError:
@@ -390,7 +392,7 @@ def begin(section: str, profile, parameters: dict[str, Any], source: dict[str, A
     R.results_dir, R.cache_dir = Path(profile.results_dir), Path(profile.cache_dir)
     md = find_notebook(section)
     params = dict(parameters)
-    ns = _kernel_namespace()
+    ns = kernel_namespace()
     if md is not None and ns is not None:  # a notebook: exactly its declared parameters, as they are now
         params = {name: ns.get(name, default) for name, default in declared_parameters(md).items()}
     R.path = record_path(R.results_dir, section, label)
