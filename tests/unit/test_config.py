@@ -30,7 +30,7 @@ def test_paper_profile_lists_the_whole_pool():
             zs = P.entry(e.finetuned_from)
             assert zs.arch == e.arch and zs.pretraining == e.pretraining
             assert (zs.image_mean, zs.image_std) == (e.image_mean, e.image_std)
-    # the ViT-L-14 LAION-2B normalisation (facts.md)
+    # the ViT-L-14 LAION-2B normalisation (book/methods.md, facts)
     assert P.entry("ViT-L-14-laion2b").image_mean == (0.5, 0.5, 0.5)
 
 
