@@ -2,19 +2,21 @@
 ``clip-study plan`` and before ``clip-study run`` starts a job (:mod:`helpers.workflow.preflight`),
 not by loading a profile (which imports neither torch nor open_clip)."""
 import pytest
-import yaml
 
 from helpers.config import load_profile
 from helpers.workflow import cli, preflight
 from tests.conftest import write_profile
 
 
+POOL = [{"id": "m1", "arch": "RN50", "family": "robust_zeroshot_clip", "pretraining": "x", "model": "demo-RN50"},
+        {"id": "m2", "arch": "ViT-B-32", "family": "supervised", "pretraining": "x", "model": "demo-ViT-B-32"}]
+
+
 def _mutated(tmp_path, mutate):
-    path = write_profile(tmp_path)
-    raw = yaml.safe_load(path.read_text())
-    mutate(raw)
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    """A valid profile (tests.conftest.write_profile) whose pool ``mutate`` edits."""
+    pool = [dict(e) for e in POOL]
+    mutate({"pool": pool})
+    return write_profile(tmp_path, pool=pool)
 
 
 @pytest.mark.parametrize("mutate, key, words", [
