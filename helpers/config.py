@@ -24,7 +24,7 @@ import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 
@@ -356,6 +356,27 @@ def _validate(raw: dict, path: Path) -> Profile:
     P.raise_if_any()
 
     base = path.parent.parent if path.parent.name == "configs" else path.parent
+    paths, resolve = _validate_paths(P, raw, base)
+    datasets = _validate_datasets(P, raw, resolve)
+    limits = _validate_limits(P, raw)
+    metrics = _validate_metric_keys(P, raw)
+    _validate_metrics(P, metrics)
+    scalars = _validate_scalars(P, raw)
+    zs_templates, zs_classes = _validate_reduced_head(P, raw, scalars["kind"])
+    pool = _validate_pool(P, raw, scalars["allow_random_init"], resolve)
+    P.raise_if_any()
+
+    return Profile(
+        name=str(raw["profile"]), path=path, description=str(raw.get("description", "")).strip(),
+        paths=paths, datasets=datasets, limits=limits, metrics=metrics, pool=tuple(pool), raw=raw,
+        zero_shot_templates=zs_templates, zero_shot_classes=zs_classes, **scalars,
+    )
+
+
+def _validate_paths(P: _Problems, raw: dict, base: Path) -> tuple[dict[str, Path], Callable[[str, Any], Path | None]]:
+    """The ``paths`` mapping, resolved in order (a ``{paths key}`` reference names a key resolved
+    before it), and the resolver every later path value goes through (``{paths key}`` references,
+    ``$VAR``, ``~``, relative to the profile's project folder)."""
     paths_raw = raw["paths"]
     if not isinstance(paths_raw, dict):
         P.add("paths", f"expected a mapping of folder names to paths, got {paths_raw!r}")
@@ -396,7 +417,10 @@ def _validate(raw: dict, path: Path) -> Profile:
     if "cache_dir" in paths:
         paths.setdefault("checkpoints_dir", paths["cache_dir"] / "checkpoints")
         paths_resolved.setdefault("checkpoints_dir", str(paths["checkpoints_dir"]))
+    return paths, resolve
 
+
+def _validate_datasets(P: _Problems, raw: dict, resolve) -> dict[str, Path]:
     ds_raw = raw["datasets"]
     datasets: dict[str, Path] = {}
     if _check(P, "datasets", ds_raw, isinstance(ds_raw, dict), "a mapping of dataset names to folders"):
@@ -407,7 +431,10 @@ def _validate(raw: dict, path: Path) -> Profile:
             got = resolve(f"datasets.{k}", v)
             if got is not None:
                 datasets[k] = got
+    return datasets
 
+
+def _validate_limits(P: _Problems, raw: dict) -> dict[str, int | None]:
     limits: dict[str, int | None] = {}
     limits_raw = raw.get("limits") or {}
     if _check(P, "limits", limits_raw, isinstance(limits_raw, dict), "a mapping of dataset names to image counts"):
@@ -417,7 +444,11 @@ def _validate(raw: dict, path: Path) -> Profile:
                 continue
             if _check(P, f"limits.{k}", v, v is None or (_is_int(v) and v > 0), "a positive integer or null"):
                 limits[k] = v
+    return limits
 
+
+def _validate_metric_keys(P: _Problems, raw: dict) -> dict[str, Any]:
+    """The ``metrics`` mapping over :data:`_METRIC_DEFAULTS` (values checked by :func:`_validate_metrics`)."""
     metrics = dict(_METRIC_DEFAULTS)
     metrics_raw = raw.get("metrics") or {}
     if _check(P, "metrics", metrics_raw, isinstance(metrics_raw, dict), "a mapping"):
@@ -426,8 +457,12 @@ def _validate(raw: dict, path: Path) -> Profile:
                 P.add(f"metrics.{k}", f"unknown key (allowed: {', '.join(_METRIC_DEFAULTS)})")
             else:
                 metrics[k] = v
-    _validate_metrics(P, metrics)
+    return metrics
 
+
+def _validate_scalars(P: _Problems, raw: dict) -> dict[str, Any]:
+    """The top-level scalars, as :class:`Profile` fields (a bad value is reported and kept, except
+    ``allow_random_init``, read as false)."""
     precision = raw.get("precision", "fp32")
     _check(P, "precision", precision, precision in _PRECISIONS, f"one of {', '.join(_PRECISIONS)}")
     device = raw.get("device", "cpu")
@@ -443,9 +478,12 @@ def _validate(raw: dict, path: Path) -> Profile:
     _check(P, "skip_unreadable", skip_unreadable, isinstance(skip_unreadable, bool), "true or false")
     kind = raw.get("kind", "demo" if allow_random else "paper")
     _check(P, "kind", kind, kind in KINDS, f"one of {', '.join(KINDS)}")
+    return dict(device=str(device), batch_size=batch_size, num_workers=num_workers, precision=precision,
+                allow_random_init=allow_random, skip_unreadable=skip_unreadable, kind=kind)
 
-    zs_templates, zs_classes = _validate_reduced_head(P, raw, kind)
 
+def _validate_pool(P: _Problems, raw: dict, allow_random: bool, resolve) -> list[PoolEntry]:
+    """Every entry of ``pool`` (:func:`_validate_entry`), then unique ids and finetuned parents in the pool."""
     pool_raw = raw["pool"]
     pool: list[PoolEntry] = []
     where: list[int] = []  # position in the YAML list of each validated entry
@@ -463,15 +501,7 @@ def _validate(raw: dict, path: Path) -> Profile:
             P.add(f"pool[{i}].id", f"duplicate id {e.id!r} (first used by pool[{where[ids.index(e.id)]}])")
         if e.finetuned_from is not None and e.finetuned_from not in ids:
             P.add(f"pool[{i}] ({e.id}).finetuned_from", f"{e.finetuned_from!r} is not an id in the pool")
-    P.raise_if_any()
-
-    return Profile(
-        name=str(raw["profile"]), path=path, description=str(raw.get("description", "")).strip(),
-        device=str(device), batch_size=batch_size, num_workers=num_workers,
-        precision=precision, allow_random_init=allow_random, paths=paths, datasets=datasets,
-        limits=limits, metrics=metrics, pool=tuple(pool), raw=raw, kind=kind, skip_unreadable=skip_unreadable,
-        zero_shot_templates=zs_templates, zero_shot_classes=zs_classes,
-    )
+    return pool
 
 
 def _validate_reduced_head(P: "_Problems", raw: dict, kind: str) -> tuple[int | None, tuple[int, ...] | None]:
