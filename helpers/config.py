@@ -1,10 +1,13 @@
 """Study configuration: one commented YAML per profile (``configs/demo.yml``, ``configs/paper.yml``).
 
 A profile holds the global parameters (device, batch size, workers, cache/results folders, dataset
-roots, sample limits, the paper's constants) and the model pool. :func:`load_profile` validates every value (types, ranges, open_clip model
-and tag names, torchvision builders) and raises one :class:`ConfigError` listing every problem, each
-naming the file and the key, e.g. ``configs/paper.yml: metrics.bootstrap: expected an integer >= 1,
-got 'many'``. Whether the checkpoint files exist is a fact of the machine, not of the profile:
+roots, sample limits, the paper's constants) and the model pool. :func:`load_profile` validates every value (types, ranges,
+known keys) and raises one :class:`ConfigError` listing every problem, each naming the file and the
+key, e.g. ``configs/paper.yml: metrics.bootstrap: expected an integer >= 1, got 'many'``; it imports
+neither torch nor open_clip, so a profile loads in a fraction of a second. Whether the installed
+open_clip and torchvision know each model name and (model, tag) pair, and the QuickGELU rule, are
+checked by ``clip-study plan`` and before ``clip-study run`` starts a job
+(:mod:`helpers.workflow.preflight`), and again when a model is built. Whether the checkpoint files exist is a fact of the machine, not of the profile:
 :func:`checkpoint_status` says, per entry, whether its file is present, produced by a named command
 (finetuned and supervised entries) or missing; ``load_profile(..., check_files=True)`` and
 ``clip-study plan`` turn the missing ones into errors.
@@ -21,7 +24,7 @@ import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 
@@ -197,7 +200,8 @@ _ENTRY_REQUIRED = ("id", "arch", "family", "pretraining", "model")
 _ENTRY_KEYS = {f.name for f in fields(PoolEntry)}
 _PRECISIONS = ("fp32", "bf16", "fp16")
 _SOURCES = ("open_clip", "torchvision")
-_DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
+#: The device strings ``torch.device`` accepts here: no leading zero, an index below 2**31.
+_DEVICE = re.compile(r"(cpu|cuda|cuda:(?P<index>0|[1-9][0-9]*))")
 #: Points of ImageNet top-1 a measured accuracy may differ from ``published_top1`` before it is flagged.
 PUBLISHED_TOLERANCE = 1.5
 #: Families whose checkpoint a command of this project writes (helpers.models.catalogue's family groups).
@@ -338,15 +342,9 @@ def _check(problems: _Problems, key: str, value: Any, ok: bool, what: str) -> bo
 
 
 def _valid_device(s: Any) -> bool:
-    if not isinstance(s, str) or not _DEVICE.match(s):
-        return False
-    import torch
-
-    try:
-        torch.device(s)
-    except (RuntimeError, ValueError):
-        return False
-    return True
+    # checked without importing torch (seconds), which a profile load does not otherwise need
+    m = _DEVICE.fullmatch(s) if isinstance(s, str) else None
+    return m is not None and (m.group("index") is None or int(m.group("index")) < 2**31)
 
 
 def _validate(raw: dict, path: Path) -> Profile:
@@ -358,6 +356,27 @@ def _validate(raw: dict, path: Path) -> Profile:
     P.raise_if_any()
 
     base = path.parent.parent if path.parent.name == "configs" else path.parent
+    paths, resolve = _validate_paths(P, raw, base)
+    datasets = _validate_datasets(P, raw, resolve)
+    limits = _validate_limits(P, raw)
+    metrics = _validate_metric_keys(P, raw)
+    _validate_metrics(P, metrics)
+    scalars = _validate_scalars(P, raw)
+    zs_templates, zs_classes = _validate_reduced_head(P, raw, scalars["kind"])
+    pool = _validate_pool(P, raw, scalars["allow_random_init"], resolve)
+    P.raise_if_any()
+
+    return Profile(
+        name=str(raw["profile"]), path=path, description=str(raw.get("description", "")).strip(),
+        paths=paths, datasets=datasets, limits=limits, metrics=metrics, pool=tuple(pool), raw=raw,
+        zero_shot_templates=zs_templates, zero_shot_classes=zs_classes, **scalars,
+    )
+
+
+def _validate_paths(P: _Problems, raw: dict, base: Path) -> tuple[dict[str, Path], Callable[[str, Any], Path | None]]:
+    """The ``paths`` mapping, resolved in order (a ``{paths key}`` reference names a key resolved
+    before it), and the resolver every later path value goes through (``{paths key}`` references,
+    ``$VAR``, ``~``, relative to the profile's project folder)."""
     paths_raw = raw["paths"]
     if not isinstance(paths_raw, dict):
         P.add("paths", f"expected a mapping of folder names to paths, got {paths_raw!r}")
@@ -398,7 +417,10 @@ def _validate(raw: dict, path: Path) -> Profile:
     if "cache_dir" in paths:
         paths.setdefault("checkpoints_dir", paths["cache_dir"] / "checkpoints")
         paths_resolved.setdefault("checkpoints_dir", str(paths["checkpoints_dir"]))
+    return paths, resolve
 
+
+def _validate_datasets(P: _Problems, raw: dict, resolve) -> dict[str, Path]:
     ds_raw = raw["datasets"]
     datasets: dict[str, Path] = {}
     if _check(P, "datasets", ds_raw, isinstance(ds_raw, dict), "a mapping of dataset names to folders"):
@@ -409,7 +431,10 @@ def _validate(raw: dict, path: Path) -> Profile:
             got = resolve(f"datasets.{k}", v)
             if got is not None:
                 datasets[k] = got
+    return datasets
 
+
+def _validate_limits(P: _Problems, raw: dict) -> dict[str, int | None]:
     limits: dict[str, int | None] = {}
     limits_raw = raw.get("limits") or {}
     if _check(P, "limits", limits_raw, isinstance(limits_raw, dict), "a mapping of dataset names to image counts"):
@@ -419,7 +444,11 @@ def _validate(raw: dict, path: Path) -> Profile:
                 continue
             if _check(P, f"limits.{k}", v, v is None or (_is_int(v) and v > 0), "a positive integer or null"):
                 limits[k] = v
+    return limits
 
+
+def _validate_metric_keys(P: _Problems, raw: dict) -> dict[str, Any]:
+    """The ``metrics`` mapping over :data:`_METRIC_DEFAULTS` (values checked by :func:`_validate_metrics`)."""
     metrics = dict(_METRIC_DEFAULTS)
     metrics_raw = raw.get("metrics") or {}
     if _check(P, "metrics", metrics_raw, isinstance(metrics_raw, dict), "a mapping"):
@@ -428,8 +457,12 @@ def _validate(raw: dict, path: Path) -> Profile:
                 P.add(f"metrics.{k}", f"unknown key (allowed: {', '.join(_METRIC_DEFAULTS)})")
             else:
                 metrics[k] = v
-    _validate_metrics(P, metrics)
+    return metrics
 
+
+def _validate_scalars(P: _Problems, raw: dict) -> dict[str, Any]:
+    """The top-level scalars, as :class:`Profile` fields (a bad value is reported and kept, except
+    ``allow_random_init``, read as false)."""
     precision = raw.get("precision", "fp32")
     _check(P, "precision", precision, precision in _PRECISIONS, f"one of {', '.join(_PRECISIONS)}")
     device = raw.get("device", "cpu")
@@ -445,9 +478,12 @@ def _validate(raw: dict, path: Path) -> Profile:
     _check(P, "skip_unreadable", skip_unreadable, isinstance(skip_unreadable, bool), "true or false")
     kind = raw.get("kind", "demo" if allow_random else "paper")
     _check(P, "kind", kind, kind in KINDS, f"one of {', '.join(KINDS)}")
+    return dict(device=str(device), batch_size=batch_size, num_workers=num_workers, precision=precision,
+                allow_random_init=allow_random, skip_unreadable=skip_unreadable, kind=kind)
 
-    zs_templates, zs_classes = _validate_reduced_head(P, raw, kind)
 
+def _validate_pool(P: _Problems, raw: dict, allow_random: bool, resolve) -> list[PoolEntry]:
+    """Every entry of ``pool`` (:func:`_validate_entry`), then unique ids and finetuned parents in the pool."""
     pool_raw = raw["pool"]
     pool: list[PoolEntry] = []
     where: list[int] = []  # position in the YAML list of each validated entry
@@ -465,16 +501,7 @@ def _validate(raw: dict, path: Path) -> Profile:
             P.add(f"pool[{i}].id", f"duplicate id {e.id!r} (first used by pool[{where[ids.index(e.id)]}])")
         if e.finetuned_from is not None and e.finetuned_from not in ids:
             P.add(f"pool[{i}] ({e.id}).finetuned_from", f"{e.finetuned_from!r} is not an id in the pool")
-    _validate_models(P, pool, where)
-    P.raise_if_any()
-
-    return Profile(
-        name=str(raw["profile"]), path=path, description=str(raw.get("description", "")).strip(),
-        device=str(device), batch_size=batch_size, num_workers=num_workers,
-        precision=precision, allow_random_init=allow_random, paths=paths, datasets=datasets,
-        limits=limits, metrics=metrics, pool=tuple(pool), raw=raw, kind=kind, skip_unreadable=skip_unreadable,
-        zero_shot_templates=zs_templates, zero_shot_classes=zs_classes,
-    )
+    return pool
 
 
 def _validate_reduced_head(P: "_Problems", raw: dict, kind: str) -> tuple[int | None, tuple[int, ...] | None]:
@@ -584,20 +611,3 @@ def _validate_entry(P: _Problems, i: int, e: Any, allow_random: bool, resolve) -
     if len(P.items) > n:
         return None
     return PoolEntry(**kw)
-
-
-def _validate_models(P: _Problems, pool: list[PoolEntry], where: list[int]) -> None:
-    """Every model name, (model, tag) pair and torchvision builder known to the installed
-    open_clip / torchvision, the QuickGELU rule and finetuned lineage (``helpers.models.check_entry``,
-    which builds nothing and reads no weights)."""
-    from helpers.models import ModelError, check_entry
-
-    ids = {e.id for e in pool}
-    for i, e in zip(where, pool):
-        try:
-            # an entry whose parent is not in the pool is reported above; check it alone
-            check_entry(e, pool if e.finetuned_from in ids or e.finetuned_from is None else ())
-        except ModelError as exc:
-            msg = str(exc)
-            key = "pretrained" if "list_pretrained" in msg else "model"
-            P.add(f"pool[{i}] ({e.id}).{key}", msg)

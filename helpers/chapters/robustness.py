@@ -17,7 +17,8 @@ from helpers.metrics import accuracy_ratio, effective_robustness, mean_shift_acc
 
 SECTION = "robustness"
 
-#: What makes loaded weights miss their published accuracy, most frequent first (facts.md).
+#: What makes loaded weights miss their published accuracy, most frequent first (book/methods.md,
+#: Facts the study relies on).
 LIKELY_CAUSES = ("activation (QuickGELU weights run with plain GELU, or the reverse: check the -quickgelu "
                  "model name)", "normalisation (image_mean / image_std, e.g. 0.5 for ViT-L-14 LAION-2B)",
                  "preprocessing (resize, crop, interpolation of the entry's evaluation transform)",

@@ -400,8 +400,6 @@ def write_broden(root: str | Path, n_images: int = 120, seed: int = 0) -> tuple[
     out = Path(root)
     (out / "images").mkdir(parents=True, exist_ok=True)
     by_cat = {c: [n for n, (_, cats) in BRODEN_CONCEPTS.items() if c in cats] for c in BRODEN_CATEGORIES}
-    objects = [n for n in by_cat["object"] if n != 18]
-    textures = [n for n in by_cat["texture"] if n != BRODEN_RARE]
     truth: dict[str, set[int]] = {}
     in_category: dict[str, dict[int, int]] = {c: {} for c in BRODEN_CATEGORIES}
     pixels: dict[int, float] = {}
@@ -414,69 +412,97 @@ def write_broden(root: str | Path, n_images: int = 120, seed: int = 0) -> tuple[
         n_src = counters[src]
         stem = {"ade20k": f"ADE_train_{n_src:08d}", "pascal": f"2008_{n_src:06d}",
                 "opensurfaces": f"{100000 + n_src}", "dtd": f"g_{n_src:04d}"}[src]
-        # One segmentation plane per pixel category, two for parts: the part of an object's upper half
-        # in ``_part_1.png``, of its lower half in ``_part_2.png`` (a cell listing two masks).
-        planes = {c: [np.zeros((_MASK, _MASK), dtype=np.int64) for _ in range(2 if c == "part" else 1)]
-                  for c in ("color", "object", "part", "material")}
-        maps = {c: ms[0] for c, ms in planes.items()}
-        # Black backgrounds in most images: a concept with more positives than negatives.
-        maps["color"][:] = 1 if rng.uniform() < 0.6 else rng.choice([2, 3, 5])
-        image_level = {"scene": [], "texture": []}
-        if src == "ade20k":
-            maps["object"][: _MASK // 3] = 12
-            image_level["scene"] = [by_cat["scene"][(n_src - 1) % len(by_cat["scene"])]]
-        if src == "dtd":
-            image_level["texture"] = [textures[(n_src - 1) % len(textures)]]
-            if n_src <= 2:
-                image_level["texture"].append(BRODEN_RARE)
-        for _ in range(rng.integers(1, 4)):
-            region = _ellipse(rng, _MASK)
-            maps["color"][region] = rng.choice(list(_COLOURS))
-            if src in ("ade20k", "pascal"):
-                obj = int(rng.choice(objects + [18] if src == "pascal" else objects))
-                maps["object"][region] = obj
-                filled = np.flatnonzero(region.any(1))
-                upper = region & (np.arange(_MASK) < (filled[0] + filled[-1]) // 2)[:, None]
-                for part, where, plane in zip(_PARTS.get(obj, ()), (upper, region & ~upper), planes["part"]):
-                    plane[where] = part
-            elif src == "opensurfaces":
-                maps["material"][region] = rng.choice(by_cat["material"])
-        written: dict[str, list[str]] = {c: [] for c in BRODEN_CATEGORIES}
-        labels: set[int] = set()
-        for cat, ms in planes.items():
-            for k, m in enumerate(ms):
-                present = set(int(v) for v in np.unique(m)) - {0}
-                if not present:
-                    continue
-                name = f"{src}/{stem}_{cat}.png" if len(ms) == 1 else f"{src}/{stem}_{cat}_{k + 1}.png"
-                _save(_encode_mask(m), out / "images" / name)
-                written[cat].append(name)
-                labels |= present
-                for v in present:
-                    in_category[cat][v] = in_category[cat].get(v, 0) + 1
-                    pixels[v] = pixels.get(v, 0.0) + float(np.mean(m == v))
-        for cat, numbers in image_level.items():
-            written[cat] = [str(n) for n in numbers]
-            labels |= set(numbers)
-            for v in numbers:
-                in_category[cat][v] = in_category[cat].get(v, 0) + 1
-                pixels[v] = pixels.get(v, 0.0) + 1.0
-        # The 224 px image: each region in its colour, textured where a texture applies, plus noise.
-        palette = np.zeros((max(_COLOURS) + 1, 3))
-        palette[list(_COLOURS)] = list(_COLOURS.values())
-        colour = palette[maps["color"]]
-        shade = 0.75 + 0.25 * np.sin(maps["object"] * 0.7 + maps["material"] * 1.3)[..., None]
-        img = colour * shade
-        for t in image_level["texture"]:
-            img = img * (0.6 + 0.4 * _texture(t, _MASK)[..., None])
-        img = np.kron(img, np.ones((2, 2, 1))) + rng.normal(0.0, 0.03, (2 * _MASK, 2 * _MASK, 3))
+        planes, image_level = _broden_segmentation(rng, src, n_src, by_cat)
+        written, labels = _write_broden_labels_of_image(out, f"{src}/{stem}", planes, image_level, in_category, pixels)
         image = f"{src}/{stem}.jpg"
-        _save(img, out / "images" / image)
+        _save(_broden_pixels(rng, {c: ms[0] for c, ms in planes.items()}, image_level), out / "images" / image)
         truth[image] = labels
         rows.append({"image": image, "split": "train" if i % 5 else "val", "ih": 2 * _MASK, "iw": 2 * _MASK,
                      "sh": _MASK, "sw": _MASK, **{c: ";".join(written[c]) for c in BRODEN_CATEGORIES}})
     _write_csv(out / "index.csv", ["image", "split", "ih", "iw", "sh", "sw", *BRODEN_CATEGORIES], rows)
+    _write_broden_label_tables(out, by_cat, in_category, pixels, truth)
+    return out, truth
 
+
+def _broden_segmentation(rng: np.random.Generator, src: str, n_src: int, by_cat: dict[str, list[int]]
+                         ) -> tuple[dict[str, list[np.ndarray]], dict[str, list[int]]]:
+    """One image's pixel labels: the segmentation planes per pixel category and the image-level
+    scene and texture labels, drawn from ``rng`` (the image's own generator)."""
+    objects = [n for n in by_cat["object"] if n != 18]
+    textures = [n for n in by_cat["texture"] if n != BRODEN_RARE]
+    # One segmentation plane per pixel category, two for parts: the part of an object's upper half
+    # in ``_part_1.png``, of its lower half in ``_part_2.png`` (a cell listing two masks).
+    planes = {c: [np.zeros((_MASK, _MASK), dtype=np.int64) for _ in range(2 if c == "part" else 1)]
+              for c in ("color", "object", "part", "material")}
+    maps = {c: ms[0] for c, ms in planes.items()}
+    # Black backgrounds in most images: a concept with more positives than negatives.
+    maps["color"][:] = 1 if rng.uniform() < 0.6 else rng.choice([2, 3, 5])
+    image_level: dict[str, list[int]] = {"scene": [], "texture": []}
+    if src == "ade20k":
+        maps["object"][: _MASK // 3] = 12
+        image_level["scene"] = [by_cat["scene"][(n_src - 1) % len(by_cat["scene"])]]
+    if src == "dtd":
+        image_level["texture"] = [textures[(n_src - 1) % len(textures)]]
+        if n_src <= 2:
+            image_level["texture"].append(BRODEN_RARE)
+    for _ in range(rng.integers(1, 4)):
+        region = _ellipse(rng, _MASK)
+        maps["color"][region] = rng.choice(list(_COLOURS))
+        if src in ("ade20k", "pascal"):
+            obj = int(rng.choice(objects + [18] if src == "pascal" else objects))
+            maps["object"][region] = obj
+            filled = np.flatnonzero(region.any(1))
+            upper = region & (np.arange(_MASK) < (filled[0] + filled[-1]) // 2)[:, None]
+            for part, where, plane in zip(_PARTS.get(obj, ()), (upper, region & ~upper), planes["part"]):
+                plane[where] = part
+        elif src == "opensurfaces":
+            maps["material"][region] = rng.choice(by_cat["material"])
+    return planes, image_level
+
+
+def _write_broden_labels_of_image(out: Path, prefix: str, planes: dict[str, list[np.ndarray]],
+                                  image_level: dict[str, list[int]], in_category: dict[str, dict[int, int]],
+                                  pixels: dict[int, float]) -> tuple[dict[str, list[str]], set[int]]:
+    """Write one image's masks (``<prefix>_<category>[_k].png``); count its concepts per category
+    (``in_category``) and their pixel coverage (``pixels``). Returns its ``index.csv`` cells and
+    the set of concept numbers present."""
+    written: dict[str, list[str]] = {c: [] for c in BRODEN_CATEGORIES}
+    labels: set[int] = set()
+    for cat, ms in planes.items():
+        for k, m in enumerate(ms):
+            present = set(int(v) for v in np.unique(m)) - {0}
+            if not present:
+                continue
+            name = f"{prefix}_{cat}.png" if len(ms) == 1 else f"{prefix}_{cat}_{k + 1}.png"
+            _save(_encode_mask(m), out / "images" / name)
+            written[cat].append(name)
+            labels |= present
+            for v in present:
+                in_category[cat][v] = in_category[cat].get(v, 0) + 1
+                pixels[v] = pixels.get(v, 0.0) + float(np.mean(m == v))
+    for cat, numbers in image_level.items():
+        written[cat] = [str(n) for n in numbers]
+        labels |= set(numbers)
+        for v in numbers:
+            in_category[cat][v] = in_category[cat].get(v, 0) + 1
+            pixels[v] = pixels.get(v, 0.0) + 1.0
+    return written, labels
+
+
+def _broden_pixels(rng: np.random.Generator, maps: dict[str, np.ndarray], image_level: dict[str, list[int]]) -> np.ndarray:
+    """The 224 px image: each region in its colour, textured where a texture applies, plus noise."""
+    palette = np.zeros((max(_COLOURS) + 1, 3))
+    palette[list(_COLOURS)] = list(_COLOURS.values())
+    colour = palette[maps["color"]]
+    shade = 0.75 + 0.25 * np.sin(maps["object"] * 0.7 + maps["material"] * 1.3)[..., None]
+    img = colour * shade
+    for t in image_level["texture"]:
+        img = img * (0.6 + 0.4 * _texture(t, _MASK)[..., None])
+    return np.kron(img, np.ones((2, 2, 1))) + rng.normal(0.0, 0.03, (2 * _MASK, 2 * _MASK, 3))
+
+
+def _write_broden_label_tables(out: Path, by_cat: dict[str, list[int]], in_category: dict[str, dict[int, int]],
+                               pixels: dict[int, float], truth: dict[str, set[int]]) -> None:
     # As in broden1_224's label.csv: no row 0 (the unlabeled pixel), numbers from 1, and a frequency
     # that sums the per-category counts of the category cell (an object that is also a part counts
     # in both); each c_<category>.csv lists its codes by descending frequency in that category.
@@ -497,7 +523,6 @@ def write_broden(root: str | Path, n_images: int = 120, seed: int = 0) -> tuple[
                    [{"code": k + 1, "number": n, "name": BRODEN_CONCEPTS[n][0],
                      "frequency": in_category[c].get(n, 0), "coverage": coverage[n]} for k, n in enumerate(numbers)])
     _write_csv(out / "category.csv", ["name", "first", "last", "count", "frequency"], cat_rows)
-    return out, truth
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: list[dict]) -> None:

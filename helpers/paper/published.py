@@ -1,4 +1,5 @@
-"""Published sizes of the study's datasets (facts.md; the datasets' own papers and downloads): what
+"""Published sizes of the study's datasets (the datasets' own papers and downloads, cited in
+book/methods.md, "Facts the study relies on"): what
 ``clip-study plan`` compares a profile's folders with, and what it assumes for a folder not there."""
 from __future__ import annotations
 

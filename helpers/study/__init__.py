@@ -56,7 +56,7 @@ def _namespace_parameters(section: str) -> dict[str, Any]:
     """Profile-key parameters the notebook declares, read from the kernel (so ``-p num_workers=8``
     reaches every chapter that declares it, whether or not it passes it on)."""
     md = provenance.find_notebook(section)
-    ns = provenance._kernel_namespace()
+    ns = provenance.kernel_namespace()
     if md is None or ns is None:
         return {}
     return {k: ns[k] for k in provenance.declared_parameters(md) if k in PROFILE_PARAMETERS and k in ns}

@@ -7,7 +7,9 @@ plain ``papermill`` call. The notebook's kernel records, in this process-level r
   injected-parameters cell excluded) and the effective parameter values;
 - the profile: the name or path it was loaded from, the overrides and the validated digest;
 - every ``helpers`` module imported at the end of the job (``sys.modules``, so transitively),
-  each with its file's sha256, and the package's data files (``helpers/reference/``);
+  each with the digest of its code (:func:`module_code_digest`: the syntax tree without docstrings,
+  so a comment or docstring edit is not a change), and the package's data files
+  (``helpers/reference/``) by sha256;
 - every dataset opened (:func:`note_dataset`: a signature over every file at any depth of its
   root), every weights file (:func:`note_file`), the extraction cache keys it used
   (``note("cache", name, key)``, derived from the recorded inputs, kept for inspection);
@@ -167,7 +169,9 @@ def _kernel_sources() -> list[str] | None:
     return [s for s in ip.history_manager.input_hist_raw if s]
 
 
-def _kernel_namespace() -> dict | None:
+def kernel_namespace() -> dict | None:
+    """The variables of the IPython kernel this code runs in (None outside one): where a
+    notebook's parameters are read as they are when the job starts."""
     try:
         from IPython import get_ipython
     except ImportError:
@@ -287,8 +291,38 @@ def tree_signature(root: str | os.PathLike, memo: bool = False) -> str | None:
 
 # ---------------------------------------------------------------- the recorder
 
+_DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+_CODE_MEMO: dict[tuple, str] = {}
+
+
+def module_code_digest(path: str | os.PathLike) -> str:
+    """sha256 of a module's code as Python runs it: its syntax tree with every docstring removed,
+    dumped without line and column numbers (comments are not in the tree). A comment, docstring,
+    blank-line or line-wrapping edit leaves it unchanged; any change to a statement or expression
+    changes it. A file that does not parse is digested by its bytes. Memoised in this process per
+    (path, size, mtime): the runner checks many jobs against the same modules."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _CODE_MEMO:
+        data = p.read_bytes()
+        try:
+            tree = ast.parse(data)
+        except (SyntaxError, ValueError):
+            _CODE_MEMO[key] = _sha(b"unparsed\0" + data)
+        else:
+            for node in ast.walk(tree):
+                if isinstance(node, _DOCUMENTED) and node.body and isinstance(node.body[0], ast.Expr) \
+                        and isinstance(node.body[0].value, ast.Constant) and isinstance(node.body[0].value.value, str):
+                    node.body = node.body[1:]
+            _CODE_MEMO[key] = _sha(ast.dump(tree, include_attributes=False).encode())
+    return _CODE_MEMO[key]
+
+
 def module_digests() -> dict[str, dict[str, str]]:
-    """Every ``helpers`` module this process imported (transitively), with its file's sha256."""
+    """Every ``helpers`` module this process imported (transitively), with :func:`module_code_digest`
+    of its file: a job depends on the code it imported, not on modules it never loaded nor on their
+    comments and docstrings."""
     out = {}
     for name, mod in sorted(sys.modules.items()):
         if name != "helpers" and not name.startswith("helpers."):
@@ -296,7 +330,7 @@ def module_digests() -> dict[str, dict[str, str]]:
         f = getattr(mod, "__file__", None)
         if not f or not Path(f).resolve().is_relative_to(HELPERS_DIR):
             continue
-        out[name] = {"path": Path(f).resolve().relative_to(REPO_ROOT).as_posix(), "sha256": _sha(Path(f).read_bytes())}
+        out[name] = {"path": Path(f).resolve().relative_to(REPO_ROOT).as_posix(), "code_sha256": module_code_digest(f)}
     return out
 
 
@@ -390,7 +424,7 @@ def begin(section: str, profile, parameters: dict[str, Any], source: dict[str, A
     R.results_dir, R.cache_dir = Path(profile.results_dir), Path(profile.cache_dir)
     md = find_notebook(section)
     params = dict(parameters)
-    ns = _kernel_namespace()
+    ns = kernel_namespace()
     if md is not None and ns is not None:  # a notebook: exactly its declared parameters, as they are now
         params = {name: ns.get(name, default) for name, default in declared_parameters(md).items()}
     R.path = record_path(R.results_dir, section, label)
@@ -477,7 +511,7 @@ def check(record: dict | None, *, notebook_digest_: str, parameters: dict[str, A
             return "profile changed"
     for name, m in record.get("modules", {}).items():
         p = REPO_ROOT / m["path"]
-        if not p.exists() or _sha(p.read_bytes()) != m["sha256"]:
+        if not p.exists() or module_code_digest(p) != m.get("code_sha256"):  # a record without one: changed
             return f"module {name} changed"
     for rel, sha in record.get("package_data", {}).items():
         p = REPO_ROOT / rel

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import pandas as pd
 
 from helpers.study import provenance
-from helpers.config import Profile
 from helpers.store import atomic_write_text
+
+if TYPE_CHECKING:  # annotations only: reading and writing tables runs no profile code
+    from helpers.config import Profile
 
 
 def table_path(profile: Profile, section: str, entry_id: str) -> Path:

@@ -56,7 +56,7 @@ GB = 1e9
 #: Effective TFLOP/s of one A100-class GPU on these encoders at batch 256, per precision: about a
 #: third of the dense bf16 peak under autocast; fp32 (TF32 off) four times slower.
 GPU_TFLOPS = {"bf16": 100.0, "fp16": 100.0, "fp32": 25.0}
-#: Effective TFLOP/s of two CPU threads (facts.md: 8 images of ViT-B-32 in 0.25 s, of ViT-L-14 in
+#: Effective TFLOP/s of two CPU threads (book/methods.md, facts: 8 images of ViT-B-32 in 0.25 s, of ViT-L-14 in
 #: 4.9 s, of RN50 in 0.84 s: 0.28, 0.26, 0.12 TFLOP/s with the FLOPs of :data:`ARCHS`).
 CPU_TFLOPS = 0.2
 #: A training step (forward + backward) costs three forwards ...
@@ -457,7 +457,7 @@ def assumptions(profile: Profile) -> str:
                 f"({profile.precision}, an A100-class GPU; training at x{TRAIN_EFFICIENCY:g} of that rate); "
                 "recalibrate from the img/s benchmarks/gpu_check.sh measures on yours")
     return (f"CPU-hours: FLOPs per image of each architecture (helpers.workflow.costs.ARCHS) at {CPU_TFLOPS:g} "
-            "TFLOP/s, facts.md's 2-thread encode_image times")
+            "TFLOP/s, the 2-thread encode_image times of book/methods.md (Facts the study relies on)")
 
 
 def format_stages(stages: Sequence[Stage], profile: Profile) -> list[str]:

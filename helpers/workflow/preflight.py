@@ -10,8 +10,9 @@ found, the free disk, and per stage the cache bytes and GPU-hours (:mod:`helpers
 
 What is checked:
 
-- the profile: every value's type and range, every open_clip (model, tag) and torchvision builder
-  known to the installed libraries, the QuickGELU rule (:func:`helpers.config.load_profile`);
+- the profile: every value's type and range (:func:`helpers.config.load_profile`), every open_clip
+  (model, tag) and torchvision builder known to the installed libraries, the QuickGELU rule and
+  finetuned lineage (:func:`helpers.models.check_entry`, over the whole pool);
 - weights: each checkpoint file present, or produced by a named command; each open_clip tag's file
   in the Hugging Face hub cache (``paths.hf_cache``, else the default one), or to download;
 - datasets: the folder each section reads opens in its real layout (the loaders of
@@ -78,6 +79,22 @@ def _sections(requested: list[str] | None, report: Report) -> list[str]:
         if s not in known:
             report.problems.append(f"--section {s}: no such section; expected one of {', '.join(known)}")
     return [s for s in known if s in requested]
+
+
+def _check_models(profile: Profile, report: Report) -> None:
+    """Every entry of the pool against the installed open_clip / torchvision: model name, (model,
+    tag) pair, torchvision builder, the QuickGELU rule and finetuned lineage; builds nothing and
+    reads no weights. Each problem names the profile file and the entry's key, as
+    :func:`helpers.config.load_profile` does for the values it checks."""
+    from helpers.models import ModelError, check_entry
+
+    for i, e in enumerate(profile.pool):  # a loaded profile's pool is in the order of its YAML list
+        try:
+            check_entry(e, profile.pool)
+        except ModelError as exc:
+            msg = str(exc)
+            key = "pretrained" if "list_pretrained" in msg else "model"
+            report.problems.append(f"{profile.path}: pool[{i}] ({e.id}).{key}: {msg}")
 
 
 def _datasets_needed(sections: list[str], entries: list[PoolEntry], profile: Profile) -> dict[str, list[str]]:
@@ -315,6 +332,7 @@ def check(profile: Profile | str | os.PathLike, sections: list[str] | None = Non
             return Report(None, problems=[l.strip() for l in (lines[1:] if len(lines) > 1 else lines)])
     report = Report(profile)
     report.checked.append(_library_line())
+    _check_models(profile, report)
     report.sections = _sections(sections, report)
     try:
         report.entries = profile.select(entry=entry, backbone=backbone)

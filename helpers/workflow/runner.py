@@ -12,7 +12,8 @@ A job is skipped when its provenance record is complete and every input it recor
 the code that ran, the parameters, the profile, the ``helpers`` modules it imported, every file of
 the datasets it opened, the weights files, and the tables it read and wrote. A plain ``papermill``
 run of ``notebooks/<chapter>.ipynb`` writes the same record, so the runner sees it. jupyter-cache
-alone would miss a change in ``helpers/`` (facts.md), hence our own records.
+alone would miss a change in ``helpers/`` (it keys on code cells only: book/methods.md, Facts the
+study relies on), hence our own records.
 
 Each job runs in a child process (``python -m helpers.workflow.runner``): the runner writes all its output to
 the job's log and shows the progress on the terminal (cells, tqdm rates), without the kernel's

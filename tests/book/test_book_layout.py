@@ -25,7 +25,7 @@ def test_every_notebook_is_a_chapter_and_every_chapter_exists():
 
 
 def test_book_renders_without_executing():
-    # papermill executes; jupyter-cache would miss changes in helpers/ (facts.md)
+    # papermill executes; jupyter-cache would miss changes in helpers/ (book/methods.md, facts)
     assert CONFIG["execute"]["execute_notebooks"] == "off"
     assert CONFIG["only_build_toc_files"] is True
 

@@ -134,7 +134,7 @@ def test_real_broden_has_63305_images_and_1197_concepts():
 
 def test_fixture_writes_the_real_label_format(broden):
     """broden1_224's label.csv: no row 0, frequency = sum of the category cell's counts; c_*.csv
-    codes 1, 2, ... by descending frequency in that category (facts.md)."""
+    codes 1, 2, ... by descending frequency in that category (book/methods.md, facts)."""
     root, _ = broden
     with open(root / "label.csv") as f:
         labels = list(csv.DictReader(f))

@@ -76,7 +76,7 @@ def test_paper_open_clip_tags_are_listed_and_every_entry_checks(paper):
 
 
 def _trained_with_quick_gelu(e, pool):
-    """The rule as the facts state it: every openai, yfcc15m and cc12m tag, and ViT-B-32
+    """The rule as book/methods.md's facts state it: every openai, yfcc15m and cc12m tag, and ViT-B-32
     laion400m_e31/e32, inherited by the models finetuned from them."""
     by_id = {x.id: x for x in pool}
     while e.pretrained is None and e.finetuned_from:

@@ -104,7 +104,7 @@ def test_every_unreadable_image_is_named_then_skipped_and_listed(tmp_path, data)
     assert set(listed.dataset) == {"imagenet"} and set(listed.entries) == {"planted"}
 
 
-EVAL_IMAGES = 50_000 + 10_000 + 30_000 + 50_889 + 18_574 + 7_500  # the published sizes (facts.md)
+EVAL_IMAGES = 50_000 + 10_000 + 30_000 + 50_889 + 18_574 + 7_500  # the published sizes (book/methods.md)
 
 
 def test_plan_for_the_paper_profile_here_lists_what_is_missing_within_80_gb(capsys):
