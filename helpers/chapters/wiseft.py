@@ -227,9 +227,11 @@ def trajectory_figure(table: pd.DataFrame):
         ax.set_visible(False)
     for ax, label in zip(axes.flat, labels):
         sub = table[table["pair"] == label]
-        for region, color in REGIONS.items():
+        for k, (region, color) in enumerate(REGIONS.items()):
             r = sub[sub["region"] == region].sort_values("epoch")
-            ax.plot(r["epoch"], 100 * r["fraction"], marker="o", ms=4, color=color, label=region)
+            # own marker and dash per region, the first drawn on top: equal shares stay visible
+            ax.plot(r["epoch"], 100 * r["fraction"], marker="osD^v"[k % 5], ms=6 - k, color=color, label=region,
+                    ls=("-", "--", ":", "-.")[k % 4], zorder=10 - k)
         ax.set(title=label, xlabel="finetuning epoch (0: zero-shot)", ylabel="% of finetuned concepts")
         ax.set_xticks(sorted(sub["epoch"].unique()))
     handles, names = axes.flat[0].get_legend_handles_labels()
