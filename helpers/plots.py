@@ -9,6 +9,7 @@ marker beside this run's filled one. Tables: no index, one decimal, a dash for a
 from __future__ import annotations
 
 import colorsys
+from os import PathLike
 
 from helpers.paper.compare import backbone_order
 from helpers.config import FAMILIES
@@ -602,18 +603,24 @@ def show_figure(fig, name: str, caption: str, empty: str = "This slice has nothi
     import matplotlib.pyplot as plt
     from IPython.display import Markdown, display
 
+    from PIL import Image
+
     if fig is None:
         print(empty)
         return
-
-    _tidy_for_caption(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
-    plt.close(fig)
-    from PIL import Image
-
-    width = Image.open(io.BytesIO(buf.getvalue())).size[0] * 100 // FIGURE_DPI
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    if isinstance(fig, (str, PathLike)):  # a saved PNG (the diagnose report's files)
+        with open(fig, "rb") as f:
+            png = f.read()
+    else:
+        _tidy_for_caption(fig)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
+        plt.close(fig)
+        png = buf.getvalue()
+    image = Image.open(io.BytesIO(png))
+    dpi = float(image.info.get("dpi", (FIGURE_DPI,))[0]) or FIGURE_DPI
+    width = round(image.size[0] * 100 / dpi)  # CSS px at the 100 dpi the figure sizes were chosen for
+    data = base64.b64encode(png).decode("ascii")
     alt = caption.replace("\n", " ").replace("$", "")
     display(Markdown(f"```{{figure}} data:image/png;base64,{data}\n:name: {name}\n:width: {width}px\n"
                      f":class: study-figure\n:alt: {alt}\n\n{caption}\n```"))
