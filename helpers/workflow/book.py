@@ -63,6 +63,13 @@ def _pool_table(profile: Profile) -> str:
     return "\n".join(rows)
 
 
+def _in_sentence(name: str) -> str:
+    """A family's display name inside a sentence: the first letter lowered unless the first word
+    is a name (CoCa) or an acronym (CLIP)."""
+    first = name.split()[0]
+    return name[0].lower() + name[1:] if len(first) > 1 and first[1:].islower() else name
+
+
 def pool_page(profile: Profile) -> str:
     """The model-pool chapter, built from the configuration so it cannot drift from it."""
     paper = profile if profile.name == "paper" else load_profile("paper")
@@ -80,7 +87,7 @@ def pool_page(profile: Profile) -> str:
                   "the stand-in's, marked as an untrained stand-in.", "",
                   _pool_table(profile), ""]
     parts += ["## The paper's pool (`paper` profile)", "",
-              "Section 3 and Appendix D: " + ", ".join(f"{n} {FAMILIES[f].lower()}" for f, n in counts.items() if n)
+              "Section 3 and Appendix D: " + ", ".join(f"{n} {_in_sentence(FAMILIES[f])}" for f, n in counts.items() if n)
               + f" ({len(paper.pool)} models). Entries with a checkpoint are produced by this study's finetuning and "
               "training commands or supplied by their authors (see the reproducing page).", "",
               _pool_table(paper), ""]
