@@ -9,6 +9,7 @@ marker beside this run's filled one. Tables: no index, one decimal, a dash for a
 from __future__ import annotations
 
 import colorsys
+import re
 from os import PathLike
 
 from helpers.paper.compare import backbone_order
@@ -47,6 +48,8 @@ DISPLAY_NAMES = {
     "polysemanticity": "polysemanticity", "threshold": "AP threshold", "fraction": "fraction pruned",
     "alpha": "α", "published_top1": "published top-1 (%)", "top1_deviation": "deviation (points)",
     "spearman": "Spearman ρ", "cka": "CKA", "depth": "layer", "er_percent": "ER (points)",
+    "kurtosis_shifts": "kurtosis, mean of 5 shifts", "n_fine": "finetuned concepts", "per_side": "images per side",
+    "kurtosis_penultimate": "kurtosis, penultimate layer", "kurtosis_h": "kurtosis of h",
 }
 #: Values of the ``indicator`` column of the summary's correlations, as a reader reads them.
 INDICATOR_NAMES = {"kurtosis": "activation kurtosis, Eq. (1)", "importance_ratio": "importance ratio, Eq. (3)",
@@ -277,8 +280,10 @@ def pool_points(run, value: str, ylabel: str, title: str, profile, paper=None, p
     if paper_map:
         handles.append(_paper_handle())
         labels.append(PAPER_LABEL)
-    legend_outside(ax, handles, labels, title="this run" + _stand_in_note(df), where="below" if many else "right",
-                   ncol=4 if many else None)
+    leg = legend_outside(ax, handles, labels, title="this run" + _stand_in_note(df), where="below" if many else "right",
+                         ncol=4 if many else None)
+    if leg is not None and paper_ax is not ax and not many:
+        leg.set_bbox_to_anchor((1.2, 1))  # clear of the paper's axis on the right
     return fig
 
 
@@ -538,15 +543,25 @@ def display_frame(df, columns: dict | None = None, drop=()) -> tuple["object", s
                 note = "this run's models are untrained stand-ins"
     if "backbone" in df:
         names = [c for c in ("entry", "paper model", "paper_entry", "model") if c in df]
-        if names and all(isinstance(b, str) and any(b in str(r[n]) for n in names)
+        same = lambda b, name: b.replace("_", "-").lower() in str(name).replace("_", "-").lower()  # noqa: E731
+        if names and all(isinstance(b, str) and any(same(b, r[n]) for n in names)
                          for b, (_, r) in zip(df["backbone"], df.iterrows())):
             df = df.drop(columns="backbone")
     if {"difference", "paper", "this run"} <= set(df.columns) and (note or separate_scales(
             pd.to_numeric(df["paper"], errors="coerce"), pd.to_numeric(df["this run"], errors="coerce"))):
         # an untrained stand-in's value minus the paper's, or values of another scale, is no difference to read
         df = df.drop(columns="difference")
-    renames = {c: (columns or {}).get(c, DISPLAY_NAMES.get(c, c)) for c in df.columns}
-    return df.rename(columns=renames), note
+    return df.rename(columns=_display_names(df.columns, columns)), note
+
+
+def _display_names(names, columns: dict | None = None) -> dict:
+    """Each column's display name: ``columns``, then :data:`DISPLAY_NAMES`, and a snake_case name
+    nobody named yet written with spaces (no code name reaches a header)."""
+    out = {}
+    for c in map(str, names):
+        name = (columns or {}).get(c, DISPLAY_NAMES.get(c, c))
+        out[c] = name.replace("_", " ") if re.fullmatch(r"[a-z0-9]+(?:_[a-z0-9]+)+", name) else name
+    return out
 
 
 def table(df, caption: str | None = None, decimals: int = 1, formats: dict | None = None,
@@ -557,7 +572,7 @@ def table(df, caption: str | None = None, decimals: int = 1, formats: dict | Non
     by the original column names."""
     from pandas.api.types import is_float_dtype
 
-    renames = {c: (columns or {}).get(c, DISPLAY_NAMES.get(c, c)) for c in map(str, df.columns)}
+    renames = _display_names(df.columns, columns)
     formats = {renames.get(k, k): v for k, v in (formats or {}).items()}
     df, note = display_frame(df, columns, drop)
     fmt = {}
@@ -585,10 +600,18 @@ def _tidy_for_caption(fig) -> None:
     axes = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
     if len(axes) == 1:
         axes[0].set_title("")
+    shared = False
     for ax in axes:
         if ax.has_data():
+            shared = shared or len(ax.get_shared_x_axes().get_siblings(ax)) > 1
             ax.tick_params(labelbottom=True)
             ax.xaxis.get_offset_text().set_visible(True)
+    if shared:  # the labels now shown need the room tight_layout gave the bottom row only
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a layout it cannot improve stays as drawn
+            fig.tight_layout()
 
 
 def show_figure(fig, name: str, caption: str, empty: str = "This slice has nothing to draw here.") -> None:

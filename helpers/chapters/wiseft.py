@@ -134,7 +134,7 @@ def sweep_figure(table: pd.DataFrame, series: dict[str, str], ylabel: str, title
         handles.append(Line2D([], [], ls="", marker="o", ms=8, mfc="none", mec="0.3", mew=1.4))
         names.append(PAPER_LABEL + ": α = 0 and 1 (Tables 1-5)")
     if handles:
-        fig.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 0.92), frameon=False, fontsize=8)
+        fig.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 0.92), frameon=False, fontsize=9)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -229,13 +229,14 @@ def trajectory_figure(table: pd.DataFrame):
         sub = table[table["pair"] == label]
         for k, (region, color) in enumerate(REGIONS.items()):
             r = sub[sub["region"] == region].sort_values("epoch")
-            # own marker and dash per region, the first drawn on top: equal shares stay visible
-            ax.plot(r["epoch"], 100 * r["fraction"], marker="osD^v"[k % 5], ms=6 - k, color=color, label=region,
-                    ls=("-", "--", ":", "-.")[k % 4], zorder=10 - k)
+            # own marker and dash per region, the first drawn on top and each later one wider and
+            # larger beneath it: equal shares (blue on green) stay visible as a line with a halo
+            ax.plot(r["epoch"], 100 * r["fraction"], marker="osD^v"[k % 5], ms=4 + 2.5 * k, lw=1.2 + 1.2 * k,
+                    color=color, label=region, ls=("-", "--", ":", "-.")[k % 4], zorder=10 - k, alpha=0.9)
         ax.set(title=label, xlabel="finetuning epoch (0: zero-shot)", ylabel="% of finetuned concepts")
         ax.set_xticks(sorted(sub["epoch"].unique()))
     handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 0.92), frameon=False, fontsize=8)
+    fig.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 0.92), frameon=False, fontsize=9)
     fig.suptitle("Figure 5: overlap of the finetuned concepts with the zero-shot and supervised ones")
     fig.tight_layout()
     return fig

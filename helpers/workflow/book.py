@@ -51,15 +51,17 @@ def _copy_hiding_injected_parameters(src: Path, target: Path) -> None:
 
 def _pool_table(profile: Profile) -> str:
     stand_ins = any(e.stands_in_for for e in profile.pool)
+    notes = any(e.note for e in profile.pool)  # a Note column only where some entry has one
     second = " Untrained stand-in for |" if stand_ins else ""
-    rows = ["| Entry |" + second + " Backbone | Family | Pretraining data | Weights | Note |",
-            "| --- |" + (" --- |" if stand_ins else "") + " --- | --- | --- | --- | --- |"]
+    rows = ["| Entry |" + second + " Backbone | Family | Pretraining data | Weights |" + (" Note |" if notes else ""),
+            "| --- |" + (" --- |" if stand_ins else "") + " --- | --- | --- | --- |" + (" --- |" if notes else "")]
     for e in profile.pool:
         weights = f"`{e.model}` / `{e.pretrained}`" if e.pretrained else (
             f"`{e.model}` / checkpoint `{Path(e.checkpoint).name}`" if e.checkpoint else f"`{e.model}` / random init, seed {e.seed}")
         note = e.note.replace("|", "/")
         stand_in = (f" `{e.stands_in_for}` |" if e.stands_in_for else " – |") if stand_ins else ""
-        rows.append(f"| `{e.id}` |{stand_in} {e.arch} | {FAMILIES[e.family]} | {e.pretraining} | {weights} | {note} |")
+        rows.append(f"| `{e.id}` |{stand_in} {e.arch} | {FAMILIES[e.family]} | {e.pretraining} | {weights} |"
+                    + (f" {note} |" if notes else ""))
     return "\n".join(rows)
 
 

@@ -48,7 +48,11 @@ window.addEventListener('load', function () {
       }).map(function (c) { return c.innerText.slice(0, 40); });
       return {caption: (t.caption ? t.caption.innerText : t.innerText.slice(0, 60)),
               fits: r.right <= box.right + 2 && t.scrollWidth <= t.clientWidth + 1, cut: cut,
-              headers: Array.from(t.querySelectorAll('thead th')).map(function (h) { return h.innerText; })};
+              headers: Array.from(t.querySelectorAll('thead th')).map(function (h) {
+                // a profile key or path named in a code span is the reader's to type, not a code name
+                var c = h.cloneNode(true);
+                c.querySelectorAll('code').forEach(function (k) { k.remove(); });
+                return c.textContent; })};
     });
     var images = Array.from(document.images).filter(function (i) { return i.closest('article'); })
       .map(function (i) {
