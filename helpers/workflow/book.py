@@ -59,8 +59,9 @@ def _pool_table(profile: Profile) -> str:
         weights = f"`{e.model}` / `{e.pretrained}`" if e.pretrained else (
             f"`{e.model}` / checkpoint `{Path(e.checkpoint).name}`" if e.checkpoint else f"`{e.model}` / random init, seed {e.seed}")
         note = e.note.replace("|", "/")
-        stand_in = (f" `{e.stands_in_for}` |" if e.stands_in_for else " – |") if stand_ins else ""
-        rows.append(f"| `{e.id}` |{stand_in} {e.arch} | {FAMILIES[e.family]} | {e.pretraining} | {weights} |"
+        # ids as plain text: they break at their hyphens in a narrow column, code would not
+        stand_in = (f" {e.stands_in_for} |" if e.stands_in_for else " – |") if stand_ins else ""
+        rows.append(f"| {e.id} |{stand_in} {e.arch} | {FAMILIES[e.family]} | {e.pretraining} | {weights} |"
                     + (f" {note} |" if notes else ""))
     return "\n".join(rows)
 
