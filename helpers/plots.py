@@ -71,7 +71,7 @@ def setup_style() -> None:
 
     sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
     mpl.rcParams.update({"axes.formatter.useoffset": False, "axes.formatter.limits": (-4, 5),
-                         "legend.frameon": False, "legend.fontsize": 9, "legend.title_fontsize": 9,
+                         "legend.frameon": False, "legend.fontsize": 10, "legend.title_fontsize": 10,
                          "figure.dpi": 100, "savefig.dpi": FIGURE_DPI, "savefig.bbox": "tight"})
 
 
@@ -147,7 +147,7 @@ def plain_log_ticks(ax, axis: str = "y") -> None:
 def legend_outside(ax, handles=None, labels=None, title=None, where: str = "right", ncol: int | None = None):
     """A legend beside the axes (``right``) or under them (``below``), never over the data; long
     lists (the paper profile's 43 models) get more columns."""
-    kw = {"title": title, "frameon": False, "fontsize": 9, "title_fontsize": 9}
+    kw = {"title": title, "frameon": False, "fontsize": 10, "title_fontsize": 10}
     if handles is None:
         handles, labels = ax.get_legend_handles_labels()
     if not handles:
@@ -175,7 +175,7 @@ def _legend_entries(axes) -> tuple[list, list]:
 
 def _figure_legend(fig, handles, labels):
     """The legend of a multi-panel figure, right of the panels (two columns for long lists)."""
-    return fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False, fontsize=9,
+    return fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False, fontsize=10,
                       ncol=1 if len(handles) <= 18 else 2)
 
 

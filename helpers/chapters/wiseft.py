@@ -134,7 +134,7 @@ def sweep_figure(table: pd.DataFrame, series: dict[str, str], ylabel: str, title
         handles.append(Line2D([], [], ls="", marker="o", ms=8, mfc="none", mec="0.3", mew=1.4))
         names.append(PAPER_LABEL + ": α = 0 and 1 (Tables 1-5)")
     if handles:
-        fig.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 0.92), frameon=False, fontsize=9)
+        fig.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 0.92), frameon=False, fontsize=10)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -236,7 +236,7 @@ def trajectory_figure(table: pd.DataFrame):
         ax.set(title=label, xlabel="finetuning epoch (0: zero-shot)", ylabel="% of finetuned concepts")
         ax.set_xticks(sorted(sub["epoch"].unique()))
     handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 0.92), frameon=False, fontsize=9)
+    fig.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 0.92), frameon=False, fontsize=10)
     fig.suptitle("Figure 5: overlap of the finetuned concepts with the zero-shot and supervised ones")
     fig.tight_layout()
     return fig

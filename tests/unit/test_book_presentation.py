@@ -73,3 +73,26 @@ def test_show_figure_writes_a_numbered_figure_directive(capsys):
     assert axes[0].xaxis.get_tick_params()["labelbottom"]
     plots.show_figure(None, "fig-y", "c", empty="nothing here")
     assert "nothing here" in capsys.readouterr().out
+
+
+def test_summary_catalogue_view_and_claims(tmp_path):
+    """The catalogue as the page shows it: the paper's item and report first, chapters by their
+    titles; the verdict's claims are the table's rows."""
+    from helpers.chapters import summary
+    from helpers.study import results
+    from test_chapter_oracles import IDS, make_study
+
+    study = make_study(tmp_path, summary.SECTION)
+    for e in IDS:
+        results.record(study.profile, "robustness", e, {"imagenet": 0.5, "er": 0.1})
+    view = summary.catalogue_view(study)
+    assert list(view.columns) == ["paper item", "quantity", "paper reports", "models in this run", "chapter",
+                                  "left out (tables of failed jobs)"]
+    row = view.set_index("paper item").loc["Figure 2b"]
+    assert row["chapter"] == "Privileged directions" and row["models in this run"] == 0
+    assert view.set_index("paper item").loc["Table 1", "models in this run"] == len(IDS)
+    # the failed-jobs column is empty here: the page's table helper leaves it out
+    shown, _ = plots.display_frame(view)
+    assert "left out (tables of failed jobs)" not in shown.columns
+    claims = summary.claims(study)
+    assert [c.statement for c in claims] == summary.all_claims(study)["claim"].tolist()
