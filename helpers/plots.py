@@ -283,7 +283,8 @@ def pool_points(run, value: str, ylabel: str, title: str, profile, paper=None, p
     leg = legend_outside(ax, handles, labels, title="this run" + _stand_in_note(df), where="below" if many else "right",
                          ncol=4 if many else None)
     if leg is not None and paper_ax is not ax and not many:
-        leg.set_bbox_to_anchor((1.2, 1))  # clear of the paper's axis on the right
+        width = fig.get_figwidth() * ax.get_position().width  # inches
+        leg.set_bbox_to_anchor((1 + 0.9 / width, 1))  # 0.9 inch right: clear of the paper's axis and its label
     return fig
 
 
@@ -500,11 +501,18 @@ def paper_bars(table, panels: dict[str, str], title: str):
     import numpy as np
     from matplotlib.patches import Patch
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.9 * len(panels) + 0.5, 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 0.5, 3.6), squeeze=False)
     x = np.arange(len(table))
     for ax, (column, name) in zip(axes[0], panels.items()):
         ax.bar(x - 0.2, table[f"{column} paper"], width=0.4, color="0.65")
-        ax.bar(x + 0.2, table[f"{column} run"], width=0.4, color=[FAMILY_COLORS.get(f, "0.3") for f in table["family"]])
+        run_ax = ax
+        if separate_scales(table[f"{column} paper"], table[f"{column} run"]):
+            # more than 10x apart (the demo's stand-ins): this run on its own axis, right
+            run_ax = ax.twinx()
+            run_ax.grid(False)
+            ax.set_ylabel("paper (grey)")
+            run_ax.set_ylabel("this run (right axis)")
+        run_ax.bar(x + 0.2, table[f"{column} run"], width=0.4, color=[FAMILY_COLORS.get(f, "0.3") for f in table["family"]])
         ax.set_xticks(x, table["paper model"], rotation=25, ha="right", fontsize=9)
         ax.set(title=name)
     handles = [Patch(color="0.65", label="paper")] + [Patch(color=FAMILY_COLORS[f], label=f"this run: {FAMILIES[f]}")
@@ -600,13 +608,17 @@ def _tidy_for_caption(fig) -> None:
     axes = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
     if len(axes) == 1:
         axes[0].set_title("")
-    shared = False
+    shown, seen = False, []
     for ax in axes:
-        if ax.has_data():
-            shared = shared or len(ax.get_shared_x_axes().get_siblings(ax)) > 1
+        where = tuple(round(v, 4) for v in ax.get_position().bounds)
+        if where in seen:
+            continue  # a twin drawn over its host: the host carries the x labels
+        seen.append(where)
+        if ax.has_data() and not ax.xaxis.get_tick_params(which="major").get("labelbottom", True):
+            shown = True
             ax.tick_params(labelbottom=True)
             ax.xaxis.get_offset_text().set_visible(True)
-    if shared:  # the labels now shown need the room tight_layout gave the bottom row only
+    if shown:  # the labels now shown need the room tight_layout gave the bottom row only
         import warnings
 
         with warnings.catch_warnings():
