@@ -9,6 +9,8 @@ marker beside this run's filled one. Tables: no index, one decimal, a dash for a
 from __future__ import annotations
 
 import colorsys
+import re
+from os import PathLike
 
 from helpers.paper.compare import backbone_order
 from helpers.config import FAMILIES
@@ -28,6 +30,31 @@ PRETRAINING_MARKERS = {"OpenAI": "o", "YFCC-15M": "s", "CC-12M": "D", "LAION-400
                        "DataComp": "P", "ImageNet": "X", "ImageNet-Captions-t": "<", "ImageNet-Captions-td": ">",
                        "ImageNet-Captions-tdt": "h"}
 PAPER_LABEL = "paper (hollow)"
+#: Figures are saved at twice the CSS pixel density (crisp on a high-density screen) and shown at
+#: their natural CSS size: a 9 pt legend is 12.5 px and stays above 9 px down to a 72 % scale.
+FIGURE_DPI = 200
+
+#: Column names of the results tables as a reader reads them (``table`` renames every column it
+#: finds here; a chapter passes ``columns=`` for anything else).
+DISPLAY_NAMES = {
+    "entry": "model", "paper_entry": "paper model", "family": "family", "backbone": "backbone",
+    "pretraining": "pretraining data", "dataset": "dataset", "imagenet": "ImageNet", "imagenetv2": "ImageNet-V2",
+    "imagenet-v2": "ImageNet-V2", "imagenet-r": "ImageNet-R", "imagenet-sketch": "ImageNet-Sketch",
+    "objectnet": "ObjectNet", "imagenet-a": "ImageNet-A", "shifts_mean": "mean of 5 shifts", "er": "ER",
+    "acc_ratio": "%acc", "kurtosis": "kurtosis", "ci_low": "95 % interval, low", "ci_high": "95 % interval, high",
+    "low": "95 % interval, low", "high": "95 % interval, high", "d_H": "dimension of h",
+    "top_over_mean": "largest coordinate / mean", "importance_ratio": "importance ratio",
+    "most_privileged_direction": "most privileged direction", "unique_concepts": "unique concepts",
+    "polysemanticity": "polysemanticity", "threshold": "AP threshold", "fraction": "fraction pruned",
+    "alpha": "α", "published_top1": "published top-1 (%)", "top1_deviation": "deviation (points)",
+    "spearman": "Spearman ρ", "cka": "CKA", "depth": "layer", "er_percent": "ER (points)",
+    "kurtosis_shifts": "kurtosis, mean of 5 shifts", "n_fine": "finetuned concepts", "per_side": "images per side",
+    "kurtosis_penultimate": "kurtosis, penultimate layer", "kurtosis_h": "kurtosis of h",
+}
+#: Values of the ``indicator`` column of the summary's correlations, as a reader reads them.
+INDICATOR_NAMES = {"kurtosis": "activation kurtosis, Eq. (1)", "importance_ratio": "importance ratio, Eq. (3)",
+                   "unique_concepts": "unique concepts, Eq. (4)"}
+STAND_IN_SUFFIX = " (untrained stand-in)"
 
 
 def family_palette(families=None) -> dict[str, str]:
@@ -44,8 +71,37 @@ def setup_style() -> None:
 
     sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
     mpl.rcParams.update({"axes.formatter.useoffset": False, "axes.formatter.limits": (-4, 5),
-                         "legend.frameon": False, "legend.fontsize": 8, "figure.dpi": 100,
-                         "savefig.bbox": "tight"})
+                         "legend.frameon": False, "legend.fontsize": 10, "legend.title_fontsize": 10,
+                         "figure.dpi": 100, "savefig.dpi": FIGURE_DPI, "savefig.bbox": "tight"})
+
+
+def venn_grid(venns: dict[str, dict[str, set]]):
+    """Figure 4: one three-set Venn diagram (:func:`venn3`) per backbone, side by side."""
+    import matplotlib.pyplot as plt
+
+    if not venns:
+        return None  # no backbone of the slice has all three models
+    fig, axes = plt.subplots(1, len(venns), figsize=(4.4 * len(venns), 4.4), squeeze=False)
+    for ax, (arch, sets_by_role) in zip(axes[0], venns.items()):
+        venn3(sets_by_role, arch, ax=ax)
+    return fig
+
+
+def indicator_scatter(indicators):
+    """Activation kurtosis (Eq. 1) against effective robustness (Eq. 5), one point per model of
+    the run, coloured by family (the summary's take-away 2)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    if indicators.empty or "kurtosis" not in indicators:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sns.scatterplot(data=indicators.assign(family=indicators.family.map(FAMILIES), er=100 * indicators.er),
+                    x="kurtosis", y="er", hue="family", palette=family_palette(indicators.family), s=70, ax=ax)
+    ax.set(xscale="log", xlabel="activation kurtosis, Eq. (1)", ylabel="effective robustness (points)")
+    plain_log_ticks(ax, "x")
+    legend_outside(ax)
+    return fig
 
 
 def _shade(color: str, t: float) -> tuple[float, float, float]:
@@ -91,7 +147,7 @@ def plain_log_ticks(ax, axis: str = "y") -> None:
 def legend_outside(ax, handles=None, labels=None, title=None, where: str = "right", ncol: int | None = None):
     """A legend beside the axes (``right``) or under them (``below``), never over the data; long
     lists (the paper profile's 43 models) get more columns."""
-    kw = {"title": title, "frameon": False, "fontsize": 8, "title_fontsize": 8}
+    kw = {"title": title, "frameon": False, "fontsize": 10, "title_fontsize": 10}
     if handles is None:
         handles, labels = ax.get_legend_handles_labels()
     if not handles:
@@ -119,7 +175,7 @@ def _legend_entries(axes) -> tuple[list, list]:
 
 def _figure_legend(fig, handles, labels):
     """The legend of a multi-panel figure, right of the panels (two columns for long lists)."""
-    return fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False, fontsize=8,
+    return fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False, fontsize=10,
                       ncol=1 if len(handles) <= 18 else 2)
 
 
@@ -127,6 +183,21 @@ def _paper_handle():
     from matplotlib.lines import Line2D
 
     return Line2D([], [], ls="", marker="o", ms=8, mfc="none", mec="0.3", mew=1.4, label=PAPER_LABEL)
+
+
+def separate_scales(a, b, factor: float = 10.0) -> bool:
+    """Whether two sets of values differ in scale by more than ``factor`` (largest magnitudes
+    compared): drawn on one axis, the smaller would sit flat on zero."""
+    import numpy as np
+
+    a, b = np.abs(np.asarray(a, float)), np.abs(np.asarray(b, float))
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if not a.size or not b.size:
+        return False
+    hi_a, hi_b = a.max(), b.max()
+    if hi_a == 0 or hi_b == 0:
+        return hi_a != hi_b
+    return max(hi_a / hi_b, hi_b / hi_a) > factor
 
 
 def _stand_in_note(run) -> str:
@@ -164,6 +235,7 @@ def pool_points(run, value: str, ylabel: str, title: str, profile, paper=None, p
     fig = ax.figure
     x = 0.0
     ticks, tick_labels = [], []
+    paper_points, run_values = [], []
     for b in order:
         sub = df[df["backbone"] == b]
         start = x
@@ -178,16 +250,29 @@ def pool_points(run, value: str, ylabel: str, title: str, profile, paper=None, p
                         label=f"{r.entry} → {r.paper_entry}" if r.stand_in else r.entry, zorder=3)
             p = paper_map.get(r.paper_entry)
             if p is not None and np.isfinite(p):
-                ax.plot([x + 0.28], [scale * p], ls="", marker=marker, ms=ms + 1, mfc="none", mec=color, mew=1.4, zorder=3)
+                paper_points.append((x + 0.28, scale * p, marker, color))
+                run_values.append(abs(y))
             x += 1
         ticks.append((start + x - 1) / 2)
         tick_labels.append(b)
         x += 0.8
     if ref is not None:
         ax.axhline(ref, color="0.3", ls="--", lw=1, label=ref_label or None, zorder=1)
+    paper_ax = ax
+    if paper_points and separate_scales([p[1] for p in paper_points], run_values):
+        # the paper's values and this run's differ by more than 10x (the demo's stand-ins): each on
+        # its own axis, so that neither flattens the other
+        paper_ax = ax.twinx()
+        paper_ax.grid(False)
+        paper_ax.set_ylabel("paper's value (hollow markers)")
+    for px, py, marker, color in paper_points:
+        paper_ax.plot([px], [py], ls="", marker=marker, ms=ms + 1, mfc="none", mec=color, mew=1.4, zorder=3)
     if log:
         ax.set_yscale("log")
         plain_log_ticks(ax)
+        if paper_ax is not ax:
+            paper_ax.set_yscale("log")
+            plain_log_ticks(paper_ax)
     ax.set_xticks(ticks, tick_labels, rotation=25 if len(order) > 2 else 0, ha="right" if len(order) > 2 else "center")
     ax.set_xlim(-0.7, x - 0.5)
     ax.set(xlabel="backbone", ylabel=ylabel, title=title)
@@ -195,8 +280,11 @@ def pool_points(run, value: str, ylabel: str, title: str, profile, paper=None, p
     if paper_map:
         handles.append(_paper_handle())
         labels.append(PAPER_LABEL)
-    legend_outside(ax, handles, labels, title="this run" + _stand_in_note(df), where="below" if many else "right",
-                   ncol=4 if many else None)
+    leg = legend_outside(ax, handles, labels, title="this run" + _stand_in_note(df), where="below" if many else "right",
+                         ncol=4 if many else None)
+    if leg is not None and paper_ax is not ax and not many:
+        width = fig.get_figwidth() * ax.get_position().width  # inches
+        leg.set_bbox_to_anchor((1 + 0.9 / width, 1))  # 0.9 inch right: clear of the paper's axis and its label
     return fig
 
 
@@ -413,12 +501,19 @@ def paper_bars(table, panels: dict[str, str], title: str):
     import numpy as np
     from matplotlib.patches import Patch
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.9 * len(panels) + 0.5, 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 0.5, 3.6), squeeze=False)
     x = np.arange(len(table))
     for ax, (column, name) in zip(axes[0], panels.items()):
         ax.bar(x - 0.2, table[f"{column} paper"], width=0.4, color="0.65")
-        ax.bar(x + 0.2, table[f"{column} run"], width=0.4, color=[FAMILY_COLORS.get(f, "0.3") for f in table["family"]])
-        ax.set_xticks(x, table["paper model"], rotation=25, ha="right", fontsize=8)
+        run_ax = ax
+        if separate_scales(table[f"{column} paper"], table[f"{column} run"]):
+            # more than 10x apart (the demo's stand-ins): this run on its own axis, right
+            run_ax = ax.twinx()
+            run_ax.grid(False)
+            ax.set_ylabel("paper (grey)")
+            run_ax.set_ylabel("this run (right axis)")
+        run_ax.bar(x + 0.2, table[f"{column} run"], width=0.4, color=[FAMILY_COLORS.get(f, "0.3") for f in table["family"]])
+        ax.set_xticks(x, table["paper model"], rotation=25, ha="right", fontsize=9)
         ax.set(title=name)
     handles = [Patch(color="0.65", label="paper")] + [Patch(color=FAMILY_COLORS[f], label=f"this run: {FAMILIES[f]}")
                                                       for f in FAMILY_ORDER if f in set(table["family"])]
@@ -428,24 +523,142 @@ def paper_bars(table, panels: dict[str, str], title: str):
     return fig
 
 
-def table(df, caption: str | None = None, decimals: int = 1, formats: dict | None = None):
-    """A results table as the book shows it: no index column, ``decimals`` decimals for floats
-    (percentages with one), integers as integers, a dash for a missing value, string headers."""
-    from pandas.api.types import is_float_dtype
+def display_frame(df, columns: dict | None = None, drop=()) -> tuple["object", str]:
+    """``df`` as the book shows it, before number formatting: display names for the columns
+    (``columns`` first, then :data:`DISPLAY_NAMES`), families by their names, no column a reader
+    does not need (``drop``; a backbone column beside model names that already name it; a
+    ``difference`` where the paper's and this run's values differ by more than 10x in scale, as
+    the demo's stand-ins do), and a stand-in suffix repeated in every row moved into a note.
+    Returns (frame, note for the caption)."""
+    import pandas as pd
 
     df = df.reset_index(drop=True).copy()
     df.columns = [str(c) for c in df.columns]
+    df = df.drop(columns=[c for c in drop if c in df])
+    empty = [c for c in df.columns if len(df) and df[c].map(lambda v: v is None or v == "" or
+                                                          (isinstance(v, float) and v != v)).all()]
+    df = df.drop(columns=empty)  # a column with nothing in it tells the reader nothing
+    note = ""
+    if "family" in df:
+        df["family"] = df["family"].map(lambda f: FAMILIES.get(f, f))
+    if "indicator" in df:
+        df["indicator"] = df["indicator"].map(lambda f: INDICATOR_NAMES.get(f, f))
+    for c in list(df.columns):
+        if not pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]):
+            vals = df[c].dropna().astype(str)
+            if len(vals) and vals.str.endswith(STAND_IN_SUFFIX).all():
+                df[c] = df[c].map(lambda v: v.removesuffix(STAND_IN_SUFFIX) if isinstance(v, str) else v)
+                note = "this run's models are untrained stand-ins"
+    if "backbone" in df:
+        names = [c for c in ("entry", "paper model", "paper_entry", "model") if c in df]
+        same = lambda b, name: b.replace("_", "-").lower() in str(name).replace("_", "-").lower()  # noqa: E731
+        if names and all(isinstance(b, str) and any(same(b, r[n]) for n in names)
+                         for b, (_, r) in zip(df["backbone"], df.iterrows())):
+            df = df.drop(columns="backbone")
+    if {"difference", "paper", "this run"} <= set(df.columns) and (note or separate_scales(
+            pd.to_numeric(df["paper"], errors="coerce"), pd.to_numeric(df["this run"], errors="coerce"))):
+        # an untrained stand-in's value minus the paper's, or values of another scale, is no difference to read
+        df = df.drop(columns="difference")
+    return df.rename(columns=_display_names(df.columns, columns)), note
+
+
+def _display_names(names, columns: dict | None = None) -> dict:
+    """Each column's display name: ``columns``, then :data:`DISPLAY_NAMES`, and a snake_case name
+    nobody named yet written with spaces (no code name reaches a header)."""
+    out = {}
+    for c in map(str, names):
+        name = (columns or {}).get(c, DISPLAY_NAMES.get(c, c))
+        out[c] = name.replace("_", " ") if re.fullmatch(r"[a-z0-9]+(?:_[a-z0-9]+)+", name) else name
+    return out
+
+
+def table(df, caption: str | None = None, decimals: int = 1, formats: dict | None = None,
+          columns: dict | None = None, drop=()):
+    """The one way the book shows a table: :func:`display_frame` (display names, no code names,
+    family names, no redundant column), no index column, ``decimals`` decimals for floats
+    (percentages with one), integers as integers, ``–`` for a missing value. ``formats`` is keyed
+    by the original column names."""
+    from pandas.api.types import is_float_dtype
+
+    renames = _display_names(df.columns, columns)
+    formats = {renames.get(k, k): v for k, v in (formats or {}).items()}
+    df, note = display_frame(df, columns, drop)
     fmt = {}
     for c in df.columns:
-        if formats and c in formats:
+        if c in formats:
             fmt[c] = formats[c]
         elif is_float_dtype(df[c]):
             df[c] = df[c].round(decimals) + 0.0  # what rounds to zero prints 0.0, not -0.0
             fmt[c] = "{:.%df}" % decimals
     styler = df.style.format(fmt, na_rep="–").hide(axis="index")
-    if caption:
-        styler = styler.set_caption(caption)
+    if caption or note:
+        styler = styler.set_caption(f"{caption} ({note})" if caption and note else caption or note.capitalize())
     return styler
+
+
+show_table = table
+
+
+def _tidy_for_caption(fig) -> None:
+    """What the caption now says leaves the image: the figure's suptitle and, on a one-panel
+    figure, the panel's title. Every panel with data shows its x tick labels (shared x-axes hide
+    them on all but the bottom row)."""
+    if getattr(fig, "_suptitle", None) is not None:
+        fig._suptitle.set_text("")
+    axes = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+    if len(axes) == 1:
+        axes[0].set_title("")
+    shown, seen = False, []
+    for ax in axes:
+        where = tuple(round(v, 4) for v in ax.get_position().bounds)
+        if where in seen:
+            continue  # a twin drawn over its host: the host carries the x labels
+        seen.append(where)
+        if ax.has_data() and not ax.xaxis.get_tick_params(which="major").get("labelbottom", True):
+            shown = True
+            ax.tick_params(labelbottom=True)
+            ax.xaxis.get_offset_text().set_visible(True)
+    if shown:  # the labels now shown need the room tight_layout gave the bottom row only
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a layout it cannot improve stays as drawn
+            fig.tight_layout()
+
+
+def show_figure(fig, name: str, caption: str, empty: str = "This slice has nothing to draw here.") -> None:
+    """Show ``fig`` as a numbered, captioned figure of the book: a MyST ``figure`` directive with
+    the image inline (PNG at :data:`FIGURE_DPI`, displayed at its natural CSS size), target
+    ``name`` for ``{numref}``, ``caption`` naming the paper figure it reproduces. The figure is
+    closed (it is not shown a second time by the inline backend). ``fig`` None: ``empty`` is
+    printed instead (a slice without the models the figure needs)."""
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+    from IPython.display import Markdown, display
+
+    from PIL import Image
+
+    if fig is None:
+        print(empty)
+        return
+    if isinstance(fig, (str, PathLike)):  # a saved PNG (the diagnose report's files)
+        with open(fig, "rb") as f:
+            png = f.read()
+    else:
+        _tidy_for_caption(fig)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
+        plt.close(fig)
+        png = buf.getvalue()
+    image = Image.open(io.BytesIO(png))
+    dpi = float(image.info.get("dpi", (FIGURE_DPI,))[0]) or FIGURE_DPI
+    width = round(image.size[0] * 100 / dpi)  # CSS px at the 100 dpi the figure sizes were chosen for
+    data = base64.b64encode(png).decode("ascii")
+    alt = caption.replace("\n", " ").replace("$", "")
+    display(Markdown(f"```{{figure}} data:image/png;base64,{data}\n:name: {name}\n:width: {width}px\n"
+                     f":class: study-figure\n:alt: {alt}\n\n{caption}\n```"))
 
 
 def venn3(sets: dict[str, set], title: str, ax=None):
@@ -526,7 +739,7 @@ def sweep_figure(table: pd.DataFrame, series: dict[str, str], ylabel: str, title
         handles.append(Line2D([], [], ls="", marker="o", ms=8, mfc="none", mec="0.3", mew=1.4))
         names.append(PAPER_LABEL + ": α = 0 and 1 (Tables 1-5)")
     if handles:
-        fig.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 0.92), frameon=False, fontsize=8)
+        fig.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 0.92), frameon=False, fontsize=10)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -546,13 +759,16 @@ def trajectory_figure(table: pd.DataFrame):
         ax.set_visible(False)
     for ax, label in zip(axes.flat, labels):
         sub = table[table["pair"] == label]
-        for region, color in REGIONS.items():
+        for k, (region, color) in enumerate(REGIONS.items()):
             r = sub[sub["region"] == region].sort_values("epoch")
-            ax.plot(r["epoch"], 100 * r["fraction"], marker="o", ms=4, color=color, label=region)
+            # own marker and dash per region, the first drawn on top and each later one wider and
+            # larger beneath it: equal shares (blue on green) stay visible as a line with a halo
+            ax.plot(r["epoch"], 100 * r["fraction"], marker="osD^v"[k % 5], ms=4 + 2.5 * k, lw=1.2 + 1.2 * k,
+                    color=color, label=region, ls=("-", "--", ":", "-.")[k % 4], zorder=10 - k, alpha=0.9)
         ax.set(title=label, xlabel="finetuning epoch (0: zero-shot)", ylabel="% of finetuned concepts")
         ax.set_xticks(sorted(sub["epoch"].unique()))
     handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 0.92), frameon=False, fontsize=8)
+    fig.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 0.92), frameon=False, fontsize=10)
     fig.suptitle("Figure 5: overlap of the finetuned concepts with the zero-shot and supervised ones")
     fig.tight_layout()
     return fig

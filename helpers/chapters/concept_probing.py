@@ -157,6 +157,18 @@ def venn_sets(study, threshold: float) -> dict[str, dict[str, set[str]]]:
     return {a: s for a, s in by_arch.items() if len(s) == 3}
 
 
+def venn_comparison(venns: dict[str, dict[str, set[str]]]) -> tuple[pd.DataFrame, list]:
+    """Figure 4's region sizes: the two the paper prints in its text (smallest and largest over
+    its four backbones) beside this run's, one column per backbone of ``venns`` (as from
+    :func:`venn_sets`), and the claim that the region shared by all three is the largest."""
+    from helpers.paper import compare
+
+    regions = {arch: compare.venn_regions(s) for arch, s in venns.items()}
+    view = compare.PAPER_VENN_TEXT.assign(**{f"this run {a}": [r[k] for k in compare.PAPER_VENN_TEXT["region"]]
+                                             for a, r in regions.items()})
+    return view, compare.venn_claims(regions)
+
+
 def paper_comparison(table: pd.DataFrame, threshold: float = 0.9, profile: Profile | None = None
                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(Table 7 beside this run's polysemanticity, Table 6 beside this run's top-3 concepts), one

@@ -88,14 +88,35 @@ def counterparts_line(numbers: pd.DataFrame, profile) -> str:
     return f"counterparts: {n} of {len(numbers)} paper numbers{note}"
 
 
-def all_claims(study) -> pd.DataFrame:
-    """Every claim the chapters check, counted on this run's recorded tables."""
+def claims(study) -> list[compare.Claim]:
+    """Every claim the chapters check, counted on this run's recorded tables (the summary's verdict)."""
     P = study.profile
-    claims = [c for section, fn in compare.SECTION_CLAIMS.items() for c in fn(P, _load(study, section))]
+    out = [c for section, fn in compare.SECTION_CLAIMS.items() for c in fn(P, _load(study, section))]
     coca = _load(study, "coca")
     if not coca.empty:
-        claims += compare.coca_claims(coca, P)
-    return compare.claims_frame(claims)
+        out += compare.coca_claims(coca, P)
+    return out
+
+
+def all_claims(study) -> pd.DataFrame:
+    """Every claim the chapters check, counted on this run's recorded tables, as a table."""
+    return compare.claims_frame(claims(study))
+
+
+#: The chapters as the book titles them (the catalogue names them so, not by section id).
+CHAPTER_TITLES = {"robustness": "Robustness", "outlier_features": "Outlier features",
+                  "privileged_directions": "Privileged directions", "concept_probing": "Concept probing",
+                  "pruning": "Pruning", "wiseft": "WiSE-FT", "coca": "CoCa", "cka_layers": "Layer-wise CKA"}
+
+
+def catalogue_view(study) -> pd.DataFrame:
+    """:func:`catalogue` as the page shows it: the paper's item and what it reports first, the
+    chapter by its title, the tables of failed jobs under a plain heading (dropped when none)."""
+    cat = catalogue(study)
+    cat["chapter"] = cat["chapter"].map(lambda s: CHAPTER_TITLES.get(s, s))
+    cat = cat.rename(columns={"failed (stale table ignored)": "left out (tables of failed jobs)"})
+    return cat[["paper item", "quantity", "paper reports", "models in this run", "chapter",
+                "left out (tables of failed jobs)"]]
 
 
 def pool_indicators(study) -> pd.DataFrame:

@@ -372,7 +372,8 @@ def numbers(profile: Profile, load: Callable[[str], pd.DataFrame] | None = None)
 
 
 def claims_frame(claims: list[Claim]) -> pd.DataFrame:
-    return pd.DataFrame([c.as_row() for c in claims], columns=["paper item", "this run", "paper", "claim"])
+    """The claims as a table, the claim first (a narrow column still shows what is counted)."""
+    return pd.DataFrame([c.as_row() for c in claims], columns=["claim", "paper item", "paper", "this run"])
 
 
 #: The claims each chapter checks, computed from its recorded results table (the summary chapter
@@ -395,3 +396,53 @@ def paper_model_values() -> pd.DataFrame:
         df[c] = acc[c] / 100
     df = df.merge(paper_values.coca_tables()[["entry", "kurtosis", "unique_concepts"]], on="entry", how="left")
     return df.merge(paper_values.polysemanticity()[["entry", "polysemanticity"]], on="entry", how="left")
+
+
+# ------------------------------------------------------------------------------------------------
+# The verdict that closes each chapter
+
+VERDICT_TITLE = "What this run shows"
+
+
+def profile_caveat(profile: Profile) -> str:
+    """What the counts of a run can say, by profile: a demo's untrained stand-ins test the pipeline,
+    not CLIP; a slice of the paper pool checks the claims on the models it holds."""
+    if profile.is_demo:
+        return (f"These counts come from the `{profile.name}` profile's untrained stand-in models: they show that "
+                "the pipeline runs end to end and counts each claim, not whether the claim holds for CLIP.")
+    if profile.kind == "smoke":
+        return (f"These counts come from the `{profile.name}` smoke profile (a few images per dataset): they show "
+                "that the pipeline runs on the real models, not whether the claim holds.")
+    return (f"These counts come from the `{profile.name}` profile's {len(profile.pool)} models; a claim that holds in "
+            "fewer cases than the paper's count is a disagreement worth reading the chapter's figures for.")
+
+
+def _paper_sentence(claim: Claim) -> str:
+    where = f"{claim.paper} on its printed values" if claim.paper[:1].isdigit() else claim.paper
+    return f"The paper finds that {claim.statement}: {where}."
+
+
+def _run_sentence(claim: Claim) -> str:
+    if not claim.of:
+        return "This run: no case to check it on in this slice."
+    cases = "case" if claim.of == 1 else "cases"
+    return f"This run: it holds in {claim.holds} of {claim.of} {cases}."
+
+
+def verdict(claims: list[Claim], profile: Profile) -> str:
+    """The closing box of a chapter, as MyST Markdown: for each claim the chapter checks, the
+    paper's finding and this run's count in one sentence each, then the profile's caveat."""
+    lines = [f"```{{admonition}} {VERDICT_TITLE}", ":class: tip verdict", ""]
+    if not claims:
+        lines.append("This chapter checks no countable claim of the paper.")
+    for c in claims:
+        lines.append(f"- **{c.item}.** {_paper_sentence(c)} {_run_sentence(c)}")
+    lines += ["", profile_caveat(profile), "```"]
+    return "\n".join(lines)
+
+
+def show_verdict(claims: list[Claim], profile: Profile) -> None:
+    """Display :func:`verdict` in a notebook (rendered as an admonition by the book)."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(verdict(claims, profile)))

@@ -51,16 +51,26 @@ def _copy_hiding_injected_parameters(src: Path, target: Path) -> None:
 
 def _pool_table(profile: Profile) -> str:
     stand_ins = any(e.stands_in_for for e in profile.pool)
+    notes = any(e.note for e in profile.pool)  # a Note column only where some entry has one
     second = " Untrained stand-in for |" if stand_ins else ""
-    rows = ["| Entry |" + second + " Backbone | Family | Pretraining data | Weights | Note |",
-            "| --- |" + (" --- |" if stand_ins else "") + " --- | --- | --- | --- | --- |"]
+    rows = ["| Entry |" + second + " Backbone | Family | Pretraining data | Weights |" + (" Note |" if notes else ""),
+            "| --- |" + (" --- |" if stand_ins else "") + " --- | --- | --- | --- |" + (" --- |" if notes else "")]
     for e in profile.pool:
         weights = f"`{e.model}` / `{e.pretrained}`" if e.pretrained else (
             f"`{e.model}` / checkpoint `{Path(e.checkpoint).name}`" if e.checkpoint else f"`{e.model}` / random init, seed {e.seed}")
         note = e.note.replace("|", "/")
-        stand_in = (f" `{e.stands_in_for}` |" if e.stands_in_for else " – |") if stand_ins else ""
-        rows.append(f"| `{e.id}` |{stand_in} {e.arch} | {FAMILIES[e.family]} | {e.pretraining} | {weights} | {note} |")
+        # ids as plain text: they break at their hyphens in a narrow column, code would not
+        stand_in = (f" {e.stands_in_for} |" if e.stands_in_for else " – |") if stand_ins else ""
+        rows.append(f"| {e.id} |{stand_in} {e.arch} | {FAMILIES[e.family]} | {e.pretraining} | {weights} |"
+                    + (f" {note} |" if notes else ""))
     return "\n".join(rows)
+
+
+def _in_sentence(name: str) -> str:
+    """A family's display name inside a sentence: the first letter lowered unless the first word
+    is a name (CoCa) or an acronym (CLIP)."""
+    first = name.split()[0]
+    return name[0].lower() + name[1:] if len(first) > 1 and first[1:].islower() else name
 
 
 def pool_page(profile: Profile) -> str:
@@ -80,7 +90,7 @@ def pool_page(profile: Profile) -> str:
                   "the stand-in's, marked as an untrained stand-in.", "",
                   _pool_table(profile), ""]
     parts += ["## The paper's pool (`paper` profile)", "",
-              "Section 3 and Appendix D: " + ", ".join(f"{n} {FAMILIES[f].lower()}" for f, n in counts.items() if n)
+              "Section 3 and Appendix D: " + ", ".join(f"{n} {_in_sentence(FAMILIES[f])}" for f, n in counts.items() if n)
               + f" ({len(paper.pool)} models). Entries with a checkpoint are produced by this study's finetuning and "
               "training commands or supplied by their authors (see the reproducing page).", "",
               _pool_table(paper), ""]

@@ -1,6 +1,8 @@
 """Every page of the built book as a reader's browser shows it (headless Chromium, the book served
 over HTTP as GitHub Pages serves it): math typeset by the MathJax the book ships, every image
-loaded, no table clipped at the page edge, no absolute machine path, no blank page. Screenshots of
+decoded in a numbered figure, no table wider than the text column and no cut cell, no code name in
+a table header, every reproduction chapter with a displayed equation and its closing verdict, no
+blank page. Screenshots of
 every page are kept under ``_build/screenshots/`` (CI uploads them as an artefact).
 
 Set ``CLIP_STUDY_BUILT_BOOK`` to a built ``_build/html`` to check it without rebuilding."""
@@ -27,6 +29,12 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOTS = REPO_ROOT / "_build" / "screenshots"
 SKIP_PAGES = {"genindex.html", "search.html"}
 
+#: Chapters that reproduce a part of the paper: each ends with its verdict and shows an equation.
+CHAPTERS = ("01_robustness", "02_outlier_features", "03_privileged_directions", "04_concept_probing",
+            "05_pruning", "06_wiseft", "07_coca", "08_cka_layers")
+#: A code name in a table header: snake_case words (importance_ratio, shifts_mean, er_percent).
+CODE_NAME = re.compile(r"\b[a-z0-9]+(?:_[a-z0-9]+)+\b")
+
 #: Injected into a copy of each page: once MathJax has typeset it, write what the reader sees.
 PROBE = """<script>
 window.addEventListener('load', function () {
@@ -34,22 +42,43 @@ window.addEventListener('load', function () {
     var article = document.querySelector('article') || document.body;
     var box = article.getBoundingClientRect();
     var tables = Array.from(article.querySelectorAll('table')).map(function (t) {
-      var p = t.parentElement, scrolls = false;
-      while (p && p !== document.body) {
-        var o = getComputedStyle(p).overflowX;
-        if ((o === 'auto' || o === 'scroll') && p.getBoundingClientRect().right <= box.right + 2) { scrolls = true; break; }
-        p = p.parentElement;
-      }
       var r = t.getBoundingClientRect();
+      var cut = Array.from(t.querySelectorAll('td, th')).filter(function (c) {
+        return c.scrollWidth > c.clientWidth + 1;
+      }).map(function (c) { return c.innerText.slice(0, 40); });
       return {caption: (t.caption ? t.caption.innerText : t.innerText.slice(0, 60)),
-              fits: r.right <= box.right + 2, scrolls: scrolls};
+              fits: r.right <= box.right + 2 && t.scrollWidth <= t.clientWidth + 1, cut: cut,
+              headers: Array.from(t.querySelectorAll('thead th')).map(function (h) {
+                // a profile key or path named in a code span is the reader's to type, not a code name
+                var c = h.cloneNode(true);
+                c.querySelectorAll('code').forEach(function (k) { k.remove(); });
+                return c.textContent; })};
     });
     var images = Array.from(document.images).filter(function (i) { return i.closest('article'); })
-      .map(function (i) { return {src: i.getAttribute('src'), loaded: i.complete && i.naturalWidth > 0}; });
+      .map(function (i) {
+        var fig = i.closest('figure');
+        var cap = fig && fig.querySelector('figcaption');
+        return {src: (i.getAttribute('src') || '').slice(0, 60), loaded: i.complete && i.naturalWidth > 0,
+                numbered: !!(cap && cap.querySelector('.caption-number') && cap.innerText.trim().length > 12)};
+      });
+    var verdicts = article.querySelectorAll('div.admonition.verdict');
+    var lastVerdict = verdicts.length ? verdicts[verdicts.length - 1] : null;
+    var after = 0;
+    if (lastVerdict) {
+      var walker = document.createTreeWalker(article, NodeFilter.SHOW_ELEMENT);
+      var seen = false, n;
+      while ((n = walker.nextNode())) {
+        if (n === lastVerdict) { seen = true; continue; }
+        if (seen && !lastVerdict.contains(n) && /^(P|TABLE|FIGURE|IMG|PRE|H2|H3)$/.test(n.tagName)) { after++; }
+      }
+    }
     var text = article.innerText;
     var out = {mjx: document.querySelectorAll('mjx-container').length,
+               display_math: article.querySelectorAll('mjx-container[display="true"]').length,
                math: article.querySelectorAll('.math').length,
                raw_tex: (text.match(/\\\\\\[|\\\\\\(|\\$\\$/g) || []).length,
+               verdict: lastVerdict ? lastVerdict.querySelector('.admonition-title').innerText : null,
+               after_verdict: after,
                tables: tables, images: images, chars: text.length};
     var pre = document.createElement('pre');
     pre.id = 'book-probe';
@@ -100,11 +129,11 @@ def _chromium(*args, timeout=120) -> subprocess.CompletedProcess:
                               capture_output=True, text=True, timeout=timeout)
 
 
-def _probe(book: Path, server: str, page: Path) -> dict:
+def _probe(book: Path, server: str, page: Path, width: int = 1400) -> dict:
     copy = page.with_name(page.stem + ".probe.html")
     copy.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
     try:
-        dom = _chromium("--window-size=1200,1600", "--dump-dom", f"{server}/{copy.relative_to(book).as_posix()}").stdout
+        dom = _chromium(f"--window-size={width},1600", "--dump-dom", f"{server}/{copy.relative_to(book).as_posix()}").stdout
     finally:
         copy.unlink()
     found = re.search(r'<pre id="book-probe"[^>]*>(.*?)</pre>', dom, re.S)
@@ -114,6 +143,10 @@ def _probe(book: Path, server: str, page: Path) -> dict:
 
 
 def test_every_page_reads_well_in_a_browser(book, server):
+    """What a reader sees at 1400 px (and, for the tables, at 1000 px): math typeset, every image
+    decoded and shown as a numbered, captioned figure, no table wider than the text column and no
+    cell whose text is cut, no code name in a table header; each reproduction chapter shows a
+    displayed equation and ends with its verdict box."""
     from PIL import Image, ImageStat
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -131,12 +164,27 @@ def test_every_page_reads_well_in_a_browser(book, server):
             problems.append(f"{rel}: {r['raw_tex']} raw TeX delimiters in the visible text")
         for img in r["images"]:
             if not img["loaded"]:
-                problems.append(f"{rel}: image not loaded: {img['src']}")
+                problems.append(f"{rel}: image not decoded: {img['src']}")
+            if not img["numbered"]:
+                problems.append(f"{rel}: image outside a numbered, captioned figure: {img['src']}")
+        for width, probe in ((1400, r), (1000, _probe(book, server, page, width=1000))):
+            for t in probe["tables"]:
+                if not t["fits"]:
+                    problems.append(f"{rel} at {width} px: table wider than the text column: {t['caption'][:60]!r}")
+                if t["cut"]:
+                    problems.append(f"{rel} at {width} px: cell text cut in {t['caption'][:40]!r}: {t['cut'][:3]}")
         for t in r["tables"]:
-            if not (t["fits"] or t["scrolls"]):
-                problems.append(f"{rel}: table clipped at the page edge: {t['caption'][:60]!r}")
+            codes = [h for h in t["headers"] if CODE_NAME.search(h)]
+            if codes:
+                problems.append(f"{rel}: code names in the headers of {t['caption'][:40]!r}: {codes}")
+        if Path(rel).stem in CHAPTERS:
+            if not r["display_math"]:
+                problems.append(f"{rel}: no displayed equation")
+            if r["verdict"] != "What this run shows" or r["after_verdict"]:
+                problems.append(f"{rel}: does not end with its verdict box (last: {r['verdict']!r}, "
+                                f"{r['after_verdict']} elements after it)")
         shot = SCREENSHOTS / (rel.replace("/", "__").removesuffix(".html") + ".png")
-        _chromium("--window-size=1200,2400", f"--screenshot={shot}", f"{server}/{rel}")
+        _chromium("--window-size=1400,2400", f"--screenshot={shot}", f"{server}/{rel}")
         if not shot.exists():
             problems.append(f"{rel}: no screenshot")
             continue
