@@ -131,3 +131,36 @@ def family_table() -> pd.DataFrame:
             n = int((zoo[col].str.startswith(prefix) & (zoo["family"] == fam)).sum())
             rows.append({"matched on": on, "prefix": prefix, "family": fam, "zoo models": n})
     return pd.DataFrame(rows)
+
+
+def paper_pool(study, entry: str | None = None, backbone: str | None = None) -> list:
+    """The paper profile's pool entries to mark in the zoo: all of them, or those of the slice's
+    ``backbone``, or the one ``entry`` is (or, in the demo, stands in for)."""
+    from helpers.config import load_profile
+    from helpers.paper.compare import paper_id
+
+    pool = load_profile("paper").pool
+    if entry is not None:
+        ids = {paper_id(e) for e in study.pool}
+        return [e for e in pool if e.id in ids]
+    if backbone is not None:
+        return [e for e in pool if e.arch == backbone]
+    return list(pool)
+
+
+def activation_matches(table: pd.DataFrame) -> list[str]:
+    """Entries of :func:`pool_beside_zoo` whose paper ImageNet value (rounded to 1 %) equals the
+    plain-GELU row rounded and not the QuickGELU row: weights likely evaluated with the wrong
+    activation."""
+    t = table.dropna(subset=["ImageNet: paper", "ImageNet: OpenCLIP, plain GELU"])
+    hit = (t["ImageNet: OpenCLIP, plain GELU"].round() == t["ImageNet: paper"]) & \
+          (t["ImageNet: OpenCLIP"].round() != t["ImageNet: paper"])
+    return list(t.loc[hit, "entry"])
+
+
+def below(zoo: pd.DataFrame, er: float) -> pd.DataFrame:
+    """Zoo models with an ER at or below ``er`` (a fraction), counted per training-data family."""
+    low = zoo[zoo["er"] <= er]
+    return (low.groupby("family").agg(models=("name", "size"), **{"best ImageNet top-1 (%)": ("imagenet", "max")})
+            .assign(**{"best ImageNet top-1 (%)": lambda d: 100 * d["best ImageNet top-1 (%)"]})
+            .sort_values("models", ascending=False).reset_index())
