@@ -524,7 +524,7 @@ def zoo_figure1(zoo, testbed, slope: float, intercept: float):
     _zoo_scatter(axes[0], zoo, testbed, "er", pal)
     axes[0].axhline(0, color="k", lw=0.8)
     axes[0].set(ylabel="effective robustness (points of %)",
-                title=f"1a: effective robustness (beta_1 {slope:.2f}, beta_0 {intercept:.2f})")
+                title=f"1a: effective robustness ($\\beta_1$ = {slope:.2f}, $\\beta_0$ = {intercept:.2f})")
     _zoo_scatter(axes[1], zoo, testbed, "acc_ratio", pal)
     axes[1].axhline(100, color="k", lw=0.8, ls=":")
     axes[1].set(ylabel="%acc (mean of 5 shifts / ImageNet, %)", title="1b: accuracy ratio")

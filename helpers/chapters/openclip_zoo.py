@@ -164,3 +164,22 @@ def below(zoo: pd.DataFrame, er: float) -> pd.DataFrame:
     return (low.groupby("family").agg(models=("name", "size"), **{"best ImageNet top-1 (%)": ("imagenet", "max")})
             .assign(**{"best ImageNet top-1 (%)": lambda d: 100 * d["best ImageNet top-1 (%)"]})
             .sort_values("models", ascending=False).reset_index())
+
+
+def banner(profile, slope: float, intercept: float, n_zoo: int, n_testbed: int) -> str:
+    """The page's "Which run produced these numbers" note: published numbers, whatever the profile."""
+    return ("```{admonition} Which run produced these numbers\n:class: note\n"
+            f"**Published accuracies, in every profile.** {n_zoo} OpenCLIP models (OpenCLIP's "
+            f"`docs/openclip_results.csv`) and {n_testbed} ImageNet testbed models trained on ImageNet alone "
+            "(`robustness_top1s.csv`), vendored under `helpers/reference/`: nothing on this page comes from "
+            f"the demo's stand-ins. Profile `{profile.name}` only sets the ER line (`metrics.baseline: "
+            f"{profile.metrics['baseline']}`: beta_1 {slope:.2f}, beta_0 {intercept:.2f}) and which pool models "
+            "are ringed.\n```")
+
+
+def table_id(kind: str, entry: str | None = None, backbone: str | None = None) -> str:
+    """The results-table id of this chapter's ``kind`` table for a slice (the rings differ per
+    slice, so each slice writes its own table: ``zoo-all``, ``zoo-backbone-RN50``, ...)."""
+    from helpers.study.provenance import slice_label
+
+    return f"{kind}-{slice_label(entry, backbone)}"

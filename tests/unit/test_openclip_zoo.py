@@ -154,3 +154,25 @@ def test_diagnose_places_a_model_in_the_zoo(zoo):
     with refuses(KeyError, "'diagnose: no accuracy for objectnet (need imagenet, imagenet-v2, imagenet-r, "
                  "imagenet-sketch, objectnet, imagenet-a)'"):
         zoo_ch.diagnose({k: v for k, v in accs.items() if k != "objectnet"}, zoo, B1, B0)
+
+
+class _Slice:
+    def __init__(self, pool):
+        self.pool = pool
+
+
+def test_paper_pool_follows_the_slice():
+    paper = load_profile("paper").pool
+    demo = load_profile("demo").pool
+    assert len(zoo_ch.paper_pool(_Slice(demo))) == len(paper)
+    assert {e.arch for e in zoo_ch.paper_pool(_Slice(demo), backbone="RN50")} == {"RN50"}
+    stand_in = [e for e in demo if e.id == "demo-vit-zeroshot"]
+    assert [e.id for e in zoo_ch.paper_pool(_Slice(stand_in), entry="demo-vit-zeroshot")] == [stand_in[0].stands_in_for]
+    assert zoo_ch.table_id("zoo") == "zoo-all"
+
+
+def test_banner_says_the_numbers_are_published():
+    P = load_profile("demo")
+    text = zoo_ch.banner(P, 0.76, -1.49, 113, 287)
+    assert text.startswith("```{admonition} Which run produced these numbers")
+    assert "Published accuracies, in every profile" in text and "metrics.baseline: paper" in text
