@@ -13,7 +13,8 @@ import pandas as pd
 
 from helpers.paper import values as paper_values
 from helpers.config import EVAL_DATASETS, PUBLISHED_TOLERANCE, PoolEntry
-from helpers.metrics import accuracy_ratio, effective_robustness, mean_shift_accuracy
+from helpers.metrics import (accuracy_ratio, effective_robustness, er_coefficients,  # noqa: F401 - the notebook calls them here
+                             mean_shift_accuracy, testbed_baseline)
 
 SECTION = "robustness"
 
@@ -99,26 +100,6 @@ def measure(study) -> pd.DataFrame:
             **published_check(e, accs["imagenet"], P.limit("imagenet")),
         })
     return study.table()
-
-
-def testbed_baseline():
-    """Eq. (5)'s baseline refitted (Appendix A) on the ImageNet testbed's models trained on
-    ImageNet alone (every type label but ``MORE_DATA``), ACC(S) averaged over the five shifts before
-    the logit: a :class:`helpers.metrics.BaselineFit`."""
-    from helpers.metrics import fit_baseline_table
-    from helpers.paper import published
-
-    tb = published.testbed_accuracies()
-    return fit_baseline_table(tb[tb["imagenet_only"]])
-
-
-def er_coefficients(profile) -> tuple[float, float]:
-    """(beta_1, beta_0) of Eq. (5) as the profile chooses (``metrics.baseline``): ``paper`` takes
-    ``metrics.er_slope`` / ``metrics.er_intercept`` (0.76 / -1.49), ``refit`` the testbed refit."""
-    if profile.metrics.get("baseline", "paper") == "refit":
-        fit = testbed_baseline()
-        return fit.slope, fit.intercept
-    return profile.metrics["er_slope"], profile.metrics["er_intercept"]
 
 
 def testbed_refit_line(fit) -> str:

@@ -203,3 +203,26 @@ def test_paper_profile_published_top1_equals_openclip_quickgelu_rows():
         assert e.published_top1 == pytest.approx(100 * value, abs=1e-9), e.id
         checked += 1
     assert checked == 18
+
+
+@pytest.mark.parametrize("choice", ["paper", "refit"])
+def test_the_robustness_chapter_and_pruning_use_the_chosen_line(tmp_path, monkeypatch, choice):
+    """measure() (Section 3) records ER under the profile's metrics.baseline; written-out Eq. (5)."""
+    from helpers.engine import extract
+    from helpers.study import Study
+
+    accs = {"imagenet": 0.60, "imagenet-v2": 0.50, "imagenet-r": 0.45, "imagenet-sketch": 0.40,
+            "objectnet": 0.35, "imagenet-a": 0.30}
+    monkeypatch.setattr(extract, "accuracies", lambda e, P, datasets: dict(accs))
+    P = load_profile(write_profile(tmp_path, metrics={"baseline": choice}))
+    (er,) = robustness.measure(Study(P, P.pool[:1], robustness.SECTION))["er"]
+    if choice == "paper":
+        b1, b0 = 0.76, -1.49
+    else:
+        keep, _ = _independent_testbed_rows()
+        x = np.array([float(r["val"]) / 100 for r in keep])
+        y = np.array([sum(float(r[c]) for c in SIX[1:]) / 500 for r in keep])
+        fit = stats.linregress(np.log(x / (1 - x)), np.log(y / (1 - y)))
+        b1, b0 = fit.slope, fit.intercept
+    acc_s = (0.50 + 0.45 + 0.40 + 0.35 + 0.30) / 5
+    assert er == pytest.approx(acc_s - 1 / (1 + math.exp(-(b1 * math.log(0.60 / 0.40) + b0))), abs=1e-12)
