@@ -185,13 +185,16 @@ def evaluate(profile: Profile, zeroshot_id: str, finetuned_id: str, alphas: Sequ
     from tqdm import tqdm  # plain bars: notebook widgets need ipywidgets and would warn
 
     from helpers.engine.extract import extract_datasets, loaded_model
-    from helpers.metrics import effective_robustness, er_coefficients, kurtosis, unique_concepts
+    from helpers.metrics import effective_robustness, kurtosis, unique_concepts
     from helpers.models.loading import save_classifier
 
     zs_entry, ft_entry = profile.entry(zeroshot_id), profile.entry(finetuned_id)
     zs, ft = loaded_model(zs_entry, profile), loaded_model(ft_entry, profile)
     check_compatible(zs, ft)
     concepts = broden_available(profile) if concepts is None else concepts
+    from helpers.metrics import er_coefficients  # the profile's ER line (metrics.baseline: paper | refit)
+
+    er_line = er_coefficients(profile)
     if concepts:
         from helpers.chapters.concept_probing import ap_matrix, broden_sets
 
@@ -218,7 +221,7 @@ def evaluate(profile: Profile, zeroshot_id: str, finetuned_id: str, alphas: Sequ
             row["shifts_mean"] = float(np.mean([row[d] for d in shifts]))
             row["kurtosis_shifts"] = float(np.mean([stats[d]["kurtosis"] for d in shifts]))
         if "imagenet" in stats and len(shifts) == len(SHIFTS):
-            row["er"] = effective_robustness(row["shifts_mean"], row["imagenet"], *er_coefficients(profile))
+            row["er"] = effective_robustness(row["shifts_mean"], row["imagenet"], *er_line)
         if concepts:
             ap = ap_matrix(model.entry, profile, sets) if alpha in (0.0, 1.0) else transient_ap(profile, model, sets)
             row["unique_concepts"] = int(unique_concepts(np.nan_to_num(ap, nan=0.0),

@@ -1,11 +1,5 @@
-"""Published numbers the study checks itself against.
-
-- Sizes of the study's datasets (the datasets' own papers and downloads): what ``clip-study plan``
-  compares a profile's folders with, and what it assumes for a folder not there.
-- Published accuracy tables, vendored byte for byte under ``helpers/reference/`` (sources,
-  commits and licences in ``helpers/reference/SOURCES.md``): OpenCLIP's zero-shot results and model
-  profile, and the ImageNet testbed's top-1 table with its model-type labels. Each loader refuses a
-  file whose header differs from the one read, naming the column and the file."""
+"""Published sizes of the study's datasets (facts.md; the datasets' own papers and downloads): what
+``clip-study plan`` compares a profile's folders with, and what it assumes for a folder not there."""
 from __future__ import annotations
 
 import ast
@@ -35,8 +29,10 @@ CLASSES = {
 SLACK = {"objectnet": 0.02}
 
 
-# --- Published accuracy tables (vendored byte for byte under helpers/reference/, sources and
-# licences in helpers/reference/SOURCES.md) -------------------------------------------------------
+# --- Published accuracy tables, vendored byte for byte under helpers/reference/ (sources, commits
+# and licences in helpers/reference/SOURCES.md): OpenCLIP's zero-shot results and model profile, and
+# the ImageNet testbed's top-1 table with its model-type labels. Each loader refuses a file whose
+# header differs from the one read, naming the column and the file. -----------------------------
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference"
 #: OpenCLIP's zero-shot results (mlfoundations/open_clip, docs/openclip_results.csv): fractions.
 OPENCLIP_RESULTS = REFERENCE_DIR / "openclip_results.csv"
