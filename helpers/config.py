@@ -188,6 +188,7 @@ _PATH_KEYS = {"data_root", "cache_dir", "results_dir", "checkpoints_dir", "hf_ca
 _METRIC_DEFAULTS = {
     "er_slope": 0.76,  # beta_1 of Eq. (5), fitted on Taori et al.'s testbed (Appendix A)
     "er_intercept": -1.49,  # beta_0 of Eq. (5)
+    "baseline": "paper",  # ER's beta_1, beta_0: paper (er_slope, er_intercept) | refit (the testbed, Appendix A)
     "concept_threshold": 0.9,  # AP threshold of Section 5
     "concept_thresholds": [0.8, 0.85, 0.9, 0.95],  # footnote 3's sensitivity sweep
     "concept_sign": "both",  # how a singular vector's arbitrary sign is handled (see methods)
@@ -540,6 +541,7 @@ def _validate_metrics(P: _Problems, m: dict) -> None:
 
     for k in ("er_slope", "er_intercept"):
         _check(P, f"metrics.{k}", m[k], _is_number(m[k]), "a number")
+    _check(P, "metrics.baseline", m["baseline"], m["baseline"] in ("paper", "refit"), "'paper' or 'refit'")
     _check(P, "metrics.concept_threshold", m["concept_threshold"], fraction(m["concept_threshold"]),
            "a number in (0, 1]")
     v = m["concept_thresholds"]

@@ -355,6 +355,132 @@ def baseline_plot(points, slope: float, intercept: float, fit=None):
     return fig
 
 
+# --- Published tables: the OpenCLIP zoo and the ImageNet testbed (chapter openclip_zoo, and the
+# testbed refit of the robustness chapter). Legends at 9 pt: legible at the book's page width.
+ZOO_FONT = 9
+TESTBED_GREY = "0.72"
+
+
+def zoo_palette(families) -> dict[str, tuple]:
+    """A colour per training-data family, in the order given (most robust first reads best)."""
+    import matplotlib as mpl
+
+    cmap = mpl.colormaps["tab20"]
+    order = list(dict.fromkeys(families))
+    # even tab20 indices first (saturated), then the light ones
+    idx = [*range(0, 20, 2), *range(1, 20, 2)]
+    return {f: cmap(idx[i % 20]) for i, f in enumerate(order)}
+
+
+def _zoo_scatter(ax, zoo, testbed, y: str, palette, scale: float = 100.0):
+    """Testbed cloud (grey), zoo coloured by family (in the palette's order), the paper's pool
+    ringed in black."""
+    ax.scatter(100 * testbed["imagenet"], scale * testbed[y], s=14, color=TESTBED_GREY, lw=0,
+               label="testbed, trained on ImageNet alone", zorder=1)
+    for fam in palette:
+        g = zoo[zoo["family"] == fam]
+        ax.scatter(100 * g["imagenet"], scale * g[y], s=30, color=palette[fam], edgecolor="white", lw=0.4,
+                   label=fam, zorder=2)
+    pool = zoo[zoo["paper_entry"].notna()]
+    ax.scatter(100 * pool["imagenet"], scale * pool[y], s=90, facecolor="none", edgecolor="k", lw=1.1,
+               label="in the paper's pool", zorder=3)
+    ax.set_xlabel("ImageNet top-1 (%)")
+
+
+def zoo_figure1(zoo, testbed, slope: float, intercept: float):
+    """Figure 1a/1b over the OpenCLIP zoo: ER (Eq. 5) and %acc against ImageNet accuracy, one
+    colour per training-data family, the paper's pool ringed, the testbed's ImageNet-trained models
+    as the grey reference cloud."""
+    import matplotlib.pyplot as plt
+
+    order = zoo.groupby("family")["er"].median().sort_values(ascending=False).index
+    pal = zoo_palette(order)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharex=True)
+    _zoo_scatter(axes[0], zoo, testbed, "er", pal)
+    axes[0].axhline(0, color="k", lw=0.8)
+    axes[0].set(ylabel="effective robustness (points of %)",
+                title=f"1a: effective robustness ($\\beta_1$ = {slope:.2f}, $\\beta_0$ = {intercept:.2f})")
+    _zoo_scatter(axes[1], zoo, testbed, "acc_ratio", pal)
+    axes[1].axhline(100, color="k", lw=0.8, ls=":")
+    axes[1].set(ylabel="%acc (mean of 5 shifts / ImageNet, %)", title="1b: accuracy ratio")
+    for ax in axes:
+        ax.title.set_fontsize(10)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, frameon=False,
+               fontsize=ZOO_FONT, title="training data (colour)", title_fontsize=ZOO_FONT, markerscale=1.4)
+    fig.tight_layout()
+    return fig
+
+
+def zoo_er_vs_size(zoo):
+    """ER against model size (parameters, image and text towers) and inference FLOPs (OpenCLIP's
+    model profile), log x axes, one colour per training-data family."""
+    import matplotlib.pyplot as plt
+
+    order = zoo.groupby("family")["er"].median().sort_values(ascending=False).index
+    pal = zoo_palette(order)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    for ax, col, label in ((axes[0], "params_m", "parameters (millions)"), (axes[1], "gflops", "GFLOPs per image")):
+        for fam in order:
+            g = zoo[zoo["family"] == fam]
+            ax.scatter(g[col], 100 * g["er"], s=30, color=pal[fam], edgecolor="white", lw=0.4, label=fam)
+        pool = zoo[zoo["paper_entry"].notna()]
+        ax.scatter(pool[col], 100 * pool["er"], s=90, facecolor="none", edgecolor="k", lw=1.1,
+                   label="in the paper's pool")
+        ax.set_xscale("log")
+        plain_log_ticks(ax, "x")
+        ax.set_xlabel(label)
+    axes[0].set_ylabel("effective robustness (points of %)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, frameon=False,
+               fontsize=ZOO_FONT, title="training data (colour)", title_fontsize=ZOO_FONT, markerscale=1.4)
+    fig.tight_layout()
+    return fig
+
+
+def testbed_baseline_plot(testbed, fit, slope: float, intercept: float):
+    """Eq. (5)'s baseline refitted on the ImageNet testbed (Appendix A, Figure 6): logit(mean
+    shift accuracy) against logit(ImageNet accuracy) for every testbed model with the six
+    accuracies, the models the fit uses by testbed type, those trained with more data hollow, the
+    refit line and the paper's line."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from helpers.metrics import logit
+
+    df = testbed.assign(shifts_mean=testbed[["imagenet-v2", "imagenet-r", "imagenet-sketch", "objectnet",
+                                             "imagenet-a"]].mean(axis=1))
+    df = df[(df.imagenet > 0) & (df.imagenet < 1) & (df.shifts_mean > 0) & (df.shifts_mean < 1)]
+    x, y = logit(df.imagenet), logit(df.shifts_mean)
+    styles = {"STANDARD": ("standard training", "#1f77b4"),
+              "LOW_ACCURACY_CNN": ("low-accuracy checkpoints (early epochs, subsampled data)", "#17becf"),
+              "ROBUST_INTV": ("robustness interventions", "#8c564b"),
+              "LP_ADV": ("Lp-adversarially robust", "#bcbd22")}
+    fig, ax = plt.subplots(figsize=(8.5, 5.2))
+    used = df["imagenet_only"]
+    for t, (label, color) in styles.items():
+        m = used & (df["type"] == t)
+        ax.scatter(x[m], y[m], s=16, color=color, lw=0, label=f"{label} ({int(m.sum())})")
+    m = used & ~df["type"].isin(list(styles))
+    ax.scatter(x[m], y[m], s=22, color="0.3", marker="x", lw=1, label=f"classical baselines on pixels ({int(m.sum())})")
+    ax.scatter(x[~used], y[~used], s=22, facecolor="none", edgecolor="#2ca02c", lw=1,
+               label=f"trained with more data: excluded ({int((~used).sum())})")
+    xs = np.linspace(logit(0.002), logit(0.95), 50)
+    ax.plot(xs, fit.slope * xs + fit.intercept, color="k", lw=1.4,
+            label=f"refit: slope {fit.slope:.2f}, intercept {fit.intercept:.2f}, r {fit.r:.3f} (n={fit.n})")
+    ax.plot(xs, slope * xs + intercept, color="#d62728", lw=1.2, ls="--",
+            label=f"paper: slope {slope:.2f}, intercept {intercept:.2f}, r 0.99")
+    ticks = np.array([0.002, 0.01, 0.05, 0.2, 0.5, 0.8, 0.95])
+    ax.set_xticks(logit(ticks), [f"{100 * t:g}" for t in ticks])
+    ax.set_yticks(logit(ticks), [f"{100 * t:g}" for t in ticks])
+    ax.set(xlabel="ImageNet top-1 (%, logit scale)", ylabel="mean of 5 shifts top-1 (%, logit scale)",
+           title="The ER baseline refitted on the ImageNet testbed (published accuracies)")
+    ax.title.set_fontsize(10)
+    ax.legend(loc="upper left", fontsize=ZOO_FONT, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
 def distributions(df, value: str, xlabel: str, title: str, profile, log: bool = False):
     """Per-model distributions (a box per model in the paper's order, coloured by family)."""
     import matplotlib.pyplot as plt

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from helpers.config import EVAL_DATASETS, SHIFTS
-from helpers.metrics import effective_robustness, mean_shift_accuracy, pruning_curve, svd_head
+from helpers.metrics import effective_robustness, er_coefficients, mean_shift_accuracy, pruning_curve, svd_head
 from helpers.chapters.common import embeddings_many, head, meta
 
 SECTION = "pruning"
@@ -29,8 +29,8 @@ def measure(study, fractions=None, datasets=EVAL_DATASETS) -> pd.DataFrame:
         for k, p in enumerate(fractions):
             row = {**meta(e), "fraction": p, **{d: float(curves[d][k]) for d in datasets}, "rank": rank}
             row["shifts_mean"] = mean_shift_accuracy(row) if all(s in row for s in SHIFTS) else np.nan
-            row["er"] = effective_robustness(row["shifts_mean"], row["imagenet"], P.metrics["er_slope"],
-                                             P.metrics["er_intercept"]) if not np.isnan(row["shifts_mean"]) else np.nan
+            row["er"] = effective_robustness(row["shifts_mean"], row["imagenet"],
+                                             *er_coefficients(P)) if not np.isnan(row["shifts_mean"]) else np.nan
             rows.append(row)
         study.record(e.id, rows)
     return study.table()

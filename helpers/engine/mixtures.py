@@ -173,6 +173,9 @@ def evaluate(profile: Profile, zeroshot_id: str, finetuned_id: str, alphas: Sequ
     zs, ft = loaded_model(zs_entry, profile), loaded_model(ft_entry, profile)
     check_compatible(zs, ft)
     concepts = broden_available(profile) if concepts is None else concepts
+    from helpers.metrics import er_coefficients  # the profile's ER line (metrics.baseline: paper | refit)
+
+    er_line = er_coefficients(profile)
     if concepts:
         from helpers.chapters.concept_probing import ap_matrix, broden_sets, unique_concepts_at
 
@@ -199,8 +202,7 @@ def evaluate(profile: Profile, zeroshot_id: str, finetuned_id: str, alphas: Sequ
             row["shifts_mean"] = float(np.mean([row[d] for d in shifts]))
             row["kurtosis_shifts"] = float(np.mean([stats[d]["kurtosis"] for d in shifts]))
         if "imagenet" in stats and len(shifts) == len(SHIFTS):
-            row["er"] = effective_robustness(row["shifts_mean"], row["imagenet"], profile.metrics["er_slope"],
-                                             profile.metrics["er_intercept"])
+            row["er"] = effective_robustness(row["shifts_mean"], row["imagenet"], *er_line)
         if concepts:
             ap = ap_matrix(model.entry, profile, sets) if alpha in (0.0, 1.0) else transient_ap(profile, model, sets)
             row["unique_concepts"] = unique_concepts_at(ap, profile.metrics["concept_threshold"])

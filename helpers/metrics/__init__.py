@@ -18,5 +18,6 @@ from helpers.metrics.directions import importance, importance_ratio, project, sv
 from helpers.metrics.outliers import kurtosis, kurtosis_interval, planted_kurtosis  # noqa: F401
 from helpers.metrics.pruning import prune_singular_directions, pruned_logits, pruning_curve  # noqa: F401
 from helpers.metrics.robustness import (PAPER_INTERCEPT, PAPER_SLOPE, BaselineFit, accuracy_ratio,  # noqa: F401
-                         effective_robustness, expit, fit_baseline, logit, mean_shift_accuracy)
+                         effective_robustness, er_coefficients, expit, fit_baseline, fit_baseline_table,
+                         logit, mean_shift_accuracy, testbed_baseline)
 from helpers.metrics.uncertainty import BootstrapCI, bootstrap_ci, rank_correlation  # noqa: F401

@@ -93,6 +93,42 @@ def fit_baseline(acc_in, acc_shift) -> BaselineFit:
     return BaselineFit(float(slope), float(intercept), r, int(x.size))
 
 
+def fit_baseline_table(table, imagenet: str = "imagenet", shifts=None) -> BaselineFit:
+    """Eq. (5)'s baseline fitted on a table of models (one row each, accuracies as fractions):
+    ACC(S) is the plain mean of the five shift columns, taken *before* the logit (a weak model's
+    ImageNet-A accuracy can be 0, whose logit is -inf), then :func:`fit_baseline` on
+    (ACC(I), ACC(S)). Appendix A fits it on the testbed's models trained on ImageNet alone.
+    """
+    from helpers.config import SHIFTS
+
+    shifts = list(SHIFTS if shifts is None else shifts)
+    missing = [c for c in [imagenet, *shifts] if c not in table]
+    if missing:
+        raise KeyError(f"fit_baseline_table: no column {', '.join(missing)}")
+    acc_s = np.asarray(table[shifts], dtype=float).mean(axis=1)
+    return fit_baseline(np.asarray(table[imagenet], dtype=float), acc_s)
+
+
+def testbed_baseline() -> BaselineFit:
+    """Eq. (5)'s baseline refitted (Appendix A) on the ImageNet testbed's published accuracies:
+    every model trained on ImageNet alone (the testbed's type is not "trained with more data"),
+    ACC(S) the mean of the five shifts before the logit (:func:`fit_baseline_table`)."""
+    from helpers.paper import published
+
+    tb = published.testbed_accuracies()
+    return fit_baseline_table(tb[tb["imagenet_only"]])
+
+
+def er_coefficients(profile) -> tuple[float, float]:
+    """(beta_1, beta_0) of Eq. (5) as the profile chooses (``metrics.baseline``): ``paper`` takes
+    ``metrics.er_slope`` / ``metrics.er_intercept`` (0.76 / -1.49), ``refit`` :func:`testbed_baseline`.
+    Every ER of the study goes through here."""
+    if profile.metrics.get("baseline", "paper") == "refit":
+        fit = testbed_baseline()
+        return fit.slope, fit.intercept
+    return profile.metrics["er_slope"], profile.metrics["er_intercept"]
+
+
 def mean_shift_accuracy(accs: dict[str, float], shifts=None) -> float:
     """ACC(S): the plain mean of the five shift accuracies (Section 3), refusing a missing shift."""
     from helpers.config import SHIFTS

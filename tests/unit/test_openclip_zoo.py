@@ -1,0 +1,178 @@
+"""The OpenCLIP-zoo chapter: ER of zoo models against Eq. (5) written out on the raw CSV numbers,
+the QuickGELU rule, the training-data family mapping, the take-away counts and the diagnosis."""
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+
+from helpers.chapters import openclip_zoo as zoo_ch
+from helpers.chapters import robustness
+from helpers.config import load_profile
+from helpers.paper import published
+from tests.conftest import refuses
+
+B1, B0 = 0.76, -1.49
+COLS = ["ImageNet 1k", "ImageNet v2", "ImageNet-R", "ImageNet Sketch", "ObjectNet", "ImageNet-A"]
+
+
+def _raw():
+    with open(published.OPENCLIP_RESULTS, newline="") as f:
+        return {(r["name"], r["pretrained"]): [float(r[c]) for c in COLS] for r in csv.DictReader(f)}
+
+
+def _er_by_hand(six, b1=B1, b0=B0):
+    """Eq. (5): ER = ACC(S) - sigmoid(b1 * logit ACC(I) + b0), ACC(S) the mean of the five shifts."""
+    acc_i, shifts = six[0], six[1:]
+    acc_s = sum(shifts) / len(shifts)
+    return acc_s - 1 / (1 + math.exp(-(b1 * math.log(acc_i / (1 - acc_i)) + b0)))
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    return zoo_ch.zoo_frame(B1, B0, load_profile("paper").pool)
+
+
+@pytest.fixture(scope="module")
+def testbed():
+    return zoo_ch.testbed_frame(B1, B0)
+
+
+@pytest.mark.parametrize("name, tag", [("ViT-L-14", "openai"), ("ViT-B-32-quickgelu", "laion400m_e32"),
+                                       ("ViT-SO400M-14-SigLIP-384", "webli")])
+def test_er_of_three_zoo_models_by_hand(zoo, name, tag):
+    six = _raw()[(name, tag)]
+    row = zoo[(zoo.name == name) & (zoo.pretrained == tag)].iloc[0]
+    assert row["er"] == pytest.approx(_er_by_hand(six), abs=1e-12)
+    assert row["acc_ratio"] == pytest.approx(sum(six[1:]) / 5 / six[0], abs=1e-12)
+
+
+def test_er_under_the_refit_by_hand():
+    fit = robustness.testbed_baseline()
+    z = zoo_ch.zoo_frame(fit.slope, fit.intercept)
+    six = _raw()[("ViT-L-14", "openai")]
+    row = z[(z.name == "ViT-L-14") & (z.pretrained == "openai")].iloc[0]
+    assert row["er"] == pytest.approx(_er_by_hand(six, fit.slope, fit.intercept), abs=1e-12)
+
+
+def test_one_row_per_model_the_quickgelu_one(zoo):
+    raw = _raw()
+    assert len(raw) == 121
+    pairs = [(n.removesuffix("-quickgelu"), t) for n, t in raw]
+    twice = {p for p in pairs if pairs.count(p) == 2}
+    assert len(twice) == 8  # 3 OpenAI (identical numbers), 2 LAION-400M, CC-12M, 2 YFCC-15M
+    assert len(zoo) == 121 - len(twice)
+    for base, tag in twice:
+        rows = zoo[(zoo.base == base) & (zoo.pretrained == tag)]
+        assert list(rows.name) == [base + "-quickgelu"]
+        assert rows.iloc[0]["imagenet_plain_gelu"] == raw[(base, tag)][0]
+    assert zoo[(zoo.name == "ViT-B-32-quickgelu") & (zoo.pretrained == "laion400m_e32")].iloc[0]["imagenet"] == 0.6293
+
+
+@pytest.mark.parametrize("name, tag, family", [
+    ("ViT-B-32-quickgelu", "openai", "OpenAI"), ("RN50-quickgelu", "yfcc15m", "YFCC-15M"),
+    ("ViT-B-32-quickgelu", "laion400m_e32", "LAION-400M"), ("ViT-B-32", "laion2b_e16", "LAION-2B"),
+    ("convnext_base_w", "laion_aesthetic_s13b_b82k", "LAION-2B"),
+    ("xlm-roberta-base-ViT-B-32", "laion5b_s13b_b90k", "LAION-5B"),
+    ("xlm-roberta-large-ViT-H-14", "frozen_laion5b_s13b_b90k", "LAION-5B"),
+    ("coca_ViT-L-14", "mscoco_finetuned_laion2b_s13b_b90k", "LAION-2B + MSCOCO fine-tune"),
+    ("ViT-L-14", "datacomp_xl_s13b_b90k", "DataComp"), ("ViT-H-14-CLIPA", "datacomp1b", "DataComp"),
+    ("ViT-B-16", "commonpool_l_clip_s1b_b8k", "CommonPool (unfiltered / baselines)"),
+    ("ViT-H-14-quickgelu", "dfn5b", "DFN"), ("ViT-L-14-quickgelu", "metaclip_fullcc", "MetaCLIP"),
+    ("ViT-B-16-SigLIP", "webli", "WebLI (SigLIP)"), ("EVA02-L-14", "merged2b_s4b_b131k", "Merged-2B (EVA)"),
+    ("EVA01-g-14", "laion400m_s11b_b41k", "LAION-400M"),
+    ("nllb-clip-base", "v1", "NLLB-CLIP (LAION-COCO, translated)"),
+])
+def test_family_mapping(name, tag, family):
+    assert published.data_family(name, tag) == family
+
+
+def test_every_zoo_tag_has_a_family_and_an_unknown_one_is_refused(zoo):
+    assert zoo.family.notna().all() and len(zoo) == 113
+    assert zoo_ch.family_table()["zoo models"].sum() == len(zoo)
+    with refuses(published.PublishedTableError, "OpenCLIP pair (ViT-B-32, newdata_s1b): pretrained tag "
+                 "'newdata_s1b' has no training-data family (helpers.paper.published.DATA_FAMILIES)"):
+        published.data_family("ViT-B-32", "newdata_s1b")
+
+
+def test_takeaway_counts(zoo, testbed):
+    raw = _raw()
+    kept = [(n, t) for n, t in raw if not ((n + "-quickgelu", t) in raw)]  # the QuickGELU rule, by hand
+    ers = [_er_by_hand(raw[k]) for k in kept]
+    best = max(testbed.itertuples(), key=lambda r: r.er)
+    counts = zoo_ch.takeaway_counts(zoo, testbed).set_index("family")
+    total = counts.loc["all"]
+    assert total["models"] == len(kept) == 113
+    assert total["ER > 0"] == sum(e > 0 for e in ers)
+    col = [c for c in counts.columns if c.startswith("ER > ") and c != "ER > 0"][0]
+    assert col.startswith(f"ER > {best.model} (")
+    assert total[col] == sum(e > best.er for e in ers)
+    assert counts.drop(index="all")["models"].sum() == 113
+
+
+def test_best_testbed_model_by_hand(testbed):
+    """The reference: the highest Eq. (5) ER among the testbed's ImageNet-only rows, recomputed."""
+    best = zoo_ch.best_testbed(testbed)
+    six = [best[c] for c in ("imagenet", "imagenet-v2", "imagenet-r", "imagenet-sketch", "objectnet", "imagenet-a")]
+    assert best["er"] == pytest.approx(_er_by_hand(six), abs=1e-12)
+    assert best["type"] != "MORE_DATA"
+    assert (testbed["er"] <= best["er"]).all()
+
+
+def test_ranked_tables(zoo):
+    top, bottom = zoo_ch.ranked(zoo), zoo_ch.ranked(zoo, most=False)
+    assert len(top) == len(bottom) == 10
+    assert list(top["ER"]) == sorted(top["ER"], reverse=True)
+    assert top["ER"].min() >= 100 * zoo["er"].nlargest(10).min() - 1e-9
+    assert bottom["ER"].max() <= 100 * zoo["er"].nsmallest(10).max() + 1e-9
+
+
+def test_pool_beside_zoo_covers_every_pool_entry_with_openclip_weights(zoo):
+    P = load_profile("paper")
+    want = {e.id for e in P.pool if e.pretrained}
+    table = zoo_ch.pool_beside_zoo(zoo, robustness.paper_frame())
+    assert set(table["entry"]) == want and len(table) == 18
+    raw = _raw()
+    row = table.set_index("entry").loc["ViT-B-32-laion400m"]
+    assert row["ImageNet: OpenCLIP"] == pytest.approx(100 * raw[("ViT-B-32-quickgelu", "laion400m_e32")][0])
+    assert row["ImageNet: OpenCLIP, plain GELU"] == pytest.approx(100 * raw[("ViT-B-32", "laion400m_e32")][0])
+    assert row["ImageNet: paper"] == 60
+
+
+def test_diagnose_places_a_model_in_the_zoo(zoo):
+    raw = _raw()
+    six = raw[("ViT-L-14", "openai")]
+    accs = dict(zip(("imagenet", "imagenet-v2", "imagenet-r", "imagenet-sketch", "objectnet", "imagenet-a"), six))
+    d = zoo_ch.diagnose(accs, zoo, B1, B0)
+    er = _er_by_hand(six)
+    assert d["er"] == pytest.approx(er, abs=1e-12)
+    kept = [k for k in raw if (k[0] + "-quickgelu", k[1]) not in raw]
+    others = [_er_by_hand(raw[k]) for k in kept]
+    assert d["rank"] == 1 + sum(e > er + 1e-12 for e in others)
+    assert d["percentile"] == pytest.approx(100 * sum(e < er - 1e-12 for e in others) / len(others))
+    with refuses(KeyError, "'diagnose: no accuracy for objectnet (need imagenet, imagenet-v2, imagenet-r, "
+                 "imagenet-sketch, objectnet, imagenet-a)'"):
+        zoo_ch.diagnose({k: v for k, v in accs.items() if k != "objectnet"}, zoo, B1, B0)
+
+
+class _Slice:
+    def __init__(self, pool):
+        self.pool = pool
+
+
+def test_paper_pool_follows_the_slice():
+    paper = load_profile("paper").pool
+    demo = load_profile("demo").pool
+    assert len(zoo_ch.paper_pool(_Slice(demo))) == len(paper)
+    assert {e.arch for e in zoo_ch.paper_pool(_Slice(demo), backbone="RN50")} == {"RN50"}
+    stand_in = [e for e in demo if e.id == "demo-vit-zeroshot"]
+    assert [e.id for e in zoo_ch.paper_pool(_Slice(stand_in), entry="demo-vit-zeroshot")] == [stand_in[0].stands_in_for]
+    assert zoo_ch.table_id("zoo") == "zoo-all"
+
+
+def test_banner_says_the_numbers_are_published():
+    P = load_profile("demo")
+    text = zoo_ch.banner(P, 0.76, -1.49, 113, 287)
+    assert text.startswith("```{admonition} Which run produced these numbers")
+    assert "Published accuracies, in every profile" in text and "metrics.baseline: paper" in text
