@@ -75,12 +75,15 @@ def ranked(zoo: pd.DataFrame, n: int = 10, most: bool = True) -> pd.DataFrame:
     return pct_table(df)
 
 
-def pct_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Zoo rows as the book shows them: model, tag, family, accuracies, ER and %acc in %."""
-    cols = [*EVAL_DATASETS, "shifts_mean", "er", "acc_ratio"]
-    out = df[["name", "pretrained", "family", *cols]].copy()
+def pct_table(df: pd.DataFrame, per_dataset: bool = False) -> pd.DataFrame:
+    """Zoo rows as the book shows them: model and tag, family, ImageNet and mean shift accuracy, ER
+    and %acc in %; ``per_dataset`` adds the five shifts' own columns (too wide for the page)."""
+    cols = [*(EVAL_DATASETS if per_dataset else ("imagenet",)), "shifts_mean", "er", "acc_ratio"]
+    out = df[["family", *cols]].copy()
+    out.insert(0, "model", df["name"] + " " + df["pretrained"])
     out[cols] = 100 * out[cols]
-    return out.rename(columns={"shifts_mean": "mean of 5 shifts", "er": "ER", "acc_ratio": "%acc"})
+    return out.rename(columns={"imagenet": "ImageNet", "shifts_mean": "mean of 5 shifts", "er": "ER",
+                               "acc_ratio": "%acc"})
 
 
 def pool_beside_zoo(zoo: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
