@@ -42,12 +42,30 @@ CKA per layer (App. C)                     :class:`helpers.metrics.cka.Minibatch
                                            :func:`helpers.engine.cka_pass.pair_cka`
 pruning singular directions (App. G)       :func:`helpers.metrics.pruning.pruning_curve`
 WiSE-FT mixture (App. I)                   :func:`helpers.engine.mixtures.interpolate`
+Eq. (5)'s baseline refitted (App. A)       :func:`helpers.metrics.robustness.testbed_baseline`
 =========================================  ====================================================
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["load_profile", "open_study"]
+__all__ = ["load_profile", "open_study", "quantity_map"]
+
+
+def quantity_map():
+    """The table "paper quantity -> function" of this docstring as a DataFrame (the forking chapter
+    shows it), one row per function, so the map is written once."""
+    import re
+
+    import pandas as pd
+
+    table = __doc__.split("Paper quantity -> function", 1)[1].split("=" * 41)[2]
+    rows, quantity = [], ""
+    for line in table.splitlines():
+        left, right = line[:43].strip(), line[43:]
+        quantity = left or quantity
+        for kind, target in re.findall(r":(func|class|meth):`([\w.]+)`", right):
+            rows.append({"quantity": quantity, "function": target})
+    return pd.DataFrame(rows)
 
 
 def __getattr__(name: str):
