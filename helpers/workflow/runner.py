@@ -39,9 +39,18 @@ from helpers.study import provenance
 from helpers.config import REPO_ROOT, ConfigError, Profile, load_profile
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-#: Sections known to aggregate other sections' tables (their records say so too): with ``gpus``
-#: they run after every other job, in paper order.
-READS_TABLES = {"summary", "coca", "diagnose"}
+#: Sections that read other sections' tables, and which: the lists their chapters load
+#: (``coca``'s three ``results.load`` calls, ``summary.CATALOGUE``'s chapters,
+#: ``diagnose.POOL_SECTIONS``; a test holds them equal). With ``gpus`` these run after every other
+#: job, in paper order; on Slurm each is submitted with ``--dependency=afterok:`` on exactly the jobs
+#: of the sections it reads (:func:`reads`).
+READS: dict[str, tuple[str, ...]] = {
+    "coca": ("robustness", "outlier_features", "concept_probing"),
+    "summary": ("robustness", "outlier_features", "privileged_directions", "concept_probing", "pruning",
+                "wiseft", "coca", "cka_layers"),
+    "diagnose": ("robustness", "outlier_features", "privileged_directions", "concept_probing"),
+}
+READS_TABLES = set(READS)
 
 #: Console lines that are kept in the job log but not shown: the kernel's start-up notice,
 #: papermill's parameter-parsing notices, and ipykernel's shutdown message on a finished job.
@@ -408,8 +417,16 @@ def _child(job_file: str) -> int:
     return 0
 
 
+class JobFailed(RuntimeError):
+    """A notebook that failed inside a submitit job. Raised, not returned, so that Slurm marks the
+    job FAILED and the ``afterok`` dependencies of the jobs that read its tables never hold."""
+
+
 def _execute_for_submitit(job_dict: dict) -> dict:
     outcome = execute(Job(**job_dict))
+    if outcome.status == "failed":
+        last = outcome.error.strip().splitlines()[-1] if outcome.error.strip() else "error"
+        raise JobFailed(f"{outcome.job.name} failed after {outcome.seconds:.1f} s: {last}")
     return {"status": outcome.status, "seconds": outcome.seconds, "error": outcome.error}
 
 
@@ -444,11 +461,23 @@ def run_lock(results_dir: Path, echo=print):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _aggregates(job: Job) -> bool:
-    if job.section in READS_TABLES:
-        return True
+def reads(job: Job) -> set[str]:
+    """The sections whose tables ``job`` reads: its section's :data:`READS`, and any other section
+    its last provenance record says it read."""
     r = provenance.read_record(Path(job.record)) or {}
-    return any(q.get("section") != job.section for q in (r.get("tables_read") or {}).values())
+    recorded = {q.get("section") for q in (r.get("tables_read") or {}).values()}
+    return (set(READS.get(job.section, ())) | recorded) - {job.section, None}
+
+
+def _aggregates(job: Job) -> bool:
+    return bool(reads(job))
+
+
+def inputs_of(job: Job, jobs: list[Job]) -> list[Job]:
+    """The jobs among ``jobs`` whose tables ``job`` reads: those of the sections it reads, on its
+    slice (or on any slice when either is the whole pool, ``all``)."""
+    wanted = reads(job)
+    return [j for j in jobs if j.section in wanted and (j.slice == job.slice or "all" in (j.slice, job.slice))]
 
 
 def run(jobs: list[Job], executor: str = "local", force: bool = False, slurm: dict | None = None,
@@ -571,21 +600,63 @@ def _run_submitit(jobs: list[Job], executor: str, slurm: dict, echo) -> list[Out
     else:
         ex = submitit.LocalExecutor(folder=str(log_dir))
         ex.update_parameters(timeout_min=int(slurm.get("timeout_min", 60)))
-    submitted = [(job, ex.submit(_execute_for_submitit, asdict(job))) for job in jobs]
-    echo(f"submitted {len(submitted)} job(s); logs in {log_dir}; per-job logs under {jobs[0].log_dir}")
-    outcomes = []
-    for job, sj in submitted:
-        try:
-            res = sj.result()
-            outcomes.append(Outcome(job, res["status"], res["seconds"], res["error"]))
-        except Exception as exc:  # the job itself died (node failure, timeout)
-            # the scheduler's own word on the job (NODE_FAIL, TIMEOUT, OUT_OF_MEMORY, ...), asked anew
-            state = _scheduler_state(sj)
-            error = f"{type(exc).__name__}: {exc}" + (f" [scheduler state: {state}]" if state not in str(exc) else "")
-            provenance.mark_failed(Path(job.record), error, job.section, job.slice)
-            outcomes.append(Outcome(job, "failed", 0.0, error))
-        echo(f"{outcomes[-1].status} {job.name} (job {sj.job_id}, log {job.log})")
-    return outcomes
+    outcomes: dict[str, Outcome] = {}
+    handles: dict[str, Any] = {}
+
+    def collect(job: Job) -> Outcome:
+        if job.name not in outcomes:
+            outcomes[job.name] = _submitit_outcome(job, handles[job.name])
+            echo(f"{outcomes[job.name].status} {job.name} (job {handles[job.name].job_id}, log {job.log})")
+        return outcomes[job.name]
+
+    for job in jobs:  # paper order: a job's inputs are submitted before it
+        inputs = [j for j in inputs_of(job, jobs) if j.name in handles or j.name in outcomes]
+        if executor == "slurm":  # Slurm holds the job until every input completed (afterok)
+            ids = [str(handles[j.name].job_id) for j in inputs if j.name in handles]
+            ex.update_parameters(slurm_dependency="afterok:" + ":".join(ids) if ids else None)
+        else:  # the local executor knows no dependencies: the runner waits for the inputs itself
+            failed = [j for j in inputs if collect(j).status == "failed"]
+            if failed:
+                outcomes[job.name] = _cancelled(job, failed, handles, echo)
+                continue
+        handles[job.name] = ex.submit(_execute_for_submitit, asdict(job))
+    submitted = sum(j.name in handles for j in jobs)
+    echo(f"submitted {submitted} job(s); logs in {log_dir}; per-job logs under {jobs[0].log_dir}")
+    for job in jobs:
+        if job.name in outcomes:
+            continue
+        # an input that failed leaves its readers pending for ever (afterok never holds): cancel them
+        failed = [j for j in inputs_of(job, jobs) if j.name in outcomes and outcomes[j.name].status == "failed"]
+        if failed:
+            handles[job.name].cancel(check=False)
+            outcomes[job.name] = _cancelled(job, failed, handles, echo)
+        else:
+            collect(job)
+    return [outcomes[j.name] for j in jobs]
+
+
+def _submitit_outcome(job: Job, sj) -> Outcome:
+    try:
+        res = sj.result()
+        return Outcome(job, res["status"], res["seconds"], res["error"])
+    except Exception as exc:
+        failed = re.search(r"JobFailed: (.*)", str(exc))
+        if failed:  # the notebook failed (its record is marked already)
+            return Outcome(job, "failed", 0.0, failed.group(1))
+        # the job itself died (node failure, timeout): the scheduler's own word on the job (NODE_FAIL, TIMEOUT, OUT_OF_MEMORY, ...), asked anew
+        state = _scheduler_state(sj)
+        error = f"{type(exc).__name__}: {exc}" + (f" [scheduler state: {state}]" if state not in str(exc) else "")
+        provenance.mark_failed(Path(job.record), error, job.section, job.slice)
+        return Outcome(job, "failed", 0.0, error)
+
+
+def _cancelled(job: Job, failed: list[Job], handles: dict, echo) -> Outcome:
+    """The outcome of a reader whose input failed: not run, its record marked failed, naming the input."""
+    named = ", ".join(f"{j.name}" + (f" (job {handles[j.name].job_id})" if j.name in handles else "") for j in failed)
+    error = f"cancelled: its input {named} failed; fix that and run again"
+    provenance.mark_failed(Path(job.record), error, job.section, job.slice)
+    echo(f"cancelled {job.name}: input {named} failed")
+    return Outcome(job, "failed", 0.0, error)
 
 
 if __name__ == "__main__":
