@@ -102,6 +102,7 @@ class Job:
     results_dir: str = ""
     cache_dir: str = ""
     device: str | None = None  # CUDA_VISIBLE_DEVICES of the job's process
+    time_limit_s: float | None = None  # killed and failed after this long (job_time_limit_minutes)
 
     @property
     def name(self) -> str:
@@ -124,6 +125,8 @@ class Outcome:
 @dataclass
 class RunSummary:
     outcomes: list[Outcome] = field(default_factory=list)
+    #: ``--gpus`` devices set aside after a job on them died of a CUDA error -> that job and error
+    set_aside: dict[str, str] = field(default_factory=dict)
 
     @property
     def failures(self) -> list[Outcome]:
@@ -135,6 +138,9 @@ class RunSummary:
             lines.append(f"\n{len(self.failures)} notebook(s) failed:")
             lines += [f"  {o.job.name}: {o.error.strip().splitlines()[-1] if o.error.strip() else 'error'}"
                       f"\n    executed notebook: {o.job.output}\n    log: {o.job.log}" for o in self.failures]
+        if self.set_aside:
+            lines.append(f"\nGPU(s) set aside for the rest of the run after a CUDA error: "
+                         + "; ".join(f"{d} ({why})" for d, why in self.set_aside.items()))
         return "\n".join(lines)
 
 
@@ -351,9 +357,15 @@ def execute(job: Job, echo: Callable[[str], None] = print) -> Outcome:
             log.flush()
             proc = subprocess.Popen([sys.executable, "-m", "helpers.workflow.runner", str(tmp / "job.json")], cwd=REPO_ROOT,
                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            expired = threading.Event()
+            timer = threading.Timer(job.time_limit_s or 0, lambda: (expired.set(), proc.kill()))
+            timer.daemon = True
+            if job.time_limit_s:
+                timer.start()
             try:
                 _stream(proc, log, _Console(job.name, echo, n_cells))
                 rc = proc.wait()
+                timer.cancel()
             except BaseException:  # Ctrl-C: stop the child (and its kernel) before leaving
                 proc.terminate()
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -362,6 +374,9 @@ def execute(job: Job, echo: Callable[[str], None] = print) -> Outcome:
                 raise
         res = provenance.read_record(tmp / "result.json") or {"status": "failed",
                                                                "error": f"job process exited with status {rc}"}
+        if expired.is_set():
+            res = {"status": "failed", "error": f"killed after the per-job time limit of {job.time_limit_s / 60:g} min "
+                                                f"(profile key job_time_limit_minutes)"}
     if res["status"] != "ran":
         provenance.mark_failed(Path(job.record), res.get("error", ""), job.section, job.slice)
     return Outcome(job, res["status"], time.time() - t0, res.get("error", ""))
@@ -481,7 +496,7 @@ def inputs_of(job: Job, jobs: list[Job]) -> list[Job]:
 
 
 def run(jobs: list[Job], executor: str = "local", force: bool = False, slurm: dict | None = None,
-        echo=print, gpus: list[str] | None = None) -> RunSummary:
+        echo=print, gpus: list[str] | None = None, time_limit_s: float | None = None) -> RunSummary:
     """Run the jobs that are out of date; keep going past failures and report them at the end.
 
     Each job is checked just before it would start, so a section that reads tables sees those
@@ -489,7 +504,8 @@ def run(jobs: list[Job], executor: str = "local", force: bool = False, slurm: di
     process sees only its device, ``CUDA_VISIBLE_DEVICES``); sections that read other sections'
     tables run afterwards. ``executor='slurm'`` submits one submitit job per (section, slice)
     with the ``slurm`` parameters; ``'submitit-local'`` runs that path with submitit's local
-    executor (used by the tests).
+    executor (used by the tests). ``time_limit_s`` (``gpus``): each job's wall-clock limit; a device
+    whose job died of a CUDA error is set aside (``RunSummary.set_aside``).
     """
     if executor not in ("local", "slurm", "submitit-local"):
         raise ValueError(f"unknown executor {executor!r}: expected local, slurm or submitit-local")
@@ -523,31 +539,65 @@ def run(jobs: list[Job], executor: str = "local", force: bool = False, slurm: di
         else:
             first = [j for j in jobs if not _aggregates(j)]
             later = [j for j in jobs if _aggregates(j)]
-            summary.outcomes += _run_on_devices([j for j in first if due(j)], gpus, echo, job_reason)
+            limit = dict(set_aside=summary.set_aside, time_limit_s=time_limit_s)
+            summary.outcomes += _run_on_devices([j for j in first if due(j)], gpus, echo, job_reason, **limit)
             for job in later:  # in paper order: coca before summary, summary before diagnose
                 if due(job):
-                    summary.outcomes += _run_on_devices([job], gpus, echo, job_reason)
+                    summary.outcomes += _run_on_devices([job], gpus, echo, job_reason, **limit)
     order = {j.name: i for i, j in enumerate(jobs)}
     summary.outcomes.sort(key=lambda o: order.get(o.job.name, 0))
     return summary
 
 
-def _run_on_devices(jobs: list[Job], gpus: list[str], echo, reasons: dict[str, str]) -> list[Outcome]:
+#: What a job's log or error says when its GPU faulted (the device is then set aside); running out of
+#: memory is the job's size, not the device's fault, and is excluded.
+CUDA_FAULT = re.compile(r"CUDA error|CUBLAS_STATUS_\w+|CUDNN_STATUS_\w+|device-side assert|"
+                        r"illegal memory access|unspecified launch failure|Xid \d+|uncorrectable ECC")
+
+_EXCEPTION_LINE = re.compile(r"^\s*(\S+ failed: )?[\w.]*(Error|Exception|Failure)\w*: ")
+
+
+def cuda_fault(outcome: Outcome, tail_bytes: int = 65536) -> str | None:
+    """The first line of a failed job's error or log tail that names a CUDA fault (None: none, or
+    only an out-of-memory error)."""
+    if outcome.status != "failed":
+        return None
+    text = outcome.error
+    with contextlib.suppress(OSError):
+        with open(outcome.job.log, "rb") as f:
+            f.seek(max(0, os.path.getsize(outcome.job.log) - tail_bytes))
+            text += "\n" + f.read().decode("utf-8", "replace")
+    for line in text.splitlines():
+        # an exception's own line (``RuntimeError: CUDA error: ...``), not the source shown beside it
+        if _EXCEPTION_LINE.match(line) and CUDA_FAULT.search(line) and "out of memory" not in line.lower():
+            return line.strip()[:200]
+    return None
+
+
+def _run_on_devices(jobs: list[Job], gpus: list[str], echo, reasons: dict[str, str],
+                    set_aside: dict[str, str] | None = None, time_limit_s: float | None = None) -> list[Outcome]:
     """One job per device at a time, each in its own process with ``CUDA_VISIBLE_DEVICES`` set.
-    The extraction cache's entries are locked, so jobs sharing an input wait for its builder."""
-    free = list(gpus)
+    The extraction cache's entries are locked, so jobs sharing an input wait for its builder. A job
+    runs at most ``time_limit_s`` (then it is killed and failed); a device whose job died of a CUDA
+    error (:func:`cuda_fault`) is put in ``set_aside`` and given no further job; when every device
+    is set aside the remaining jobs fail, saying so."""
+    set_aside = {} if set_aside is None else set_aside
+    free = [g for g in gpus if g not in set_aside]
     queue = list(jobs)
     outcomes: list[Outcome] = []
     cond = threading.Condition()
     lock = threading.Lock()
+    running = [0]
 
     def say(msg):
         with lock:
             echo(msg)
 
     def work(job: Job, dev: str):
+        fault = None
         try:
             job.device = dev
+            job.time_limit_s = time_limit_s
             say(f"running {job.name} on device {dev} ({reasons.get(job.name, '')}); log {job.log}")
             try:
                 o = execute(job, say)
@@ -555,22 +605,36 @@ def _run_on_devices(jobs: list[Job], gpus: list[str], echo, reasons: dict[str, s
                 o = Outcome(job, "failed", 0.0, f"{type(exc).__name__}: {exc}")
             say(f"{o.status} {job.name} on device {dev} in {o.seconds:.1f} s")
             outcomes.append(o)
+            fault = cuda_fault(o)
+            if fault:
+                say(f"device {dev} set aside for the rest of the run: {job.name} died of a CUDA error ({fault})")
         finally:
             with cond:
-                free.append(dev)
+                if fault:
+                    set_aside[dev] = f"{job.name}: {fault}"
+                else:
+                    free.append(dev)
+                running[0] -= 1
                 cond.notify_all()
 
     threads = []
     while queue:
         with cond:
-            while not free:
+            while not free and running[0]:
                 cond.wait()
+            if not free:  # every device faulted
+                break
             dev = free.pop(0)
+            running[0] += 1
         t = threading.Thread(target=work, args=(queue.pop(0), dev), daemon=True)
         t.start()
         threads.append(t)
     for t in threads:
         t.join()
+    for job in queue:
+        error = f"not run: every device was set aside after a CUDA error ({', '.join(set_aside)})"
+        provenance.mark_failed(Path(job.record), error, job.section, job.slice)
+        outcomes.append(Outcome(job, "failed", 0.0, error))
     return outcomes
 
 
