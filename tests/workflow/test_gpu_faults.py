@@ -11,19 +11,10 @@ import yaml
 
 from helpers.config import ConfigError, load_profile, run_setting
 from helpers.workflow import runner
+from test_slurm import NOTEBOOK as SLURM_NOTEBOOK
 
-NOTEBOOK = """\
----
-jupytext:
-  text_representation:
-    extension: .md
-    format_name: myst
-kernelspec:
-  display_name: Python 3
-  language: python
-  name: python3
----
-
+# the fake-Slurm notebook's front matter, then a body standing in for each fault
+NOTEBOOK = SLURM_NOTEBOOK.split("# Tiny section")[0] + """
 ```{code-cell} ipython3
 :tags: [parameters]
 profile = "demo"
