@@ -12,6 +12,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PROFILE ?= demo
+TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
@@ -25,12 +26,13 @@ MATHJAX := _vendor/mathjax/tex-chtml.js
 # papermill reads .ipynb: each MyST chapter gets its jupytext pair (generated, not committed)
 NOTEBOOKS_IPYNB := $(patsubst %.md,%.ipynb,$(wildcard notebooks/[0-9][0-9]_*.md))
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# the tested pair; installed first so no resolver pulls a newer torch
-	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e ".[book,test]"
+	# the tested pair (constraints.txt), installed first so no resolver pulls a newer torch;
+	# TORCH_INDEX=https://download.pytorch.org/whl/cu126 picks the build for a CUDA 12.6 driver
+	$(PY) -m pip install --quiet -c constraints.txt torch torchvision $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[book,test]"
 	# peer of the zero-shot equivalence tests, without its CLI's dependencies (see pyproject.toml)
 	$(PY) -m pip install --quiet --no-deps clip-benchmark==1.6.2
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null

@@ -181,6 +181,12 @@ class Profile:
 _TOP_KEYS = {"profile", "kind", "description", "device", "batch_size", "num_workers", "precision",
              "allow_random_init", "skip_unreadable", "paths", "datasets", "limits", "metrics", "pool",
              "zero_shot_templates", "zero_shot_classes"}
+#: Keys for GPU nodes, with their defaults (read with :func:`run_setting`): the wall-clock limit of one
+#: job under ``clip-study run --gpus`` (None: none), and the training loader's persistent workers,
+#: prefetch depth (batches per worker) and gradient accumulation (micro-batches per optimiser step).
+RUN_SETTINGS = {"job_time_limit_minutes": None, "persistent_workers": True, "prefetch_factor": 4,
+                "accumulation_steps": 1}
+_TOP_KEYS |= set(RUN_SETTINGS)
 #: open_clip.OPENAI_IMAGENET_TEMPLATES holds 80 templates (Radford et al., 2021).
 _N_TEMPLATES = 80
 _REQUIRED_TOP = {"profile", "paths", "datasets", "pool"}
@@ -364,6 +370,7 @@ def _validate(raw: dict, path: Path) -> Profile:
     _validate_metrics(P, metrics)
     scalars = _validate_scalars(P, raw)
     zs_templates, zs_classes = _validate_reduced_head(P, raw, scalars["kind"])
+    _validate_run_settings(P, raw)
     pool = _validate_pool(P, raw, scalars["allow_random_init"], resolve)
     P.raise_if_any()
 
@@ -503,6 +510,22 @@ def _validate_pool(P: _Problems, raw: dict, allow_random: bool, resolve) -> list
         if e.finetuned_from is not None and e.finetuned_from not in ids:
             P.add(f"pool[{i}] ({e.id}).finetuned_from", f"{e.finetuned_from!r} is not an id in the pool")
     return pool
+
+
+def run_setting(profile: "Profile", key: str) -> Any:
+    """A :data:`RUN_SETTINGS` value of ``profile`` (its default when the profile does not set it)."""
+    return profile.raw.get(key, RUN_SETTINGS[key])
+
+
+def _validate_run_settings(P: "_Problems", raw: dict) -> None:
+    limit = raw.get("job_time_limit_minutes")
+    _check(P, "job_time_limit_minutes", limit, limit is None or (_is_number(limit) and limit > 0),
+           "a positive number of minutes, or null for no limit")
+    pw = raw.get("persistent_workers", True)
+    _check(P, "persistent_workers", pw, isinstance(pw, bool), "true or false")
+    for key in ("prefetch_factor", "accumulation_steps"):
+        v = raw.get(key, RUN_SETTINGS[key])
+        _check(P, key, v, _is_int(v) and v >= 1, "a positive integer")
 
 
 def _validate_reduced_head(P: "_Problems", raw: dict, kind: str) -> tuple[int | None, tuple[int, ...] | None]:

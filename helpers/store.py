@@ -11,6 +11,8 @@ Cache entry layout (one folder per key; the key is a hash of everything the cont
 
     <root>/<name>/
         .lock               fcntl lock held while the entry is built (a second process waits)
+        .claim              the builder's claim, created exclusively (host, pid; heartbeat in its
+                            mtime): the lock where flock does not hold across nodes (:func:`build_claim`)
         manifest.json       written last, atomically; names the run folder holding the arrays
         run-<id>/<array>.npy  committed arrays (read as read-only memmaps)
         partial/            a build in progress: preallocated <array>.npy + progress.json
@@ -29,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -153,10 +156,14 @@ class CacheEntry:
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
+    @contextmanager
     def lock(self):
         """Exclusive lock for building this entry: two processes asking for the same key do not
-        both write it; the second waits, then finds the first one's committed result."""
-        return self._flock(".lock", fcntl.LOCK_EX)
+        both write it; the second waits, then finds the first one's committed result. The flock
+        queues the processes of one node; the claim file (:func:`build_claim`) those of several
+        nodes, where the shared file system does not pass flocks between them."""
+        with self._flock(".lock", fcntl.LOCK_EX), build_claim(self.dir / ".claim"):
+            yield
 
     def partial(self, arrays: Mapping[str, tuple[tuple[int, ...], str]], fresh: bool = False,
                 state: Mapping[str, Any] | None = None) -> "Partial":
@@ -217,6 +224,85 @@ class CacheEntry:
         for p in self.dir.glob("run-*"):
             if p.name != keep:
                 shutil.rmtree(p, ignore_errors=True)
+
+
+#: A build claim whose heartbeat (the claim file's mtime) is older than this is stale: its builder
+#: died or its node went away; the next builder takes it over, saying so.
+CLAIM_STALE_S = 600.0
+#: How often a builder refreshes its claim's heartbeat.
+CLAIM_HEARTBEAT_S = 30.0
+
+
+def _read_claim(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+@contextmanager
+def build_claim(path: Path, *, stale_s: float = CLAIM_STALE_S, heartbeat_s: float = CLAIM_HEARTBEAT_S,
+                poll_s: float = 1.0, say: Callable[[str], None] = print) -> Iterator[None]:
+    """Hold the claim file ``path`` while building: created with ``O_CREAT | O_EXCL``, which is
+    atomic on local file systems, NFS v3+ and Lustre even where ``flock`` is local to a node
+    (Lustre ``localflock``, NFS without lockd). It holds the builder's host, pid and a token; a
+    thread refreshes its mtime every ``heartbeat_s`` (the heartbeat). Another builder waits while
+    the heartbeat is fresh and takes over a claim whose heartbeat is older than ``stale_s``, naming
+    its holder. Released by deleting it (only if it is still this builder's)."""
+    path = Path(path)
+    me = {"host": os.uname().nodename, "pid": os.getpid(), "token": uuid.uuid4().hex, "since": time.time()}
+    waited = False
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_claim(path)
+            try:
+                age = time.time() - path.stat().st_mtime
+            except FileNotFoundError:
+                continue  # released meanwhile
+            who = f"{holder.get('host', '?')} pid {holder.get('pid', '?')}"
+            if age > stale_s:
+                say(f"taking over the stale build claim {path}: held by {who}, last heartbeat {age:.0f} s ago "
+                    f"(more than {stale_s:.0f} s)")
+                aside = path.with_name(f"{path.name}.stale-{me['token']}")
+                try:
+                    os.rename(path, aside)
+                except FileNotFoundError:
+                    continue
+                if _read_claim(aside).get("token") != holder.get("token"):  # a fresh claim: put it back
+                    try:
+                        os.link(aside, path)
+                    except FileExistsError:
+                        pass
+                aside.unlink(missing_ok=True)
+                continue
+            if not waited:
+                say(f"waiting: {path.parent} is being built by {who} (heartbeat {age:.0f} s ago)")
+                waited = True
+            time.sleep(poll_s)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(heartbeat_s):
+            try:
+                os.utime(path)
+            except FileNotFoundError:
+                return
+
+    t = threading.Thread(target=beat, daemon=True, name=f"heartbeat {path}")
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
+        if _read_claim(path).get("token") == me["token"]:
+            path.unlink(missing_ok=True)
 
 
 class Partial:

@@ -30,8 +30,9 @@ from typing import Callable
 
 from helpers.training import ddp
 from helpers.config import Profile
-from helpers.training.loop import (Recipe, TrainResult, epoch_checkpoints, final_is_current, fit, output_path,
-                       precision_for, run_dir, run_identity, single_process, training_set, weights_digest)
+from helpers.training.loop import (Recipe, TrainResult, epoch_checkpoints, final_is_current, fit, loader_settings,
+                                   output_path, precision_for, run_dir, run_identity, single_process, training_set,
+                                   weights_digest)
 
 #: Finetuning keeps every epoch's weights: Figure 5 reads them.
 KEEP_EPOCHS_DEFAULT = "all"
@@ -96,7 +97,7 @@ def finetune(profile: Profile, entry_id: str, recipe: FinetuneRecipe | None = No
     if keep_epochs == "last" and not restart:  # on every rank: all raise together
         _check_figure5_recorded(profile, entry, identity)
     return fit(model, dataset, recipe, run_dir(profile, entry), output_path(profile, entry), identity=identity,
-               ctx=ctx, label=entry.id, precision=precision_for(profile, ctx), num_workers=profile.num_workers,
+               ctx=ctx, label=entry.id, precision=precision_for(profile, ctx), **loader_settings(profile),
                restart=restart, final_extra={"entry": entry.id, "finetuned_from": parent.id, "trained_by": "finetune"},
                keep_epochs=keep_epochs, on_epoch_end=on_epoch_end)
 

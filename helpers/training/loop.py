@@ -426,7 +426,10 @@ def _gather_rng(ctx: ddp.Context) -> list[dict]:
     return out
 
 
-def _loader(train_set, recipe: Recipe, ctx: ddp.Context, num_workers: int):
+def training_loader(train_set, recipe: Recipe, ctx: ddp.Context, num_workers: int, persistent_workers: bool = True,
+            prefetch_factor: int = 4):
+    """The (sampler, DataLoader) of a run: each process's share of every global batch of decoded,
+    augmented uint8 images (benchmarks/training_loader.py measures it against the bare decode)."""
     import torch
     from torch.utils.data import DataLoader, DistributedSampler
 
@@ -439,9 +442,12 @@ def _loader(train_set, recipe: Recipe, ctx: ddp.Context, num_workers: int):
     # batches of a step together hold exactly the images of the one-process global batch.
     sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                  seed=recipe.seed, drop_last=True)
+    # Persistent workers keep their processes (and decoders) from one epoch to the next; each
+    # keeps prefetch_factor batches decoded ahead, so the GPU does not wait on JPEG decoding.
+    workers = dict(persistent_workers=persistent_workers, prefetch_factor=prefetch_factor) if num_workers else {}
     loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, num_workers=num_workers,
                         pin_memory=ctx.device.type == "cuda", drop_last=True,
-                        persistent_workers=False, generator=torch.Generator().manual_seed(recipe.seed))
+                        generator=torch.Generator().manual_seed(recipe.seed), **workers)
     if len(loader) == 0:
         raise ValueError(f"the training set has {len(train_set)} images, fewer than one global batch of "
                          f"{recipe.batch_size}; lower batch_size")
@@ -451,7 +457,8 @@ def _loader(train_set, recipe: Recipe, ctx: ddp.Context, num_workers: int):
 def fit(model, dataset, recipe: Recipe, run_dir: str | os.PathLike, final: str | os.PathLike, *,
         identity: dict | None = None, ctx: ddp.Context | None = None, label: str = "training",
         precision: str = "fp32", num_workers: int = 0, restart: bool = False, final_extra: dict | None = None,
-        keep_epochs: str = "all", on_epoch_end: Callable[[int, Path, dict], None] | None = None) -> TrainResult:
+        keep_epochs: str = "all", on_epoch_end: Callable[[int, Path, dict], None] | None = None,
+        persistent_workers: bool = True, prefetch_factor: int = 4, accumulation_steps: int = 1) -> TrainResult:
     """Train ``model`` (a :class:`helpers.models.loading.LoadedModel`: encoder, head and bias trained
     together) on ``dataset`` (an ``ImageDataset`` giving ``(PIL image, label)``, e.g.
     ``open_dataset("imagenet-train", root)``) with ``recipe``.
@@ -464,13 +471,16 @@ def fit(model, dataset, recipe: Recipe, run_dir: str | os.PathLike, final: str |
     ``final`` is already this run's; ``restart`` starts over. ``precision``: ``fp32``, or autocast
     ``bf16``/``fp16`` on CUDA. ``on_epoch_end(epoch, weights_file, stats)`` runs on every rank once
     the epoch's weights and resume state are on disk. Raises :class:`TrainingDiverged` when the loss becomes NaN.
+    ``num_workers``, ``persistent_workers``, ``prefetch_factor``: the DataLoader's decoding processes.
+    ``accumulation_steps``: each process's batch is run in this many micro-batches whose gradients
+    add up before the one optimiser step (:func:`_train_step`), so the recipe's effective batch is
+    unchanged while the activations held at once shrink by that factor.
     """
     import torch
-    import torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel
     from tqdm import tqdm  # plain bars: notebook widgets need ipywidgets and would warn
 
-    from helpers.models import autocast, save_classifier
+    from helpers.models import save_classifier
 
     if keep_epochs not in KEEP_EPOCHS:
         raise ValueError(f"keep_epochs must be one of {', '.join(KEEP_EPOCHS)}, found {keep_epochs!r}")
@@ -488,8 +498,17 @@ def fit(model, dataset, recipe: Recipe, run_dir: str | os.PathLike, final: str |
         return TrainResult(final, [], final, list(state.get("history", [])))
 
     train_set = SeededAugment(dataset, train_transform(model.image_size, recipe), recipe.seed)
-    sampler, loader = _loader(train_set, recipe, ctx, num_workers)
+    sampler, loader = training_loader(train_set, recipe, ctx, num_workers, persistent_workers, prefetch_factor)
     steps_per_epoch = len(loader)
+    per_rank = recipe.batch_size // ctx.world_size
+    if not isinstance(accumulation_steps, int) or accumulation_steps < 1 or per_rank % accumulation_steps:
+        raise ValueError(f"accumulation_steps must be a positive integer dividing the per-process batch of {per_rank} "
+                         f"(batch_size {recipe.batch_size} over {ctx.world_size} process(es)), found {accumulation_steps!r}")
+    if ctx.is_main:
+        print(f"{label}: effective batch {recipe.batch_size} = {ctx.world_size} process(es) x {accumulation_steps} "
+              f"accumulation step(s) x micro-batch {per_rank // accumulation_steps}; {num_workers} loader worker(s)"
+              + (f", persistent, prefetch {prefetch_factor}" if num_workers and persistent_workers else
+                 f", prefetch {prefetch_factor}" if num_workers else ""))
 
     model.to(ctx.device)
     params = trainable_parameters(model)
@@ -523,46 +542,27 @@ def fit(model, dataset, recipe: Recipe, run_dir: str | os.PathLike, final: str |
         epoch += 1
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
-        t0, loss_sum = time.perf_counter(), 0.0
+        t0, loss_sum, waited = time.perf_counter(), 0.0, 0.0
         bar = tqdm(loader, total=steps_per_epoch, unit="step", desc=f"{label} epoch {epoch}/{recipe.epochs}",
                    disable=not ctx.is_main, smoothing=0.1)
+        t_wait = time.perf_counter()
         for i, (x8, y) in enumerate(bar):
-            x = model.normalize_input(x8.to(ctx.device, non_blocking=True))
-            y = y.to(ctx.device, non_blocking=True)
-            with autocast(ctx.device, precision):
-                logits = net(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
-            # The mean over ranks is the same number on every rank, so all stop together.
-            global_loss = float(ddp.mean(ctx, loss.detach()))
-            if not math.isfinite(global_loss):
-                raise TrainingDiverged(_diverged(label, "loss", global_loss, step, epoch, i, steps_per_epoch, last_good))
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if recipe.grad_clip is not None:
-                norm = float(torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip))
-                # With fp16 the scaler skips steps whose gradients overflow, by design.
-                if scaler is None and not math.isfinite(norm):
-                    raise TrainingDiverged(_diverged(label, "gradient norm", norm, step, epoch, i,
-                                                     steps_per_epoch, last_good))
-            lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            waited += time.perf_counter() - t_wait
+            global_loss, lr = _train_step(net, model, x8, y, optimizer, params, scaler, recipe, ctx, precision,
+                                          accumulation_steps, (label, step, epoch, i, steps_per_epoch, last_good))
             scheduler.step()
             step += 1
             loss_sum += global_loss
             bar.set_postfix(loss=f"{global_loss:.4f}", lr=f"{lr:.2e}",
                             img_s=f"{(i + 1) * recipe.batch_size / (time.perf_counter() - t0):.1f}", refresh=False)
+            t_wait = time.perf_counter()
         bar.close()
         seconds = time.perf_counter() - t0
         stats = {"epoch": epoch, "step": step, "loss": loss_sum / steps_per_epoch, "lr": float(lr), "seconds": seconds,
                  "images_per_s": steps_per_epoch * recipe.batch_size / seconds}
+        if ctx.is_main:  # the loader's share: a GPU that waits on decoding shows a large one
+            print(f"{label} epoch {epoch}: {stats['images_per_s']:.1f} img/s over {ctx.world_size} process(es); "
+                  f"waiting for the loader {waited:.1f} s of {seconds:.1f} s ({100 * waited / seconds:.0f} %)")
         history.append(stats)
         rngs = _gather_rng(ctx)
         path, resume = epoch_path(run_dir, epoch), resume_path(run_dir, epoch)
@@ -591,6 +591,63 @@ def fit(model, dataset, recipe: Recipe, run_dir: str | os.PathLike, final: str |
         prune(run_dir, keep_epochs, epoch, finished=True)  # nothing is left to resume
     ddp.barrier(ctx)
     return TrainResult(final, epochs_run, None if resumed is None else Path(resumed), history)
+
+
+def _train_step(net, model, x8, y, optimizer, params, scaler, recipe: Recipe, ctx: ddp.Context, precision: str,
+                accumulation_steps: int, where: tuple) -> tuple[float, float]:
+    """One optimiser step on one process's batch ``(x8, y)``, run in ``accumulation_steps``
+    micro-batches: each micro-batch's mean loss is weighted by its share of the batch, so the summed
+    gradients are those of the whole batch's mean loss (label smoothing included). Under DDP the
+    gradients are all-reduced once, on the last micro-batch. Returns the batch's loss (mean over
+    processes) and the learning rate the step used."""
+    import contextlib
+
+    import torch
+    import torch.nn.functional as F
+
+    from helpers.models import autocast
+
+    label, step, epoch, i, n, last_good = where
+    optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=ctx.device)
+    chunks = list(zip(x8.chunk(accumulation_steps), y.chunk(accumulation_steps)))
+    for k, (xc, yc) in enumerate(chunks):
+        x = model.normalize_input(xc.to(ctx.device, non_blocking=True))
+        yc = yc.to(ctx.device, non_blocking=True)
+        sync = k == len(chunks) - 1 or not hasattr(net, "no_sync")
+        with (contextlib.nullcontext() if sync else net.no_sync()):
+            with autocast(ctx.device, precision):
+                logits = net(x)
+            loss = F.cross_entropy(logits.float(), yc, label_smoothing=recipe.label_smoothing) * (len(yc) / len(y))
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        total += loss.detach()
+    # The mean over ranks is the same number on every rank, so all stop together.
+    global_loss = float(ddp.mean(ctx, total))
+    if not math.isfinite(global_loss):
+        raise TrainingDiverged(_diverged(label, "loss", global_loss, step, epoch, i, n, last_good))
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if recipe.grad_clip is not None:
+        norm = float(torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip))
+        # With fp16 the scaler skips steps whose gradients overflow, by design.
+        if scaler is None and not math.isfinite(norm):
+            raise TrainingDiverged(_diverged(label, "gradient norm", norm, step, epoch, i, n, last_good))
+    lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return global_loss, lr
+
+
+def loader_settings(profile) -> dict:
+    """The training loader's and the accumulation's profile settings, as :func:`fit` takes them."""
+    from helpers.config import run_setting
+
+    return {"num_workers": profile.num_workers, "persistent_workers": run_setting(profile, "persistent_workers"),
+            "prefetch_factor": run_setting(profile, "prefetch_factor"),
+            "accumulation_steps": run_setting(profile, "accumulation_steps")}
 
 
 def _diverged(label: str, what: str, value: float, step: int, epoch: int, i: int, n: int, last_good: str | None) -> str:

@@ -28,8 +28,8 @@ from typing import Callable
 
 from helpers.training import ddp
 from helpers.config import Profile
-from helpers.training.loop import (Recipe, TrainResult, fit, output_path, precision_for, run_dir, run_identity,
-                       single_process, training_set, weights_digest)
+from helpers.training.loop import (Recipe, TrainResult, fit, loader_settings, output_path, precision_for, run_dir,
+                                   run_identity, single_process, training_set, weights_digest)
 
 #: Nothing reads the epochs of a run from scratch: keep the newest only.
 KEEP_EPOCHS_DEFAULT = "last"
@@ -90,6 +90,6 @@ def train_supervised(profile: Profile, entry_id: str, recipe: SupervisedRecipe |
     dataset = training_set(profile, limit)
     identity = run_identity(recipe, dataset, start=weights_digest(model), start_entry=None)
     return fit(model, dataset, recipe, run_dir(profile, entry), output_path(profile, entry), identity=identity,
-               ctx=ctx, label=entry.id, precision=precision_for(profile, ctx), num_workers=profile.num_workers,
+               ctx=ctx, label=entry.id, precision=precision_for(profile, ctx), **loader_settings(profile),
                restart=restart, final_extra={"entry": entry.id, "trained_by": "supervised"},
                keep_epochs=keep_epochs or KEEP_EPOCHS_DEFAULT, on_epoch_end=on_epoch_end)

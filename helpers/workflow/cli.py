@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from helpers.config import ConfigError, load_profile
+from helpers.config import ConfigError, load_profile, run_setting
 
 
 def _overrides(items: list[str] | None) -> dict:
@@ -61,7 +61,9 @@ def cmd_run(args) -> int:
         return 2
     slurm = _overrides(args.slurm)
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
-    summary = runner.run(jobs, executor=args.executor, force=args.force, slurm=slurm, gpus=gpus)
+    limit = run_setting(profile, "job_time_limit_minutes")
+    summary = runner.run(jobs, executor=args.executor, force=args.force, slurm=slurm, gpus=gpus,
+                         time_limit_s=None if limit is None else 60 * limit)
     print(summary.report())
     return 1 if summary.failures else 0
 

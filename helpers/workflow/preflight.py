@@ -320,10 +320,12 @@ def _check_disk(profile: Profile, report: Report) -> None:
 
 
 def check(profile: Profile | str | os.PathLike, sections: list[str] | None = None, entry: str | None = None,
-          backbone: str | None = None, per_entry: bool = False) -> Report:
+          backbone: str | None = None, per_entry: bool = False, cuda_facts=None) -> Report:
     """Check a run of ``sections`` (None: all) over the slice ``entry`` / ``backbone`` of ``profile``
     (a loaded :class:`Profile` or a name / path, loaded here so that its validation errors become
-    problems) and estimate its cost; builds no model, reads no weights, decodes no image."""
+    problems) and estimate its cost; builds no model, reads no weights, decodes no image.
+    ``cuda_facts``: the machine's CUDA stack (default: :func:`helpers.workflow.cuda_check.probe`,
+    asked only for a CUDA device)."""
     if not isinstance(profile, Profile):
         try:
             profile = load_profile(profile)
@@ -333,6 +335,7 @@ def check(profile: Profile | str | os.PathLike, sections: list[str] | None = Non
     report = Report(profile)
     report.checked.append(_library_line())
     _check_models(profile, report)
+    _check_cuda(profile, report, cuda_facts)
     report.sections = _sections(sections, report)
     try:
         report.entries = profile.select(entry=entry, backbone=backbone)
@@ -361,6 +364,17 @@ def check(profile: Profile | str | os.PathLike, sections: list[str] | None = Non
                                    train_images=images.get("imagenet-train", 0))
     _check_disk(profile, report)
     return report
+
+
+def _check_cuda(profile: Profile, report: Report, facts) -> None:
+    """The CUDA stack first (:mod:`helpers.workflow.cuda_check`): build, driver, devices, index, bf16."""
+    from helpers.workflow import cuda_check
+
+    if cuda_check.device_index(profile.device) is None:
+        return
+    found = cuda_check.check(profile.device, profile.precision, facts or cuda_check.probe())
+    report.checked += [f"CUDA: {line}" for line in found.lines]
+    report.problems += found.problems
 
 
 def _library_line() -> str:

@@ -40,9 +40,18 @@ from helpers.study import provenance
 from helpers.config import REPO_ROOT, ConfigError, Profile, load_profile
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-#: Sections known to aggregate other sections' tables (their records say so too): with ``gpus``
-#: they run after every other job, in paper order.
-READS_TABLES = {"summary", "coca", "diagnose"}
+#: Sections that read other sections' tables, and which: the lists their chapters load
+#: (``coca``'s three ``results.load`` calls, ``summary.CATALOGUE``'s chapters,
+#: ``diagnose.POOL_SECTIONS``; a test holds them equal). With ``gpus`` these run after every other
+#: job, in paper order; on Slurm each is submitted with ``--dependency=afterok:`` on exactly the jobs
+#: of the sections it reads (:func:`reads`).
+READS: dict[str, tuple[str, ...]] = {
+    "coca": ("robustness", "outlier_features", "concept_probing"),
+    "summary": ("robustness", "outlier_features", "privileged_directions", "concept_probing", "pruning",
+                "wiseft", "coca", "cka_layers"),
+    "diagnose": ("robustness", "outlier_features", "privileged_directions", "concept_probing"),
+}
+READS_TABLES = set(READS)
 
 #: Console lines that are kept in the job log but not shown: the kernel's start-up notice,
 #: papermill's parameter-parsing notices, and ipykernel's shutdown message on a finished job.
@@ -94,6 +103,7 @@ class Job:
     results_dir: str = ""
     cache_dir: str = ""
     device: str | None = None  # CUDA_VISIBLE_DEVICES of the job's process
+    time_limit_s: float | None = None  # killed and failed after this long (job_time_limit_minutes)
 
     @property
     def name(self) -> str:
@@ -116,6 +126,8 @@ class Outcome:
 @dataclass
 class RunSummary:
     outcomes: list[Outcome] = field(default_factory=list)
+    #: ``--gpus`` devices set aside after a job on them died of a CUDA error -> that job and error
+    set_aside: dict[str, str] = field(default_factory=dict)
 
     @property
     def failures(self) -> list[Outcome]:
@@ -127,6 +139,9 @@ class RunSummary:
             lines.append(f"\n{len(self.failures)} notebook(s) failed:")
             lines += [f"  {o.job.name}: {o.error.strip().splitlines()[-1] if o.error.strip() else 'error'}"
                       f"\n    executed notebook: {o.job.output}\n    log: {o.job.log}" for o in self.failures]
+        if self.set_aside:
+            lines.append(f"\nGPU(s) set aside for the rest of the run after a CUDA error: "
+                         + "; ".join(f"{d} ({why})" for d, why in self.set_aside.items()))
         return "\n".join(lines)
 
 
@@ -343,9 +358,15 @@ def execute(job: Job, echo: Callable[[str], None] = print) -> Outcome:
             log.flush()
             proc = subprocess.Popen([sys.executable, "-m", "helpers.workflow.runner", str(tmp / "job.json")], cwd=REPO_ROOT,
                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            expired = threading.Event()
+            timer = threading.Timer(job.time_limit_s or 0, lambda: (expired.set(), proc.kill()))
+            timer.daemon = True
+            if job.time_limit_s:
+                timer.start()
             try:
                 _stream(proc, log, _Console(job.name, echo, n_cells))
                 rc = proc.wait()
+                timer.cancel()
             except BaseException:  # Ctrl-C: stop the child (and its kernel) before leaving
                 proc.terminate()
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -354,6 +375,9 @@ def execute(job: Job, echo: Callable[[str], None] = print) -> Outcome:
                 raise
         res = provenance.read_record(tmp / "result.json") or {"status": "failed",
                                                                "error": f"job process exited with status {rc}"}
+        if expired.is_set():
+            res = {"status": "failed", "error": f"killed after the per-job time limit of {job.time_limit_s / 60:g} min "
+                                                f"(profile key job_time_limit_minutes)"}
     if res["status"] != "ran":
         provenance.mark_failed(Path(job.record), res.get("error", ""), job.section, job.slice)
     return Outcome(job, res["status"], time.time() - t0, res.get("error", ""))
@@ -409,8 +433,16 @@ def _child(job_file: str) -> int:
     return 0
 
 
+class JobFailed(RuntimeError):
+    """A notebook that failed inside a submitit job. Raised, not returned, so that Slurm marks the
+    job FAILED and the ``afterok`` dependencies of the jobs that read its tables never hold."""
+
+
 def _execute_for_submitit(job_dict: dict) -> dict:
     outcome = execute(Job(**job_dict))
+    if outcome.status == "failed":
+        last = outcome.error.strip().splitlines()[-1] if outcome.error.strip() else "error"
+        raise JobFailed(f"{outcome.job.name} failed after {outcome.seconds:.1f} s: {last}")
     return {"status": outcome.status, "seconds": outcome.seconds, "error": outcome.error}
 
 
@@ -445,15 +477,27 @@ def run_lock(results_dir: Path, echo=print):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _aggregates(job: Job) -> bool:
-    if job.section in READS_TABLES:
-        return True
+def reads(job: Job) -> set[str]:
+    """The sections whose tables ``job`` reads: its section's :data:`READS`, and any other section
+    its last provenance record says it read."""
     r = provenance.read_record(Path(job.record)) or {}
-    return any(q.get("section") != job.section for q in (r.get("tables_read") or {}).values())
+    recorded = {q.get("section") for q in (r.get("tables_read") or {}).values()}
+    return (set(READS.get(job.section, ())) | recorded) - {job.section, None}
+
+
+def _aggregates(job: Job) -> bool:
+    return bool(reads(job))
+
+
+def inputs_of(job: Job, jobs: list[Job]) -> list[Job]:
+    """The jobs among ``jobs`` whose tables ``job`` reads: those of the sections it reads, on its
+    slice (or on any slice when either is the whole pool, ``all``)."""
+    wanted = reads(job)
+    return [j for j in jobs if j.section in wanted and (j.slice == job.slice or "all" in (j.slice, job.slice))]
 
 
 def run(jobs: list[Job], executor: str = "local", force: bool = False, slurm: dict | None = None,
-        echo=print, gpus: list[str] | None = None) -> RunSummary:
+        echo=print, gpus: list[str] | None = None, time_limit_s: float | None = None) -> RunSummary:
     """Run the jobs that are out of date; keep going past failures and report them at the end.
 
     Each job is checked just before it would start, so a section that reads tables sees those
@@ -461,7 +505,8 @@ def run(jobs: list[Job], executor: str = "local", force: bool = False, slurm: di
     process sees only its device, ``CUDA_VISIBLE_DEVICES``); sections that read other sections'
     tables run afterwards. ``executor='slurm'`` submits one submitit job per (section, slice)
     with the ``slurm`` parameters; ``'submitit-local'`` runs that path with submitit's local
-    executor (used by the tests).
+    executor (used by the tests). ``time_limit_s`` (``gpus``): each job's wall-clock limit; a device
+    whose job died of a CUDA error is set aside (``RunSummary.set_aside``).
     """
     if executor not in ("local", "slurm", "submitit-local"):
         raise ValueError(f"unknown executor {executor!r}: expected local, slurm or submitit-local")
@@ -495,31 +540,65 @@ def run(jobs: list[Job], executor: str = "local", force: bool = False, slurm: di
         else:
             first = [j for j in jobs if not _aggregates(j)]
             later = [j for j in jobs if _aggregates(j)]
-            summary.outcomes += _run_on_devices([j for j in first if due(j)], gpus, echo, job_reason)
+            limit = dict(set_aside=summary.set_aside, time_limit_s=time_limit_s)
+            summary.outcomes += _run_on_devices([j for j in first if due(j)], gpus, echo, job_reason, **limit)
             for job in later:  # in paper order: coca before summary, summary before diagnose
                 if due(job):
-                    summary.outcomes += _run_on_devices([job], gpus, echo, job_reason)
+                    summary.outcomes += _run_on_devices([job], gpus, echo, job_reason, **limit)
     order = {j.name: i for i, j in enumerate(jobs)}
     summary.outcomes.sort(key=lambda o: order.get(o.job.name, 0))
     return summary
 
 
-def _run_on_devices(jobs: list[Job], gpus: list[str], echo, reasons: dict[str, str]) -> list[Outcome]:
+#: What a job's log or error says when its GPU faulted (the device is then set aside); running out of
+#: memory is the job's size, not the device's fault, and is excluded.
+CUDA_FAULT = re.compile(r"CUDA error|CUBLAS_STATUS_\w+|CUDNN_STATUS_\w+|device-side assert|"
+                        r"illegal memory access|unspecified launch failure|Xid \d+|uncorrectable ECC")
+
+_EXCEPTION_LINE = re.compile(r"^\s*(\S+ failed: )?[\w.]*(Error|Exception|Failure)\w*: ")
+
+
+def cuda_fault(outcome: Outcome, tail_bytes: int = 65536) -> str | None:
+    """The first line of a failed job's error or log tail that names a CUDA fault (None: none, or
+    only an out-of-memory error)."""
+    if outcome.status != "failed":
+        return None
+    text = outcome.error
+    with contextlib.suppress(OSError):
+        with open(outcome.job.log, "rb") as f:
+            f.seek(max(0, os.path.getsize(outcome.job.log) - tail_bytes))
+            text += "\n" + f.read().decode("utf-8", "replace")
+    for line in text.splitlines():
+        # an exception's own line (``RuntimeError: CUDA error: ...``), not the source shown beside it
+        if _EXCEPTION_LINE.match(line) and CUDA_FAULT.search(line) and "out of memory" not in line.lower():
+            return line.strip()[:200]
+    return None
+
+
+def _run_on_devices(jobs: list[Job], gpus: list[str], echo, reasons: dict[str, str],
+                    set_aside: dict[str, str] | None = None, time_limit_s: float | None = None) -> list[Outcome]:
     """One job per device at a time, each in its own process with ``CUDA_VISIBLE_DEVICES`` set.
-    The extraction cache's entries are locked, so jobs sharing an input wait for its builder."""
-    free = list(gpus)
+    The extraction cache's entries are locked, so jobs sharing an input wait for its builder. A job
+    runs at most ``time_limit_s`` (then it is killed and failed); a device whose job died of a CUDA
+    error (:func:`cuda_fault`) is put in ``set_aside`` and given no further job; when every device
+    is set aside the remaining jobs fail, saying so."""
+    set_aside = {} if set_aside is None else set_aside
+    free = [g for g in gpus if g not in set_aside]
     queue = list(jobs)
     outcomes: list[Outcome] = []
     cond = threading.Condition()
     lock = threading.Lock()
+    running = [0]
 
     def say(msg):
         with lock:
             echo(msg)
 
     def work(job: Job, dev: str):
+        fault = None
         try:
             job.device = dev
+            job.time_limit_s = time_limit_s
             say(f"running {job.name} on device {dev} ({reasons.get(job.name, '')}); log {job.log}")
             try:
                 o = execute(job, say)
@@ -527,22 +606,36 @@ def _run_on_devices(jobs: list[Job], gpus: list[str], echo, reasons: dict[str, s
                 o = Outcome(job, "failed", 0.0, f"{type(exc).__name__}: {exc}")
             say(f"{o.status} {job.name} on device {dev} in {o.seconds:.1f} s")
             outcomes.append(o)
+            fault = cuda_fault(o)
+            if fault:
+                say(f"device {dev} set aside for the rest of the run: {job.name} died of a CUDA error ({fault})")
         finally:
             with cond:
-                free.append(dev)
+                if fault:
+                    set_aside[dev] = f"{job.name}: {fault}"
+                else:
+                    free.append(dev)
+                running[0] -= 1
                 cond.notify_all()
 
     threads = []
     while queue:
         with cond:
-            while not free:
+            while not free and running[0]:
                 cond.wait()
+            if not free:  # every device faulted
+                break
             dev = free.pop(0)
+            running[0] += 1
         t = threading.Thread(target=work, args=(queue.pop(0), dev), daemon=True)
         t.start()
         threads.append(t)
     for t in threads:
         t.join()
+    for job in queue:
+        error = f"not run: every device was set aside after a CUDA error ({', '.join(set_aside)})"
+        provenance.mark_failed(Path(job.record), error, job.section, job.slice)
+        outcomes.append(Outcome(job, "failed", 0.0, error))
     return outcomes
 
 
@@ -572,21 +665,63 @@ def _run_submitit(jobs: list[Job], executor: str, slurm: dict, echo) -> list[Out
     else:
         ex = submitit.LocalExecutor(folder=str(log_dir))
         ex.update_parameters(timeout_min=int(slurm.get("timeout_min", 60)))
-    submitted = [(job, ex.submit(_execute_for_submitit, asdict(job))) for job in jobs]
-    echo(f"submitted {len(submitted)} job(s); logs in {log_dir}; per-job logs under {jobs[0].log_dir}")
-    outcomes = []
-    for job, sj in submitted:
-        try:
-            res = sj.result()
-            outcomes.append(Outcome(job, res["status"], res["seconds"], res["error"]))
-        except Exception as exc:  # the job itself died (node failure, timeout)
-            # the scheduler's own word on the job (NODE_FAIL, TIMEOUT, OUT_OF_MEMORY, ...), asked anew
-            state = _scheduler_state(sj)
-            error = f"{type(exc).__name__}: {exc}" + (f" [scheduler state: {state}]" if state not in str(exc) else "")
-            provenance.mark_failed(Path(job.record), error, job.section, job.slice)
-            outcomes.append(Outcome(job, "failed", 0.0, error))
-        echo(f"{outcomes[-1].status} {job.name} (job {sj.job_id}, log {job.log})")
-    return outcomes
+    outcomes: dict[str, Outcome] = {}
+    handles: dict[str, Any] = {}
+
+    def collect(job: Job) -> Outcome:
+        if job.name not in outcomes:
+            outcomes[job.name] = _submitit_outcome(job, handles[job.name])
+            echo(f"{outcomes[job.name].status} {job.name} (job {handles[job.name].job_id}, log {job.log})")
+        return outcomes[job.name]
+
+    for job in jobs:  # paper order: a job's inputs are submitted before it
+        inputs = [j for j in inputs_of(job, jobs) if j.name in handles or j.name in outcomes]
+        if executor == "slurm":  # Slurm holds the job until every input completed (afterok)
+            ids = [str(handles[j.name].job_id) for j in inputs if j.name in handles]
+            ex.update_parameters(slurm_dependency="afterok:" + ":".join(ids) if ids else None)
+        else:  # the local executor knows no dependencies: the runner waits for the inputs itself
+            failed = [j for j in inputs if collect(j).status == "failed"]
+            if failed:
+                outcomes[job.name] = _cancelled(job, failed, handles, echo)
+                continue
+        handles[job.name] = ex.submit(_execute_for_submitit, asdict(job))
+    submitted = sum(j.name in handles for j in jobs)
+    echo(f"submitted {submitted} job(s); logs in {log_dir}; per-job logs under {jobs[0].log_dir}")
+    for job in jobs:
+        if job.name in outcomes:
+            continue
+        # an input that failed leaves its readers pending for ever (afterok never holds): cancel them
+        failed = [j for j in inputs_of(job, jobs) if j.name in outcomes and outcomes[j.name].status == "failed"]
+        if failed:
+            handles[job.name].cancel(check=False)
+            outcomes[job.name] = _cancelled(job, failed, handles, echo)
+        else:
+            collect(job)
+    return [outcomes[j.name] for j in jobs]
+
+
+def _submitit_outcome(job: Job, sj) -> Outcome:
+    try:
+        res = sj.result()
+        return Outcome(job, res["status"], res["seconds"], res["error"])
+    except Exception as exc:
+        failed = re.search(r"JobFailed: (.*)", str(exc))
+        if failed:  # the notebook failed (its record is marked already)
+            return Outcome(job, "failed", 0.0, failed.group(1))
+        # the job itself died (node failure, timeout): the scheduler's own word on the job (NODE_FAIL, TIMEOUT, OUT_OF_MEMORY, ...), asked anew
+        state = _scheduler_state(sj)
+        error = f"{type(exc).__name__}: {exc}" + (f" [scheduler state: {state}]" if state not in str(exc) else "")
+        provenance.mark_failed(Path(job.record), error, job.section, job.slice)
+        return Outcome(job, "failed", 0.0, error)
+
+
+def _cancelled(job: Job, failed: list[Job], handles: dict, echo) -> Outcome:
+    """The outcome of a reader whose input failed: not run, its record marked failed, naming the input."""
+    named = ", ".join(f"{j.name}" + (f" (job {handles[j.name].job_id})" if j.name in handles else "") for j in failed)
+    error = f"cancelled: its input {named} failed; fix that and run again"
+    provenance.mark_failed(Path(job.record), error, job.section, job.slice)
+    echo(f"cancelled {job.name}: input {named} failed")
+    return Outcome(job, "failed", 0.0, error)
 
 
 if __name__ == "__main__":

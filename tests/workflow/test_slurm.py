@@ -8,7 +8,9 @@ behave as submitit expects (read from submitit 1.5's slurm executor):
   ``%t`` expanded), as the batch script's single step;
 - ``sacct -o JobID,State,NodeList --parsable2 -j N ...`` prints the ``|``-separated table of the
   jobs' states (RUNNING, then COMPLETED or FAILED from the script's exit status);
-- ``squeue`` lists nothing, ``scancel N`` marks N CANCELLED.
+- ``squeue`` lists nothing, ``scancel N`` marks N CANCELLED;
+- a script with ``#SBATCH --dependency=afterok:A:B`` stays PENDING until A and B are COMPLETED, and
+  for ever (until ``scancel``) when one of them is not.
 
 The submitted script must carry the partition, GPUs, time and the job's command, and the job must
 really run the notebook (papermill) inside the fake allocation.
@@ -31,7 +33,7 @@ from helpers.workflow import runner
 from helpers.config import load_profile
 
 SBATCH = r'''
-import os, shutil, subprocess, sys
+import os, re, shutil, subprocess, sys
 state = os.environ["FAKE_SLURM_STATE"]
 os.makedirs(state, exist_ok=True)
 counter = os.path.join(state, "next_id")
@@ -45,10 +47,17 @@ status = os.path.join(state, f"{job}.state")
 if os.environ.get("FAKE_SLURM_NODE_FAILS"):
     open(status, "w").write("NODE_FAIL")  # the node died before the job started: no result file
 else:
-    open(status, "w").write("RUNNING")
+    # --dependency=afterok:A:B: held PENDING until A and B completed; for ever if one did not
+    # (Slurm's DependencyNeverSatisfied), until scancel
+    deps = re.findall(r"^#SBATCH --dependency=afterok:([\d:]+)$", open(script).read(), re.M)
+    deps = deps[0].split(":") if deps else []
+    open(status, "w").write("PENDING" if deps else "RUNNING")
     env = dict(os.environ, SLURM_JOB_ID=str(job), SLURM_NTASKS="1", SLURM_JOB_NUM_NODES="1", SLURM_NODEID="0",
                SLURM_JOB_NODELIST="fake-node0", SLURM_PROCID="0", SLURM_LOCALID="0")
-    finish = f"bash {script!r}; rc=$?; if [ $rc = 0 ]; then s=COMPLETED; else s=FAILED; fi; echo $s > {status!r}"
+    hold = "".join(f"while :; do s=$(cat {os.path.join(state, d + '.state')!r}); case $s in COMPLETED) break;; "
+                   f"PENDING|RUNNING) sleep 0.2;; *) exit 0;; esac; done; " for d in deps)
+    hold += f"[ \"$(cat {status!r})\" = CANCELLED ] && exit 0; echo RUNNING > {status!r}; "
+    finish = hold + f"bash {script!r}; rc=$?; if [ $rc = 0 ]; then s=COMPLETED; else s=FAILED; fi; echo $s > {status!r}"
     subprocess.Popen(["bash", "-c", finish], env=env, start_new_session=True,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 print(f"Submitted batch job {job}")
