@@ -139,7 +139,7 @@ def transient_ap(profile: Profile, model, sets=None) -> np.ndarray:
 
     from helpers.chapters.concept_probing import broden_sets, probe_activations
     from helpers.engine.extract import activation_keys, extract_many
-    from helpers.store import atomic_save_npy
+    from helpers.store import atomic_save_npy, load_npy
 
     sets = sets or broden_sets(profile)
     e, sign = model.entry, profile.metrics["concept_sign"]
@@ -147,8 +147,8 @@ def transient_ap(profile: Profile, model, sets=None) -> np.ndarray:
     material = {"activations": key, "broden": sets.key, "sign": sign}
     path = profile.cache_dir / "concepts" / e.id / (
         hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:20] + ".npy")
-    if path.exists():
-        return np.load(path)
+    if (cached := load_npy(path)) is not None:
+        return cached
     acts = extract_many([e], "broden", profile, models={e.id: model}, keep=False)[e.id]
     ap = probe_activations(acts, model.head.detach().float().cpu().numpy(), sets, sign)
     atomic_save_npy(path, ap)
