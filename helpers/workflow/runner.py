@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from helpers.study import provenance
+from helpers.study import PROFILE_PARAMETERS as PROFILE_OVERRIDE_KEYS
 from helpers.config import REPO_ROOT, ConfigError, Profile, load_profile
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -51,8 +52,7 @@ QUIET = re.compile(r"Kernel is running over TCP without encryption|Unable to par
 _LOG_ONLY = "\x01"  # child -> parent: a line for the log only (cell outputs)
 
 
-class ParameterError(ConfigError):
-    """A ``-p`` parameter no selected notebook declares; the message lists those it declares."""
+from helpers.study import ParameterError, check_parameters  # noqa: E402,F401 - the one parameter rule
 
 
 def notebooks(folder: Path = NOTEBOOK_DIR) -> dict[str, Path]:
@@ -142,16 +142,6 @@ def _profile_arg(profile: Profile) -> str:
     return profile.name if named else str(profile.path)
 
 
-def check_parameters(extra: dict[str, Any], declared: dict[str, dict[str, Any]]) -> None:
-    """Every ``-p`` name must be a parameter of at least one selected notebook."""
-    known = sorted(set().union(*declared.values())) if declared else []
-    unknown = [k for k in extra if not any(k in d for d in declared.values())]
-    if unknown:
-        where = next(iter(declared)) if len(declared) == 1 else f"the {len(declared)} selected notebooks"
-        raise ParameterError(f"unknown notebook parameter(s) {', '.join(map(repr, unknown))}; "
-                             f"parameters of {where}: {', '.join(known)}")
-
-
 def _empty_slice_message(profile: Profile, entry: str | None, backbone: str | None) -> str | None:
     if entry and backbone:
         try:
@@ -205,8 +195,10 @@ def plan(profile: Profile, sections: Iterable[str] | None = None, entry: str | N
             effective = {**decl, **params}
             ov = profile_overrides(effective)
             pkey = json.dumps([effective.get("profile", _profile_arg(profile)), ov], sort_keys=True, default=str)
-            if pkey not in profiles:  # a bad -p value fails here, naming the key, before any job
-                profiles[pkey] = load_profile(effective.get("profile", _profile_arg(profile)), overrides=ov)
+            if pkey not in profiles:  # a bad -p value fails here, naming the -p, before any job
+                blame = {PROFILE_OVERRIDE_KEYS[k]: f"-p {k}" for k in extra if k in PROFILE_OVERRIDE_KEYS}
+                profiles[pkey] = load_profile(effective.get("profile", _profile_arg(profile)), overrides=ov,
+                                              blame=blame)
             P = profiles[pkey]
             label = provenance.slice_label(sl.get("entry"), sl.get("backbone"))
             rd = P.results_dir
