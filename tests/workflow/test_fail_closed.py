@@ -112,3 +112,100 @@ def test_a_complete_record_vouching_for_other_bytes_trusts_nothing(study):
     # and a complete record claiming tables the summary reads: the same check
     rec = json.loads(provenance.record_path(P.results_dir, "echo", "all").read_text())
     assert rec["status"] == "complete" and "tables/echo/m1.csv" in rec["tables_written"]
+
+
+SLOW = """
+    # Slow
+
+    ```{{code-cell}} ipython3
+    :tags: [parameters]
+    profile = "demo"  # profile
+    entry = None  # entry id
+    backbone = None  # backbone
+    ```
+
+    ```{{code-cell}} ipython3
+    import json, os, pathlib, time
+    import psutil
+    from helpers.study import open_study
+    S = open_study("slow", profile, entry=entry, backbone=backbone, show_banner=False)
+    log = pathlib.Path({log!r})
+    earlier = [json.loads(line)["pid"] for line in log.read_text().splitlines()] if log.exists() else []
+    alive = [p for p in earlier if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    with open(log, "a") as f:
+        f.write(json.dumps({{"pid": os.getpid(), "alive": alive}}) + "\\n")
+    time.sleep(8)
+    for e in S.pool:
+        S.record(e.id, {{"value": 1.0}})
+    ```
+
+    ```{{code-cell}} ipython3
+    S.finish();
+    ```
+    """
+
+
+def _gone(p) -> bool:
+    import psutil
+
+    try:
+        return p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.parametrize("sig,gpus", [("SIGKILL", None), ("SIGTERM", ["0", "1"]), ("SIGINT", None)])
+def test_killing_the_runner_mid_job_ends_the_job_and_a_resume_never_runs_beside_it(tmp_path, sig, gpus):
+    import signal
+    import time
+
+    import psutil
+
+    from helpers.config import load_profile
+    from tests.conftest import write_profile
+    from tests.workflow.test_runner import _notebook
+
+    nbdir = tmp_path / "notebooks"
+    nbdir.mkdir()
+    log = tmp_path / "kernels.jsonl"
+    _notebook(nbdir, "01_slow.md", SLOW.format(log=str(log)))
+    prof = write_profile(tmp_path)
+    P = load_profile(prof)
+    code = (f"import pathlib\nfrom helpers.config import load_profile\nfrom helpers.workflow import runner\n"
+            f"P = load_profile({str(prof)!r})\n"
+            f"runner.run(runner.plan(P, notebook_dir=pathlib.Path({str(nbdir)!r})), gpus={gpus!r})\n")
+    first = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (log.exists() and log.read_text().strip()):
+        assert time.monotonic() < deadline and first.poll() is None, "the first run's job never started"
+        time.sleep(0.2)
+    job_procs = psutil.Process(first.pid).children(recursive=True)  # the job's process and its kernel
+    assert len(job_procs) >= 2
+    first.send_signal(getattr(signal, sig))
+    first.wait(30)
+    said = []
+    out = runner.run(runner.plan(P, notebook_dir=nbdir), echo=said.append, gpus=gpus)  # resumed at once
+    print(sig, gpus, said)
+    assert [o.status for o in out.outcomes] == ["ran"], out.report()
+    runs = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(runs) == 2 and runs[1]["alive"] == []  # the killed run's kernel was gone when the resume's started
+    assert all(_gone(p) for p in job_procs)  # no orphan
+    assert list(results.load(P, "slow").entry) == ["m1", "m2"]
+    assert json.loads(provenance.record_path(P.results_dir, "slow", "all").read_text())["status"] == "complete"
+    assert not (P.results_dir / ".tmp").exists()
+
+
+def test_a_resumed_run_keeps_a_live_jobs_folder_and_clears_a_dead_ones(study):
+    P, nbdir, _ = study
+    [job] = runner.plan(P, sections=["echo"], notebook_dir=nbdir)
+    live = P.results_dir / ".tmp" / "echo-all-live"
+    live.mkdir(parents=True)
+    (live / "job.json").write_text(json.dumps({"results_dir": job.results_dir, "section": "echo", "slice": "all"}))
+    dead = P.results_dir / ".tmp" / "echo-all-dead"
+    dead.mkdir()
+    with runner.job_lock(job, echo=quiet):  # what a live job of a killed run holds
+        with runner.run_lock(P.results_dir, echo=quiet):
+            assert live.exists() and not dead.exists()
+    with runner.run_lock(P.results_dir, echo=quiet):
+        assert not live.exists()
