@@ -209,3 +209,27 @@ def test_a_resumed_run_keeps_a_live_jobs_folder_and_clears_a_dead_ones(study):
             assert live.exists() and not dead.exists()
     with runner.run_lock(P.results_dir, echo=quiet):
         assert not live.exists()
+
+
+def test_a_readme_or_licence_in_a_dataset_folder_changes_no_signature_but_an_image_does(tmp_path):
+    from helpers.demo.fixtures import write_broden, write_imagenet, write_objectnet
+
+    write_imagenet(tmp_path / "imagenet", "val", per_class=1, size=(40, 30))
+    write_objectnet(tmp_path / "objectnet-1.0", per_class=1, size=(40, 30))
+    write_broden(tmp_path / "broden1_224", n_images=4)
+    roots = {"imagenet": tmp_path / "imagenet" / "val", "objectnet": tmp_path / "objectnet-1.0",
+             "broden": tmp_path / "broden1_224"}
+    before = {n: provenance.tree_signature(r) for n, r in roots.items()}
+    for r in roots.values():
+        (r / "README.md").write_text("how this copy was made")
+        (r / "LICENSE").write_text("terms")
+        sub = next(d for d in sorted(r.rglob("*")) if d.is_dir() and d.name != "mappings")
+        (sub / "notes.txt").write_text("seen")
+    assert {n: provenance.tree_signature(r) for n, r in roots.items()} == before
+    lemmas = next((roots["objectnet"] / "mappings").glob("*.txt"), None)
+    if lemmas is not None:  # a text file a loader does read still counts
+        lemmas.write_text(lemmas.read_text() + "\n")
+        assert provenance.tree_signature(roots["objectnet"]) != before["objectnet"]
+    img = sorted(roots["imagenet"].rglob("*.JPEG"))[0]
+    img.write_bytes(img.read_bytes()[:-10])
+    assert provenance.tree_signature(roots["imagenet"]) != before["imagenet"]
