@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -227,14 +228,15 @@ def profile_path(name_or_path: str | os.PathLike) -> Path:
 
 
 def load_profile(name_or_path: str | os.PathLike = "demo", overrides: dict[str, Any] | None = None, *,
-                 check_files: bool = False) -> Profile:
+                 check_files: bool = False, blame: dict[str, str] | None = None) -> Profile:
     """Load and validate a profile by name (``demo``, ``paper``) or YAML path.
 
     ``overrides`` maps dotted keys to values (``{"device": "cuda", "paths.data_root": "/data"}``)
     and is applied before validation; so is the environment variable ``CLIP_STUDY_DATA_ROOT``,
     which replaces ``paths.data_root``. Every problem found is listed in one :class:`ConfigError`.
     ``check_files``: also fail on checkpoint files that are missing and that no command of this
-    project produces (:func:`checkpoint_status`).
+    project produces (:func:`checkpoint_status`). ``blame``: dotted key -> who set it (``-p
+    batch_size``), named instead of the profile file when that key's value is refused.
     """
     path = profile_path(name_or_path)
     if not path.exists():
@@ -249,7 +251,7 @@ def load_profile(name_or_path: str | os.PathLike = "demo", overrides: dict[str, 
         raw.setdefault("paths", {})["data_root"] = os.environ["CLIP_STUDY_DATA_ROOT"]
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value, path)
-    profile = _validate(raw, path)
+    profile = _validate(raw, path, blame)
     if check_files:
         missing = [f"{path}: {where}: {detail}" for where, state, detail in
                    (s[1:] for s in checkpoint_status(profile)) if state == "missing"]
@@ -323,11 +325,11 @@ def _joined(problems: list[str]) -> str:
 class _Problems:
     """Collects every problem of one profile, each as ``<file>: <key>: <message>``."""
 
-    def __init__(self, path: Path):
-        self.path, self.items = path, []
+    def __init__(self, path: Path, blame: dict[str, str] | None = None):
+        self.path, self.items, self.blame = path, [], blame or {}
 
     def add(self, key: str, msg: str) -> None:
-        self.items.append(f"{self.path}: {key}: {msg}")
+        self.items.append(f"{self.blame.get(key, self.path)}: {key}: {msg}")
 
     def raise_if_any(self) -> None:
         if self.items:
@@ -339,7 +341,8 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite int or float (``.nan`` and ``.inf`` in YAML are floats, and no profile number may be one)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _check(problems: _Problems, key: str, value: Any, ok: bool, what: str) -> bool:
@@ -354,8 +357,8 @@ def _valid_device(s: Any) -> bool:
     return m is not None and (m.group("index") is None or int(m.group("index")) < 2**31)
 
 
-def _validate(raw: dict, path: Path) -> Profile:
-    P = _Problems(path)
+def _validate(raw: dict, path: Path, blame: dict[str, str] | None = None) -> Profile:
+    P = _Problems(path, blame)
     for k in sorted(set(raw) - _TOP_KEYS):
         P.add(k, f"unknown key (allowed: {', '.join(sorted(_TOP_KEYS))})")
     for k in sorted(_REQUIRED_TOP - set(raw)):

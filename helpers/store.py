@@ -18,7 +18,9 @@ Cache entry layout (one folder per key; the key is a hash of everything the cont
         partial/            a build in progress: preallocated <array>.npy + progress.json
 
 A reader trusts an entry only if ``manifest.json`` exists, carries the expected key and its arrays
-have the recorded shapes. A build writes into ``partial/``; at each checkpoint (:class:`Checkpoints`)
+have the recorded shapes and the digest of their file's bytes recorded at commit (checked once per
+process and file version, :func:`verified`): a damaged array is named, its entry discarded, and the
+caller rebuilds it. A build writes into ``partial/``; at each checkpoint (:class:`Checkpoints`)
 the memmaps are flushed and then the number of complete rows is recorded in ``progress.json``
 (atomically), so a killed build resumes from its last checkpoint. Commit = rename ``partial/`` to a
 fresh ``run-<id>/``, then replace ``manifest.json``: until that replace, the previous complete state
@@ -38,6 +40,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
+
+import sys
+import warnings
 
 import numpy as np
 
@@ -79,17 +84,115 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+# --------------------------------------------------------------------------------------------
+# Content digests: a cached array is used only if its bytes are those that were committed
+# --------------------------------------------------------------------------------------------
+
+class DamagedCacheWarning(UserWarning):
+    """A cached file whose bytes differ from the digest recorded when it was committed; it is
+    discarded and recomputed (the message names it)."""
+
+
+#: (path, size, mtime_ns, inode) -> digest of the bytes, hashed in this process. Any write to the
+#: file changes its mtime (or its inode, for a replace), so a file is hashed once per process and
+#: version, not at every read of the entry.
+_DIGESTS: dict[tuple, str] = {}
+#: The file is hashed in chunks of this size, on up to HASH_THREADS threads (hashlib releases the
+#: GIL while it hashes), then the chunks' digests are hashed: a 7.5 GB ImageNet store is verified at
+#: the disk's speed rather than one core's (``benchmarks/verification.py``).
+HASH_CHUNK = 1 << 24
+HASH_THREADS = min(8, os.cpu_count() or 1)
+
+
+def _version(path: Path) -> tuple:
+    st = os.stat(path)
+    return (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def content_digest(path: Path) -> str:
+    """Digest of a file's bytes: sha256 over its size and the sha256 of each :data:`HASH_CHUNK`
+    bytes (so the chunks hash in parallel), memoised per file version in this process."""
+    key = _version(path)
+    if key not in _DIGESTS:
+        size = key[1]
+        with open(path, "rb") as f:
+            fd = f.fileno()
+
+            def chunk(offset: int) -> bytes:
+                return hashlib.sha256(os.pread(fd, min(HASH_CHUNK, size - offset), offset)).digest()
+
+            offsets = range(0, size, HASH_CHUNK)
+            if len(offsets) <= 1 or HASH_THREADS == 1:
+                parts = [chunk(o) for o in offsets]
+            else:
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(HASH_THREADS) as pool:
+                    parts = list(pool.map(chunk, offsets))
+        h = hashlib.sha256(f"{size}\n".encode())
+        for part in parts:
+            h.update(part)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def verified(path: Path, digest: str | None) -> bool:
+    """Whether the file holds exactly the bytes of ``digest`` (False for no digest or no file)."""
+    try:
+        return digest is not None and content_digest(Path(path)) == digest
+    except FileNotFoundError:
+        return False
+
+
+def report_damaged(path: Path, what: str) -> None:
+    """Say which cached file was found damaged and that it is being recomputed (a warning, so a
+    notebook shows it and a test can catch it; also on stderr for the job log)."""
+    msg = (f"damaged cache file {path}: its content does not match the digest recorded when it was "
+           f"written; {what}")
+    print(msg, file=sys.stderr, flush=True)
+    warnings.warn(msg, DamagedCacheWarning, stacklevel=3)
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".digest")
+
+
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """``np.save`` with the same all-or-nothing guarantee as :func:`atomic_write_text`."""
+    """``np.save`` with the same all-or-nothing guarantee as :func:`atomic_write_text`, and the
+    file's :func:`content_digest` beside it (``<name>.digest``, written first: a crash between the two leaves a
+    pair that does not match, which :func:`load_npy` treats as missing)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npy")
     try:
         np.save(tmp, array)
+        with open(tmp, "rb") as f:  # to disk before the rename, as atomic_write_text does
+            os.fsync(f.fileno())
+        atomic_write_text(_digest_path(path), content_digest(tmp) + "\n")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def load_npy(path: Path) -> np.ndarray | None:
+    """An array written by :func:`atomic_save_npy`, or None when it is absent or its bytes do not
+    match their recorded digest (then it is named, removed, and the caller recomputes it)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        digest = _digest_path(path).read_text().strip()
+    except FileNotFoundError:
+        digest = None
+    if verified(path, digest):
+        try:
+            return np.load(path)
+        except (ValueError, OSError):
+            pass
+    report_damaged(path, "it is removed and recomputed")
+    path.unlink(missing_ok=True)
+    return None
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -139,11 +242,26 @@ class CacheEntry:
                 arrays = {name: np.load(self.dir / m["run"] / f"{name}.npy", mmap_mode="r") for name in m["arrays"]}
             except (FileNotFoundError, ValueError):
                 continue
-            if all(list(a.shape) == m["arrays"][n]["shape"] and str(a.dtype) == m["arrays"][n]["dtype"]
-                   for n, a in arrays.items()):
-                return m, arrays
-            return None
+            if not all(list(a.shape) == m["arrays"][n]["shape"] and str(a.dtype) == m["arrays"][n]["dtype"]
+                       for n, a in arrays.items()):
+                return None
+            for name, spec in m["arrays"].items():
+                path = self.dir / m["run"] / f"{name}.npy"
+                if not verified(path, spec.get("digest")):
+                    report_damaged(path, f"the entry {self.dir} is discarded and recomputed")
+                    self._discard(m["run"])
+                    return None
+            return m, arrays
         return None
+
+    def _discard(self, run: str) -> None:
+        """Withdraw a damaged commit: remove the manifest if it still names ``run`` (a concurrent
+        rebuild may have committed a new one meanwhile), so every reader sees a miss."""
+        try:
+            if json.loads((self.dir / _MANIFEST).read_text()).get("run") == run:
+                (self.dir / _MANIFEST).unlink(missing_ok=True)
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
 
     @contextmanager
     def _flock(self, name: str, mode: int) -> Iterator[None]:
@@ -340,9 +458,15 @@ class Partial:
             a.flush()
         specs = {n: {"shape": list(a.shape), "dtype": str(a.dtype)} for n, a in self.arrays.items()}
         self.arrays.clear()
+        for n, spec in specs.items():  # the bytes as committed; a reader checks them (CacheEntry.load)
+            with open(self.dir / f"{n}.npy", "rb") as f:
+                os.fsync(f.fileno())
+            spec["digest"] = content_digest(self.dir / f"{n}.npy")
         run = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         (self.dir / _PROGRESS).unlink()
         os.replace(self.dir, self.entry.dir / run)
+        for n, spec in specs.items():  # the rename keeps the bytes: no second hash when read back
+            _DIGESTS[_version(self.entry.dir / run / f"{n}.npy")] = spec["digest"]
         manifest = {"key": self.entry.key, "material": self.entry.material, "run": run,
                     "arrays": specs, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **dict(info)}
         atomic_write_json(self.entry.dir / _MANIFEST, manifest)

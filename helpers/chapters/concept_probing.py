@@ -13,7 +13,7 @@ import pandas as pd
 from helpers.paper import values as paper_values
 from helpers.config import PoolEntry, Profile
 from helpers.metrics import concept_ap, importance, polysemanticity, project, svd_head, unique_concepts
-from helpers.store import atomic_save_npy, atomic_write_json, key_of
+from helpers.store import atomic_save_npy, atomic_write_json, key_of, load_npy
 from helpers.chapters.common import embeddings, head, meta
 
 SECTION = "concept_probing"
@@ -43,15 +43,19 @@ def broden_sets(profile: Profile) -> BrodenSets:
                 "min_positives": profile.metrics["broden_min_positives"], "seed": profile.metrics["seed"]}
     key = key_of(material)[:20]
     folder = profile.cache_dir / "broden" / key
-    if not (folder / "manifest.json").exists():
+    arrays = None
+    if (folder / "manifest.json").exists():
+        arrays = [load_npy(folder / "presence.npy"), load_npy(folder / "selection.npy")]
+    if arrays is None or any(a is None for a in arrays):  # absent, unfinished or damaged
+        (folder / "manifest.json").unlink(missing_ok=True)
         selection, report = ds.balanced_sets(min_positives=material["min_positives"], seed=material["seed"])
         atomic_save_npy(folder / "presence.npy", ds.presence)
         atomic_save_npy(folder / "selection.npy", selection)
         report.to_csv(folder / "report.csv", index=False)
         ds.concepts.to_csv(folder / "concepts.csv", index=False)
         atomic_write_json(folder / "manifest.json", material)  # written last: the folder is complete
-    return BrodenSets(pd.read_csv(folder / "concepts.csv"), np.load(folder / "presence.npy"),
-                      np.load(folder / "selection.npy"), pd.read_csv(folder / "report.csv"), key)
+        arrays = [ds.presence, selection]
+    return BrodenSets(pd.read_csv(folder / "concepts.csv"), *arrays, pd.read_csv(folder / "report.csv"), key)
 
 
 def ap_path(profile: Profile, entry_id: str, activations_key: str, sets: BrodenSets, sign: str) -> Path:
@@ -70,8 +74,8 @@ def ap_matrix(entry: PoolEntry, profile: Profile, sets: BrodenSets | None = None
     sign = profile.metrics["concept_sign"]
     path = ap_path(profile, entry.id, acts.manifest.get("key", json.dumps(acts.manifest, sort_keys=True, default=str)),
                    sets, sign)
-    if path.exists():
-        return np.load(path)
+    if (cached := load_npy(path)) is not None:
+        return cached
     ap = probe_activations(acts, head(entry, profile)[0], sets, sign)
     atomic_save_npy(path, ap)
     return ap

@@ -47,7 +47,7 @@ def catalogue(study) -> pd.DataFrame:
     for item, section, quantity, paper in CATALOGUE:
         n = _load(study, section)["entry"].nunique()
         bad = results.status(P, section, _ids(study))
-        failed = bad[bad.status == "failed"]
+        failed = bad[bad.status != "missing"]  # failed jobs and tables no sound record vouches for
         rows.append({"paper item": item, "models in this run": n, "chapter": section, "quantity": quantity,
                      "paper reports": paper,
                      "failed (stale table ignored)": ", ".join(f"{r.entry} ({r.job})" for r in failed.itertuples())})

@@ -135,14 +135,14 @@ def transient_ap(profile: Profile, model, sets=None) -> np.ndarray:
     the activations' key, the balanced sets, the sign rule)."""
     from helpers.chapters.concept_probing import ap_path, broden_sets, probe_activations
     from helpers.engine.extract import activation_keys, extract_many
-    from helpers.store import atomic_save_npy
+    from helpers.store import atomic_save_npy, load_npy
 
     sets = sets or broden_sets(profile)
     e, sign = model.entry, profile.metrics["concept_sign"]
     key = activation_keys([e], "broden", profile, models={e.id: model})[e.id]
     path = ap_path(profile, e.id, key, sets, sign)
-    if path.exists():
-        return np.load(path)
+    if (cached := load_npy(path)) is not None:
+        return cached
     acts = extract_many([e], "broden", profile, models={e.id: model}, keep=False)[e.id]
     ap = probe_activations(acts, model.head.detach().float().cpu().numpy(), sets, sign)
     atomic_save_npy(path, ap)

@@ -201,7 +201,10 @@ def quick_gelu_required(entry: PoolEntry, pool: Iterable[PoolEntry] = ()) -> boo
     while e is not None and e.id not in seen:
         seen.add(e.id)
         if e.source == "open_clip" and e.pretrained:
-            return bool(open_clip_module(e.model).get_pretrained_cfg(e.model, e.pretrained).get("quick_gelu", False))
+            oc = open_clip_module(e.model)
+            if (e.model, e.pretrained) not in oc.list_pretrained():
+                return None  # an unknown tag says nothing of its activation (check_entry names the tag)
+            return bool(oc.get_pretrained_cfg(e.model, e.pretrained).get("quick_gelu", False))
         e = by_id.get(e.finetuned_from) if e.finetuned_from else None
     return None
 
@@ -234,10 +237,11 @@ def check_entry(entry: PoolEntry, pool: Iterable[PoolEntry] = ()) -> None:
             if (entry.model, entry.pretrained) not in oc.list_pretrained():
                 pairs = oc.list_pretrained(as_str=True)
                 close = difflib.get_close_matches(f"{entry.model}:{entry.pretrained}", pairs, n=6, cutoff=0.6)
-                tags = oc.list_pretrained_tags_by_model(entry.model)
+                known = oc.list_pretrained_tags_by_model(entry.model)
+                tags = difflib.get_close_matches(entry.pretrained, known, n=len(known), cutoff=0.0)  # closest first
                 raise ModelError(
                     f"{entry_label(entry)}: ({entry.model!r}, {entry.pretrained!r}) is not in open_clip.list_pretrained(). "
-                    f"Tags of {entry.model}: {', '.join(tags) or 'none'}. "
+                    f"Tags of {entry.model}, closest first: {', '.join(tags) or 'none'}. "
                     f"Close model:tag pairs: {', '.join(close) or 'none'}")
             if entry.family not in ZERO_SHOT_FAMILIES:
                 raise ModelError(f"{entry_label(entry)}: family {entry.family!r} takes its head from a classifier "

@@ -3,6 +3,7 @@ the slice of the pool it runs on, start recording the job's provenance, and say 
 which profile produced its numbers. Its last cell, ``S.finish()``, completes the record."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pandas as pd
 
 from helpers.study import provenance
 from helpers.study import results
-from helpers.config import PoolEntry, Profile, load_profile
+from helpers.config import ConfigError, PoolEntry, Profile, load_profile
 
 #: Notebook parameters that override a profile key, and the key (``open_study`` applies them;
 #: the runner applies the same to find the job's results folder).
@@ -19,6 +20,42 @@ PROFILE_PARAMETERS = {"device": "device", "batch_size": "batch_size", "num_worke
                       "precision": "precision", "data_root": "paths.data_root", "cache_dir": "paths.cache_dir",
                       "results_dir": "paths.results_dir", "limit": "limits.default",
                       "skip_unreadable": "skip_unreadable"}
+
+
+class ParameterError(ConfigError):
+    """A notebook parameter that the notebook does not declare, or a value it cannot take; the
+    message names the parameter and lists those the notebook declares."""
+
+
+def check_parameters(given: dict[str, Any], declared: dict[str, dict[str, Any]]) -> None:
+    """The one parameter rule of every way of running a chapter (``clip-study run -p``, papermill,
+    a fork): every given name must be a parameter of at least one of the ``declared`` notebooks
+    (notebook name -> its parameters), and a number must be finite."""
+    known = sorted(set().union(*declared.values())) if declared else []
+    unknown = [k for k in given if not any(k in d for d in declared.values())]
+    if unknown:
+        where = next(iter(declared)) if len(declared) == 1 else f"the {len(declared)} selected notebooks"
+        raise ParameterError(f"unknown notebook parameter(s) {', '.join(map(repr, unknown))}; "
+                             f"parameters of {where}: {', '.join(known)}")
+    for k, v in given.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ParameterError(f"parameter {k!r}: expected a finite number, got {v!r}")
+
+
+def _injected_parameters() -> dict[str, Any]:
+    """The parameters papermill injected into this kernel (its ``# Parameters`` cell), if any."""
+    sources = provenance._kernel_sources() or []
+    return {k: v for s in sources if provenance._is_injected(s) for k, v in provenance.parse_assignments(s).items()}
+
+
+def _check_injected(section: str) -> dict[str, Any]:
+    """Refuse a parameter papermill passed that the notebook does not declare, before any work
+    (papermill itself only warns and runs on); returns the injected parameters."""
+    md = provenance.find_notebook(section)
+    injected = _injected_parameters()
+    if md is not None and injected:
+        check_parameters(injected, {md.name: provenance.declared_parameters(md)})
+    return injected
 
 
 def profile_overrides(params: dict[str, Any]) -> dict[str, Any]:
@@ -71,9 +108,12 @@ def open_study(section: str, profile: str = "demo", entry: str | None = None, ba
     ``skip_unreadable``) or dotted profile keys. Starts the job's provenance record
     (:func:`helpers.study.provenance.begin`) for the slice ``entry`` / ``backbone`` / all.
     """
+    injected = _check_injected(section)
     params = {**_namespace_parameters(section), **overrides}
     ov = profile_overrides(params) | {k: v for k, v in params.items() if "." in k and v is not None}
-    P = load_profile(profile, overrides=ov)
+    # a bad value is blamed on the parameter that gave it, not on the profile file
+    blame = {PROFILE_PARAMETERS[k]: f"parameter {k}" for k in injected if k in PROFILE_PARAMETERS}
+    P = load_profile(profile, overrides=ov, blame=blame)
     pool = P.select(entry=entry, backbone=backbone, family=family)
     provenance.begin(section, P, {"profile": profile, "entry": entry, "backbone": backbone, **params},
                      {"name": profile, "overrides": ov}, provenance.slice_label(entry, backbone))

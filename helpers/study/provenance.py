@@ -251,13 +251,28 @@ def _list_dir(folder: str) -> tuple[list[str], list[tuple[str, int, int]]]:
 
 
 _TREE_MEMO: dict[str, str | None] = {}
+#: What the dataset loaders (helpers.data) read besides images: Broden's CSVs, ObjectNet's JSON
+#: mappings and the lemma list in its ``mappings/`` folder. A README, a licence or notes beside the
+#: data are read by none, so they change no signature.
+_MAPPING_SUFFIXES = (".csv", ".json")
+
+
+def loader_reads(rel_dir: str, name: str) -> bool:
+    """Whether a dataset loader reads the file ``name`` in the folder ``rel_dir`` (relative to the
+    dataset's root): an image, a CSV / JSON mapping, or any file under a ``mappings`` folder."""
+    from helpers.data.base import IMAGE_EXTENSIONS
+
+    low = name.lower()
+    return (low.endswith(IMAGE_EXTENSIONS) or low.endswith(_MAPPING_SUFFIXES)
+            or "mappings" in Path(rel_dir).parts)
 
 
 def tree_signature(root: str | os.PathLike, memo: bool = False) -> str | None:
-    """sha256 over every file at any depth under ``root``: relative path, size, modification time.
+    """sha256 over every file a loader reads (:func:`loader_reads`) at any depth under ``root``:
+    relative path, size, modification time.
 
     Adding, removing, renaming, replacing (in place or not) or truncating any image, or editing a
-    mapping or index file, changes it. It reads no image bytes: one ``stat`` per file, spread over
+    mapping or index file, changes it; a README or licence beside the data does not. It reads no image bytes: one ``stat`` per file, spread over
     threads (a directory's mtime alone would miss a file rewritten in place; see
     ``benchmarks/provenance.py`` for the cost). ``memo``: reuse the value computed earlier in this
     process (the runner checks many jobs against the same datasets).
@@ -279,6 +294,7 @@ def tree_signature(root: str | os.PathLike, memo: bool = False) -> str | None:
                 nxt = []
                 for folder, (dirs, files) in zip(pending, listed):
                     rel = os.path.relpath(folder, root)
+                    files = [f for f in files if loader_reads(rel, f[0])]
                     rows += [f"{rel}/{n}\t{size}\t{mtime}" for n, size, mtime in files]
                     rows.append(f"{rel}/\t{len(dirs)}\t{len(files)}")
                     nxt += dirs

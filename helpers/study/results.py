@@ -3,9 +3,10 @@
 the summary chapter and the tests read them back with :func:`load` instead of scraping outputs.
 
 Each table is vouched for by the provenance record of the job that wrote it
-(:mod:`helpers.study.provenance`). :func:`load` returns only trusted tables: a table claimed by a job
-that failed or never finished is left out (and reported by :func:`status`), so stale numbers of a
-failed run never reach an aggregate. Every query is recorded, so a job that reads tables is out of
+(:mod:`helpers.study.provenance`), which holds the table's sha256. :func:`load` returns only trusted
+tables: a table claimed by a job that failed or never finished, or claimed by no readable complete
+record for its exact bytes (the record deleted, truncated or naming other content), is left out
+(and reported by :func:`status`), so stale numbers never reach an aggregate. Every query is recorded, so a job that reads tables is out of
 date when they change.
 """
 from __future__ import annotations
@@ -62,8 +63,10 @@ def _claims(results_dir: Path) -> dict[str, list[tuple[str, str, str]]]:
 
 def scan(results_dir: Path, section: str, entries: Iterable[str] | None = None) -> list[dict]:
     """Every table of a section (optionally only some entries) with its trust status:
-    ``ok`` (vouched for by a complete job, written by this process, or claimed by no job) or
-    ``failed`` (claimed only by a job that failed or did not finish: stale)."""
+    ``ok`` (vouched for by a readable, complete record of the job that wrote it, for exactly these
+    bytes, or written by this process), ``failed`` (claimed by a job that failed or did not finish:
+    stale) or ``unvouched`` (no readable record claims it, or a complete record claims other bytes:
+    a missing, truncated or inconsistent record trusts nothing)."""
     results_dir = Path(results_dir)
     folder = results_dir / "tables" / section
     wanted = None if entries is None else set(entries)
@@ -82,7 +85,7 @@ def scan(results_dir: Path, section: str, entries: Iterable[str] | None = None) 
         elif any(s != "complete" for s, _, _ in cl):
             status, job = "failed", next(j for s, _, j in cl if s != "complete")
         else:
-            status, job = "ok", ""
+            status, job = "unvouched", next((j for _, _, j in cl), "")
         rows.append({"entry": csv.stem, "path": csv, "sha256": sha, "status": status, "job": job})
     return rows
 
@@ -108,7 +111,8 @@ def load(profile: Profile, section: str, entries: Iterable[str] | None = None) -
 
 def status(profile: Profile, section: str, entries: Iterable[str]) -> pd.DataFrame:
     """For each wanted entry without a trusted table of ``section``: ``failed`` (its job failed or
-    did not finish; the job is named) or ``missing`` (no table)."""
+    did not finish; the job is named), ``unvouched`` (no sound record of its job claims it) or
+    ``missing`` (no table)."""
     found = {r["entry"]: r for r in scan(profile.results_dir, section, entries)}
     rows = []
     for e in entries:

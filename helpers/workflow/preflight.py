@@ -24,6 +24,7 @@ What is checked:
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +167,34 @@ def _hub_offline() -> bool:
     return offline()
 
 
+def _unloadable(path: Path) -> str | None:
+    """Why ``torch.load(weights_only=True)`` refuses a checkpoint (unsafe pickle, damaged file), or
+    None; memory-mapped, so nothing is copied and no model is built."""
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - every refusal is reported with the file
+        first = re.sub(r"\x1b\[[0-9;]*m", "", (str(exc).strip().splitlines() or [type(exc).__name__])[0])
+        return f"checkpoint file {path} cannot be read safely (torch.load weights_only=True: {first})"
+    return None
+
+
+def _visible_device_problem(profile: Profile) -> str | None:
+    """``device: cuda:N`` with N beyond the GPUs this process sees (CUDA_VISIBLE_DEVICES applied)."""
+    import torch
+
+    dev = torch.device(profile.device)
+    if dev.type != "cuda" or dev.index is None:
+        return None
+    n = torch.cuda.device_count()
+    if dev.index >= n:
+        return (f"{profile.path}: device: {profile.device} is not a visible GPU ({n} visible"
+                f"{', CUDA_VISIBLE_DEVICES=' + os.environ['CUDA_VISIBLE_DEVICES'] if 'CUDA_VISIBLE_DEVICES' in os.environ else ''}"
+                f"{': cuda:0 to cuda:' + str(n - 1) if n else ''})")
+    return None
+
+
 def _check_checkpoints(profile: Profile, entries: list[PoolEntry], report: Report) -> list[PoolEntry]:
     """Checkpoint files of the slice (and of the parents a finetuning run starts from); returns the
     entries whose checkpoint a command still has to produce."""
@@ -176,6 +205,9 @@ def _check_checkpoints(profile: Profile, entries: list[PoolEntry], report: Repor
     for e, key, state, detail in checkpoint_status(profile, wanted):
         if state == "present":
             present += 1
+            why = _unloadable(Path(e.checkpoint))
+            if why:
+                report.problems.append(f"{profile.path}: {key}: {why}")
         elif state == "produced":
             to_produce.append(e)
             report.todo.append(detail)
@@ -312,11 +344,11 @@ def _check_disk(profile: Profile, report: Report) -> None:
         free = shutil.disk_usage(parent).free
         line = f"{' and '.join(keys)}: {todo / costs.GB:.1f} GB still to write, {free / costs.GB:.1f} GB free on {parent}"
         report.disk.append(line)
-        if todo > free:
+        if todo > free:  # in bytes: a small run's need rounds to "0.0 GB"
             report.problems.append(f"{profile.path}: {' and '.join(k.split()[0] for k in keys)}: not enough disk: "
-                                   f"expected at least {todo / costs.GB:.1f} GB free on {parent}, found "
-                                   f"{free / costs.GB:.1f} GB (point {' / '.join(k.split()[0] for k in keys)} "
-                                   "elsewhere, e.g. CLIP_STUDY_CACHE=/scratch/...)")
+                                   f"{' and '.join(keys)} need {int(todo):,} bytes still to write, "
+                                   f"{int(free):,} bytes free on {parent} (point "
+                                   f"{' / '.join(k.split()[0] for k in keys)} elsewhere, e.g. CLIP_STUDY_CACHE=/scratch/...)")
 
 
 def check(profile: Profile | str | os.PathLike, sections: list[str] | None = None, entry: str | None = None,
@@ -336,6 +368,9 @@ def check(profile: Profile | str | os.PathLike, sections: list[str] | None = Non
     report.checked.append(_library_line())
     _check_models(profile, report)
     _check_cuda(profile, report, cuda_facts)
+    bad_device = _visible_device_problem(profile)
+    if bad_device:
+        report.problems.append(bad_device)
     report.sections = _sections(sections, report)
     try:
         report.entries = profile.select(entry=entry, backbone=backbone)

@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from helpers.study import provenance
+from helpers.study import PROFILE_PARAMETERS as PROFILE_OVERRIDE_KEYS
+from helpers.study import ParameterError, check_parameters  # noqa: F401 - the one parameter rule
 from helpers.config import REPO_ROOT, ConfigError, Profile, load_profile
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -61,8 +63,6 @@ QUIET = re.compile(r"Kernel is running over TCP without encryption|Unable to par
 _LOG_ONLY = "\x01"  # child -> parent: a line for the log only (cell outputs)
 
 
-class ParameterError(ConfigError):
-    """A ``-p`` parameter no selected notebook declares; the message lists those it declares."""
 
 
 def notebooks(folder: Path = NOTEBOOK_DIR) -> dict[str, Path]:
@@ -158,16 +158,6 @@ def _profile_arg(profile: Profile) -> str:
     return profile.name if named else str(profile.path)
 
 
-def check_parameters(extra: dict[str, Any], declared: dict[str, dict[str, Any]]) -> None:
-    """Every ``-p`` name must be a parameter of at least one selected notebook."""
-    known = sorted(set().union(*declared.values())) if declared else []
-    unknown = [k for k in extra if not any(k in d for d in declared.values())]
-    if unknown:
-        where = next(iter(declared)) if len(declared) == 1 else f"the {len(declared)} selected notebooks"
-        raise ParameterError(f"unknown notebook parameter(s) {', '.join(map(repr, unknown))}; "
-                             f"parameters of {where}: {', '.join(known)}")
-
-
 def _empty_slice_message(profile: Profile, entry: str | None, backbone: str | None) -> str | None:
     if entry and backbone:
         try:
@@ -221,8 +211,10 @@ def plan(profile: Profile, sections: Iterable[str] | None = None, entry: str | N
             effective = {**decl, **params}
             ov = profile_overrides(effective)
             pkey = json.dumps([effective.get("profile", _profile_arg(profile)), ov], sort_keys=True, default=str)
-            if pkey not in profiles:  # a bad -p value fails here, naming the key, before any job
-                profiles[pkey] = load_profile(effective.get("profile", _profile_arg(profile)), overrides=ov)
+            if pkey not in profiles:  # a bad -p value fails here, naming the -p, before any job
+                blame = {PROFILE_OVERRIDE_KEYS[k]: f"-p {k}" for k in extra if k in PROFILE_OVERRIDE_KEYS}
+                profiles[pkey] = load_profile(effective.get("profile", _profile_arg(profile)), overrides=ov,
+                                              blame=blame)
             P = profiles[pkey]
             label = provenance.slice_label(sl.get("entry"), sl.get("backbone"))
             rd = P.results_dir
@@ -336,6 +328,17 @@ def _stream(proc: subprocess.Popen, log, console: _Console) -> None:
     log.flush()
 
 
+def _kill_session(proc) -> None:
+    """SIGKILL every process of the job's session (it was started in its own: the job and the
+    kernel papermill started); the job alone when the session is already gone."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+
+
 def execute(job: Job, echo: Callable[[str], None] = print) -> Outcome:
     """Run one job with papermill in a child process; on failure keep the partial notebook for
     inspection and mark the job's record failed (its tables are then not trusted)."""
@@ -346,7 +349,9 @@ def execute(job: Job, echo: Callable[[str], None] = print) -> Outcome:
     import jupytext
 
     n_cells = sum(c.cell_type == "code" and bool(c.source.strip()) for c in jupytext.read(job.notebook).cells)
-    with _job_tmp(job) as tmp:
+    with job_lock(job, echo) as (lock, waited), _job_tmp(job) as tmp:
+        if waited and stale_reason(job) is None:  # an earlier run's live job finished it meanwhile
+            return Outcome(job, "skipped", time.time() - t0)
         (tmp / "job.json").write_text(json.dumps(asdict(job), default=str))
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(
             [str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
@@ -356,10 +361,15 @@ def execute(job: Job, echo: Callable[[str], None] = print) -> Outcome:
             log.write(f"# {job.name}: {job.notebook} parameters={json.dumps(job.parameters, default=str)}"
                       f"{'' if job.device is None else f' CUDA_VISIBLE_DEVICES={job.device}'}\n")
             log.flush()
+            env[_PARENT_ENV] = str(os.getpid())
+            # its own session (a Ctrl-C reaches the runner, which stops the job), holding the job's
+            # lock (the inherited descriptor) for as long as it lives, and dying with the runner
             proc = subprocess.Popen([sys.executable, "-m", "helpers.workflow.runner", str(tmp / "job.json")], cwd=REPO_ROOT,
-                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, pass_fds=(lock.fileno(),))
             expired = threading.Event()
-            timer = threading.Timer(job.time_limit_s or 0, lambda: (expired.set(), proc.kill()))
+            # past the time limit the job's whole session goes (the job and its kernel)
+            timer = threading.Timer(job.time_limit_s or 0, lambda: (expired.set(), _kill_session(proc)))
             timer.daemon = True
             if job.time_limit_s:
                 timer.start()
@@ -389,6 +399,7 @@ def _child(job_file: str) -> int:
 
     import papermill
 
+    _die_with_parent(int(os.environ.get(_PARENT_ENV, "0")))
     job = Job(**json.loads(Path(job_file).read_text()))
     tmp = Path(job_file).parent
 
@@ -446,6 +457,92 @@ def _execute_for_submitit(job_dict: dict) -> dict:
     return {"status": outcome.status, "seconds": outcome.seconds, "error": outcome.error}
 
 
+# ---------------------------------------------------------------- no orphans
+
+#: The runner's pid, in a job process's environment: the job ends when that process does.
+_PARENT_ENV = "CLIP_STUDY_RUNNER_PID"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def job_lock_path(results_dir: Path | str, section: str, label: str) -> Path:
+    return Path(results_dir) / ".locks" / section / f"{label}.lock"
+
+
+@contextlib.contextmanager
+def job_lock(job: Job, echo=print):
+    """The job's exclusive lock, yielded with whether it had to wait. The job's process inherits
+    the descriptor, so the lock lives as long as the job does, even past a killed runner: a resumed
+    run waits for a live job of an earlier run instead of running it a second time beside it."""
+    path = job_lock_path(job.results_dir, job.section, job.slice)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        waited = False
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            echo(f"waiting: {job.name} is still running ({f.read().strip() or 'another process'}) ...")
+            fcntl.flock(f, fcntl.LOCK_EX)
+            waited = True
+        f.seek(0)
+        f.truncate()
+        f.write(f"run pid {os.getpid()} on {os.uname().nodename}")
+        f.flush()
+        yield f, waited
+
+
+def _live(job_dir: Path) -> bool:
+    """Whether the job whose scratch folder this is still runs (its lock is held)."""
+    try:
+        j = json.loads((job_dir / "job.json").read_text())
+        path = job_lock_path(j["results_dir"], j["section"], j["slice"])
+    except (OSError, ValueError, KeyError):
+        return False
+    try:
+        with open(path) as f:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except FileNotFoundError:
+        return False
+    except BlockingIOError:
+        return True
+    return False
+
+
+def _clear_tmp(results_dir: Path) -> None:
+    """Remove what killed runs left in ``<results_dir>/.tmp``, except a live job's folder."""
+    for d in sorted((Path(results_dir) / ".tmp").glob("*")):
+        if not _live(d):
+            shutil.rmtree(d, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        (Path(results_dir) / ".tmp").rmdir()
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the job's process: end the job (its kernel included) when the runner dies, however it
+    dies (``PR_SET_PDEATHSIG`` on Linux: SIGKILL of the runner sends this process SIGTERM), or
+    when the runner stops it (SIGTERM, SIGINT)."""
+    import ctypes
+    import signal
+
+    signal.signal(signal.SIGTERM, _end_job)
+    signal.signal(signal.SIGINT, _end_job)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if parent and os.getppid() != parent:  # the runner died before the signal was armed
+        _end_job()
+
+
+def _end_job(*_args) -> None:
+    """Kill every process this job started (the kernel, its DataLoader workers), then exit."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        for p in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+    os._exit(143)
+
+
 # ---------------------------------------------------------------- many jobs
 
 @contextlib.contextmanager
@@ -467,11 +564,11 @@ def run_lock(results_dir: Path, echo=print):
         f.truncate()
         f.write(f"pid {os.getpid()} on {os.uname().nodename}")
         f.flush()
-        shutil.rmtree(results_dir / ".tmp", ignore_errors=True)
+        _clear_tmp(results_dir)
         try:
             yield
         finally:
-            shutil.rmtree(results_dir / ".tmp", ignore_errors=True)
+            _clear_tmp(results_dir)
             f.seek(0)
             f.truncate()
             fcntl.flock(f, fcntl.LOCK_UN)

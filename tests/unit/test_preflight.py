@@ -180,7 +180,8 @@ def test_plan_refuses_a_run_that_would_not_fit_on_disk(tmp_path, data, monkeypat
     P = _profile(tmp_path, data)
     monkeypatch.setattr(preflight.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 1000))
     report = preflight.check(P, sections=["robustness"])
-    assert any("paths.cache_dir" in p and "not enough disk" in p and "found 0.0 GB" in p for p in report.problems)
+    assert any("paths.cache_dir" in p and "not enough disk" in p and " bytes still to write, 1,000 bytes free on " in p
+               and "0.0 GB" not in p for p in report.problems)
 
 
 def test_plan_names_checkpoints_to_produce_and_to_supply(tmp_path, data):
@@ -204,7 +205,9 @@ def test_quickgelu_trap_of_a_local_checkpoint_is_seen_in_its_training_params(tmp
     """A plain-GELU open_clip training run (params.txt: model RN50) loaded under a QuickGELU model name."""
     run = tmp_path / "logs" / "captions-run"
     (run / "checkpoints").mkdir(parents=True)
-    (run / "checkpoints" / "epoch_32.pt").write_bytes(b"weights")
+    import torch
+
+    torch.save({"w": torch.zeros(1)}, run / "checkpoints" / "epoch_32.pt")  # a readable checkpoint: plan loads it
     (run / "params.txt").write_text("batch_size: 256\nforce_quick_gelu: False\nmodel: RN50\n")
     P = _profile(tmp_path, data)
     raw = yaml.safe_load(P.path.read_text())
