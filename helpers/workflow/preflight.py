@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from helpers.workflow import costs
-from helpers.config import EVAL_DATASETS, ConfigError, PoolEntry, Profile, checkpoint_status, load_profile
+from helpers.config import EVAL_DATASETS, REPO_ROOT, ConfigError, PoolEntry, Profile, checkpoint_status, load_profile
 
 
 @dataclass
@@ -50,6 +50,7 @@ class Report:
     stages: list[costs.Stage] = field(default_factory=list)
     jobs: int = 0
     to_train: list[PoolEntry] = field(default_factory=list)  # checkpoints a training command still writes
+    sources: list[str] = field(default_factory=list)  # where to get what is missing (helpers.data.sources)
 
     @property
     def ok(self) -> bool:
@@ -165,6 +166,10 @@ def _check_checkpoints(profile: Profile, entries: list[PoolEntry], report: Repor
             report.pending.append(detail)
         else:
             report.problems.append(f"{profile.path}: {key}: {detail}")
+            if e.family == "imagenet_captions_clip" and not any("ImageNet-Captions" in x for x in report.sources):
+                from helpers.data import sources
+
+                report.sources += sources.captions_lines(e.checkpoint)
     n = sum(1 for e in wanted if e.checkpoint)
     if n:
         report.checked.append(f"checkpoints: {present} of {n} present, {len(to_produce)} produced by a command")
@@ -226,6 +231,7 @@ def _check_dataset(profile: Profile, name: str, readers: list[str], report: Repo
         row["status"] = "not set"
         report.problems.append(f"{profile.path}: datasets.{name}: not set, but {', '.join(readers)} read(s) it; "
                                f"expected the folder of {name} in its real layout (book/reproducing.md)")
+        _where_to_get(profile, name, None, report)
         return None
     root = profile.dataset_root(name)
     row["folder"] = str(root)
@@ -233,7 +239,8 @@ def _check_dataset(profile: Profile, name: str, readers: list[str], report: Repo
         ds = open_dataset(name, root)
     except (DatasetLayoutError, OSError) as exc:
         row["status"] = "missing" if not Path(root).exists() else "bad layout"
-        report.problems.append(f"{profile.path}: datasets.{name}: {exc}")
+        report.problems.append(f"{profile.path}: datasets.{name}: {exc} ({_data_root_hint(profile)})")
+        _where_to_get(profile, name, root, report)
         return None
     n = len(ds.files)
     classes = len(ds.concepts) if name == "broden" else len(set(ds.labels.tolist()))
@@ -243,6 +250,7 @@ def _check_dataset(profile: Profile, name: str, readers: list[str], report: Repo
         slack = published.SLACK.get(name, 0.0)
         if abs(n - want_n) > slack * want_n or classes != want_c:
             row["status"] = "incomplete"
+            _where_to_get(profile, name, root, report)
             about = "about " if slack else ""
             report.problems.append(
                 f"{profile.path}: datasets.{name} ({root}): expected {about}{want_n:,} images in {want_c:,} "
@@ -250,6 +258,19 @@ def _check_dataset(profile: Profile, name: str, readers: list[str], report: Repo
                 "an incomplete or different copy (kind: paper compares with the published sizes)")
     limit = profile.limit(name)
     return n if limit is None else min(n, limit)
+
+
+def _data_root_hint(profile: Profile) -> str:
+    """Where the dataset folders are looked for, and the variable that moves them."""
+    env = os.environ.get("CLIP_STUDY_DATA_ROOT")
+    return (f"data_root {profile.paths['data_root']}, from CLIP_STUDY_DATA_ROOT" if env else
+            f"data_root {profile.paths['data_root']}; set CLIP_STUDY_DATA_ROOT=/path/to/datasets to read them elsewhere")
+
+
+def _where_to_get(profile: Profile, name: str, root: Path | None, report: Report) -> None:
+    from helpers.data import sources
+
+    report.sources += sources.plan_lines(name, root, profile.paths["data_root"])
 
 
 def _tree_bytes(folder: Path) -> int:
@@ -288,12 +309,16 @@ def _check_disk(profile: Profile, report: Report) -> None:
         todo = max(0.0, need - have)
         parent = _existing_parent(folder)
         dev = os.stat(parent).st_dev
-        slot = needs.setdefault(dev, [parent, 0.0, []])
+        slot = needs.setdefault(dev, [parent, 0.0, [], []])
         slot[1] += todo
         slot[2].append(f"{key} {folder}")
-    for parent, todo, keys in needs.values():
+        what = "cache at its peak, transient stores included" if key == "paths.cache_dir" else \
+            "checkpoints still to train"
+        slot[3].append(f"{need / costs.GB:.1f} GB {what}" + (f" - {have / costs.GB:.1f} GB already there" if have else ""))
+    for parent, todo, keys, parts in needs.values():
         free = shutil.disk_usage(parent).free
-        line = f"{' and '.join(keys)}: {todo / costs.GB:.1f} GB still to write, {free / costs.GB:.1f} GB free on {parent}"
+        line = (f"{' and '.join(keys)}: {todo / costs.GB:.1f} GB still to write ({' + '.join(parts)}), "
+                f"{free / costs.GB:.1f} GB free on {parent}")
         report.disk.append(line)
         if todo > free:
             report.problems.append(f"{profile.path}: {' and '.join(k.split()[0] for k in keys)}: not enough disk: "
@@ -368,6 +393,9 @@ def format(report: Report) -> str:  # noqa: A001 - the name the runner calls
                f"{len(report.sections)} section(s), {report.jobs} job(s), device {dev}")
     out.append(f"  cache_dir        {P.cache_dir}")
     out.append(f"  checkpoints_dir  {P.paths['checkpoints_dir']}")
+    out.append(f"  data_root        {P.paths['data_root']}")
+    out.append(f"  (relative paths resolve against the checkout {REPO_ROOT}; CLIP_STUDY_DATA_ROOT replaces data_root, "
+               "CLIP_STUDY_CACHE moves cache_dir and checkpoints_dir)")
     out.append("")
     out.append("Checked")
     out += [f"  ok  {c}" for c in report.checked]
@@ -382,12 +410,18 @@ def format(report: Report) -> str:  # noqa: A001 - the name the runner calls
         out.append("")
         out.append(f"To do before `clip-study run` ({len(report.todo)})")
         out += [f"  - {t}" for t in report.todo]
+    if report.sources:
+        out.append("")
+        out.append("Where to get what is missing (book/reproducing.md, section 3)")
+        out += [f"  {line}" for line in report.sources]
     out.append("")
     out += costs.format_stages(report.stages, P)
     if report.disk:
         out.append("")
         out.append("Disk")
         out += [f"  {d}" for d in report.disk]
+        out.append(f"  (the total cache below is what stays under cache_dir once the run is done; the bytes still to "
+                   "write add the transient stores' peak and the checkpoints, less what is already on disk)")
     out.append("")
     if report.problems:
         out.append(f"Problems: the run would fail ({len(report.problems)})")
