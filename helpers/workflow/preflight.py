@@ -51,6 +51,8 @@ class Report:
     jobs: int = 0
     to_train: list[PoolEntry] = field(default_factory=list)  # checkpoints a training command still writes
     sources: list[str] = field(default_factory=list)  # where to get what is missing (helpers.data.sources)
+    rate: float | None = None  # the device's measured FLOP/s (plan --rate); None: the assumed rates
+    decode_rates: dict[str, tuple[float, str]] = field(default_factory=dict)  # dataset -> (img/s per worker, how)
 
     @property
     def ok(self) -> bool:
@@ -245,6 +247,7 @@ def _check_dataset(profile: Profile, name: str, readers: list[str], report: Repo
     n = len(ds.files)
     classes = len(ds.concepts) if name == "broden" else len(set(ds.labels.tolist()))
     row.update(images=n, classes=classes, status="ok")
+    _measure_decode(name, ds, report)
     if profile.kind == "paper":
         want_n, want_c = published.IMAGES[name], published.CLASSES[name]
         slack = published.SLACK.get(name, 0.0)
@@ -258,6 +261,17 @@ def _check_dataset(profile: Profile, name: str, readers: list[str], report: Repo
                 "an incomplete or different copy (kind: paper compares with the published sizes)")
     limit = profile.limit(name)
     return n if limit is None else min(n, limit)
+
+
+def _measure_decode(name: str, ds, report: Report, n: int = 16) -> None:
+    """The decode rate of this copy of the dataset (a few images, the store's own decode path), for
+    the stores' wall time: ObjectNet's large photos decode several times slower than ImageNet's."""
+    try:
+        rate = costs.measure_decode_rate(ds, n=n)
+    except Exception:  # noqa: BLE001 - an unreadable image is the run's to report (skip_unreadable)
+        return
+    if rate:
+        report.decode_rates[name] = (rate, f"measured on {min(n, len(ds.files))} images")
 
 
 def _data_root_hint(profile: Profile) -> str:
@@ -328,7 +342,7 @@ def _check_disk(profile: Profile, report: Report) -> None:
 
 
 def check(profile: Profile | str | os.PathLike, sections: list[str] | None = None, entry: str | None = None,
-          backbone: str | None = None, per_entry: bool = False) -> Report:
+          backbone: str | None = None, per_entry: bool = False, rate: float | None = None) -> Report:
     """Check a run of ``sections`` (None: all) over the slice ``entry`` / ``backbone`` of ``profile``
     (a loaded :class:`Profile` or a name / path, loaded here so that its validation errors become
     problems) and estimate its cost; builds no model, reads no weights, decodes no image."""
@@ -338,7 +352,7 @@ def check(profile: Profile | str | os.PathLike, sections: list[str] | None = Non
         except ConfigError as exc:
             lines = str(exc).splitlines()
             return Report(None, problems=[l.strip() for l in (lines[1:] if len(lines) > 1 else lines)])
-    report = Report(profile)
+    report = Report(profile, rate=rate)
     report.checked.append(_library_line())
     report.sections = _sections(sections, report)
     try:
@@ -365,7 +379,8 @@ def check(profile: Profile | str | os.PathLike, sections: list[str] | None = Non
                                                     else min(lim, published.IMAGES[name]))
 
     report.stages = costs.estimate(profile, entries, report.sections, images=images, to_train=to_train,
-                                   train_images=images.get("imagenet-train", 0))
+                                   train_images=images.get("imagenet-train", 0), rate=report.rate,
+                                   decode_rates=report.decode_rates)
     _check_disk(profile, report)
     return report
 
@@ -415,7 +430,7 @@ def format(report: Report) -> str:  # noqa: A001 - the name the runner calls
         out.append("Where to get what is missing (book/reproducing.md, section 3)")
         out += [f"  {line}" for line in report.sources]
     out.append("")
-    out += costs.format_stages(report.stages, P)
+    out += costs.format_stages(report.stages, P, report.rate)
     if report.disk:
         out.append("")
         out.append("Disk")
