@@ -262,8 +262,11 @@ class _Console:
     """Shows a job's output on the terminal: cell progress, tqdm bars (at most one update per
     ``every`` seconds per bar, and the last one), errors; drops QUIET lines."""
 
-    def __init__(self, name: str, echo: Callable[[str], None], n_cells: int, every: float = 5.0):
-        self.name, self.echo, self.n_cells, self.every = name, echo, n_cells, every
+    def __init__(self, name: str, echo: Callable[[str], None], n_cells: int | list[int | None], every: float = 5.0):
+        # n_cells: papermill's cell number (all cells, 1-based) -> code-cell ordinal (None: markdown)
+        self.numbers = n_cells if isinstance(n_cells, list) else None
+        self.name, self.echo, self.every = name, echo, every
+        self.n_cells = n_cells if isinstance(n_cells, int) else sum(x is not None for x in n_cells)
         self.last: float = 0.0
         self.pending: str | None = None
 
@@ -274,7 +277,12 @@ class _Console:
         m = re.match(r"Executing Cell (\d+)-*$", text.strip())
         if m:
             self.flush()
-            self.echo(f"  {self.name}  cell {m.group(1)}/{self.n_cells}")
+            k = int(m.group(1))
+            if self.numbers is not None:  # papermill numbers every cell: show code cells, counted as such
+                if k > len(self.numbers) or self.numbers[k - 1] is None:
+                    return
+                k = self.numbers[k - 1]
+            self.echo(f"  {self.name}  cell {k}/{self.n_cells}")
             return
         if re.match(r"Ending Cell \d+-*$", text.strip()) or text.startswith(("Input Notebook:", "Output Notebook:",
                                                                               "Working directory:", "Executing notebook with kernel")):
@@ -292,6 +300,45 @@ class _Console:
         if self.pending:
             self.echo(f"  {self.name}  {self.pending.strip()}")
             self.pending = None
+
+
+def _code_cell_numbers(cells, injected: bool) -> list[int | None]:
+    """For each cell papermill executes (its 1-based "Executing Cell N" counts markdown cells too),
+    its ordinal among the code cells, None for a markdown cell; ``injected``: papermill adds its
+    parameters cell after the cell tagged ``parameters`` (first, without one)."""
+    kinds = [c.cell_type == "code" for c in cells]
+    if injected:
+        tagged = [i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])]
+        kinds.insert(tagged[0] + 1 if tagged else 0, True)
+    out, k = [], 0
+    for is_code in kinds:
+        k += is_code
+        out.append(k if is_code else None)
+    return out
+
+
+def _last_seconds(job: Job) -> float | None:
+    """How long the job's previous run took (its provenance record's start and finish)."""
+    import datetime as dt
+
+    r = provenance.read_record(Path(job.record)) or {}
+    try:
+        return (dt.datetime.fromisoformat(r["finished"]) - dt.datetime.fromisoformat(r["started"])).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _time_left(jobs: list[Job], last: dict[str, float | None]) -> str:
+    """The estimate of the time the jobs still due take, from their previous runs' timings."""
+    known = [last.get(j.name) for j in jobs if last.get(j.name) is not None]
+    unknown = len(jobs) - len(known)
+    if not jobs:
+        return "nothing left"
+    if not known:
+        return f"time left unknown ({len(jobs)} job(s) never ran; `clip-study plan` estimates the hours)"
+    est = sum(known)
+    text = f"about {est / 60:.1f} min left" if est >= 60 else f"about {est:.0f} s left"
+    return text + (f" + {unknown} job(s) with no previous timing" if unknown else "") + " (the last run's timings)"
 
 
 def _stream(proc: subprocess.Popen, log, console: _Console) -> None:
@@ -329,7 +376,7 @@ def execute(job: Job, echo: Callable[[str], None] = print) -> Outcome:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     import jupytext
 
-    n_cells = sum(c.cell_type == "code" and bool(c.source.strip()) for c in jupytext.read(job.notebook).cells)
+    n_cells = _code_cell_numbers(jupytext.read(job.notebook).cells, injected=bool(job.parameters))
     with _job_tmp(job) as tmp:
         (tmp / "job.json").write_text(json.dumps(asdict(job), default=str))
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(
@@ -485,11 +532,14 @@ def run(jobs: list[Job], executor: str = "local", force: bool = False, slurm: di
             todo = [j for j in jobs if due(j)]
             summary.outcomes += _run_submitit(todo, executor, slurm or {}, echo)
         elif not gpus:
+            last = {j.name: _last_seconds(j) for j in jobs}
+            echo(f"clip-study run: {len(jobs)} job(s), each run unless up to date; {_time_left(jobs, last)}")
             for i, job in enumerate(jobs, 1):
                 if due(job):
                     echo(f"[{i}/{len(jobs)}] running {job.name} ({job_reason[job.name]}); log {job.log}")
                     outcome = execute(job, echo)
-                    echo(f"[{i}/{len(jobs)}] {outcome.status} {job.name} in {outcome.seconds:.1f} s")
+                    echo(f"[{i}/{len(jobs)}] {outcome.status} {job.name} in {outcome.seconds:.1f} s; "
+                         f"{_time_left(jobs[i:], last)}")
                     summary.outcomes.append(outcome)
         else:
             first = [j for j in jobs if not _aggregates(j)]
