@@ -79,7 +79,10 @@ def _sections(requested: list[str] | None, report: Report) -> list[str]:
         return known
     for s in requested:
         if s not in known:
-            report.problems.append(f"--section {s}: no such section; expected one of {', '.join(known)}")
+            from helpers.workflow.runner import close_sections
+
+            report.problems.append(f"--section {s}: no such section{close_sections([s], known)}; expected one of "
+                                   f"{', '.join(known)}")
     return [s for s in known if s in requested]
 
 

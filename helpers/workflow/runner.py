@@ -164,6 +164,15 @@ def _empty_slice_message(profile: Profile, entry: str | None, backbone: str | No
     return None
 
 
+def close_sections(unknown: Iterable[str], available: Iterable[str]) -> str:
+    """"; did you mean ..." for misspelt section names (difflib's close matches), as for models."""
+    import difflib
+
+    avail = list(available)
+    hints = [f"{u!r} -> {', '.join(m)}" for u in unknown if (m := difflib.get_close_matches(u, avail, n=3, cutoff=0.6))]
+    return f" (did you mean: {'; '.join(hints)})" if hints else ""
+
+
 def plan(profile: Profile, sections: Iterable[str] | None = None, entry: str | None = None,
          backbone: str | None = None, per_entry: bool = False, extra: dict[str, Any] | None = None,
          notebook_dir: Path = NOTEBOOK_DIR) -> list[Job]:
@@ -175,7 +184,8 @@ def plan(profile: Profile, sections: Iterable[str] | None = None, entry: str | N
     wanted = list(available) if not sections else list(dict.fromkeys(sections))
     unknown = [s for s in wanted if s not in available]
     if unknown:
-        raise KeyError(f"unknown section(s) {', '.join(unknown)}; sections: {', '.join(available)}")
+        raise KeyError(f"unknown section(s) {', '.join(unknown)}{close_sections(unknown, available)}; "
+                       f"sections: {', '.join(available)}")
     wanted = [s for s in available if s in wanted]  # paper order: a reader runs after what it reads
     why = _empty_slice_message(profile, entry, backbone)
     if why:
