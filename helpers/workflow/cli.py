@@ -106,7 +106,9 @@ def cmd_render(args) -> int:
     from helpers.workflow import book
 
     profile = load_profile(args.profile)
-    for p in book.render_sources(profile):
+    for nb in args.notebook or []:
+        print(f"brought in {nb} as {book.adopt(profile, nb)}")
+    for p in book.render_sources(profile, sections=args.section):
         print(f"rendered source {p}")
     return 0
 
@@ -214,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rr = sub.add_parser("render", help="copy executed notebooks where the book expects them")
     rr.add_argument("--profile", default="demo")
+    rr.add_argument("--notebook", action="append", metavar="PATH", help="a notebook executed directly with "
+                    "papermill (a chapter or a fork, output anywhere): brought into <results_dir>/executed/ first")
+    rr.add_argument("--section", action="append", help="render only this section (repeatable; default: all)")
     rr.set_defaults(func=cmd_render)
 
     d = sub.add_parser("demo-data", help="write the demo datasets in their real on-disk layouts")

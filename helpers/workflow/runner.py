@@ -246,8 +246,18 @@ def _profile_loader(name, overrides):
 
 def stale_reason(job: Job) -> str | None:
     """Why ``job`` must run (None: its record is complete and every recorded input unchanged)."""
-    return provenance.check(provenance.read_record(Path(job.record)), notebook_digest_=job.code_sha256,
-                            parameters=job.effective, load_profile=_profile_loader, cache_dir=Path(job.cache_dir))
+    reason = provenance.check(provenance.read_record(Path(job.record)), notebook_digest_=job.code_sha256,
+                              parameters=job.effective, load_profile=_profile_loader, cache_dir=Path(job.cache_dir))
+    return reason or _unrenderable(job)
+
+
+def _unrenderable(job: Job) -> str | None:
+    """Up to date means renderable: a job whose record is current but whose executed notebook is
+    not where ``clip-study render`` reads it (a direct papermill run writes its own output path)
+    runs again."""
+    if Path(job.output).is_file():
+        return None
+    return f"no executed notebook at {job.output} for the book (a direct papermill run wrote its own elsewhere)"
 
 
 def is_current(job: Job) -> bool:
@@ -543,9 +553,11 @@ def run(jobs: list[Job], executor: str = "local", force: bool = False, slurm: di
             summary.outcomes += _run_submitit(todo, executor, slurm or {}, echo)
         elif not gpus:
             last = {j.name: _last_seconds(j) for j in jobs}
-            echo(f"clip-study run: {len(jobs)} job(s), each run unless up to date; {_time_left(jobs, last)}")
             for i, job in enumerate(jobs, 1):
                 if due(job):
+                    if i == 1 or all(o.status == "skipped" for o in summary.outcomes):  # the first job due
+                        echo(f"clip-study run: {len(jobs) - i + 1} job(s) left, each run unless up to date; "
+                             f"{_time_left(jobs[i - 1:], last)}")
                     echo(f"[{i}/{len(jobs)}] running {job.name} ({job_reason[job.name]}); log {job.log}")
                     outcome = execute(job, echo)
                     echo(f"[{i}/{len(jobs)}] {outcome.status} {job.name} in {outcome.seconds:.1f} s; "
