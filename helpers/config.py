@@ -15,6 +15,14 @@ checked by ``clip-study plan`` and before ``clip-study run`` starts a job
 Path values may use ``{data_root}``-style references to earlier ``paths`` keys, ``~``, and
 environment variables as ``$VAR``, ``${VAR}`` or ``${VAR:-default}`` (the default is used when the
 variable is unset or empty), e.g. ``cache_dir: "${CLIP_STUDY_CACHE:-~/.cache/clip-study}/paper"``.
+
+One rule for relative paths, wherever the YAML lives: a relative path resolves against the
+repository checkout (:data:`REPO_ROOT`), as every profile in ``configs/`` assumes (``_data/demo``
+is ``<checkout>/_data/demo`` for a copy of the demo profile in ``/tmp`` too). Two environment
+variables override the profile: ``CLIP_STUDY_DATA_ROOT`` replaces ``paths.data_root``, and
+``CLIP_STUDY_CACHE`` moves the cache and the checkpoints to ``$CLIP_STUDY_CACHE/<profile>`` and
+``$CLIP_STUDY_CACHE/<profile>-checkpoints`` (a profile whose paths already name the variable, as
+``paper`` does, keeps its own expressions).
 """
 from __future__ import annotations
 
@@ -247,8 +255,7 @@ def load_profile(name_or_path: str | os.PathLike = "demo", overrides: dict[str, 
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at top level, found {type(raw).__name__}")
-    if os.environ.get("CLIP_STUDY_DATA_ROOT"):
-        raw.setdefault("paths", {})["data_root"] = os.environ["CLIP_STUDY_DATA_ROOT"]
+    _environment_paths(raw)
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value, path)
     profile = _validate(raw, path, blame)
@@ -258,6 +265,22 @@ def load_profile(name_or_path: str | os.PathLike = "demo", overrides: dict[str, 
         if missing:
             raise ConfigError(_joined(missing))
     return profile
+
+
+def _environment_paths(raw: dict) -> None:
+    """``CLIP_STUDY_DATA_ROOT`` and ``CLIP_STUDY_CACHE`` over the profile's own paths (module
+    docstring); ``-p``/overrides still win, being applied after."""
+    paths = raw.get("paths")
+    if not isinstance(paths, dict):
+        return
+    if os.environ.get("CLIP_STUDY_DATA_ROOT"):
+        paths["data_root"] = os.environ["CLIP_STUDY_DATA_ROOT"]
+    cache = os.environ.get("CLIP_STUDY_CACHE")
+    named = any("CLIP_STUDY_CACHE" in str(paths.get(k, "")) for k in ("cache_dir", "checkpoints_dir"))
+    if cache and not named:
+        name = str(raw.get("profile", "profile"))
+        paths["cache_dir"] = f"{cache}/{name}"
+        paths["checkpoints_dir"] = f"{cache}/{name}-checkpoints"
 
 
 def checkpoint_status(profile: Profile, entries: Iterable[PoolEntry] | None = None) -> list[tuple[PoolEntry, str, str, str]]:
@@ -365,7 +388,7 @@ def _validate(raw: dict, path: Path, blame: dict[str, str] | None = None) -> Pro
         P.add(k, "required key is missing")
     P.raise_if_any()
 
-    base = path.parent.parent if path.parent.name == "configs" else path.parent
+    base = REPO_ROOT  # one rule for every profile, wherever its YAML lives (module docstring)
     paths, resolve = _validate_paths(P, raw, base)
     datasets = _validate_datasets(P, raw, resolve)
     limits = _validate_limits(P, raw)

@@ -81,6 +81,75 @@ ENTRY_PREFIX = "diagnose-"
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
+#: The OpenAI template sets a zero-shot head can average over (``--templates``): 1, the single
+#: prompt of the CLIP paper (Radford et al., 2021, Section 3.1.4); 7, the subset CLIP's notebook
+#: ``notebooks/Prompt_Engineering_for_ImageNet.ipynb`` (github.com/openai/CLIP) selected, which open_clip
+#: ships as ``SIMPLE_IMAGENET_TEMPLATES``; 80 (None here), ``open_clip.OPENAI_IMAGENET_TEMPLATES``,
+#: the pool's.
+TEMPLATE_SETS: dict[int, tuple[str, ...] | None] = {
+    1: ("a photo of a {}.",),
+    7: ("itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
+        "a {} in a video game.", "art of the {}.", "a photo of the small {}."),
+    80: None,
+}
+#: Seconds of text-tower work (the zero-shot head) diagnose starts on a CPU without ``yes``.
+CPU_HEAD_SECONDS = 120.0
+
+
+@dataclass
+class DiagnoseConfig:
+    """Everything :func:`diagnose` is asked to do (its arguments, documented there)."""
+
+    images: str | os.PathLike | None = None
+    model: str | None = None
+    pretrained: str | None = None
+    encoder: Callable | None = None
+    preprocess: Any = None
+    head: Any = None
+    name: str | None = None
+    classnames: str | os.PathLike | Sequence[str] | None = None
+    templates: int | None = None  # 1, 7 or 80 (TEMPLATE_SETS); None: the profile's head (80, a smoke profile's)
+    profile: str | os.PathLike | Profile = "demo"
+    pool: Iterable[PoolEntry | str] | None = None
+    out: str | os.PathLike | None = None
+    device: str | None = None
+    batch_size: int | None = None
+    num_workers: int | None = None
+    limit: int | None = None
+    skip_unreadable: bool = False
+    concepts: bool = True
+    seed: int = 0
+    write: bool = True
+    yes: bool = False  # build a zero-shot head beyond CPU_HEAD_SECONDS on a CPU
+    echo: Callable[[str], None] | None = print  # where the cost line goes (None: nowhere)
+
+
+@dataclass(frozen=True)
+class HeadPlan:
+    """The zero-shot head a diagnosis builds: classes x templates through the text tower, and what
+    that costs on the device (:mod:`helpers.workflow.costs`' FLOPs per prompt at its assumed rate)."""
+
+    classes: int
+    templates: int
+    description: str
+    seconds: float | None  # None: no per-prompt cost known
+    device: str
+
+    @property
+    def prompts(self) -> int:
+        return self.classes * self.templates
+
+    def line(self) -> str:
+        took = "unknown time" if self.seconds is None else f"about {_duration(self.seconds)}"
+        return (f"zero-shot head: {self.classes:,} classes x {self.templates} template{'s' * (self.templates > 1)} = "
+                f"{self.prompts:,} prompts through the text tower, {took} on {self.device} (unless cached)")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else \
+        f"{seconds / 3600:.1f} h"
+
+
 class DiagnoseError(ValueError):
     """Input :func:`diagnose` cannot use; the message names the folder, file, model or tag and
     what was expected."""
@@ -104,6 +173,8 @@ class _Subject:
     head: np.ndarray | None = None  # a plain encoder's head W (None: no head)
     head_kind: str | None = None  # "zero-shot" | "own" | "given" | None
     classnames: list[str] | None = None  # zero-shot head over these (None: ImageNet's)
+    templates: int | None = None  # TEMPLATE_SETS key (None: the profile's head)
+    load_options: dict = field(default_factory=dict)  # how _head loads the model for its zero-shot head
     force: bool = False  # recompute every time (an unnamed callable has no cache identity)
     notes: list[str] = field(default_factory=list)
 
@@ -191,7 +262,7 @@ def _model_error(exc: Exception, entry: PoolEntry) -> DiagnoseError:
 
 
 def _open_clip_subject(model: str, pretrained: str | None, classnames: list[str] | None, profile: Profile,
-                       seed: int) -> _Subject:
+                       seed: int, templates: int | None = None) -> _Subject:
     from helpers import models
 
     entry, own_head = _entry_for(model, pretrained, profile, seed)
@@ -210,22 +281,70 @@ def _open_clip_subject(model: str, pretrained: str | None, classnames: list[str]
     except models.ModelError as exc:
         raise _model_error(exc, entry) from None
     notes = []
-    if own_head and classnames is not None:
-        notes.append(f"{entry.checkpoint} is a classifier checkpoint with its own head: the class names were "
-                     "not used")
-        classnames = None
-    if own_head:
-        head_desc = "the classifier checkpoint's own head"
-    elif classnames is not None:
-        head_desc = f"zero-shot head over {len(classnames)} class names x the 80 OpenAI templates"
-    else:
-        head_desc = "zero-shot head over ImageNet's 1,000 classes x the 80 OpenAI templates (as the pool's)"
+    if own_head and (classnames is not None or templates is not None):
+        unused = " and ".join(w for w, v in (("class names", classnames), ("templates", templates)) if v is not None)
+        notes.append(f"{entry.checkpoint} is a classifier checkpoint with its own head: the {unused} were not used")
+        classnames, templates = None, None
+    head_desc = "the classifier checkpoint's own head" if own_head else \
+        _head_plan(entry, classnames, templates, profile, profile.device).description
     return _Subject(label=f"{model} ({weights})", slug=slug, entry=entry,
                     description={"kind": "open_clip", "model": model, "pretrained": entry.pretrained,
                                  "checkpoint": entry.checkpoint, "entry": entry.id,
                                  "seed": None if entry.pretrained or entry.checkpoint else seed, "weights": weights,
                                  "head": head_desc},
-                    head_kind="own" if own_head else "zero-shot", classnames=classnames, notes=notes)
+                    head_kind="own" if own_head else "zero-shot", classnames=classnames, templates=templates,
+                    notes=notes)
+
+
+def _template_list(templates: int | None):
+    """The ``templates`` argument of :func:`helpers.models.loading.load` for a TEMPLATE_SETS key."""
+    if templates is None:
+        return None
+    if templates not in TEMPLATE_SETS:
+        raise DiagnoseError(f"templates: expected one of {', '.join(map(str, TEMPLATE_SETS))} (the OpenAI template "
+                            f"sets), got {templates!r}")
+    chosen = TEMPLATE_SETS[templates]
+    if chosen is None:
+        import open_clip
+
+        return list(open_clip.OPENAI_IMAGENET_TEMPLATES)
+    return list(chosen)
+
+
+def _head_plan(entry: PoolEntry, classnames: list[str] | None, templates: int | None, P: Profile,
+               device: str) -> HeadPlan:
+    """The head actually built: explicit class names / templates, else the profile's (a smoke
+    profile's reduced head), else ImageNet's 1,000 classes x 80 templates; and its cost."""
+    from helpers.workflow import costs
+
+    if classnames is None and templates is None and P.zero_shot_classes is not None:
+        k, t = costs.head_prompts(P)
+        desc = (f"zero-shot head of profile {P.name!r}: {k} ImageNet classes x {t} OpenAI template(s) from the text "
+                f"tower, the other {costs.N_CLASSES - k} rows seeded random (a smoke profile's head)")
+    else:
+        k = len(classnames) if classnames is not None else costs.N_CLASSES
+        t = templates if templates is not None else costs.head_prompts(P)[1] if classnames is None else 80
+        which = f"{k:,} class names" if classnames is not None else "ImageNet's 1,000 classes"
+        desc = f"zero-shot head over {which} x {t} OpenAI template{'s' * (t > 1)}" + (
+            " (as the pool's)" if classnames is None and t == 80 else "")
+    try:
+        per_prompt = costs.arch_cost(entry).text_gflops * 1e9
+    except Exception:  # noqa: BLE001 - a model the meta device cannot count: the time is unknown
+        per_prompt = None
+    rate = costs.flops_per_second(dataclasses.replace(P, device=device))
+    return HeadPlan(k, t, desc, None if not per_prompt else k * t * per_prompt / rate, device)
+
+
+def _check_head_cost(plan: HeadPlan, yes: bool, echo) -> None:
+    """Say what the head costs before building it; on a CPU, refuse beyond CPU_HEAD_SECONDS unless
+    ``yes``."""
+    if echo is not None:
+        echo(f"diagnose: {plan.line()}")
+    if (not yes and not str(plan.device).startswith("cuda") and plan.seconds is not None
+            and plan.seconds > CPU_HEAD_SECONDS):
+        raise DiagnoseError(f"the {plan.line()}: more than {_duration(CPU_HEAD_SECONDS)} on a CPU. Pass --yes "
+                            "(yes=True) to build it anyway, or a smaller head: --templates 1 or 7, --classnames FILE "
+                            "with your classes, or a GPU (--device cuda)")
 
 
 def _module_digest(module) -> str:
@@ -380,14 +499,16 @@ def _head(subject: _Subject, P: Profile, acts, device: str) -> np.ndarray | None
 
     if subject.head_kind in (None, "given"):
         return subject.head
-    if subject.classnames is None and getattr(acts, "head", None) is not None:
+    if subject.head_kind != "zero-shot" and getattr(acts, "head", None) is not None:
         return np.asarray(acts.head.W, dtype=np.float32)
     weights_digest = acts.manifest["material"]["weights_digest"]
     try:
-        W = models.head_without_model(subject.entry, weights_digest, P.cache_dir, classnames=subject.classnames)
+        W = None
+        if subject.templates in (None, 80) and "reduced_head" not in subject.load_options:  # the head cache's key
+            W = models.head_without_model(subject.entry, weights_digest, P.cache_dir, classnames=subject.classnames)
         if W is None:
-            W = models.load(subject.entry, device, P.cache_dir, P.paths.get("hf_cache"),
-                            classnames=subject.classnames).head.detach()
+            W = models.load(subject.entry, device, P.cache_dir, P.paths.get("hf_cache"), classnames=subject.classnames,
+                            templates=_template_list(subject.templates), **subject.load_options).head.detach()
     except models.ModelError as exc:
         raise _model_error(exc, subject.entry) from None
     return W.float().cpu().numpy()
@@ -664,100 +785,157 @@ def _report(d: Diagnosis, figures: bool) -> str:
 # Diagnose
 
 
-def diagnose(images: str | os.PathLike | None = None, model: str | None = None, pretrained: str | None = None, *,
-             encoder: Callable | None = None, preprocess: Any = None, head=None, name: str | None = None,
-             classnames: str | os.PathLike | Sequence[str] | None = None, profile: str | os.PathLike | Profile = "demo",
-             pool: Iterable[PoolEntry | str] | None = None, out: str | os.PathLike | None = None,
-             device: str | None = None, batch_size: int | None = None, num_workers: int | None = None,
-             limit: int | None = None, skip_unreadable: bool = False, concepts: bool = True, seed: int = 0,
-             write: bool = True) -> Diagnosis:
+def diagnose(config: DiagnoseConfig | str | os.PathLike | None = None, model: str | None = None,
+             pretrained: str | None = None, **options: Any) -> Diagnosis:
     """The paper's robustness indicators for one model on a folder of in-distribution images.
 
-    The model is either an open_clip ``model`` name with ``pretrained`` (an open_clip tag, or the
-    path of a weights file: an open_clip state dict or a classifier checkpoint of this project;
-    None: a random initialisation seeded by ``seed``, on profiles with ``allow_random_init`` only),
-    or a plain ``encoder`` (a callable or ``nn.Module`` mapping a normalised float batch
-    (B, 3, S, S) to (B, d) features) with its ``preprocess`` (a torchvision
-    ``Compose([Resize(S), CenterCrop(S), ToTensor(), Normalize(mean, std)])`` or a
-    :class:`helpers.models.Preprocessing`) and optionally a ``head`` W (K x d) and a cache ``name``.
-    A module is moved to ``device`` and put in eval mode; its activations are cached under a digest
-    of its parameters (and ``name``), a plain function's only under ``name``.
+    ``config``: a :class:`DiagnoseConfig`, or its fields as arguments (``diagnose(images, model=...,
+    pretrained=..., **options)``). The model is either an open_clip ``model`` name with
+    ``pretrained`` (an open_clip tag, or the path of a weights file: an open_clip state dict or a
+    classifier checkpoint of this project; None: a random initialisation seeded by ``seed``, on
+    profiles with ``allow_random_init`` only), or a plain ``encoder`` (a callable or ``nn.Module``
+    mapping a normalised float batch (B, 3, S, S) to (B, d) features) with its ``preprocess`` (a
+    torchvision ``Compose([Resize(S), CenterCrop(S), ToTensor(), Normalize(mean, std)])`` or a
+    :class:`helpers.models.Preprocessing`) and optionally a ``head`` W (K x d) and a cache
+    ``name``. A module is moved to ``device`` and put in eval mode; its activations are cached
+    under a digest of its parameters (and ``name``), a plain function's only under ``name``.
 
     ``images``: a folder, searched recursively (default: the profile's ImageNet test folder);
     ``limit``: use a fixed-seed random subset of that many images; ``skip_unreadable``: leave
     undecodable images out and count them instead of stopping at the first. ``classnames``: a
-    text file (one name per line) or a list, for the zero-shot head (default: ImageNet's 1,000
-    open_clip names). ``pool``: the pool entries (or ids) to compare with (default: all of the
+    text file (one name per line) or a list: the zero-shot head's classes (default: ImageNet's
+    1,000 open_clip names); ``templates``: 1, 7 or 80 OpenAI templates (:data:`TEMPLATE_SETS`;
+    default: the profile's head, 80 for the pool's). Before the head is built its size and time on
+    the device are printed (``echo``); on a CPU a head beyond :data:`CPU_HEAD_SECONDS` is refused
+    unless ``yes``. ``pool``: the pool entries (or ids) to compare with (default: all of the
     profile's). ``concepts=False`` skips the Broden probing. ``out``: where report.md,
     summary.json and the figures go (default ``<results_dir>/diagnose/<slug>``); ``write=False``
     writes nothing there. ``device``, ``batch_size``, ``num_workers`` default to the profile's.
 
     Returns a :class:`Diagnosis`. Bad input raises :class:`DiagnoseError` naming it.
     """
-    import pandas as pd
-
-    from helpers.data import DatasetLayoutError, open_image_folder
-    from helpers.data.base import preview
-    from helpers.data.folder import NAME as FOLDER
-    from helpers.metrics import importance_ratio, svd_head
-
-    P = profile if isinstance(profile, Profile) else load_profile(profile)
-    device = device or P.device
-    # The engine reads batch size and workers from the profile: a copy carries the overrides.
-    P = dataclasses.replace(P, batch_size=batch_size or P.batch_size,
-                            num_workers=P.num_workers if num_workers is None else num_workers)
-    if (encoder is None) == (model is None):
-        raise DiagnoseError("give either model= (an open_clip model name, with pretrained=) or encoder= (a plain "
-                            "torch image encoder, with preprocess=), not both or neither")
-    if encoder is not None:
-        if classnames is not None:
-            raise DiagnoseError("classnames build a zero-shot head from an open_clip text tower; a plain encoder "
-                                "takes its head as head= (a K x d matrix)")
-        if pretrained is not None:
-            raise DiagnoseError("pretrained= applies to open_clip models; a plain encoder comes with its weights")
-        subject = _callable_subject(encoder, preprocess, head, name, device)
-    else:
-        if head is not None or preprocess is not None:
-            raise DiagnoseError("head= and preprocess= apply to a plain encoder; an open_clip model brings its own")
-        subject = _open_clip_subject(model, pretrained, _read_classnames(classnames), P, seed)
-    if images is None:
-        images = P.dataset_root("imagenet")
-    try:
-        ds = open_image_folder(images, limit=limit)
-    except DatasetLayoutError as exc:
-        raise DiagnoseError(str(exc)) from None
-    folder = ds.root
+    cfg = config if isinstance(config, DiagnoseConfig) else DiagnoseConfig(images=config, model=model,
+                                                                            pretrained=pretrained, **options)
+    P, device = _profile_for(cfg)
+    subject = _subject_for(cfg, P, device)
+    ds = _images_for(cfg, P)
+    P = _engine_profile(P) if subject.head_kind == "zero-shot" else P
     warnings_, notes = [], list(subject.notes)
     if P.is_demo:
         warnings_.append(f"profile {P.name!r} is the demo: its pool models are untrained, so where this model falls "
                          "among them says nothing about robustness; run the paper profile for a meaningful pool")
-
-    acts = _extract(subject, FOLDER, P, device, dataset=ds, skip_unreadable=skip_unreadable)
+    acts = _extract(subject, _folder_name(), P, device, dataset=ds, skip_unreadable=cfg.skip_unreadable)
     h = np.asarray(acts.h, dtype=np.float32)
     skipped = [(_relative(msg, ds), msg) for msg in acts.manifest.get("skipped", [])]
     if skipped:
+        from helpers.data.base import preview
+
         notes.append(f"{len(skipped)} unreadable image(s) skipped: {preview([s[0] for s in skipped])}")
     subject.description.setdefault("weights_digest", acts.manifest["material"]["weights_digest"])
-
     per_image, kci = _kurtosis(h, subject.label, P, warnings_, notes)
+    W, ir, uc, concepts_info = _head_indicators(cfg, subject, P, acts, h, device, warnings_, notes)
+    df, correlations, placement = _place(cfg, P, ds.root, {"kurtosis": kci.estimate, "importance_ratio": ir,
+                                                           "unique_concepts": uc}, notes)
+    import pandas as pd
+
+    d = Diagnosis(label=subject.label, slug=subject.slug, images=ds.root, profile=P, description=subject.description,
+                  n_images=int(np.isfinite(per_image).sum()), skipped=skipped, per_image_kurtosis=per_image, kurtosis=kci,
+                  importance_ratio=ir, unique_concepts=uc, concepts_info=concepts_info,
+                  pool=df if not df.empty else pd.DataFrame(), correlations=correlations, placement=placement,
+                  warnings=warnings_, notes=notes)
+    if cfg.write:
+        d.out = Path(cfg.out).expanduser().resolve() if cfg.out is not None else P.results_dir / "diagnose" / subject.slug
+        d.figures = plots.diagnose_figures(d, d.out)
+        atomic_write_text(d.report_path, d.markdown(figures=True))
+        atomic_write_json(d.summary_path, d.summary)
+    return d
+
+
+def _folder_name() -> str:
+    from helpers.data.folder import NAME
+
+    return NAME
+
+
+def _profile_for(cfg: DiagnoseConfig) -> tuple[Profile, str]:
+    """The profile, a copy carrying the batch size and workers asked for (the engine reads them
+    from the profile), and the device."""
+    P = cfg.profile if isinstance(cfg.profile, Profile) else load_profile(cfg.profile)
+    P = dataclasses.replace(P, batch_size=cfg.batch_size or P.batch_size,
+                            num_workers=P.num_workers if cfg.num_workers is None else cfg.num_workers)
+    return P, cfg.device or P.device
+
+
+def _subject_for(cfg: DiagnoseConfig, P: Profile, device: str) -> _Subject:
+    """What is diagnosed, its arguments checked; an open_clip model with a zero-shot head is loaded
+    here with the head asked for (its size and time said first, refused on a CPU beyond the
+    bound), so that the engine builds no other head."""
+    if (cfg.encoder is None) == (cfg.model is None):
+        raise DiagnoseError("give either model= (an open_clip model name, with pretrained=) or encoder= (a plain "
+                            "torch image encoder, with preprocess=), not both or neither")
+    if cfg.encoder is not None:
+        if cfg.classnames is not None or cfg.templates is not None:
+            raise DiagnoseError("classnames and templates build a zero-shot head from an open_clip text tower; a plain "
+                                "encoder takes its head as head= (a K x d matrix)")
+        if cfg.pretrained is not None:
+            raise DiagnoseError("pretrained= applies to open_clip models; a plain encoder comes with its weights")
+        return _callable_subject(cfg.encoder, cfg.preprocess, cfg.head, cfg.name, device)
+    if cfg.head is not None or cfg.preprocess is not None:
+        raise DiagnoseError("head= and preprocess= apply to a plain encoder; an open_clip model brings its own")
+    _template_list(cfg.templates)  # a bad choice fails before anything is built
+    subject = _open_clip_subject(cfg.model, cfg.pretrained, _read_classnames(cfg.classnames), P, cfg.seed,
+                                 cfg.templates)
+    if subject.head_kind == "zero-shot":
+        from helpers.models import loading as models
+
+        plan = _head_plan(subject.entry, subject.classnames, subject.templates, P, device)
+        subject.description["head"] = plan.description
+        _check_head_cost(plan, cfg.yes, cfg.echo)
+        subject.load_options = models.profile_load_options(P)
+        if subject.classnames is not None or subject.templates is not None:
+            subject.load_options.pop("reduced_head", None)
+    return subject
+
+
+def _engine_profile(P: Profile) -> Profile:
+    """The profile the engine extracts with. The engine loads a transient entry with the profile's
+    zero-shot head, which diagnose never reads (:func:`_head` builds W from the classes and
+    templates asked for): it gets the cheapest one, one prompt through the text tower."""
+    return dataclasses.replace(P, zero_shot_templates=1, zero_shot_classes=(0,))
+
+
+def _images_for(cfg: DiagnoseConfig, P: Profile):
+    from helpers.data import DatasetLayoutError, open_image_folder
+
+    try:
+        return open_image_folder(cfg.images if cfg.images is not None else P.dataset_root("imagenet"), limit=cfg.limit)
+    except DatasetLayoutError as exc:
+        raise DiagnoseError(str(exc)) from None
+
+
+def _head_indicators(cfg: DiagnoseConfig, subject: _Subject, P: Profile, acts, h, device, warnings_, notes):
+    """W, the importance ratio of Eq. (3) and the unique concepts of Eq. (4), where there is a head."""
+    from helpers.metrics import importance_ratio, svd_head
 
     W = _head(subject, P, acts, device)
     ir = importance_ratio(W, h, svd=svd_head(W)) if W is not None else None
     if W is None:
         notes.append("no linear head: importance ratio (Eq. 3) and unique concepts (Eq. 4) not computed"
-                     + (" (pass head= W)" if encoder is not None else ""))
-    elif subject.head_kind == "given" or subject.classnames is not None:
-        notes.append("the importance ratio depends on the head: the pool's used its own ImageNet heads (1,000 "
-                     "classes), so compare it with care")
-
+                     + (" (pass head= W)" if cfg.encoder is not None else ""))
+    elif subject.head_kind == "given" or subject.classnames is not None or subject.templates is not None:
+        notes.append(f"the importance ratio depends on the head ({subject.description.get('head', 'given')}): the "
+                     "pool's used its own ImageNet heads (1,000 classes), so compare it with care")
     uc, concepts_info = None, {}
-    if W is not None and concepts:
+    if W is not None and cfg.concepts:
         uc, concepts_info = _concepts(subject, P, W, device, warnings_, notes)
     elif W is not None:
         notes.append("unique concepts (Eq. 4) not computed (concepts=False)")
+    return W, ir, uc, concepts_info
 
-    # Place the model among the pool's models.
-    pool_entries = None if pool is None else [P.entry(e) if isinstance(e, str) else e for e in pool]
+
+def _place(cfg: DiagnoseConfig, P: Profile, folder: Path, new: dict, notes: list[str]):
+    """The pool's indicators and ER, and where the new model falls among them."""
+    pool_entries = None if cfg.pool is None else [P.entry(e) if isinstance(e, str) else e for e in cfg.pool]
     df = pool_table(P, pool_entries)
     missing = _missing_sections(P)
     if df.empty:
@@ -767,24 +945,12 @@ def diagnose(images: str | os.PathLike | None = None, model: str | None = None, 
         notes.append(f"profile {P.name!r} has no results for {', '.join(missing)}: produce them with "
                      f"`{_run_command(P, missing)}`")
     correlations, placement, pnotes = (None, {}, []) if df.empty else _placement(
-        df, {"kurtosis": kci.estimate, "importance_ratio": ir, "unique_concepts": uc}, P.metrics["bootstrap"],
-        P.metrics["seed"])
+        df, new, P.metrics["bootstrap"], P.metrics["seed"])
     notes += pnotes
     default_images = P.datasets.get("imagenet")
     if not df.empty and (default_images is None or Path(default_images).resolve() != folder):
         notes.append(f"the pool's kurtosis was measured on {default_images}; these images come from {folder}")
-
-    d = Diagnosis(label=subject.label, slug=subject.slug, images=folder, profile=P, description=subject.description,
-                  n_images=int(np.isfinite(per_image).sum()), skipped=skipped, per_image_kurtosis=per_image, kurtosis=kci,
-                  importance_ratio=ir, unique_concepts=uc, concepts_info=concepts_info,
-                  pool=df if not df.empty else pd.DataFrame(), correlations=correlations, placement=placement,
-                  warnings=warnings_, notes=notes)
-    if write:
-        d.out = Path(out).expanduser().resolve() if out is not None else P.results_dir / "diagnose" / subject.slug
-        d.figures = plots.diagnose_figures(d, d.out)
-        atomic_write_text(d.report_path, d.markdown(figures=True))
-        atomic_write_json(d.summary_path, d.summary)
-    return d
+    return df, correlations, placement
 
 
 def _kurtosis(h: np.ndarray, label: str, P: Profile, warnings_: list[str], notes: list[str]):
@@ -874,8 +1040,12 @@ def add_arguments(p) -> None:
     p.add_argument("--pretrained", help="open_clip pretrained tag (e.g. openai) or the path of a weights file; "
                    "omitted: random initialisation (demo profile only)")
     p.add_argument("--images", required=True, help="folder of in-distribution images, searched recursively")
-    p.add_argument("--classnames", help="text file of class names, one per line, for the zero-shot head "
+    p.add_argument("--classnames", help="text file of class names, one per line: the zero-shot head's classes "
                    "(default: ImageNet's 1,000)")
+    p.add_argument("--templates", type=int, choices=sorted(TEMPLATE_SETS), help="OpenAI templates per class: 1 ('a "
+                   "photo of a {}.'), 7 (CLIP's notebook subset) or 80 (the pool's; default: the profile's head)")
+    p.add_argument("--yes", action="store_true", help=f"build a zero-shot head that takes more than "
+                   f"{CPU_HEAD_SECONDS:.0f} s on a CPU (otherwise refused, naming its size)")
     p.add_argument("--profile", default="demo", help="profile whose pool and results tables to compare with")
     p.add_argument("--out", help="output folder (default: <results_dir>/diagnose/<model-tag>)")
     p.add_argument("--device", help="cpu | cuda | cuda:N (default: the profile's)")
@@ -887,11 +1057,12 @@ def add_arguments(p) -> None:
 
 
 def run_cli(args) -> int:
-    d = diagnose(args.images, model=args.model, pretrained=args.pretrained, classnames=args.classnames,
-                 profile=args.profile, out=args.out, device=args.device, batch_size=args.batch_size, limit=args.limit,
-                 skip_unreadable=args.skip_unreadable, concepts=not args.no_concepts, seed=args.seed)
+    d = diagnose(DiagnoseConfig(args.images, model=args.model, pretrained=args.pretrained, classnames=args.classnames,
+                                templates=args.templates, profile=args.profile, out=args.out, device=args.device,
+                                batch_size=args.batch_size, limit=args.limit, skip_unreadable=args.skip_unreadable,
+                                concepts=not args.no_concepts, seed=args.seed, yes=args.yes))
     table = d.indicators()
-    print(f"{d.label}: {d.n_images} images from {d.images}")
+    print(f"{d.label}: {d.n_images} images from {d.images}; head: {d.description.get('head', 'none')}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))
     for w in d.warnings:
         print(f"warning: {w}")

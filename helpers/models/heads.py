@@ -66,7 +66,7 @@ def _template_text(template: str | Callable[[str], str]) -> str:
 
 def zero_shot_head(clip_model: nn.Module, tokenizer, classnames: Sequence[str],
                    templates: Sequence[str | Callable[[str], str]], device: str | torch.device = "cpu",
-                   batch_size: int = 10, precision: str = "fp32") -> torch.Tensor:
+                   batch_size: int = 10, precision: str = "fp32", desc: str | None = None) -> torch.Tensor:
     """Zero-shot head W (K x d_H) of Section 2: W_k = tau^-1 * normalise(mean over templates t of
     normalise(f_t(t(class_k)))), with tau^-1 = ``logit_scale.exp()``.
 
@@ -74,16 +74,28 @@ def zero_shot_head(clip_model: nn.Module, tokenizer, classnames: Sequence[str],
     or ``str.format`` strings (open_clip.OPENAI_IMAGENET_TEMPLATES: 80); ``batch_size`` classes are
     encoded per forward pass, under ``precision`` autocast on CUDA (the normalisations and the
     mean run in float32 on the text features). The averaging is open_clip's
-    ``build_zero_shot_classifier``.
+    ``build_zero_shot_classifier``; ``desc`` labels the progress bar.
     """
+    from tqdm.auto import tqdm
+
     oc = open_clip_module()
     # open_clip decides between str.format and calling from the first template only
     templates = [t if callable(t) else t.format for t in templates]
+    classnames = list(classnames)
     clip_model.eval()
-    with torch.no_grad(), autocast(device, precision):
-        directions = oc.build_zero_shot_classifier(_FloatText(clip_model), MemoTokenizer(tokenizer),
-                                                   list(classnames), templates, num_classes_per_batch=batch_size,
-                                                   device=device, use_tqdm=len(classnames) * len(templates) > 20_000)
+    # open_clip's own bar has no label: batches of classes go through its builder under a bar
+    # that says what is built and where (each class's mean is independent of the batching)
+    label = desc or f"zero-shot head: {len(classnames):,} classes x {len(templates)} templates on {device}"
+    parts = []
+    with torch.no_grad(), autocast(device, precision), \
+            tqdm(total=len(classnames), desc=label, unit="class", disable=len(classnames) * len(templates) < 2_000) as bar:
+        for i in range(0, len(classnames), batch_size):
+            chunk = classnames[i:i + batch_size]
+            parts.append(oc.build_zero_shot_classifier(_FloatText(clip_model), MemoTokenizer(tokenizer), chunk,
+                                                       templates, num_classes_per_batch=batch_size, device=device,
+                                                       use_tqdm=False))
+            bar.update(len(chunk))
+    directions = torch.cat(parts, dim=1)
     return (clip_model.logit_scale.detach().float().exp() * directions.float().T).float()
 
 
@@ -165,7 +177,9 @@ def cached_zero_shot_head(entry: PoolEntry, clip_model: nn.Module, weights_diges
     if batch_size is None:
         batch_size = max(1, HEAD_PROMPTS_PER_BATCH.get(dev.type, 800) // len(templates))
     clip_model.to(dev).eval()
-    W = zero_shot_head(clip_model, oc.get_tokenizer(entry.model), classnames, templates, dev, batch_size, precision)
+    W = zero_shot_head(clip_model, oc.get_tokenizer(entry.model), classnames, templates, dev, batch_size, precision,
+                       desc=f"{entry.id}: zero-shot head, {len(classnames):,} classes x {len(templates)} templates "
+                            f"on {dev}")
     if path is not None:
         atomic_torch_save({"key": key, "W": W.cpu(), "model": entry.model, "weights_digest": weights_digest,
                             "classes": len(classnames), "templates": len(templates), "dtype": dtype}, path)

@@ -15,20 +15,24 @@ RENDER_DIR = REPO_ROOT / "rendered"
 
 def render_sources(profile: Profile, sections: Iterable[str] | None = None, notebook_dir: Path = NOTEBOOK_DIR,
                    dest: Path = RENDER_DIR) -> list[Path]:
-    """Copy each section's executed whole-pool notebook where ``_toc.yml`` expects it, and write
-    the pool page. A section that never ran is an error naming it: the build must not silently
-    drop a chapter."""
+    """Copy each section's executed notebook where ``_toc.yml`` expects it, and write the pool page.
+
+    The chapter is the whole-pool run (``executed/<section>/all.ipynb``); a section that ran only on
+    slices (``--backbone``, ``--entry``, ``--per-entry``, or a papermill run brought in with
+    :func:`adopt`) is rendered from its newest sliced notebook, with a note at the top naming the
+    slice. A section that never ran is an error naming it: the build must not silently drop a
+    chapter."""
     dest.mkdir(parents=True, exist_ok=True)
     copied = []
     for section, md in notebooks(notebook_dir).items():
         if sections and section not in sections:
             continue
-        src = profile.results_dir / "executed" / section / "all.ipynb"
-        if not src.exists():
-            raise FileNotFoundError(f"section {section!r} has no executed notebook at {src}; "
-                                    f"run `clip-study run --profile {profile.name} --section {section}` first")
+        src, label = executed_notebook(profile, section)
         target = dest / f"{md.stem}.ipynb"
-        _copy_hiding_injected_parameters(src, target)
+        note = None if label == "all" else (
+            f"This page shows the run on the slice `{label}` of the pool, not the whole pool: `clip-study run "
+            f"--profile {profile.name} --section {section}` (no slice) renders the whole chapter.")
+        _copy_hiding_injected_parameters(src, target, note)
         copied.append(target)
     pool = dest / "pool.md"
     pool.write_text(pool_page(profile))
@@ -36,12 +40,57 @@ def render_sources(profile: Profile, sections: Iterable[str] | None = None, note
     return copied
 
 
-def _copy_hiding_injected_parameters(src: Path, target: Path) -> None:
+def executed_notebook(profile: Profile, section: str) -> tuple[Path, str]:
+    """(the executed notebook a section's page is rendered from, its slice label)."""
+    folder = profile.results_dir / "executed" / section
+    whole = folder / "all.ipynb"
+    if whole.is_file():
+        return whole, "all"
+    sliced = sorted(folder.glob("*.ipynb"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+    if sliced:
+        return sliced[-1], sliced[-1].stem
+    raise FileNotFoundError(
+        f"section {section!r} has no executed notebook under {folder}; `clip-study run --profile {profile.name} "
+        f"--section {section}` executes it there, and a notebook run directly with papermill is brought in with "
+        f"`clip-study render --profile {profile.name} --notebook <papermill output>.ipynb`")
+
+
+def adopt(profile: Profile, notebook: Path) -> Path:
+    """Bring a notebook executed directly by papermill (a chapter or a fork, output anywhere) into
+    ``<results_dir>/executed/<section>/<slice>.ipynb``, where :func:`render_sources` reads it. The
+    section comes from papermill's record of the input notebook (``NN_<section>.ipynb``), the slice
+    from its parameters. Refuses a notebook papermill did not finish."""
+    import nbformat
+
+    from helpers.study import provenance
+
+    nb = nbformat.read(notebook, as_version=4)
+    meta = nb.metadata.get("papermill") or {}
+    source = Path(meta.get("input_path") or "")
+    if not source.name or "_" not in source.stem or not source.stem[:2].isdigit():
+        raise FileNotFoundError(f"{notebook}: not a papermill run of a chapter (metadata.papermill.input_path is "
+                                f"{meta.get('input_path')!r}; expected notebooks/NN_<section>.ipynb)")
+    if meta.get("exception") or not meta.get("end_time"):
+        raise FileNotFoundError(f"{notebook}: papermill did not finish it (an exception, or no end time): "
+                                "run it again, or `clip-study run --section ...`")
+    section = source.stem.split("_", 1)[1]
+    params = meta.get("parameters") or {}
+    label = provenance.slice_label(params.get("entry"), params.get("backbone"))
+    target = profile.results_dir / "executed" / section / f"{label}.ipynb"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, target)
+    return target
+
+
+def _copy_hiding_injected_parameters(src: Path, target: Path, note: str | None = None) -> None:
     """papermill's injected-parameters cell records how the run was called; the reader of the book
-    learns that from the profile banner, so the cell is removed from the page (kept in the file)."""
+    learns that from the profile banner, so the cell is removed from the page (kept in the file).
+    ``note``: said at the top of the page (a sliced run's)."""
     import nbformat
 
     nb = nbformat.read(src, as_version=4)
+    if note is not None:
+        nb.cells.insert(0, nbformat.v4.new_markdown_cell(f"```{{note}}\n{note}\n```"))
     for cell in nb.cells:
         tags = cell.metadata.setdefault("tags", [])
         if "injected-parameters" in tags and "remove-cell" not in tags:

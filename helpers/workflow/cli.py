@@ -91,8 +91,15 @@ def _run_epilog() -> str:
 def cmd_plan(args) -> int:
     from helpers.workflow import preflight
 
+    from helpers.workflow.costs import parse_rate
+
+    try:
+        rate = None if args.rate is None else parse_rate(args.rate)
+    except ValueError as exc:
+        print(f"clip-study plan: error: {exc}", file=sys.stderr)
+        return 2
     report = preflight.check(args.profile, sections=args.section, entry=args.entry, backbone=args.backbone,
-                             per_entry=args.per_entry)
+                             per_entry=args.per_entry, rate=rate)
     print(preflight.format(report))
     return 0 if report.ready else 1
 
@@ -101,7 +108,9 @@ def cmd_render(args) -> int:
     from helpers.workflow import book
 
     profile = load_profile(args.profile)
-    for p in book.render_sources(profile):
+    for nb in args.notebook or []:
+        print(f"brought in {nb} as {book.adopt(profile, nb)}")
+    for p in book.render_sources(profile, sections=args.section):
         print(f"rendered source {p}")
     return 0
 
@@ -202,10 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--entry", help="one pool entry id")
     pl.add_argument("--backbone", help="one backbone (RN50, RN101, ViT-B-16, ViT-B-32, ViT-L-14, ...)")
     pl.add_argument("--per-entry", action="store_true", help="count one job per pool entry of the slice")
+    pl.add_argument("--rate", metavar="RATE", help="the device's measured rate, to recompute the hours: <N>TFLOPS, "
+                    "or <N>img/s:<arch> from the bare-forward img/s benchmarks/gpu_check.sh prints "
+                    "(e.g. 2900img/s:ViT-B-32)")
     pl.set_defaults(func=cmd_plan)
 
     rr = sub.add_parser("render", help="copy executed notebooks where the book expects them")
     rr.add_argument("--profile", default="demo")
+    rr.add_argument("--notebook", action="append", metavar="PATH", help="a notebook executed directly with "
+                    "papermill (a chapter or a fork, output anywhere): brought into <results_dir>/executed/ first")
+    rr.add_argument("--section", action="append", help="render only this section (repeatable; default: all)")
     rr.set_defaults(func=cmd_render)
 
     d = sub.add_parser("demo-data", help="write the demo datasets in their real on-disk layouts")

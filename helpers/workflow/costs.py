@@ -56,15 +56,17 @@ GB = 1e9
 #: Effective TFLOP/s of one A100-class GPU on these encoders at batch 256, per precision: about a
 #: third of the dense bf16 peak under autocast; fp32 (TF32 off) four times slower.
 GPU_TFLOPS = {"bf16": 100.0, "fp16": 100.0, "fp32": 25.0}
-#: Effective TFLOP/s of two CPU threads (book/methods.md, facts: 8 images of ViT-B-32 in 0.25 s, of ViT-L-14 in
-#: 4.9 s, of RN50 in 0.84 s: 0.28, 0.26, 0.12 TFLOP/s with the FLOPs of :data:`ARCHS`).
+#: Effective TFLOP/s of two CPU threads (measured encode_image: 8 images of ViT-B-32 in 0.25 s, of
+#: ViT-L-14 in 4.9 s, of RN50 in 0.84 s: 0.28, 0.26, 0.12 TFLOP/s with the FLOPs of :data:`ARCHS`).
 CPU_TFLOPS = 0.2
 #: A training step (forward + backward) costs three forwards ...
 TRAIN_FORWARDS = 3.0
 #: ... at half the inference rate (optimizer step, augmentation, fp32 master weights).
 TRAIN_EFFICIENCY = 0.5
-#: Images decoded and resized per second per DataLoader worker (500 x 375 JPEG to 224 px).
-DECODE_PER_WORKER = 150.0
+#: Images decoded and resized to 224 px per second per DataLoader worker, assumed where ``plan``
+#: cannot measure them on the data (:func:`measure_decode_rate`): an ImageNet-sized JPEG (500 x 375)
+#: at 150; ObjectNet's PNG photos, several times more pixels, at 40.
+DECODE_PER_WORKER = {"default": 150.0, "objectnet": 40.0}
 
 #: Zero-shot head: 1,000 classes x 80 templates (open_clip.OPENAI_IMAGENET_TEMPLATES).
 N_CLASSES = 1_000
@@ -114,11 +116,11 @@ ARCHS: dict[str, ArchCost] = {
 #: Datasets whose h each section reads, per pool entry of its slice (the chapter modules).
 SECTION_DATASETS = {
     "robustness": EVAL_DATASETS, "outlier_features": ("imagenet",), "privileged_directions": ("imagenet",),
-    "concept_probing": ("imagenet", "broden"), "pruning": EVAL_DATASETS,
+    "concept_probing": ("imagenet", "broden"), "pruning": EVAL_DATASETS, "forking": ("imagenet",),
 }
 #: Sections over (zero-shot, finetuned) pairs: their forwards are in-memory (no h cached).
 PAIR_SECTIONS = ("wiseft", "cka_layers")
-STAGES = ("stores", "heads", "extraction", "CKA", "finetuning", "WiSE-FT", "Broden probing")
+STAGES = ("stores", "heads", "extraction", "CKA", "forking", "finetuning", "WiSE-FT", "Broden probing")
 #: Stages done by CPU workers (their hours column reads ``CPU``).
 CPU_STAGES = ("stores", "Broden probing")
 
@@ -236,6 +238,49 @@ def flops_per_second(profile: Profile) -> float:
     return CPU_TFLOPS * 1e12
 
 
+def parse_rate(text: str) -> float:
+    """``plan --rate``: the device's measured effective rate in FLOP/s, from ``<N>TFLOPS`` (or a
+    bare number, TFLOP/s) or ``<N>img/s:<arch>`` (images per second of one :data:`ARCHS`
+    architecture's forward, as ``benchmarks/gpu_check.sh`` prints them: bare forward img/s), e.g.
+    ``--rate 2900img/s:ViT-B-32``."""
+    t = str(text).strip().replace(" ", "")
+    low = t.lower()
+    try:
+        if "img/s" in low:
+            number, _, arch = t.partition(":")
+            n = float(number[: low.index("img/s")])
+            if arch not in ARCHS:
+                raise ValueError(f"--rate {text}: expected <images per second>img/s:<architecture>, the "
+                                 f"architecture one of {', '.join(ARCHS)}; got {arch or 'none'!r}")
+            return n * ARCHS[arch].image_gflops * 1e9
+        return float(low.removesuffix("tflops").removesuffix("tflop/s")) * 1e12
+    except ValueError as exc:
+        if str(exc).startswith("--rate"):
+            raise
+        raise ValueError(f"--rate {text}: expected <N>TFLOPS or <N>img/s:<architecture> (e.g. 2900img/s:ViT-B-32)") \
+            from None
+
+
+def measure_decode_rate(dataset, n: int = 16, image_size: int = 224) -> float | None:
+    """Images per second one worker decodes and resizes from ``dataset`` (a :mod:`helpers.data`
+    dataset): the store's own path (``load_image`` then :func:`helpers.store.pixel_transform`) on
+    ``n`` images spread over the dataset, after one warm-up image. None for an empty dataset."""
+    import time
+
+    from helpers.store import Geometry, pixel_transform
+
+    total = len(dataset.files)
+    if total == 0:
+        return None
+    to_pixels = pixel_transform(Geometry(image_size))
+    picks = sorted({int(i * total / n) for i in range(min(n, total))})
+    to_pixels(dataset.load_image(picks[0]))
+    t0 = time.perf_counter()
+    for i in picks:
+        to_pixels(dataset.load_image(i))
+    return len(picks) / max(time.perf_counter() - t0, 1e-9)
+
+
 @dataclass
 class Stage:
     """One stage of a run: what it writes and what it costs."""
@@ -247,7 +292,8 @@ class Stage:
     notes: list[str] = field(default_factory=list)
     checkpoint_bytes: float = 0.0  # written under paths.checkpoints_dir, not the cache
     transient_bytes: float = 0.0  # on disk only while the stage runs (the peak, on top of the cache)
-    cpu_hours: float = 0.0
+    cpu_hours: float = 0.0  # CPU worker-hours (decoding, probing)
+    wall_hours: float = 0.0  # hours of wall time of that CPU work with the profile's DataLoader workers
 
     def add_time(self, gflops: float | None, who: str, times: float, rate: float) -> None:
         if gflops is None:
@@ -267,27 +313,39 @@ def peak_bytes(stages: Sequence[Stage]) -> float:
     return cache_bytes(stages) + max((s.transient_bytes for s in stages), default=0.0)
 
 
-def estimate(profile: Profile, entries: Sequence[PoolEntry] | None = None, sections: Sequence[str] | None = None, *,
-             images: Mapping[str, int] | None = None, geometries: Mapping[str, object] | None = None,
-             to_train: Sequence[PoolEntry] | None = None, train_images: int | None = None,
-             keep_epochs: str | None = None) -> list[Stage]:
-    """Per-stage cache bytes and hours (one :class:`Stage` per :data:`STAGES`) for ``entries``
-    (None: the pool) over ``sections`` (None: every notebook's section).
+@dataclass
+class _Run:
+    """What :func:`estimate` reads, resolved once: the slice, its images, architectures and pairs."""
 
-    ``images``: images per dataset (default: the published sizes under the profile's limits;
-    ``clip-study plan`` passes the counts found on disk); ``geometries``: each pool entry's input
-    :class:`helpers.store.Geometry` (default: ``models.preprocessing``); ``to_train``: entries whose
-    checkpoint a finetuning or training command still has to write (default: none), over
-    ``train_images`` ImageNet training images, keeping ``keep_epochs`` epoch weights files
-    (default: each command's, ``all`` for finetuning and ``last`` for supervised runs).
-    """
-    from helpers.training import finetune
-    from helpers.training import supervised
-    from helpers.engine.extract import KEEP_STORE_MIN_ENTRIES, keeps_store
-    from helpers.training.finetune import FinetuneRecipe
-    from helpers.models import ZERO_SHOT_FAMILIES, preprocessing
-    from helpers.training.supervised import SupervisedRecipe
-    from helpers.training.loop import checkpoint_bytes
+    profile: Profile
+    entries: list[PoolEntry]
+    sections: list[str]
+    images: dict[str, int]
+    geometries: dict[str, object]
+    to_train: list[PoolEntry]
+    train_images: int
+    keep_epochs: str | None
+    rate: float
+    decode: dict[str, tuple[float, str]]
+    cost: dict[str, ArchCost | None] = field(default_factory=dict)
+    pairs: list[tuple[PoolEntry, PoolEntry]] = field(default_factory=list)
+    need: dict[str, set[str]] = field(default_factory=dict)  # entry -> datasets whose h it needs
+
+    def gflops(self, e: PoolEntry) -> float | None:
+        c = self.cost[e.id]
+        return None if c is None else c.image_gflops
+
+
+def head_prompts(profile: Profile) -> tuple[int, int]:
+    """(classes, templates) a zero-shot head of ``profile`` sends through the text tower: 1,000 x
+    80, or a smoke profile's ``zero_shot_classes`` x ``zero_shot_templates``."""
+    classes = N_CLASSES if profile.zero_shot_classes is None else len(profile.zero_shot_classes)
+    return classes, (N_TEMPLATES if profile.zero_shot_templates is None else int(profile.zero_shot_templates))
+
+
+def _run(profile, entries, sections, images, geometries, to_train, train_images, keep_epochs, rate,
+         decode_rates) -> _Run:
+    from helpers.models import preprocessing
 
     def limited(d: str, n: int) -> int:
         lim = profile.limit(d)
@@ -298,8 +356,8 @@ def estimate(profile: Profile, entries: Sequence[PoolEntry] | None = None, secti
         from helpers.workflow.runner import notebooks
 
         sections = list(notebooks())
-    if images is None:
-        images = {d: limited(d, n) for d, n in DATASET_IMAGES.items()}
+    if images is None:  # the published sizes under the profile's limits, of the datasets it names
+        images = {d: limited(d, n) for d, n in DATASET_IMAGES.items() if d in profile.datasets}
     if geometries is None:
         geometries = {}
         for e in profile.pool:
@@ -307,160 +365,253 @@ def estimate(profile: Profile, entries: Sequence[PoolEntry] | None = None, secti
                 geometries[e.id] = preprocessing(e).geometry
             except Exception:  # noqa: BLE001 - an entry that cannot resolve is reported by the checks
                 continue
-    to_train = list(to_train or [])
     if train_images is None:
         train_images = limited("imagenet-train", DATASET_IMAGES["imagenet-train"])
-    rate = flops_per_second(profile)
-    stages = {n: Stage(n) for n in STAGES}
-
-    cost: dict[str, ArchCost | None] = {}
-    for e in {**{e.id: e for e in entries}, **{e.id: e for e in to_train}}.values():
+    decode = {d: (DECODE_PER_WORKER.get(d, DECODE_PER_WORKER["default"]), "assumed") for d in images}
+    decode.update(decode_rates or {})
+    r = _Run(profile, entries, list(sections), dict(images), dict(geometries), list(to_train or []), train_images,
+             keep_epochs, flops_per_second(profile) if rate is None else rate, decode)
+    for e in {**{e.id: e for e in entries}, **{e.id: e for e in r.to_train}}.values():
         try:
-            cost[e.id] = arch_cost(e)
+            r.cost[e.id] = arch_cost(e)
         except Exception:  # noqa: BLE001 - the entry's build error is reported by the checks
-            cost[e.id] = None
-    gflops = lambda e: None if cost[e.id] is None else cost[e.id].image_gflops  # noqa: E731
-
+            r.cost[e.id] = None
     # pairs within the slice, as the chapters form them (chapters.common.finetuning_pairs)
     by_id = {e.id: e for e in entries}
-    pairs = [(by_id[e.finetuned_from], e) for e in entries if e.finetuned_from in by_id]
-    need: dict[str, set[str]] = {e.id: set() for e in entries}  # entry -> datasets with h
-    for s in sections:
+    r.pairs = [(by_id[e.finetuned_from], e) for e in entries if e.finetuned_from in by_id]
+    r.need = {e.id: set() for e in entries}
+    for s in r.sections:
         for e in entries:
-            need[e.id] |= set(SECTION_DATASETS.get(s, ()))
+            r.need[e.id] |= {d for d in SECTION_DATASETS.get(s, ()) if d in r.images}
+    return r
 
-    stores: set[tuple[str, object]] = set()
-    for e in entries:
-        for d in sorted(need[e.id]):
-            n = images.get(d, 0)
-            st = stages["extraction"]
-            if cost[e.id] is not None:
-                st.cache_bytes += h_bytes_per_image(cost[e.id].d_H) * n
-            st.add_time(gflops(e), e.id, n, rate)
-            if e.id in geometries:
-                stores.add((d, geometries[e.id]))
-    rows = sum(images.get(d, 0) for e in entries for d in need[e.id])
+
+def estimate(profile: Profile, entries: Sequence[PoolEntry] | None = None, sections: Sequence[str] | None = None, *,
+             images: Mapping[str, int] | None = None, geometries: Mapping[str, object] | None = None,
+             to_train: Sequence[PoolEntry] | None = None, train_images: int | None = None,
+             keep_epochs: str | None = None, rate: float | None = None,
+             decode_rates: Mapping[str, tuple[float, str]] | None = None) -> list[Stage]:
+    """Per-stage cache bytes and hours (one :class:`Stage` per :data:`STAGES`) for ``entries``
+    (None: the pool) over ``sections`` (None: every notebook's section), as the profile sets them:
+    its datasets and limits, its zero-shot head (:func:`head_prompts`), its ``num_workers``.
+
+    ``images``: images per dataset (default: the published sizes of the profile's datasets under its
+    limits; ``clip-study plan`` passes the counts found on disk); ``geometries``: each pool entry's
+    input :class:`helpers.store.Geometry` (default: ``models.preprocessing``); ``to_train``: entries
+    whose checkpoint a finetuning or training command still has to write (default: none), over
+    ``train_images`` ImageNet training images, keeping ``keep_epochs`` epoch weights files (default:
+    each command's, ``all`` for finetuning and ``last`` for supervised runs); ``rate``: effective
+    FLOP/s of the device (default :func:`flops_per_second`; ``plan --rate``); ``decode_rates``:
+    dataset -> (images decoded per second per worker, where the figure comes from), default
+    :data:`DECODE_PER_WORKER` (``plan`` measures it on the datasets it finds).
+    """
+    r = _run(profile, entries, sections, images, geometries, to_train, train_images, keep_epochs, rate, decode_rates)
+    stages = {n: Stage(n) for n in STAGES}
+    _extraction(r, stages["extraction"])
+    _stores(r, stages["stores"])
+    _heads(r, stages["heads"])
+    _cka(r, stages["CKA"])
+    _forking(r, stages["forking"])
+    _wiseft(r, stages["WiSE-FT"])
+    _probing(r, stages["Broden probing"])
+    _finetuning(r, stages["finetuning"])
+    return list(stages.values())
+
+
+def _extraction(r: _Run, st: Stage) -> None:
+    """h of every (entry, dataset) a section reads: float32 + label per image, one forward each."""
+    for e in r.entries:
+        for d in sorted(r.need[e.id]):
+            n = r.images.get(d, 0)
+            if r.cost[e.id] is not None:
+                st.cache_bytes += h_bytes_per_image(r.cost[e.id].d_H) * n
+            st.add_time(r.gflops(e), e.id, n, r.rate)
+    rows = sum(r.images.get(d, 0) for e in r.entries for d in r.need[e.id])
     if rows:
-        stages["extraction"].notes.append(f"{sum(bool(need[e.id]) for e in entries)} entries, {rows:,} (entry, image) "
-                                          "rows of h (float32) + label; no logits, no layer arrays")
-    for s in sections:
+        st.notes.append(f"{sum(bool(r.need[e.id]) for e in r.entries)} entries, {rows:,} (entry, image) "
+                        "rows of h (float32) + label; no logits, no layer arrays")
+
+
+def _store_keys(r: _Run) -> set[tuple[str, object]]:
+    """(dataset, geometry) of every uint8 store the run decodes."""
+    stores = {(d, r.geometries[e.id]) for e in r.entries for d in r.need[e.id] if e.id in r.geometries}
+    for s in r.sections:
         if s in PAIR_SECTIONS:  # both models of a pair read the stores of the evaluation sets (and Broden)
-            for zs, ft in pairs:
-                for d in EVAL_DATASETS + (("broden",) if s == "wiseft" and "broden" in images else ()):
-                    stores.update((d, geometries[x.id]) for x in (zs, ft) if x.id in geometries)
-    st = stages["stores"]
+            for zs, ft in r.pairs:
+                for d in EVAL_DATASETS + (("broden",) if s == "wiseft" and "broden" in r.images else ()):
+                    if d in r.images:
+                        stores.update((d, r.geometries[x.id]) for x in (zs, ft) if x.id in r.geometries)
+    return stores
+
+
+def _stores(r: _Run, st: Stage) -> None:
+    """uint8 stores: kept ones in the cache, transient ones at their peak; decode worker-hours and
+    the wall time per dataset with the profile's DataLoader workers."""
+    from helpers.engine.extract import KEEP_STORE_MIN_ENTRIES, keeps_store
+
+    stores = _store_keys(r)
     kept = transient = 0
-    readers = {}
-    for g in geometries.values():
+    readers: dict[object, int] = {}
+    for g in r.geometries.values():
         readers[g] = readers.get(g, 0) + 1
-    decoded = 0.0
+    decoded: dict[str, float] = {}
     for d, g in stores:
-        size = store_bytes_per_image(g.image_size) * images.get(d, 0)
-        if keeps_store(profile, g):
+        size = store_bytes_per_image(g.image_size) * r.images.get(d, 0)
+        if keeps_store(r.profile, g):
             kept += 1
             st.cache_bytes += size
-            decoded += images.get(d, 0)
+            decoded[d] = decoded.get(d, 0.0) + r.images.get(d, 0)
         else:  # removed after each pass: decoded again by each of its readers
             transient += 1
             st.transient_bytes = max(st.transient_bytes, size)
-            decoded += images.get(d, 0) * readers.get(g, 1)
-    st.cpu_hours = decoded / DECODE_PER_WORKER / 3600
+            decoded[d] = decoded.get(d, 0.0) + r.images.get(d, 0) * readers.get(g, 1)
+    st.cpu_hours = sum(n / r.decode[d][0] for d, n in decoded.items()) / 3600
+    workers = max(1, int(r.profile.num_workers))
+    st.wall_hours = st.cpu_hours / workers
     if stores:
+        per = ", ".join(f"{d} {n / r.decode[d][0] / workers / 3600:.2f} h ({r.decode[d][0]:.0f} img/s per worker, "
+                        f"{r.decode[d][1]})" for d, n in sorted(decoded.items()))
         st.notes.append(f"{kept} (dataset, geometry) store(s) kept, decoded once on CPU workers "
-                        f"(~{st.cpu_hours:.1f} worker-hours)")
+                        f"(~{st.cpu_hours:.1f} worker-hours; wall time with num_workers {r.profile.num_workers}: "
+                        f"{st.wall_hours:.2f} h: {per})")
     if transient:
         st.notes.append(f"{transient} transient (a geometry fewer than {KEEP_STORE_MIN_ENTRIES} pool entries read, "
                         f"removed after each pass): {_size(st.transient_bytes)} more at the peak")
 
-    loaded = {e.id for e in entries if need[e.id]}
-    if any(s in PAIR_SECTIONS for s in sections):
-        loaded |= {zs.id for zs, _ in pairs}
-    st = stages["heads"]
-    for e in entries:
-        if e.id in loaded and cost[e.id] is not None:
+
+def _heads(r: _Run, st: Stage) -> None:
+    """Every loaded entry's head W; a zero-shot one built once per weights through the text tower."""
+    from helpers.models import ZERO_SHOT_FAMILIES
+
+    loaded = {e.id for e in r.entries if r.need[e.id]}
+    if any(s in PAIR_SECTIONS for s in r.sections):
+        loaded |= {zs.id for zs, _ in r.pairs}
+    classes, templates = head_prompts(r.profile)
+    for e in r.entries:
+        if e.id in loaded and r.cost[e.id] is not None:
             st.cache_bytes += head_bytes(e)
         if e.id in loaded and e.family in ZERO_SHOT_FAMILIES:
-            st.add_time(None if cost[e.id] is None else cost[e.id].text_gflops, e.id, HEAD_PROMPTS, rate)
-    heads = sum(e.family in ZERO_SHOT_FAMILIES for e in entries if e.id in loaded)
+            st.add_time(None if r.cost[e.id] is None else r.cost[e.id].text_gflops, e.id, classes * templates, r.rate)
+    heads = sum(e.family in ZERO_SHOT_FAMILIES for e in r.entries if e.id in loaded)
     if heads:
-        st.notes.append(f"{heads} zero-shot head(s) x {HEAD_PROMPTS:,} prompts on the device, once per weights")
+        st.notes.append(f"{heads} zero-shot head(s) x {classes * templates:,} prompts ({classes:,} classes x "
+                        f"{templates} template{'s' if templates > 1 else ''}) on the device, once per weights")
 
-    eval_n = sum(images.get(d, 0) for d in EVAL_DATASETS)
-    if "cka_layers" in sections:
-        st = stages["CKA"]
-        for zs, ft in pairs:
-            if cost[zs.id] is not None and cost[ft.id] is not None:
-                lx, ly = cost[zs.id].layers, cost[ft.id].layers
-                st.cache_bytes += len(EVAL_DATASETS) * (8 * (lx * ly + lx + ly + 1) + lx + ly + MANIFEST_BYTES)
-            st.add_time(gflops(zs), zs.id, eval_n, rate)
-            st.add_time(gflops(ft), ft.id, eval_n, rate)
-        if pairs:
-            st.notes.append(f"{len(pairs)} pair(s): both models over the same minibatches, "
-                            "HSIC sums accumulated on the device (no layer cache)")
-    if "wiseft" in sections:
-        st = stages["WiSE-FT"]
-        ft_epochs = FinetuneRecipe().epochs
-        broden_n = images.get("broden", 0)
-        for zs, ft in pairs:
-            st.add_time(gflops(ft), ft.id, WISEFT_MIXTURES * (eval_n + broden_n), rate)
-            st.add_time(gflops(ft), ft.id, (ft_epochs - 1) * broden_n, rate)
-            if cost[ft.id] is not None:
-                ap = 8 * min(N_CLASSES, cost[ft.id].d_H) * BRODEN_CONCEPTS
-                summaries = (len(EVAL_DATASETS) + 1) * (16 + MANIFEST_BYTES)  # accuracy, kurtosis per dataset
-                st.cache_bytes += WISEFT_MIXTURES * (ap + summaries) + (ft_epochs - 1) * (ap + 16 + MANIFEST_BYTES)
-        if pairs:
-            st.notes.append(f"{len(pairs)} pair(s) x {WISEFT_MIXTURES} mixtures (the paper's alphas) "
-                            f"and {ft_epochs - 1} epoch checkpoints on Broden (Figure 5); tables only")
-    probed = [e for e in entries if "broden" in need[e.id]]
-    if probed or ("wiseft" in sections and pairs and "broden" in images):
-        st = stages["Broden probing"]
-        st.cache_bytes += images.get("broden", 0) * BRODEN_CONCEPTS
-        st.cache_bytes += sum(8 * min(N_CLASSES, cost[e.id].d_H) * BRODEN_CONCEPTS for e in probed
-                              if cost[e.id] is not None)
-        st.cpu_hours = len(probed) * 10 / 3600  # about 10 s per entry (benchmarks/concept_probing.py)
-        if probed:
-            st.notes.append(f"{len(probed)} AP matrices x {BRODEN_CONCEPTS:,} concepts (h on Broden: extraction)")
+
+def _cka(r: _Run, st: Stage) -> None:
+    """One extra forward of both models of each pair over the evaluation sets; HSIC sums cached."""
+    if "cka_layers" not in r.sections:
+        return
+    evals = [d for d in EVAL_DATASETS if d in r.images]
+    eval_n = sum(r.images[d] for d in evals)
+    for zs, ft in r.pairs:
+        if r.cost[zs.id] is not None and r.cost[ft.id] is not None:
+            lx, ly = r.cost[zs.id].layers, r.cost[ft.id].layers
+            st.cache_bytes += len(evals) * (8 * (lx * ly + lx + ly + 1) + lx + ly + MANIFEST_BYTES)
+        st.add_time(r.gflops(zs), zs.id, eval_n, r.rate)
+        st.add_time(r.gflops(ft), ft.id, eval_n, r.rate)
+    if r.pairs:
+        st.notes.append(f"{len(r.pairs)} pair(s): both models over the same minibatches, "
+                        "HSIC sums accumulated on the device (no layer cache)")
+
+
+def _forking(r: _Run, st: Stage) -> None:
+    """The forking chapter: one more forward per entry over ImageNet for its penultimate layer,
+    kept in memory (the page's ``keep_layers=False``), besides h (counted under extraction)."""
+    if "forking" not in r.sections or "imagenet" not in r.images:
+        return
+    n = r.images["imagenet"]
+    for e in r.entries:
+        st.add_time(r.gflops(e), e.id, n, r.rate)
+    st.notes.append(f"{len(r.entries)} entries x {n:,} ImageNet images: one forward each for the penultimate "
+                    "layer, in memory (no layer cache)")
+
+
+def _wiseft(r: _Run, st: Stage) -> None:
+    """Nine in-memory mixtures per pair over the evaluation sets and Broden; Figure 5's epochs."""
+    from helpers.training.finetune import FinetuneRecipe
+
+    if "wiseft" not in r.sections:
+        return
+    ft_epochs = FinetuneRecipe().epochs
+    eval_n = sum(r.images.get(d, 0) for d in EVAL_DATASETS)
+    broden_n = r.images.get("broden", 0)
+    for zs, ft in r.pairs:
+        st.add_time(r.gflops(ft), ft.id, WISEFT_MIXTURES * (eval_n + broden_n), r.rate)
+        st.add_time(r.gflops(ft), ft.id, (ft_epochs - 1) * broden_n, r.rate)
+        if r.cost[ft.id] is not None:
+            ap = 8 * min(N_CLASSES, r.cost[ft.id].d_H) * BRODEN_CONCEPTS
+            summaries = (len(EVAL_DATASETS) + 1) * (16 + MANIFEST_BYTES)  # accuracy, kurtosis per dataset
+            st.cache_bytes += WISEFT_MIXTURES * (ap + summaries) + (ft_epochs - 1) * (ap + 16 + MANIFEST_BYTES)
+    if r.pairs:
+        st.notes.append(f"{len(r.pairs)} pair(s) x {WISEFT_MIXTURES} mixtures (the paper's alphas) "
+                        f"and {ft_epochs - 1} epoch checkpoints on Broden (Figure 5); tables only")
+
+
+def _probing(r: _Run, st: Stage) -> None:
+    """The concept presence matrix once, and one AP matrix per probed entry (CPU work)."""
+    probed = [e for e in r.entries if "broden" in r.need[e.id]]
+    if not (probed or ("wiseft" in r.sections and r.pairs and "broden" in r.images)):
+        return
+    st.cache_bytes += r.images.get("broden", 0) * BRODEN_CONCEPTS
+    st.cache_bytes += sum(8 * min(N_CLASSES, r.cost[e.id].d_H) * BRODEN_CONCEPTS for e in probed
+                          if r.cost[e.id] is not None)
+    st.cpu_hours = len(probed) * 10 / 3600  # about 10 s per entry (benchmarks/concept_probing.py)
+    if probed:
+        st.notes.append(f"{len(probed)} AP matrices x {BRODEN_CONCEPTS:,} concepts (h on Broden: extraction)")
+
+
+def _finetuning(r: _Run, st: Stage) -> None:
+    """Appendix H.1/H.2 runs still to train: their steps, and the checkpoints they keep."""
+    from helpers.training import finetune, supervised
+    from helpers.training.finetune import FinetuneRecipe
+    from helpers.training.loop import checkpoint_bytes
+    from helpers.training.supervised import SupervisedRecipe
 
     kept_b, kept_last, peak_extra = 0.0, 0.0, 0.0
-    st = stages["finetuning"]
-    for e in to_train:
+    for e in r.to_train:
         sup = e.family == "supervised"
         recipe = SupervisedRecipe() if sup else FinetuneRecipe()
-        st.add_time(None if gflops(e) is None else TRAIN_FORWARDS * gflops(e) / TRAIN_EFFICIENCY, e.id,
-                    recipe.epochs * train_images, rate)
+        g = r.gflops(e)
+        st.add_time(None if g is None else TRAIN_FORWARDS * g / TRAIN_EFFICIENCY, e.id,
+                    recipe.epochs * r.train_images, r.rate)
         w = trained_weight_bytes(e)
         if w is not None:  # (an unknown model is listed by add_time above)
-            keep = keep_epochs or (supervised.KEEP_EPOCHS_DEFAULT if sup else finetune.KEEP_EPOCHS_DEFAULT)
+            keep = r.keep_epochs or (supervised.KEEP_EPOCHS_DEFAULT if sup else finetune.KEEP_EPOCHS_DEFAULT)
             k, x = checkpoint_bytes(w, recipe.epochs, keep)
             kept_b, peak_extra = kept_b + k, max(peak_extra, x)
             kept_last += checkpoint_bytes(w, recipe.epochs, "last")[0]
-    if to_train:
+    if r.to_train:
         st.checkpoint_bytes = kept_b + peak_extra
-        st.notes.append(f"{len(to_train)} checkpoint(s) to produce (finetune: {FinetuneRecipe().epochs} epochs, "
-                        f"train-supervised: {SupervisedRecipe().epochs} epochs, over {train_images:,} images); "
+        st.notes.append(f"{len(r.to_train)} checkpoint(s) to produce (finetune: {FinetuneRecipe().epochs} epochs, "
+                        f"train-supervised: {SupervisedRecipe().epochs} epochs, over {r.train_images:,} images); "
                         f"{kept_b / GB:.1f} GB kept (weights-only epochs, final.pt), {peak_extra / GB:.1f} GB more "
                         "while a run trains (resume states)"
                         + (f"; --keep-epochs last keeps {kept_last / GB:.1f} GB (Figure 5: final epoch only)"
                            if kept_last < kept_b else ""))
-    return list(stages.values())
 
 
 def _size(b: float) -> str:
     return f"{b / GB:.1f} GB" if b >= 0.05 * GB else f"{b / 1e6:.1f} MB" if b >= 1e5 else f"{b / 1e3:.0f} kB"
 
 
-def assumptions(profile: Profile) -> str:
+def assumptions(profile: Profile, rate: float | None = None) -> str:
     """How the hours column was computed, for the line under the table."""
+    if rate is not None:
+        return (f"{'GPU' if str(profile.device).startswith('cuda') else 'CPU'}-hours: FLOPs per image of each "
+                f"architecture (helpers.workflow.costs.ARCHS) at the measured {rate / 1e12:.3g} effective TFLOP/s "
+                f"(--rate; training at x{TRAIN_EFFICIENCY:g} of that rate)")
     if str(profile.device).startswith("cuda"):
         return (f"GPU-hours: FLOPs per image of each architecture (helpers.workflow.costs.ARCHS, counted with "
                 f"torch.utils.flop_counter) at {GPU_TFLOPS[profile.precision]:g} effective TFLOP/s "
                 f"({profile.precision}, an A100-class GPU; training at x{TRAIN_EFFICIENCY:g} of that rate); "
-                "recalibrate from the img/s benchmarks/gpu_check.sh measures on yours")
+                "recalibrate with --rate <img/s>img/s:<arch> from the bare-forward img/s benchmarks/gpu_check.sh "
+                "prints on yours")
     return (f"CPU-hours: FLOPs per image of each architecture (helpers.workflow.costs.ARCHS) at {CPU_TFLOPS:g} "
-            "TFLOP/s, the 2-thread encode_image times of book/methods.md (Facts the study relies on)")
+            "TFLOP/s, measured encode_image times on 2 CPU threads")
 
 
-def format_stages(stages: Sequence[Stage], profile: Profile) -> list[str]:
+def format_stages(stages: Sequence[Stage], profile: Profile, rate: float | None = None) -> list[str]:
     """The per-stage table ``clip-study plan`` prints (followed, there, by ``total cache: <N> GB``)."""
     unit = "GPU-hours" if str(profile.device).startswith("cuda") else "CPU-hours"
     out = [f"{'Stage':<16} {'cache':>10} {unit:>10}  notes"]
@@ -478,7 +629,10 @@ def format_stages(stages: Sequence[Stage], profile: Profile) -> list[str]:
     total_h = sum(s.gpu_hours for s in stages)
     out.append(f"  {'total':<14} {_size(cache_bytes(stages)):>10} {total_h:>10.2f}  "
                f"peak with transient stores {_size(peak_bytes(stages))}")
-    out.append(f"  ({assumptions(profile)})")
+    wall = sum(s.wall_hours for s in stages)
+    if wall:
+        out.append(f"  (and {wall:.2f} h of decoding wall time on the CPU workers before the device stages: stores)")
+    out.append(f"  ({assumptions(profile, rate)})")
     return out
 
 

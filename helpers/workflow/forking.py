@@ -130,17 +130,16 @@ def penultimate_layer(entry: PoolEntry) -> str:
 
 
 def layer_table(pool):
-    """One row per entry: its backbone, family, number of layer outputs, first and last names and
-    the penultimate layer (what a fork passes to ``layer_activations(..., layers=[...])``), as a
-    DataFrame."""
+    """One row per entry: its backbone, family, number of layer outputs, first name, the penultimate
+    layer and every name as a list (what a fork passes to ``layer_activations(..., layers=[...])``),
+    as a DataFrame."""
     import pandas as pd
 
     rows = []
     for e in pool:
         names = layer_names(e)
         rows.append({"entry": e.id, "backbone": e.arch, "family": e.family, "layers": len(names),
-                     "first": names[0], "last before h": penultimate_layer(e), "names": ", ".join(
-                         names if len(names) <= 6 else names[:4] + ["...", names[-1]])})
+                     "first": names[0], "last before h": penultimate_layer(e), "names": names})
     return pd.DataFrame(rows)
 
 
@@ -157,6 +156,14 @@ def run_cli(args) -> int:
     rel = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
     print(f"created {rel} from {TEMPLATE.relative_to(REPO_ROOT)} (section {args.name!r})")
     print(f"added `{line}` to {TOC.name} under {PART!r}")
-    print(f"run it:   clip-study run --profile demo --section {args.name}")
-    print(f"or:       jupytext --to ipynb {rel} && papermill {rel.with_suffix('.ipynb')} out.ipynb -p backbone ViT-B-32")
+    ipynb = rel.with_suffix(".ipynb")
+    from helpers.config import load_profile
+
+    results = load_profile("demo").results_dir
+    executed = results / "executed" / args.name / "all.ipynb"
+    shown = executed.relative_to(REPO_ROOT) if executed.is_relative_to(REPO_ROOT) else executed
+    print(f"run it:   .venv/bin/clip-study run --profile demo --section {args.name}")
+    print(f"or:       .venv/bin/jupytext --to ipynb --output {ipynb} {rel} && mkdir -p {shown.parent} && "
+          f".venv/bin/papermill {ipynb} {shown}")
+    print("then:     .venv/bin/clip-study render --profile demo   # the executed notebook into the book's sources")
     return 0

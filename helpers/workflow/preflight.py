@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from helpers.workflow import costs
-from helpers.config import EVAL_DATASETS, ConfigError, PoolEntry, Profile, checkpoint_status, load_profile
+from helpers.config import EVAL_DATASETS, REPO_ROOT, ConfigError, PoolEntry, Profile, checkpoint_status, load_profile
 
 
 @dataclass
@@ -52,6 +52,9 @@ class Report:
     stages: list[costs.Stage] = field(default_factory=list)
     jobs: int = 0
     to_train: list[PoolEntry] = field(default_factory=list)  # checkpoints a training command still writes
+    sources: list[str] = field(default_factory=list)  # where to get what is missing (helpers.data.sources)
+    rate: float | None = None  # the device's measured FLOP/s (plan --rate); None: the assumed rates
+    decode_rates: dict[str, tuple[float, str]] = field(default_factory=dict)  # dataset -> (img/s per worker, how)
 
     @property
     def ok(self) -> bool:
@@ -78,7 +81,10 @@ def _sections(requested: list[str] | None, report: Report) -> list[str]:
         return known
     for s in requested:
         if s not in known:
-            report.problems.append(f"--section {s}: no such section; expected one of {', '.join(known)}")
+            from helpers.workflow.runner import close_sections
+
+            report.problems.append(f"--section {s}: no such section{close_sections([s], known)}; expected one of "
+                                   f"{', '.join(known)}")
     return [s for s in known if s in requested]
 
 
@@ -214,6 +220,10 @@ def _check_checkpoints(profile: Profile, entries: list[PoolEntry], report: Repor
             report.pending.append(detail)
         else:
             report.problems.append(f"{profile.path}: {key}: {detail}")
+            if e.family == "imagenet_captions_clip" and not any("ImageNet-Captions" in x for x in report.sources):
+                from helpers.data import sources
+
+                report.sources += sources.captions_lines(e.checkpoint)
     n = sum(1 for e in wanted if e.checkpoint)
     if n:
         report.checked.append(f"checkpoints: {present} of {n} present, {len(to_produce)} produced by a command")
@@ -275,6 +285,7 @@ def _check_dataset(profile: Profile, name: str, readers: list[str], report: Repo
         row["status"] = "not set"
         report.problems.append(f"{profile.path}: datasets.{name}: not set, but {', '.join(readers)} read(s) it; "
                                f"expected the folder of {name} in its real layout (book/reproducing.md)")
+        _where_to_get(profile, name, None, report)
         return None
     root = profile.dataset_root(name)
     row["folder"] = str(root)
@@ -282,16 +293,19 @@ def _check_dataset(profile: Profile, name: str, readers: list[str], report: Repo
         ds = open_dataset(name, root)
     except (DatasetLayoutError, OSError) as exc:
         row["status"] = "missing" if not Path(root).exists() else "bad layout"
-        report.problems.append(f"{profile.path}: datasets.{name}: {exc}")
+        report.problems.append(f"{profile.path}: datasets.{name}: {exc} ({_data_root_hint(profile)})")
+        _where_to_get(profile, name, root, report)
         return None
     n = len(ds.files)
     classes = len(ds.concepts) if name == "broden" else len(set(ds.labels.tolist()))
     row.update(images=n, classes=classes, status="ok")
+    _measure_decode(name, ds, report)
     if profile.kind == "paper":
         want_n, want_c = published.IMAGES[name], published.CLASSES[name]
         slack = published.SLACK.get(name, 0.0)
         if abs(n - want_n) > slack * want_n or classes != want_c:
             row["status"] = "incomplete"
+            _where_to_get(profile, name, root, report)
             about = "about " if slack else ""
             report.problems.append(
                 f"{profile.path}: datasets.{name} ({root}): expected {about}{want_n:,} images in {want_c:,} "
@@ -299,6 +313,30 @@ def _check_dataset(profile: Profile, name: str, readers: list[str], report: Repo
                 "an incomplete or different copy (kind: paper compares with the published sizes)")
     limit = profile.limit(name)
     return n if limit is None else min(n, limit)
+
+
+def _measure_decode(name: str, ds, report: Report, n: int = 16) -> None:
+    """The decode rate of this copy of the dataset (a few images, the store's own decode path), for
+    the stores' wall time: ObjectNet's large photos decode several times slower than ImageNet's."""
+    try:
+        rate = costs.measure_decode_rate(ds, n=n)
+    except Exception:  # noqa: BLE001 - an unreadable image is the run's to report (skip_unreadable)
+        return
+    if rate:
+        report.decode_rates[name] = (rate, f"measured on {min(n, len(ds.files))} images")
+
+
+def _data_root_hint(profile: Profile) -> str:
+    """Where the dataset folders are looked for, and the variable that moves them."""
+    env = os.environ.get("CLIP_STUDY_DATA_ROOT")
+    return (f"data_root {profile.paths['data_root']}, from CLIP_STUDY_DATA_ROOT" if env else
+            f"data_root {profile.paths['data_root']}; set CLIP_STUDY_DATA_ROOT=/path/to/datasets to read them elsewhere")
+
+
+def _where_to_get(profile: Profile, name: str, root: Path | None, report: Report) -> None:
+    from helpers.data import sources
+
+    report.sources += sources.plan_lines(name, root, profile.paths["data_root"])
 
 
 def _tree_bytes(folder: Path) -> int:
@@ -337,12 +375,16 @@ def _check_disk(profile: Profile, report: Report) -> None:
         todo = max(0.0, need - have)
         parent = _existing_parent(folder)
         dev = os.stat(parent).st_dev
-        slot = needs.setdefault(dev, [parent, 0.0, []])
+        slot = needs.setdefault(dev, [parent, 0.0, [], []])
         slot[1] += todo
         slot[2].append(f"{key} {folder}")
-    for parent, todo, keys in needs.values():
+        what = "cache at its peak, transient stores included" if key == "paths.cache_dir" else \
+            "checkpoints still to train"
+        slot[3].append(f"{need / costs.GB:.1f} GB {what}" + (f" - {have / costs.GB:.1f} GB already there" if have else ""))
+    for parent, todo, keys, parts in needs.values():
         free = shutil.disk_usage(parent).free
-        line = f"{' and '.join(keys)}: {todo / costs.GB:.1f} GB still to write, {free / costs.GB:.1f} GB free on {parent}"
+        line = (f"{' and '.join(keys)}: {todo / costs.GB:.1f} GB still to write ({' + '.join(parts)}), "
+                f"{free / costs.GB:.1f} GB free on {parent}")
         report.disk.append(line)
         if todo > free:  # in bytes: a small run's need rounds to "0.0 GB"
             report.problems.append(f"{profile.path}: {' and '.join(k.split()[0] for k in keys)}: not enough disk: "
@@ -352,7 +394,7 @@ def _check_disk(profile: Profile, report: Report) -> None:
 
 
 def check(profile: Profile | str | os.PathLike, sections: list[str] | None = None, entry: str | None = None,
-          backbone: str | None = None, per_entry: bool = False, cuda_facts=None) -> Report:
+          backbone: str | None = None, per_entry: bool = False, cuda_facts=None, rate: float | None = None) -> Report:
     """Check a run of ``sections`` (None: all) over the slice ``entry`` / ``backbone`` of ``profile``
     (a loaded :class:`Profile` or a name / path, loaded here so that its validation errors become
     problems) and estimate its cost; builds no model, reads no weights, decodes no image.
@@ -364,7 +406,7 @@ def check(profile: Profile | str | os.PathLike, sections: list[str] | None = Non
         except ConfigError as exc:
             lines = str(exc).splitlines()
             return Report(None, problems=[l.strip() for l in (lines[1:] if len(lines) > 1 else lines)])
-    report = Report(profile)
+    report = Report(profile, rate=rate)
     report.checked.append(_library_line())
     _check_models(profile, report)
     _check_cuda(profile, report, cuda_facts)
@@ -396,7 +438,8 @@ def check(profile: Profile | str | os.PathLike, sections: list[str] | None = Non
                                                     else min(lim, published.IMAGES[name]))
 
     report.stages = costs.estimate(profile, entries, report.sections, images=images, to_train=to_train,
-                                   train_images=images.get("imagenet-train", 0))
+                                   train_images=images.get("imagenet-train", 0), rate=report.rate,
+                                   decode_rates=report.decode_rates)
     _check_disk(profile, report)
     return report
 
@@ -435,6 +478,9 @@ def format(report: Report) -> str:  # noqa: A001 - the name the runner calls
                f"{len(report.sections)} section(s), {report.jobs} job(s), device {dev}")
     out.append(f"  cache_dir        {P.cache_dir}")
     out.append(f"  checkpoints_dir  {P.paths['checkpoints_dir']}")
+    out.append(f"  data_root        {P.paths['data_root']}")
+    out.append(f"  (relative paths resolve against the checkout {REPO_ROOT}; CLIP_STUDY_DATA_ROOT replaces data_root, "
+               "CLIP_STUDY_CACHE moves cache_dir and checkpoints_dir)")
     out.append("")
     out.append("Checked")
     out += [f"  ok  {c}" for c in report.checked]
@@ -449,12 +495,18 @@ def format(report: Report) -> str:  # noqa: A001 - the name the runner calls
         out.append("")
         out.append(f"To do before `clip-study run` ({len(report.todo)})")
         out += [f"  - {t}" for t in report.todo]
+    if report.sources:
+        out.append("")
+        out.append("Where to get what is missing (book/reproducing.md, section 3)")
+        out += [f"  {line}" for line in report.sources]
     out.append("")
-    out += costs.format_stages(report.stages, P)
+    out += costs.format_stages(report.stages, P, report.rate)
     if report.disk:
         out.append("")
         out.append("Disk")
         out += [f"  {d}" for d in report.disk]
+        out.append(f"  (the total cache below is what stays under cache_dir once the run is done; the bytes still to "
+                   "write add the transient stores' peak and the checkpoints, less what is already on disk)")
     out.append("")
     if report.problems:
         out.append(f"Problems: the run would fail ({len(report.problems)})")

@@ -170,6 +170,15 @@ def _empty_slice_message(profile: Profile, entry: str | None, backbone: str | No
     return None
 
 
+def close_sections(unknown: Iterable[str], available: Iterable[str]) -> str:
+    """"; did you mean ..." for misspelt section names (difflib's close matches), as for models."""
+    import difflib
+
+    avail = list(available)
+    hints = [f"{u!r} -> {', '.join(m)}" for u in unknown if (m := difflib.get_close_matches(u, avail, n=3, cutoff=0.6))]
+    return f" (did you mean: {'; '.join(hints)})" if hints else ""
+
+
 def plan(profile: Profile, sections: Iterable[str] | None = None, entry: str | None = None,
          backbone: str | None = None, per_entry: bool = False, extra: dict[str, Any] | None = None,
          notebook_dir: Path = NOTEBOOK_DIR) -> list[Job]:
@@ -181,7 +190,8 @@ def plan(profile: Profile, sections: Iterable[str] | None = None, entry: str | N
     wanted = list(available) if not sections else list(dict.fromkeys(sections))
     unknown = [s for s in wanted if s not in available]
     if unknown:
-        raise KeyError(f"unknown section(s) {', '.join(unknown)}; sections: {', '.join(available)}")
+        raise KeyError(f"unknown section(s) {', '.join(unknown)}{close_sections(unknown, available)}; "
+                       f"sections: {', '.join(available)}")
     wanted = [s for s in available if s in wanted]  # paper order: a reader runs after what it reads
     why = _empty_slice_message(profile, entry, backbone)
     if why:
@@ -244,8 +254,18 @@ def _profile_loader(name, overrides):
 
 def stale_reason(job: Job) -> str | None:
     """Why ``job`` must run (None: its record is complete and every recorded input unchanged)."""
-    return provenance.check(provenance.read_record(Path(job.record)), notebook_digest_=job.code_sha256,
-                            parameters=job.effective, load_profile=_profile_loader, cache_dir=Path(job.cache_dir))
+    reason = provenance.check(provenance.read_record(Path(job.record)), notebook_digest_=job.code_sha256,
+                              parameters=job.effective, load_profile=_profile_loader, cache_dir=Path(job.cache_dir))
+    return reason or _unrenderable(job)
+
+
+def _unrenderable(job: Job) -> str | None:
+    """Up to date means renderable: a job whose record is current but whose executed notebook is
+    not where ``clip-study render`` reads it (a direct papermill run writes its own output path)
+    runs again."""
+    if Path(job.output).is_file():
+        return None
+    return f"no executed notebook at {job.output} for the book (a direct papermill run wrote its own elsewhere)"
 
 
 def is_current(job: Job) -> bool:
@@ -270,8 +290,11 @@ class _Console:
     """Shows a job's output on the terminal: cell progress, tqdm bars (at most one update per
     ``every`` seconds per bar, and the last one), errors; drops QUIET lines."""
 
-    def __init__(self, name: str, echo: Callable[[str], None], n_cells: int, every: float = 5.0):
-        self.name, self.echo, self.n_cells, self.every = name, echo, n_cells, every
+    def __init__(self, name: str, echo: Callable[[str], None], n_cells: int | list[int | None], every: float = 5.0):
+        # n_cells: papermill's cell number (all cells, 1-based) -> code-cell ordinal (None: markdown)
+        self.numbers = n_cells if isinstance(n_cells, list) else None
+        self.name, self.echo, self.every = name, echo, every
+        self.n_cells = n_cells if isinstance(n_cells, int) else sum(x is not None for x in n_cells)
         self.last: float = 0.0
         self.pending: str | None = None
 
@@ -282,7 +305,12 @@ class _Console:
         m = re.match(r"Executing Cell (\d+)-*$", text.strip())
         if m:
             self.flush()
-            self.echo(f"  {self.name}  cell {m.group(1)}/{self.n_cells}")
+            k = int(m.group(1))
+            if self.numbers is not None:  # papermill numbers every cell: show code cells, counted as such
+                if k > len(self.numbers) or self.numbers[k - 1] is None:
+                    return
+                k = self.numbers[k - 1]
+            self.echo(f"  {self.name}  cell {k}/{self.n_cells}")
             return
         if re.match(r"Ending Cell \d+-*$", text.strip()) or text.startswith(("Input Notebook:", "Output Notebook:",
                                                                               "Working directory:", "Executing notebook with kernel")):
@@ -300,6 +328,45 @@ class _Console:
         if self.pending:
             self.echo(f"  {self.name}  {self.pending.strip()}")
             self.pending = None
+
+
+def _code_cell_numbers(cells, injected: bool) -> list[int | None]:
+    """For each cell papermill executes (its 1-based "Executing Cell N" counts markdown cells too),
+    its ordinal among the code cells, None for a markdown cell; ``injected``: papermill adds its
+    parameters cell after the cell tagged ``parameters`` (first, without one)."""
+    kinds = [c.cell_type == "code" for c in cells]
+    if injected:
+        tagged = [i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])]
+        kinds.insert(tagged[0] + 1 if tagged else 0, True)
+    out, k = [], 0
+    for is_code in kinds:
+        k += is_code
+        out.append(k if is_code else None)
+    return out
+
+
+def _last_seconds(job: Job) -> float | None:
+    """How long the job's previous run took (its provenance record's start and finish)."""
+    import datetime as dt
+
+    r = provenance.read_record(Path(job.record)) or {}
+    try:
+        return (dt.datetime.fromisoformat(r["finished"]) - dt.datetime.fromisoformat(r["started"])).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _time_left(jobs: list[Job], last: dict[str, float | None]) -> str:
+    """The estimate of the time the jobs still due take, from their previous runs' timings."""
+    known = [last.get(j.name) for j in jobs if last.get(j.name) is not None]
+    unknown = len(jobs) - len(known)
+    if not jobs:
+        return "nothing left"
+    if not known:
+        return f"time left unknown ({len(jobs)} job(s) never ran; `clip-study plan` estimates the hours)"
+    est = sum(known)
+    text = f"about {est / 60:.1f} min left" if est >= 60 else f"about {est:.0f} s left"
+    return text + (f" + {unknown} job(s) with no previous timing" if unknown else "") + " (the last run's timings)"
 
 
 def _stream(proc: subprocess.Popen, log, console: _Console) -> None:
@@ -348,7 +415,7 @@ def execute(job: Job, echo: Callable[[str], None] = print) -> Outcome:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     import jupytext
 
-    n_cells = sum(c.cell_type == "code" and bool(c.source.strip()) for c in jupytext.read(job.notebook).cells)
+    n_cells = _code_cell_numbers(jupytext.read(job.notebook).cells, injected=bool(job.parameters))
     with job_lock(job, echo) as (lock, waited), _job_tmp(job) as tmp:
         if waited and stale_reason(job) is None:  # an earlier run's live job finished it meanwhile
             return Outcome(job, "skipped", time.time() - t0)
@@ -628,11 +695,16 @@ def run(jobs: list[Job], executor: str = "local", force: bool = False, slurm: di
             todo = [j for j in jobs if due(j)]
             summary.outcomes += _run_submitit(todo, executor, slurm or {}, echo)
         elif not gpus:
+            last = {j.name: _last_seconds(j) for j in jobs}
             for i, job in enumerate(jobs, 1):
                 if due(job):
+                    if i == 1 or all(o.status == "skipped" for o in summary.outcomes):  # the first job due
+                        echo(f"clip-study run: {len(jobs) - i + 1} job(s) left, each run unless up to date; "
+                             f"{_time_left(jobs[i - 1:], last)}")
                     echo(f"[{i}/{len(jobs)}] running {job.name} ({job_reason[job.name]}); log {job.log}")
                     outcome = execute(job, echo)
-                    echo(f"[{i}/{len(jobs)}] {outcome.status} {job.name} in {outcome.seconds:.1f} s")
+                    echo(f"[{i}/{len(jobs)}] {outcome.status} {job.name} in {outcome.seconds:.1f} s; "
+                         f"{_time_left(jobs[i:], last)}")
                     summary.outcomes.append(outcome)
         else:
             first = [j for j in jobs if not _aggregates(j)]

@@ -195,6 +195,12 @@ def test_a_plain_papermill_run_records_the_same_provenance(study, monkeypatch):
     monkeypatch.setenv(provenance.NOTEBOOK_ENV, str(nbdir / "01_echo.md"))
     papermill.execute_notebook(str(ipynb), str(nbdir / "out.ipynb"), parameters={"profile": str(P.path)},
                                kernel_name="python3", progress_bar=False)
+    # up to date means renderable: the record is current, but the notebook is not where render reads it
+    assert runner.stale_reason(job) == (f"no executed notebook at {job.output} for the book (a direct papermill run "
+                                        "wrote its own elsewhere)")
+    from helpers.workflow import book
+
+    assert book.adopt(P, nbdir / "out.ipynb") == __import__("pathlib").Path(job.output)
     assert runner.stale_reason(job) is None
     assert runner.run([job], echo=quiet).outcomes[0].status == "skipped"
 
@@ -260,7 +266,9 @@ def test_console_is_quiet_and_the_log_keeps_everything(study):
     jobs = runner.plan(P, sections=["echo"], notebook_dir=nbdir)
     runner.run(jobs, echo=lines.append)
     shown = "\n".join(lines)
-    assert "progress line to stderr" in shown and "cell 2/4" in shown  # progress reaches the terminal
+    assert "progress line to stderr" in shown and "cell 2/5" in shown  # progress reaches the terminal
+    # code cells counted as such (4 and papermill's parameters cell; the markdown title is not one)
+    assert "cell 5/5" in shown and "cell 6/" not in shown
     assert not runner.QUIET.search(shown)
     log = (P.results_dir / "logs" / "echo" / "all.log").read_text()
     assert "Executing Cell 4" in log
