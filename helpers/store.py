@@ -351,6 +351,17 @@ CLAIM_STALE_S = 600.0
 CLAIM_HEARTBEAT_S = 30.0
 
 
+def _process_alive(pid) -> bool:
+    """Whether process ``pid`` runs on this node (a pid that cannot be read counts as alive)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError):
+        return True
+    return True
+
+
 def _read_claim(path: Path) -> dict:
     try:
         return json.loads(Path(path).read_text() or "{}")
@@ -380,9 +391,13 @@ def build_claim(path: Path, *, stale_s: float = CLAIM_STALE_S, heartbeat_s: floa
             except FileNotFoundError:
                 continue  # released meanwhile
             who = f"{holder.get('host', '?')} pid {holder.get('pid', '?')}"
-            if age > stale_s:
-                say(f"taking over the stale build claim {path}: held by {who}, last heartbeat {age:.0f} s ago "
-                    f"(more than {stale_s:.0f} s)")
+            # a holder on this node whose process is gone (killed mid-build) needs no heartbeat to
+            # time out: its claim is taken over at once
+            gone = holder.get("host") == me["host"] and not _process_alive(holder.get("pid"))
+            if age > stale_s or gone:
+                say(f"taking over the stale build claim {path}: held by {who}, "
+                    + ("a process that no longer runs on this node" if gone else
+                       f"last heartbeat {age:.0f} s ago (more than {stale_s:.0f} s)"))
                 aside = path.with_name(f"{path.name}.stale-{me['token']}")
                 try:
                     os.rename(path, aside)

@@ -84,3 +84,21 @@ def test_cache_entry_lock_holds_the_claim(tmp_path):
         held = json.loads((entry.dir / ".claim").read_text())
         assert held["pid"] == os.getpid() and held["host"] == os.uname().nodename
     assert not (entry.dir / ".claim").exists()
+
+
+def test_a_claim_of_a_dead_process_on_this_node_is_taken_over_at_once(tmp_path):
+    """A builder killed mid-build (SIGKILL: no clean-up) leaves its claim; a resumed run on the same
+    node takes it over at once instead of waiting out the heartbeat."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    claim = tmp_path / ".claim"
+    claim.write_text(json.dumps({"host": os.uname().nodename, "pid": pid, "token": "old"}))
+    said = []
+    with store.build_claim(claim, stale_s=600, poll_s=0.01, say=said.append):
+        assert json.loads(claim.read_text())["pid"] == os.getpid()
+    assert len(said) == 1 and "a process that no longer runs on this node" in said[0], said
