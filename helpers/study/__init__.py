@@ -44,8 +44,8 @@ def check_parameters(given: dict[str, Any], declared: dict[str, dict[str, Any]])
 
 def _injected_parameters() -> dict[str, Any]:
     """The parameters papermill injected into this kernel (its ``# Parameters`` cell), if any."""
-    sources = provenance._kernel_sources() or []
-    return {k: v for s in sources if provenance._is_injected(s) for k, v in provenance.parse_assignments(s).items()}
+    sources = provenance.kernel_sources() or []
+    return {k: v for s in sources if provenance.is_injected(s) for k, v in provenance.parse_assignments(s).items()}
 
 
 def _check_injected(section: str) -> dict[str, Any]:

@@ -139,13 +139,13 @@ def code_digest(sources: Iterable[str]) -> str:
     empty ones), papermill's injected-parameters cell left out."""
     h = hashlib.sha256()
     for s in sources:
-        if s.strip() and not _is_injected(s):
+        if s.strip() and not is_injected(s):
             h.update(s.encode())
             h.update(b"\0")
     return h.hexdigest()
 
 
-def _is_injected(source: str) -> bool:
+def is_injected(source: str) -> bool:
     return source.startswith("# Parameters\n")
 
 
@@ -157,7 +157,7 @@ def notebook_digest(md: Path) -> str:
     return code_digest(c.source for c in nb.cells if c.cell_type == "code")
 
 
-def _kernel_sources() -> list[str] | None:
+def kernel_sources() -> list[str] | None:
     """The code cells this IPython kernel executed so far, as typed (raw history)."""
     try:
         from IPython import get_ipython
@@ -475,7 +475,7 @@ def finish(section: str | None = None, profile: str | None = None) -> Path | Non
         begin(section, P, {"profile": profile or "demo"}, {"name": profile or "demo", "overrides": {}}, "all")
     from helpers.study import results
 
-    sources = _kernel_sources()
+    sources = kernel_sources()
     job = dict(R.job)
     job["notebook"] = dict(job["notebook"], code_sha256=code_digest(sources) if sources is not None else None)
     job["modules"] = module_digests()

@@ -46,9 +46,10 @@ def test_a_misspelt_tag_lists_the_models_tags_closest_first_and_nothing_about_ac
              "model": "ViT-B-32-quickgelu", "pretrained": "openia"},
             {"id": "ft", "arch": "ViT-B-32", "family": "finetuned_clip", "pretraining": "x",
              "model": "ViT-B-32-quickgelu", "finetuned_from": "zs", "checkpoint": str(tmp_path / "ft.pt")}]
-    with pytest.raises(ConfigError) as info:
-        load_profile(write_profile(tmp_path, pool=pool))
-    msg = str(info.value)
+    # model names and tags are checked by `clip-study plan` and the run's preflight (loading a
+    # profile imports no open_clip)
+    report = preflight.check(load_profile(write_profile(tmp_path, pool=pool)), sections=["outlier_features"])
+    [msg] = [p for p in report.problems if "openia" in p]
     print(msg)
     tags = open_clip.list_pretrained_tags_by_model("ViT-B-32-quickgelu")
     listed = msg.split("Tags of ViT-B-32-quickgelu, closest first: ")[1].split(". ")[0].split(", ")
