@@ -251,6 +251,7 @@ def test_demo_architectures_equal_clip_benchmark_image_for_image(data_root):
     assert any(r["disagree"] > 0 for r in report.values())
 
 
+@pytest.mark.slow  # real architectures at 224 px, about 25 s: in make test, out of make test-fast
 def test_real_architectures_equal_clip_benchmark_image_for_image(data_root):
     """ViT-B-32 and CoCa ViT-B-32 at 224 px, random weights, through a smoke profile's reduced head
     (1 template; the text tower for the fixture's 9 classes, the other 991 rows random): the study's

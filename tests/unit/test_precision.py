@@ -88,6 +88,7 @@ def measure(lm, h32, h16, labels) -> dict:
             "fp32": (a["kurtosis"], a["ratio"])}
 
 
+@pytest.mark.slow  # real architectures at 224 px, about 40 s: in make test, out of make test-fast
 @pytest.mark.parametrize("source,model", ARCHS, ids=[m for _, m in ARCHS])
 def test_reduced_precision_agrees_with_fp32_on_cpu(images, source, model):
     """h within TOL per image; kurtosis and importance ratio within TOL relative; the mean AP change
