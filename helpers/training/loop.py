@@ -497,18 +497,9 @@ def fit(model, dataset, recipe: Recipe, run_dir: str | os.PathLike, final: str |
         ddp.barrier(ctx)
         return TrainResult(final, [], final, list(state.get("history", [])))
 
-    train_set = SeededAugment(dataset, train_transform(model.image_size, recipe), recipe.seed)
-    sampler, loader = training_loader(train_set, recipe, ctx, num_workers, persistent_workers, prefetch_factor)
+    train_set, sampler, loader = _training_data(model, dataset, recipe, ctx, label, num_workers, persistent_workers,
+                                                prefetch_factor, accumulation_steps)
     steps_per_epoch = len(loader)
-    per_rank = recipe.batch_size // ctx.world_size
-    if not isinstance(accumulation_steps, int) or accumulation_steps < 1 or per_rank % accumulation_steps:
-        raise ValueError(f"accumulation_steps must be a positive integer dividing the per-process batch of {per_rank} "
-                         f"(batch_size {recipe.batch_size} over {ctx.world_size} process(es)), found {accumulation_steps!r}")
-    if ctx.is_main:
-        print(f"{label}: effective batch {recipe.batch_size} = {ctx.world_size} process(es) x {accumulation_steps} "
-              f"accumulation step(s) x micro-batch {per_rank // accumulation_steps}; {num_workers} loader worker(s)"
-              + (f", persistent, prefetch {prefetch_factor}" if num_workers and persistent_workers else
-                 f", prefetch {prefetch_factor}" if num_workers else ""))
 
     model.to(ctx.device)
     params = trainable_parameters(model)
@@ -516,21 +507,7 @@ def fit(model, dataset, recipe: Recipe, run_dir: str | os.PathLike, final: str |
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LrSchedule(recipe, steps_per_epoch))
     scaler = torch.amp.GradScaler("cuda") if ctx.device.type == "cuda" and precision == "fp16" else None
 
-    found = latest_good_checkpoint(run_dir, identity) if ctx.is_main else None
-    resumed = ddp.broadcast(ctx, None if found is None else str(found[0]))
-    epoch, step, history = 0, 0, []
-    if resumed is not None:
-        state = found[1] if ctx.is_main else read_checkpoint(Path(resumed))
-        restore_weights(model, state)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if len(state.get("rng") or []) == ctx.world_size:
-            _set_rng_state(state["rng"][ctx.rank])
-        epoch, step, history = int(state["epoch"]), int(state["step"]), list(state.get("history", []))
-        if ctx.is_main:
-            print(f"{label}: resuming after epoch {epoch} (step {step}) from {resumed}")
+    resumed, epoch, step, history = _resume(model, optimizer, scheduler, scaler, run_dir, identity, ctx, label)
     last_good = resumed
 
     net = model
@@ -564,20 +541,8 @@ def fit(model, dataset, recipe: Recipe, run_dir: str | os.PathLike, final: str |
             print(f"{label} epoch {epoch}: {stats['images_per_s']:.1f} img/s over {ctx.world_size} process(es); "
                   f"waiting for the loader {waited:.1f} s of {seconds:.1f} s ({100 * waited / seconds:.0f} %)")
         history.append(stats)
-        rngs = _gather_rng(ctx)
-        path, resume = epoch_path(run_dir, epoch), resume_path(run_dir, epoch)
-        if ctx.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            progress = dict(epoch=epoch, step=step, identity=identity, world_size=ctx.world_size, history=history,
-                            **(final_extra or {}))
-            save_classifier(model, path, **progress)  # weights only: what Figure 5 loads
-            save_classifier(model, resume, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                            scaler=None if scaler is None else scaler.state_dict(), rng=rngs, **progress)
-            # Both files were read back before their rename; once they are flushed, the previous
-            # resume state (and, for keep_epochs="last", the previous weights) can go.
-            _flush(path, resume)
-            prune(run_dir, keep_epochs, epoch)
-        ddp.barrier(ctx)
+        path, resume = _save_epoch(model, optimizer, scheduler, scaler, run_dir, epoch, step, identity, history,
+                                   ctx, keep_epochs, final_extra)
         last_good, epochs_run = str(resume), epochs_run + [epoch]
         if on_epoch_end is not None:
             on_epoch_end(epoch, path, stats)
@@ -591,6 +556,67 @@ def fit(model, dataset, recipe: Recipe, run_dir: str | os.PathLike, final: str |
         prune(run_dir, keep_epochs, epoch, finished=True)  # nothing is left to resume
     ddp.barrier(ctx)
     return TrainResult(final, epochs_run, None if resumed is None else Path(resumed), history)
+
+
+def _training_data(model, dataset, recipe: Recipe, ctx: ddp.Context, label: str, num_workers: int,
+                   persistent_workers: bool, prefetch_factor: int, accumulation_steps: int):
+    """The augmented training set, its sampler and loader; refuses an ``accumulation_steps`` that
+    does not divide the per-process batch, and states the effective batch."""
+    train_set = SeededAugment(dataset, train_transform(model.image_size, recipe), recipe.seed)
+    sampler, loader = training_loader(train_set, recipe, ctx, num_workers, persistent_workers, prefetch_factor)
+    per_rank = recipe.batch_size // ctx.world_size
+    if not isinstance(accumulation_steps, int) or accumulation_steps < 1 or per_rank % accumulation_steps:
+        raise ValueError(f"accumulation_steps must be a positive integer dividing the per-process batch of {per_rank} "
+                         f"(batch_size {recipe.batch_size} over {ctx.world_size} process(es)), found {accumulation_steps!r}")
+    if ctx.is_main:
+        print(f"{label}: effective batch {recipe.batch_size} = {ctx.world_size} process(es) x {accumulation_steps} "
+              f"accumulation step(s) x micro-batch {per_rank // accumulation_steps}; {num_workers} loader worker(s)"
+              + (f", persistent, prefetch {prefetch_factor}" if num_workers and persistent_workers else
+                 f", prefetch {prefetch_factor}" if num_workers else ""))
+    return train_set, sampler, loader
+
+
+def _resume(model, optimizer, scheduler, scaler, run_dir: Path, identity, ctx: ddp.Context, label: str):
+    """Restore the newest good resume state of this run, if any (weights, optimiser, scheduler,
+    scaler, each rank's RNG); returns (its path or None, epoch, step, history)."""
+    found = latest_good_checkpoint(run_dir, identity) if ctx.is_main else None
+    resumed = ddp.broadcast(ctx, None if found is None else str(found[0]))
+    if resumed is None:
+        return None, 0, 0, []
+    state = found[1] if ctx.is_main else read_checkpoint(Path(resumed))
+    restore_weights(model, state)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    if len(state.get("rng") or []) == ctx.world_size:
+        _set_rng_state(state["rng"][ctx.rank])
+    epoch, step, history = int(state["epoch"]), int(state["step"]), list(state.get("history", []))
+    if ctx.is_main:
+        print(f"{label}: resuming after epoch {epoch} (step {step}) from {resumed}")
+    return resumed, epoch, step, history
+
+
+def _save_epoch(model, optimizer, scheduler, scaler, run_dir: Path, epoch: int, step: int, identity, history,
+                ctx: ddp.Context, keep_epochs: str, final_extra) -> tuple[Path, Path]:
+    """The epoch's weights file and its resume state, written by the main process; returns both paths."""
+    from helpers.models import save_classifier
+
+    rngs = _gather_rng(ctx)
+    path, resume = epoch_path(run_dir, epoch), resume_path(run_dir, epoch)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        progress = dict(epoch=epoch, step=step, identity=identity, world_size=ctx.world_size, history=history,
+                        **(final_extra or {}))
+        save_classifier(model, path, **progress)  # weights only: what Figure 5 loads
+        save_classifier(model, resume, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                        scaler=None if scaler is None else scaler.state_dict(), rng=rngs, **progress)
+        # Both files were read back before their rename; once they are flushed, the previous
+        # resume state (and, for keep_epochs="last", the previous weights) can go.
+        _flush(path, resume)
+        prune(run_dir, keep_epochs, epoch)
+    ddp.barrier(ctx)
+    return path, resume
 
 
 def _train_step(net, model, x8, y, optimizer, params, scaler, recipe: Recipe, ctx: ddp.Context, precision: str,

@@ -179,7 +179,7 @@ def cmd_diagnose(args) -> int:
     return run_cli(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:  # long by nature: one declaration per subcommand and option
     ap = argparse.ArgumentParser(prog="clip-study", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
