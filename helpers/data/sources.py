@@ -55,15 +55,18 @@ def captions_lines(target: Path | str) -> list[str]:
 
 
 def markdown_table() -> str:
-    """The sources table of ``book/reproducing.md``."""
-    rows = ["| Dataset | Source | Archive | Checksum | Lay out under `data_root` |",
-            "| --- | --- | --- | --- | --- |"]
+    """The sources of ``book/reproducing.md``: a table (dataset, source, archive and checksum) narrow
+    enough for the page, then each dataset's unpack command as a code block of its own (a long
+    shell line never wraps inside a table cell)."""
+    rows = ["| Dataset | Source | Archive and checksum |", "| --- | --- | --- |"]
+    commands = []
     for name, row in sources().items():
         if name == CAPTIONS:
             continue
-        files = ", ".join(f"`{a['file']}`" + (f" ({a['size']})" if a.get("size") else "") for a in row["archives"])
-        sums = "; ".join(f"md5 `{a['md5']}`" for a in row["archives"] if a.get("md5")) or "no published checksum"
-        unpack = " ".join(str(row["unpack"]).split()).replace("|", "\\|")
-        rows.append(f"| {row['name']} | {' '.join(str(row['source']).split())} | {files} | {sums} | "
-                    f"`{unpack}` |")
-    return "\n".join(rows)
+        files = "; ".join(f"`{a['file']}`" + (f" ({a['size']})" if a.get("size") else "")
+                          + (f", md5 `{a['md5']}`" if a.get("md5") else "") for a in row["archives"])
+        if not any(a.get("md5") for a in row["archives"]):
+            files += " (no published checksum)"
+        rows.append(f"| {row['name']} | {' '.join(str(row['source']).split())} | {files} |")
+        commands.append(f"# {row['name']}\n{' '.join(str(row['unpack']).split())}")
+    return "\n".join(rows) + "\n\nLaid out under `data_root` (`$DATA`):\n\n```bash\n" + "\n\n".join(commands) + "\n```"

@@ -76,7 +76,7 @@ def zero_shot_head(clip_model: nn.Module, tokenizer, classnames: Sequence[str],
     mean run in float32 on the text features). The averaging is open_clip's
     ``build_zero_shot_classifier``; ``desc`` labels the progress bar.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # a plain bar: a notebook widget would pull its JavaScript from a CDN into the book
 
     oc = open_clip_module()
     # open_clip decides between str.format and calling from the first template only

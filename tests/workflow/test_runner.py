@@ -154,7 +154,7 @@ def test_record_checks_each_input(study):
     path = jobs[0].record
     good = json.loads(open(path).read())
     for edit, reason in [
-        (lambda r: r["modules"]["helpers.study"].update(sha256="0" * 64), "module helpers.study changed"),
+        (lambda r: r["modules"]["helpers.study"].update(code_sha256="0" * 64), "module helpers.study changed"),
         (lambda r: r["profile"].update(digest="x"), "profile changed"),
         (lambda r: r["parameters"].update(entry="m1"), "parameters changed (entry)"),
         (lambda r: r.update(status="running"), "last run running"),
