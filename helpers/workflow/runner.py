@@ -600,14 +600,32 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _end_job(*_args) -> None:
-    """Kill every process this job started (the kernel, its DataLoader workers), then exit."""
+    """Kill every process this job started (the kernel, its DataLoader workers), wait until they
+    are gone, then exit. The wait matters: this process holds the job's lock until it exits, and a
+    SIGKILLed kernel with a large address space takes a moment to die, so without it a resumed
+    run could start its kernel beside the dying one."""
     import psutil
 
+    killed = []
     with contextlib.suppress(psutil.Error):
         for p in psutil.Process().children(recursive=True):
             with contextlib.suppress(psutil.Error):
                 p.kill()
+                killed.append(p)
+    deadline = time.monotonic() + 10
+    while any(_still_running(p) for p in killed) and time.monotonic() < deadline:
+        time.sleep(0.05)
     os._exit(143)
+
+
+def _still_running(process) -> bool:
+    """Whether a killed process still runs (a zombie has released its memory and GPU: gone)."""
+    import psutil
+
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 # ---------------------------------------------------------------- many jobs

@@ -158,7 +158,14 @@ def fake_slurm(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_SLURM_STATE", str(state))
     # the job's python must import this checkout's helpers, as a cluster job would from its repo
     monkeypatch.setenv("PYTHONPATH", f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    return state
+    # submitit caches Slurm states per job id in one process-wide watcher, and finished jobs are
+    # never asked again; the fake's ids restart at 4242 in every test, so an earlier test's
+    # COMPLETED 4242 must not answer for this test's 4242 (a real cluster never reuses an id)
+    from submitit.slurm.slurm import SlurmJob
+
+    SlurmJob.watcher.clear()
+    yield state
+    SlurmJob.watcher.clear()
 
 
 @pytest.fixture

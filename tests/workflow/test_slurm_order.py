@@ -19,16 +19,6 @@ from test_slurm import NOTEBOOK, _scripts, fake_slurm  # noqa: F401 (fixture)
 SECTIONS = ("01_robustness", "07_coca", "09_summary")
 
 
-@pytest.fixture(autouse=True)
-def _forget_job_states():
-    """submitit caches Slurm states per job id in one process-wide watcher; the fake's ids restart at
-    4242 in every test, so the states of this test's jobs must not answer for the next test's."""
-    yield
-    from submitit.slurm.slurm import SlurmJob
-
-    SlurmJob.watcher.clear()
-
-
 @pytest.fixture
 def jobs(tmp_path):
     nb = tmp_path / "notebooks"
