@@ -28,6 +28,7 @@ stays readable.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -93,20 +94,22 @@ class DamagedCacheWarning(UserWarning):
     discarded and recomputed (the message names it)."""
 
 
-#: (path, size, mtime_ns, inode) -> digest of the bytes, hashed in this process. Any write to the
-#: file changes its mtime (or its inode, for a replace), so a file is hashed once per process and
-#: version, not at every read of the entry.
+#: (path, size, mtime_ns, inode, ctime_ns) -> digest of the bytes, hashed in this process. Any write
+#: to the file changes its mtime and ctime (or its inode, for a replace), so a file is hashed once per
+#: process and version, not at every read of the entry.
 _DIGESTS: dict[tuple, str] = {}
 #: The file is hashed in chunks of this size, on up to HASH_THREADS threads (hashlib releases the
 #: GIL while it hashes), then the chunks' digests are hashed: a 7.5 GB ImageNet store is verified at
 #: the disk's speed rather than one core's (``benchmarks/verification.py``).
 HASH_CHUNK = 1 << 24
 HASH_THREADS = min(8, os.cpu_count() or 1)
+#: Set to 1 to hash every cached file in every process, ignoring the verification stamps.
+REHASH_ENV = "CLIP_STUDY_REHASH"
 
 
 def _version(path: Path) -> tuple:
     st = os.stat(path)
-    return (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    return (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
 def content_digest(path: Path) -> str:
@@ -136,10 +139,74 @@ def content_digest(path: Path) -> str:
     return _DIGESTS[key]
 
 
-def verified(path: Path, digest: str | None) -> bool:
-    """Whether the file holds exactly the bytes of ``digest`` (False for no digest or no file)."""
+# A verification stamp, ``<name>.verified`` beside a cached file, says "these bytes were hashed
+# and matched this digest while the file had this inode, size, mtime and ctime". A later process
+# that finds the file unchanged by all four trusts the stamp instead of hashing it again: the
+# store of a test set is then hashed once after it is written (or copied to another file system),
+# not once per model job (43 jobs read each store at the paper's scale). Any write through the
+# file system changes the ctime, which no user tool can set back, so an edited, truncated or
+# replaced file is hashed and caught. What a stamp cannot see is a change below the file system
+# (a disk's silent bit rot, which storage checksums catch); CLIP_STUDY_REHASH=1 hashes anyway.
+# As git does for its index, a stamp written less than RACY_S after the file's last change is not
+# trusted (a write in the same clock tick of a coarse-grained file system would leave the times
+# unchanged): the next reader hashes the file once more and writes a stamp that holds.
+
+#: A stamp vouches only for a file whose ctime is at least this much older than the stamp.
+RACY_S = 2.0
+
+def _stamp_path(path: Path) -> Path:
+    return path.with_name(path.name + ".verified")
+
+
+def _identity(path: Path) -> dict:
+    st = os.stat(path)
+    return {"inode": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
+
+
+def stamp_verified(path: Path, digest: str) -> None:
+    """Record that ``path`` now holds the bytes of ``digest`` (call right after hashing or writing
+    them). Best effort: a read-only cache only loses the saving."""
+    path = Path(path)
+    _DIGESTS[_version(path)] = digest
+    with contextlib.suppress(OSError):
+        atomic_write_json(_stamp_path(path), {"digest": digest, **_identity(path)})
+
+
+def _stamped_digest(path: Path) -> str | None:
+    """The digest a valid stamp vouches for (None: no stamp, a damaged one, or a changed file)."""
+    if os.environ.get(REHASH_ENV) == "1":
+        return None
     try:
-        return digest is not None and content_digest(Path(path)) == digest
+        stamp_path = _stamp_path(path)
+        stamp, identity = json.loads(stamp_path.read_text()), _identity(path)
+        if {k: stamp.get(k) for k in identity} != identity:
+            return None
+        # both times from the same file system's clock
+        if stamp_path.stat().st_mtime_ns - identity["ctime_ns"] < RACY_S * 1e9:
+            return None
+        return str(stamp["digest"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def verified(path: Path, digest: str | None) -> bool:
+    """Whether the file holds exactly the bytes of ``digest`` (False for no digest or no file):
+    from this process's memo, else a valid verification stamp, else by hashing it (and stamping it
+    when it matches)."""
+    if digest is None:
+        return False
+    path = Path(path)
+    try:
+        if _version(path) in _DIGESTS:
+            return _DIGESTS[_version(path)] == digest
+        stamped = _stamped_digest(path)
+        if stamped is not None:
+            _DIGESTS[_version(path)] = stamped
+            return stamped == digest
+        if content_digest(path) != digest:
+            return False
+        stamp_verified(path, digest)
+        return True
     except FileNotFoundError:
         return False
 
@@ -168,11 +235,13 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
         np.save(tmp, array)
         with open(tmp, "rb") as f:  # to disk before the rename, as atomic_write_text does
             os.fsync(f.fileno())
-        atomic_write_text(_digest_path(path), content_digest(tmp) + "\n")
+        digest = content_digest(tmp)
+        atomic_write_text(_digest_path(path), digest + "\n")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    stamp_verified(path, digest)  # the bytes just hashed: no second hash when read back
 
 
 def load_npy(path: Path) -> np.ndarray | None:
@@ -481,7 +550,7 @@ class Partial:
         (self.dir / _PROGRESS).unlink()
         os.replace(self.dir, self.entry.dir / run)
         for n, spec in specs.items():  # the rename keeps the bytes: no second hash when read back
-            _DIGESTS[_version(self.entry.dir / run / f"{n}.npy")] = spec["digest"]
+            stamp_verified(self.entry.dir / run / f"{n}.npy", spec["digest"])
         manifest = {"key": self.entry.key, "material": self.entry.material, "run": run,
                     "arrays": specs, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **dict(info)}
         atomic_write_json(self.entry.dir / _MANIFEST, manifest)

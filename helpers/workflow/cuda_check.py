@@ -187,8 +187,9 @@ def check(device: str, precision: str, facts: CudaFacts) -> CudaReport:
                           + (f"; CUDA_VISIBLE_DEVICES={facts.visible!r}" if facts.visible is not None else "") + ")")
         return r
     if index >= len(facts.devices):
-        r.problems.append(f"device {device!r}: only {len(facts.devices)} CUDA device(s) are visible "
-                          f"(cuda:0..cuda:{len(facts.devices) - 1}); set device to one of them")
+        r.problems.append(f"device {device!r} is not a visible GPU: {len(facts.devices)} visible"
+                          + (f" (CUDA_VISIBLE_DEVICES={facts.visible})" if facts.visible is not None else "")
+                          + f", cuda:0 to cuda:{len(facts.devices) - 1}; set device to one of them")
         return r
     if precision == "bf16" and not facts.devices[index].bf16:
         d = facts.devices[index]

@@ -186,21 +186,6 @@ def _unloadable(path: Path) -> str | None:
     return None
 
 
-def _visible_device_problem(profile: Profile) -> str | None:
-    """``device: cuda:N`` with N beyond the GPUs this process sees (CUDA_VISIBLE_DEVICES applied)."""
-    import torch
-
-    dev = torch.device(profile.device)
-    if dev.type != "cuda" or dev.index is None:
-        return None
-    n = torch.cuda.device_count()
-    if dev.index >= n:
-        return (f"{profile.path}: device: {profile.device} is not a visible GPU ({n} visible"
-                f"{', CUDA_VISIBLE_DEVICES=' + os.environ['CUDA_VISIBLE_DEVICES'] if 'CUDA_VISIBLE_DEVICES' in os.environ else ''}"
-                f"{': cuda:0 to cuda:' + str(n - 1) if n else ''})")
-    return None
-
-
 def _check_checkpoints(profile: Profile, entries: list[PoolEntry], report: Report) -> list[PoolEntry]:
     """Checkpoint files of the slice (and of the parents a finetuning run starts from); returns the
     entries whose checkpoint a command still has to produce."""
@@ -410,9 +395,6 @@ def check(profile: Profile | str | os.PathLike, sections: list[str] | None = Non
     report.checked.append(_library_line())
     _check_models(profile, report)
     _check_cuda(profile, report, cuda_facts)
-    bad_device = _visible_device_problem(profile)
-    if bad_device:
-        report.problems.append(bad_device)
     report.sections = _sections(sections, report)
     try:
         report.entries = profile.select(entry=entry, backbone=backbone)
@@ -452,7 +434,7 @@ def _check_cuda(profile: Profile, report: Report, facts) -> None:
         return
     found = cuda_check.check(profile.device, profile.precision, facts or cuda_check.probe())
     report.checked += [f"CUDA: {line}" for line in found.lines]
-    report.problems += found.problems
+    report.problems += [f"{profile.path}: {p}" for p in found.problems]  # the file that names the device
 
 
 def _library_line() -> str:

@@ -45,7 +45,8 @@ def test_a_driver_older_than_the_build_names_the_wheel_to_install():
 def test_an_index_beyond_the_visible_devices_is_refused():
     r = cuda_check.check("cuda:2", "fp32", facts(devices=(H100, V100), visible="3,5"))
     (p,) = r.problems
-    assert p == "device 'cuda:2': only 2 CUDA device(s) are visible (cuda:0..cuda:1); set device to one of them"
+    assert p == ("device 'cuda:2' is not a visible GPU: 2 visible (CUDA_VISIBLE_DEVICES=3,5), cuda:0 to cuda:1; "
+                 "set device to one of them")
     assert "CUDA_VISIBLE_DEVICES=3,5" in r.lines[0]
     assert cuda_check.check("cuda:1", "fp32", facts(devices=(H100, V100))).ok
     assert "torch sees no CUDA device" in cuda_check.check("cuda", "fp32", facts(devices=())).problems[0]
@@ -87,9 +88,9 @@ def test_driver_version_from_nvidia_smi_header():
 def test_plan_reports_the_stack_and_refuses_an_invisible_device(tmp_path):
     P = load_profile("demo", overrides={"device": "cuda:3", "precision": "bf16"})
     report = preflight.check(P, sections=["robustness"], cuda_facts=facts(driver=(12, 6)))
-    assert any(p.startswith("torch 2.14.1+cu130 is built for CUDA 13.0") for p in report.problems)
-    assert "device 'cuda:3': only 1 CUDA device(s) are visible (cuda:0..cuda:0); set device to one of them" \
-        in report.problems
+    assert any(p.startswith(f"{P.path}: torch 2.14.1+cu130 is built for CUDA 13.0") for p in report.problems)
+    assert [p for p in report.problems if "cuda:3" in p] == [
+        f"{P.path}: device 'cuda:3' is not a visible GPU: 1 visible, cuda:0 to cuda:0; set device to one of them"]
     text = preflight.format(report)
     assert "ok  CUDA: cuda:0 NVIDIA H100 80GB HBM3, 79.2 GiB, compute capability 9.0, bf16 yes" in text
     ok = preflight.check(P.path, sections=["robustness"], cuda_facts=facts())  # a path: loaded as given (cpu)

@@ -28,14 +28,18 @@ def test_a_non_finite_parameter_value_is_refused_naming_the_parameter():
         check_parameters({"limit": math.inf}, {"02_outlier_features.md": {"limit": None}})
 
 
-def test_a_gpu_beyond_the_visible_ones_is_refused_by_the_plan(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+def test_a_gpu_beyond_the_visible_ones_is_refused_by_the_plan(tmp_path):
+    from helpers.workflow.cuda_check import CudaFacts, Device
+
+    h100 = Device(0, "NVIDIA H100 80GB HBM3", 85_045_460_992, (9, 0))
+    two = CudaFacts("2.14.1+cu130", "13.0", (13, 0), [h100, Device(1, h100.name, h100.memory_bytes, h100.capability)], "0,1")
     P = load_profile(write_profile(tmp_path, device="cuda:9"))
-    report = preflight.check(P, sections=["outlier_features"])
-    assert (f"{P.path}: device: cuda:9 is not a visible GPU (2 visible, CUDA_VISIBLE_DEVICES=0,1: cuda:0 to cuda:1)"
-            in report.problems)
-    ok = preflight.check(load_profile(write_profile(tmp_path, device="cuda:1")), sections=["outlier_features"])
+    report = preflight.check(P, sections=["outlier_features"], cuda_facts=two)
+    refused = [p for p in report.problems if "cuda:9" in p]
+    assert refused == [f"{P.path}: device 'cuda:9' is not a visible GPU: 2 visible (CUDA_VISIBLE_DEVICES=0,1), "
+                       f"cuda:0 to cuda:1; set device to one of them"]  # once, naming the profile file
+    ok = preflight.check(load_profile(write_profile(tmp_path, device="cuda:1")), sections=["outlier_features"],
+                         cuda_facts=two)
     assert not [p for p in ok.problems if "visible GPU" in p]
 
 
