@@ -82,6 +82,7 @@ window.addEventListener('load', function () {
                tables: tables, images: images, chars: text.length};
     var pre = document.createElement('pre');
     pre.id = 'book-probe';
+    pre.style.display = 'none';  // in the DOM dump, not in the screenshot taken in the same launch
     pre.textContent = JSON.stringify(out);
     document.body.appendChild(pre);
   }
@@ -118,7 +119,7 @@ def server(book):
 
 def _pages(book: Path) -> list[Path]:
     return sorted(p for p in book.rglob("*.html") if not {"_static", "_sources", "_images"} & set(p.parts)
-                  and p.name not in SKIP_PAGES and ".probe." not in p.name
+                  and p.name not in SKIP_PAGES and ".probe" not in p.name
                   and 'http-equiv="refresh"' not in p.read_text(errors="replace")[:2000].lower())  # the root redirect
 
 
@@ -129,11 +130,15 @@ def _chromium(*args, timeout=120) -> subprocess.CompletedProcess:
                               capture_output=True, text=True, timeout=timeout)
 
 
-def _probe(book: Path, server: str, page: Path, width: int = 1400) -> dict:
-    copy = page.with_name(page.stem + ".probe.html")
+def _probe(book: Path, server: str, page: Path, width: int = 1400, screenshot: Path | None = None) -> dict:
+    """What the page shows at ``width`` px (the PROBE's report), and its screenshot in the same
+    browser launch when ``screenshot`` is given."""
+    copy = page.with_name(page.stem + f".probe{width}.html")
     copy.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
+    shot = [f"--screenshot={screenshot}"] if screenshot else []
     try:
-        dom = _chromium(f"--window-size={width},1600", "--dump-dom", f"{server}/{copy.relative_to(book).as_posix()}").stdout
+        dom = _chromium(f"--window-size={width},2400", *shot, "--dump-dom",
+                        f"{server}/{copy.relative_to(book).as_posix()}").stdout
     finally:
         copy.unlink()
     found = re.search(r'<pre id="book-probe"[^>]*>(.*?)</pre>', dom, re.S)
@@ -142,55 +147,63 @@ def _probe(book: Path, server: str, page: Path, width: int = 1400) -> dict:
     return json.loads(html.unescape(found.group(1)))
 
 
+def _page_problems(book: Path, server: str, page: Path) -> list[str]:
+    """Every way ``page`` reads badly (see the test's docstring); its screenshot is kept."""
+    from PIL import Image, ImageStat
+
+    problems = []
+    rel = page.relative_to(book).as_posix()
+    shot = SCREENSHOTS / (rel.replace("/", "__").removesuffix(".html") + ".png")
+    shot.unlink(missing_ok=True)
+    r = _probe(book, server, page, screenshot=shot)
+    text = page.read_text()
+    if '<span class="math' in text or '<div class="math' in text:
+        if r["mjx"] == 0:
+            problems.append(f"{rel}: math present but not typeset (no mjx-container)")
+    if r["raw_tex"]:
+        problems.append(f"{rel}: {r['raw_tex']} raw TeX delimiters in the visible text")
+    for img in r["images"]:
+        if not img["loaded"]:
+            problems.append(f"{rel}: image not decoded: {img['src']}")
+        if not img["numbered"]:
+            problems.append(f"{rel}: image outside a numbered, captioned figure: {img['src']}")
+    for width, probe in ((1400, r), (1000, _probe(book, server, page, width=1000))):
+        for t in probe["tables"]:
+            if not t["fits"]:
+                problems.append(f"{rel} at {width} px: table wider than the text column: {t['caption'][:60]!r}")
+            if t["cut"]:
+                problems.append(f"{rel} at {width} px: cell text cut in {t['caption'][:40]!r}: {t['cut'][:3]}")
+    for t in r["tables"]:
+        codes = [h for h in t["headers"] if CODE_NAME.search(h)]
+        if codes:
+            problems.append(f"{rel}: code names in the headers of {t['caption'][:40]!r}: {codes}")
+    if Path(rel).stem in CHAPTERS:
+        if not r["display_math"]:
+            problems.append(f"{rel}: no displayed equation")
+        if r["verdict"] != "What this run shows" or r["after_verdict"]:
+            problems.append(f"{rel}: does not end with its verdict box (last: {r['verdict']!r}, "
+                            f"{r['after_verdict']} elements after it)")
+    if not shot.exists():
+        return problems + [f"{rel}: no screenshot"]
+    img = Image.open(shot).convert("L")
+    if ImageStat.Stat(img).stddev[0] < 10 or r["chars"] < 200:
+        problems.append(f"{rel}: renders blank")
+    return problems
+
+
 def test_every_page_reads_well_in_a_browser(book, server):
     """What a reader sees at 1400 px (and, for the tables, at 1000 px): math typeset, every image
     decoded and shown as a numbered, captioned figure, no table wider than the text column and no
     cell whose text is cut, no code name in a table header; each reproduction chapter shows a
-    displayed equation and ends with its verdict box."""
-    from PIL import Image, ImageStat
+    displayed equation and ends with its verdict box. Two pages at a time (a browser launch is
+    mostly waiting on its own processes)."""
+    from concurrent.futures import ThreadPoolExecutor
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    problems = []
     pages = _pages(book)
     assert len(pages) >= 15, f"only {len(pages)} pages in {book}"
-    for page in pages:
-        rel = page.relative_to(book).as_posix()
-        r = _probe(book, server, page)
-        text = page.read_text()
-        if '<span class="math' in text or '<div class="math' in text:
-            if r["mjx"] == 0:
-                problems.append(f"{rel}: math present but not typeset (no mjx-container)")
-        if r["raw_tex"]:
-            problems.append(f"{rel}: {r['raw_tex']} raw TeX delimiters in the visible text")
-        for img in r["images"]:
-            if not img["loaded"]:
-                problems.append(f"{rel}: image not decoded: {img['src']}")
-            if not img["numbered"]:
-                problems.append(f"{rel}: image outside a numbered, captioned figure: {img['src']}")
-        for width, probe in ((1400, r), (1000, _probe(book, server, page, width=1000))):
-            for t in probe["tables"]:
-                if not t["fits"]:
-                    problems.append(f"{rel} at {width} px: table wider than the text column: {t['caption'][:60]!r}")
-                if t["cut"]:
-                    problems.append(f"{rel} at {width} px: cell text cut in {t['caption'][:40]!r}: {t['cut'][:3]}")
-        for t in r["tables"]:
-            codes = [h for h in t["headers"] if CODE_NAME.search(h)]
-            if codes:
-                problems.append(f"{rel}: code names in the headers of {t['caption'][:40]!r}: {codes}")
-        if Path(rel).stem in CHAPTERS:
-            if not r["display_math"]:
-                problems.append(f"{rel}: no displayed equation")
-            if r["verdict"] != "What this run shows" or r["after_verdict"]:
-                problems.append(f"{rel}: does not end with its verdict box (last: {r['verdict']!r}, "
-                                f"{r['after_verdict']} elements after it)")
-        shot = SCREENSHOTS / (rel.replace("/", "__").removesuffix(".html") + ".png")
-        _chromium("--window-size=1400,2400", f"--screenshot={shot}", f"{server}/{rel}")
-        if not shot.exists():
-            problems.append(f"{rel}: no screenshot")
-            continue
-        img = Image.open(shot).convert("L")
-        if ImageStat.Stat(img).stddev[0] < 10 or r["chars"] < 200:
-            problems.append(f"{rel}: renders blank")
+    with ThreadPoolExecutor(2) as pool:
+        problems = [p for found in pool.map(lambda page: _page_problems(book, server, page), pages) for p in found]
     assert not problems, "\n".join(problems)
 
 

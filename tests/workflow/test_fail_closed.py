@@ -174,8 +174,11 @@ def test_killing_the_runner_mid_job_ends_the_job_and_a_resume_never_runs_beside_
     code = (f"import pathlib\nfrom helpers.config import load_profile\nfrom helpers.workflow import runner\n"
             f"P = load_profile({str(prof)!r})\n"
             f"runner.run(runner.plan(P, notebook_dir=pathlib.Path({str(nbdir)!r})), gpus={gpus!r})\n")
+    # SIGINT as a terminal delivers it: a test run started in the background (CI, `cmd &`) inherits
+    # SIGINT ignored, and a Python started with it ignored never raises KeyboardInterrupt
     first = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (log.exists() and log.read_text().strip()):
         assert time.monotonic() < deadline and first.poll() is None, "the first run's job never started"
