@@ -1163,8 +1163,8 @@ def _accuracies_only(cfg: DiagnoseConfig, P: Profile, accs: Accuracies) -> Diagn
              "templates": cfg.templates, "head": cfg.head, "preprocess": cfg.preprocess, "limit": cfg.limit}
     extra = [k for k, v in given.items() if v is not None]
     if extra:
-        raise DiagnoseError(f"{', '.join(extra)} need a model to run (model= / --model, or encoder=); without one, "
-                            "diagnose places the accuracies given among the OpenCLIP zoo and measures nothing")
+        raise DiagnoseError(f"{', '.join(extra)}: only with a model to run (model= / --model, or encoder=); without "
+                            "one, diagnose places the accuracies given among the OpenCLIP zoo and measures nothing")
     label = cfg.name or (Path(accs.source).stem if accs.source not in ("the command line", "the accuracies given")
                          else "new model")
     zoo, tables = _zoo_placement(accs, P)
