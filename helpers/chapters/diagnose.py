@@ -308,10 +308,10 @@ def read_accuracies(spec, units: str = "auto") -> Accuracies:
     if auto:
         above = [d for d in EVAL_DATASETS if raw[d] > 1]
         units = "percent" if above else "fraction"
-        why = (f"read as percent: {above[0]} = {raw[above[0]]:g} is above 1" if above else
-               "read as fractions: every value is at most 1 (give --accuracy-units percent otherwise)")
+        why = (f"read as percent because {above[0]} = {raw[above[0]]:g} is above 1" if above else
+               "read as fractions because no value is above 1 (--accuracy-units percent reads them as percent)")
     else:
-        why = f"read as {'percent' if units == 'percent' else 'fractions'}, as asked (--accuracy-units {units})"
+        why = f"read as {'percent' if units == 'percent' else 'fractions'}, as --accuracy-units {units} asks"
     top = 100.0 if units == "percent" else 1.0
     for d in EVAL_DATASETS:
         if not 0 <= raw[d] <= top:
@@ -319,7 +319,7 @@ def read_accuracies(spec, units: str = "auto") -> Accuracies:
             raise DiagnoseError(f"{where}: {d} = {raw[d]:g} is outside {ranges}; expected a top-1 accuracy")
     return Accuracies({d: raw[d] / top for d in EVAL_DATASETS}, units, why,
                       str(Path(str(spec)).expanduser()) if from_file else "the command line" if isinstance(spec, str)
-                      else "the accuracies given")
+                      else "the mapping passed in")
 
 
 # --------------------------------------------------------------------------------------------
@@ -941,7 +941,7 @@ def _zoo_section(d: Diagnosis, figures: bool) -> list[str]:
     z = d.zoo
     acc = z["accuracies"]
     parts = [f"## {ZOO_HEADING}", "",
-             f"The six top-1 accuracies from {acc['source']} ({acc['why']}), in %:", "",
+             f"The six top-1 accuracies from {acc['source']}, {acc['why']}. In %:", "",
              _table([DISPLAY_NAMES.get(k, k) for k in EVAL_DATASETS] + ["mean of 5 shifts"],
                     [[_fmt(100 * acc["values"][k], 1) for k in EVAL_DATASETS] + [_fmt(100 * z["shifts_mean"], 1)]]), "",
              f"- **Effective robustness, Eq. (5): {_fmt(100 * z['er'], 1)} points**; %acc "
@@ -1165,7 +1165,7 @@ def _accuracies_only(cfg: DiagnoseConfig, P: Profile, accs: Accuracies) -> Diagn
     if extra:
         raise DiagnoseError(f"{', '.join(extra)}: only with a model to run (model= / --model, or encoder=); without "
                             "one, diagnose places the accuracies given among the OpenCLIP zoo and measures nothing")
-    label = cfg.name or (Path(accs.source).stem if accs.source not in ("the command line", "the accuracies given")
+    label = cfg.name or (Path(accs.source).stem if accs.source not in ("the command line", "the mapping passed in")
                          else "new model")
     zoo, tables = _zoo_placement(accs, P)
     d = Diagnosis(label=label, slug=f"accuracies-{_slug(label)}", images=None, profile=P,

@@ -105,20 +105,21 @@ def test_both_forms_read_the_same_fractions(tmp_path):
     want = {k: v / 100 for k, v in NEW.items()}
     got = dg.read_accuracies(NEW_KV)
     assert got.values == pytest.approx(want) and list(got.values) == list(KEYS)
-    assert (got.units, got.why, got.source) == ("percent", "read as percent: imagenet = 62 is above 1",
+    assert (got.units, got.why, got.source) == ("percent", "read as percent because imagenet = 62 is above 1",
                                                 "the command line")
     wide, long, js, yml = _files(tmp_path)
     for path, units in ((wide, "percent"), (long, "fraction"), (js, "fraction"), (yml, "percent")):
         a = dg.read_accuracies(str(path))
         assert a.values == pytest.approx(want) and a.units == units and a.source == str(path), path
-    assert dg.read_accuracies(str(long)).why == ("read as fractions: every value is at most 1 (give "
-                                                 "--accuracy-units percent otherwise)")
+    assert dg.read_accuracies(str(long)).why == ("read as fractions because no value is above 1 "
+                                                 "(--accuracy-units percent reads them as percent)")
     # keys are case-insensitive, "_" reads as "-"; a mapping is accepted as is
     assert dg.read_accuracies("ImageNet=0.5,IMAGENET_V2=0.4,imagenet-r=0.5,imagenet_sketch=0.3,objectnet=0.3,"
                               "imagenet-a=0.1").values["imagenet-v2"] == 0.4
     small = dg.read_accuracies({k: 0.5 for k in KEYS}, units="percent")
-    assert small.values["imagenet"] == pytest.approx(0.005) and small.why == ("read as percent, as asked "
-                                                                               "(--accuracy-units percent)")
+    assert small.values["imagenet"] == pytest.approx(0.005) and small.why == ("read as percent, as "
+                                                                               "--accuracy-units percent asks")
+    assert small.source == "the mapping passed in"
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -250,7 +251,7 @@ def test_accuracies_alone_build_no_model_and_write_the_report(tmp_path, capsys, 
     assert main(["diagnose", "--profile", str(write_profile(tmp_path)), "--accuracies", str(js),
                  "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "acc among the OpenCLIP zoo: accuracies read as fractions" in printed
+    assert "acc among the OpenCLIP zoo: accuracies read as fractions because no value is above 1" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mode"] == "accuracies only" and summary["version"] == dg.DIAGNOSE_VERSION
     assert not {"images", "kurtosis", "pool"} & set(summary)
