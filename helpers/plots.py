@@ -421,15 +421,17 @@ def zoo_placement_figure(zoo, testbed, slope: float, intercept: float, new: dict
     import math
 
     fig = zoo_figure1(zoo, testbed, slope, intercept)
-    # the label goes where the zoo leaves room: above-left of its rising ER curve in 1a, below-right
-    # (between the zoo and the testbed) in 1b
-    for ax, key, (dx, dy) in zip(fig.axes[:2], ("er", "acc_ratio"), ((-14, 14), (14, -16))):
+    # the label goes where the zoo leaves room: above its rising ER curve in 1a, below it (between
+    # the zoo and the testbed) in 1b; towards the middle of the axes, so that it stays inside
+    for ax, key, dy in zip(fig.axes[:2], ("er", "acc_ratio"), (14, -16)):
         value = new.get(key)
         if value is None or not math.isfinite(value):
             continue
         x, y = 100 * new["imagenet"], 100 * value
         ax.scatter([x], [y], marker="*", s=260, color="k", edgecolor="white", lw=0.8, zorder=5,
                    label="the diagnosed model")
+        lo, hi = ax.get_xlim()
+        dx = 14 if x < (lo + hi) / 2 else -14
         ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=ZOO_FONT, zorder=6,
                     ha="right" if dx < 0 else "left", va="bottom" if dy > 0 else "top",
                     bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="0.6", lw=0.5),

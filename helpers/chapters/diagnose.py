@@ -289,7 +289,8 @@ def read_accuracies(spec, units: str = "auto") -> Accuracies:
         k = known.get(_norm_key(key))
         if k is None:
             close = difflib.get_close_matches(_norm_key(key), list(EVAL_DATASETS), n=1, cutoff=0.0)
-            raise DiagnoseError(f"{where}: unknown key {str(key)!r}; the closest known name is {close[0]!r} ({expected})")
+            raise DiagnoseError(f"{where}: unknown key {str(key)!r}; the closest known name is {close[0]!r} "
+                                f"({expected})")
         if k in raw:
             raise DiagnoseError(f"{where}: {k} is given twice")
         if isinstance(value, bool) or not _is_number(value):
@@ -771,7 +772,8 @@ class Diagnosis:
         z = self.zoo
         if z is None:
             return "no accuracies given: not placed among the OpenCLIP zoo"
-        return (f"ER {_fmt(100 * z['er'], 1)} points, %acc {_fmt(100 * z['acc_ratio'], 1)} %; coefficients: {z['coefficients']['label']}; "
+        return (f"ER {_fmt(100 * z['er'], 1)} points, %acc {_fmt(100 * z['acc_ratio'], 1)} %; "
+                f"coefficients: {z['coefficients']['label']}; "
                 f"rank {z['rank']} of {z['of']} OpenCLIP models by ER (percentile {z['percentile']:.0f}); "
                 f"{z['zoo_above']} zoo and {z['testbed_above']} of {z['testbed']} ImageNet-trained testbed models "
                 "have a higher ER")

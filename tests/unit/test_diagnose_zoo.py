@@ -15,7 +15,6 @@ from scipy.special import expit, logit
 from helpers import plots
 from helpers.chapters import diagnose as dg
 from helpers.chapters import openclip_zoo as zc
-from helpers.config import load_profile
 from helpers.paper import published
 from helpers.workflow.cli import main
 from tests.conftest import refuses, write_profile
@@ -147,36 +146,34 @@ def test_bad_accuracies_name_the_key_and_what_was_expected(spec, message):
         dg.read_accuracies(spec)
 
 
-def test_bad_files_and_units_are_named(tmp_path):
+@pytest.mark.parametrize("name, content, units, message", [
+    ("acc.txt", "imagenet 0.6", "auto", "{path}: expected a .csv, .json, .yaml, .yml file (or key=value pairs), "
+     "got .txt"),
+    ("bad.json", "[0.6, 0.5]", "auto", "{path}: expected a mapping of dataset key to accuracy (imagenet: 0.62, ...), "
+     "got list"),
+    ("rows.csv", "imagenet,imagenet-v2,imagenet-r\n0.6,0.5,0.4\n0.7,0.6,0.5\n", "auto", "{path}: expected a header "
+     "row of the six dataset keys and one row of values, or two columns (dataset, accuracy); got 3 row(s) of [3] "
+     "column(s)"),
+    ("over.yaml", "".join(f"{k}: {1.5 if k == 'imagenet-a' else 0.5}\n" for k in KEYS), "fraction",
+     "{path}: imagenet-a = 1.5 is outside [0, 1] (fraction, as asked); expected a top-1 accuracy"),
+])
+def test_bad_files_are_named(tmp_path, name, content, units, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with refuses(dg.DiagnoseError, message.format(path=f"accuracies file {path}")):
+        dg.read_accuracies(str(path), units=units)
+
+
+def test_missing_or_broken_file_and_bad_units(tmp_path):
     missing = tmp_path / "nope.csv"
     with refuses(dg.DiagnoseError, f"accuracies file {missing} does not exist; expected a CSV, JSON or YAML file "
                  "of the six accuracies, or key=value pairs such as imagenet=0.62,imagenet-v2=0.55,imagenet-r=0.69,"
                  "imagenet-sketch=0.42,objectnet=0.44,imagenet-a=0.31"):
         dg.read_accuracies(str(missing))
-    txt = tmp_path / "acc.txt"
-    txt.write_text("imagenet 0.6")
-    with refuses(dg.DiagnoseError, f"accuracies file {txt}: expected a .csv, .json, .yaml, .yml file (or "
-                 "key=value pairs), got .txt"):
-        dg.read_accuracies(str(txt))
-    bad = tmp_path / "bad.json"
-    bad.write_text("[0.6, 0.5]")
-    with refuses(dg.DiagnoseError, f"accuracies file {bad}: expected a mapping of dataset key to accuracy "
-                 "(imagenet: 0.62, ...), got list"):
-        dg.read_accuracies(str(bad))
     broken = tmp_path / "broken.json"
     broken.write_text("{imagenet: ")
     with pytest.raises(dg.DiagnoseError, match="^" + re.escape(f"accuracies file {broken}: not valid JSON (")):
         dg.read_accuracies(str(broken))
-    rows = tmp_path / "rows.csv"
-    rows.write_text("imagenet,imagenet-v2,imagenet-r\n0.6,0.5,0.4\n0.7,0.6,0.5\n")
-    with refuses(dg.DiagnoseError, f"accuracies file {rows}: expected a header row of the six dataset keys and "
-                 "one row of values, or two columns (dataset, accuracy); got 3 row(s) of [3] column(s)"):
-        dg.read_accuracies(str(rows))
-    over = tmp_path / "over.yaml"
-    over.write_text("".join(f"{k}: 0.5\n" for k in KEYS) .replace("imagenet-a: 0.5", "imagenet-a: 1.5"))
-    with refuses(dg.DiagnoseError, f"accuracies file {over}: imagenet-a = 1.5 is outside [0, 1] (fraction, as "
-                 "asked); expected a top-1 accuracy"):
-        dg.read_accuracies(str(over), units="fraction")
     with refuses(dg.DiagnoseError, "accuracy units 'percentage': expected one of auto, fraction, percent"):
         dg.read_accuracies(NEW_KV, units="percentage")
 
@@ -314,7 +311,8 @@ def test_figure_draws_the_new_point_on_both_panels():
     fig = plots.zoo_placement_figure(zoo, testbed, 0.76, -1.49, new, "my model")
     try:
         for ax, y in zip(fig.axes[:2], (23.61, 77.7)):
-            hits = [c for c in ax.collections if len(c.get_offsets()) == 1 and np.allclose(c.get_offsets(), [[62.0, y]])]
+            hits = [c for c in ax.collections
+                    if len(c.get_offsets()) == 1 and np.allclose(c.get_offsets(), [[62.0, y]])]
             assert len(hits) == 1 and hits[0].get_label() == "the diagnosed model"
             assert [t.get_text() for t in ax.texts] == ["my model"]
             assert ax.texts[0].xy == pytest.approx((62.0, y))
