@@ -200,14 +200,23 @@ def _norm_key(key) -> str:
     return re.sub(r"[\s_]+", "-", str(key).strip().lower())
 
 
-def _accuracy_pairs(spec, where: str) -> list[tuple[Any, Any]]:
-    """(key, value) pairs as given: a mapping, ``key=value,...`` text, or a CSV / JSON / YAML file."""
+def _accuracy_form(spec) -> str:
+    """``mapping``, ``pairs`` (``key=value,...`` text) or ``file`` (a path, even one with ``=`` in it)."""
     from collections.abc import Mapping
 
     if isinstance(spec, Mapping):
+        return "mapping"
+    if isinstance(spec, str) and "=" in spec and not Path(spec).expanduser().is_file():
+        return "pairs"
+    return "file"
+
+
+def _accuracy_pairs(spec, form: str, where: str) -> list[tuple[Any, Any]]:
+    """(key, value) pairs as given: a mapping, ``key=value,...`` text, or a CSV / JSON / YAML file."""
+    if form == "mapping":
         return list(spec.items())
     text = str(spec)
-    if isinstance(spec, str) and "=" in text:
+    if form == "pairs":
         pairs = []
         for item in filter(None, (t.strip() for t in text.split(","))):
             key, eq, value = item.partition("=")
@@ -278,9 +287,10 @@ def read_accuracies(spec, units: str = "auto") -> Accuracies:
 
     if units not in ACCURACY_UNITS:
         raise DiagnoseError(f"accuracy units {units!r}: expected one of {', '.join(ACCURACY_UNITS)}")
-    from_file = not (isinstance(spec, dict) or (isinstance(spec, str) and "=" in spec))
+    form = _accuracy_form(spec)
+    from_file = form == "file"
     where = "accuracies file" if from_file else "accuracies"
-    pairs = _accuracy_pairs(spec, where)
+    pairs = _accuracy_pairs(spec, form, where)
     if from_file:
         where = f"accuracies file {Path(str(spec)).expanduser()}"
     known, raw = _accuracy_keys(), {}
@@ -319,7 +329,7 @@ def read_accuracies(spec, units: str = "auto") -> Accuracies:
             ranges = "[0, 1] (fractions) and [0, 100] (percent)" if auto else f"[0, {top:g}] ({units}, as asked)"
             raise DiagnoseError(f"{where}: {d} = {raw[d]:g} is outside {ranges}; expected a top-1 accuracy")
     return Accuracies({d: raw[d] / top for d in EVAL_DATASETS}, units, why,
-                      str(Path(str(spec)).expanduser()) if from_file else "the command line" if isinstance(spec, str)
+                      str(Path(str(spec)).expanduser()) if from_file else "the command line" if form == "pairs"
                       else "the mapping passed in")
 
 

@@ -115,6 +115,9 @@ def test_both_forms_read_the_same_fractions(tmp_path):
     # keys are case-insensitive, "_" reads as "-"; a mapping is accepted as is
     assert dg.read_accuracies("ImageNet=0.5,IMAGENET_V2=0.4,imagenet-r=0.5,imagenet_sketch=0.3,objectnet=0.3,"
                               "imagenet-a=0.1").values["imagenet-v2"] == 0.4
+    odd = tmp_path / "run=1.csv"  # a file whose name has "=" is still a file
+    odd.write_text(wide.read_text())
+    assert dg.read_accuracies(str(odd)).values == pytest.approx(want)
     small = dg.read_accuracies({k: 0.5 for k in KEYS}, units="percent")
     assert small.values["imagenet"] == pytest.approx(0.005) and small.why == ("read as percent, as "
                                                                                "--accuracy-units percent asks")
