@@ -89,7 +89,8 @@ _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 #: ``auto`` takes them as percent when any exceeds 1, else as fractions.
 ACCURACY_FILES = (".csv", ".json", ".yaml", ".yml")
 ACCURACY_UNITS = ("auto", "fraction", "percent")
-_ACCURACY_EXAMPLE = "imagenet=0.62,imagenet-v2=0.55,imagenet-r=0.69,imagenet-sketch=0.42,objectnet=0.44,imagenet-a=0.31"
+_ACCURACY_EXAMPLE = ("imagenet=0.62,imagenet-v2=0.55,imagenet-r=0.69,imagenet-sketch=0.42,objectnet=0.44,"
+                     "imagenet-a=0.31")
 
 
 #: The OpenAI template sets a zero-shot head can average over (``--templates``): 1, the single
@@ -711,7 +712,7 @@ class Diagnosis:
 
     label: str
     slug: str
-    images: Path
+    images: Path | None
     profile: Profile
     description: dict
     n_images: int
