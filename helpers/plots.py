@@ -382,8 +382,9 @@ def _zoo_scatter(ax, zoo, testbed, y: str, palette, scale: float = 100.0):
         ax.scatter(100 * g["imagenet"], scale * g[y], s=30, color=palette[fam], edgecolor="white", lw=0.4,
                    label=fam, zorder=2)
     pool = zoo[zoo["paper_entry"].notna()]
-    ax.scatter(100 * pool["imagenet"], scale * pool[y], s=90, facecolor="none", edgecolor="k", lw=1.1,
-               label="in the paper's pool", zorder=3)
+    if not pool.empty:  # no rings (and no legend entry for them) when no pool model is marked
+        ax.scatter(100 * pool["imagenet"], scale * pool[y], s=90, facecolor="none", edgecolor="k", lw=1.1,
+                   label="in the paper's pool", zorder=3)
     ax.set_xlabel("ImageNet top-1 (%)")
 
 
@@ -409,6 +410,33 @@ def zoo_figure1(zoo, testbed, slope: float, intercept: float):
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, frameon=False,
                fontsize=ZOO_FONT, title="training data (colour)", title_fontsize=ZOO_FONT, markerscale=1.4)
     fig.tight_layout()
+    return fig
+
+
+def zoo_placement_figure(zoo, testbed, slope: float, intercept: float, new: dict, label: str):
+    """:func:`zoo_figure1` with one more model marked and labelled on both panels: a new model
+    placed in the zoo by ``clip-study diagnose --accuracies``. ``new`` holds its ``imagenet``,
+    ``er`` and ``acc_ratio`` (fractions; :func:`helpers.chapters.openclip_zoo.placement`); a NaN
+    %acc (ImageNet accuracy 0) is left out of panel 1b."""
+    import math
+
+    fig = zoo_figure1(zoo, testbed, slope, intercept)
+    # the label goes where the zoo leaves room: above its rising ER curve in 1a, below it (between
+    # the zoo and the testbed) in 1b; towards the middle of the axes, so that it stays inside
+    for ax, key, dy in zip(fig.axes[:2], ("er", "acc_ratio"), (14, -16)):
+        value = new.get(key)
+        if value is None or not math.isfinite(value):
+            continue
+        x, y = 100 * new["imagenet"], 100 * value
+        ax.scatter([x], [y], marker="*", s=260, color="k", edgecolor="white", lw=0.8, zorder=5,
+                   label="the diagnosed model")
+        lo, hi = ax.get_xlim()
+        dx = 14 if x < (lo + hi) / 2 else -14
+        ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=ZOO_FONT, zorder=6,
+                    ha="right" if dx < 0 else "left", va="bottom" if dy > 0 else "top",
+                    bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="0.6", lw=0.5),
+                    arrowprops=dict(arrowstyle="-", color="0.3", lw=0.7, shrinkA=0, shrinkB=6))
+    fig.axes[0].set_title(f"{fig.axes[0].get_title()}\nstar: {label}", fontsize=10)
     return fig
 
 
@@ -969,8 +997,25 @@ def label_points(fig, ax, x, y, labels, fontsize: float = 7) -> None:
 
 def diagnose_figures(d, out) -> dict:
     """Per-image kurtosis with the pool's values marked; the pool's kurtosis against ER with this
-    model's kurtosis as a vertical line and its interval as a band. Built on matplotlib's Figure
-    (no pyplot): nothing is shown or left open in a notebook."""
+    model's kurtosis as a vertical line and its interval as a band; with accuracies, the model
+    among the OpenCLIP zoo (:func:`zoo_placement_figure`). Nothing is shown or left open in a
+    notebook (the kurtosis figures are built without pyplot, the zoo figure is closed once saved)."""
+    figs = {}
+    if d.zoo is not None:
+        import matplotlib.pyplot as plt
+
+        zoo, testbed = d.zoo_tables
+        fig = zoo_placement_figure(zoo, testbed, d.zoo["coefficients"]["slope"], d.zoo["coefficients"]["intercept"],
+                                   d.zoo, d.label)
+        figs["zoo_placement"] = save_figure(fig, out / "zoo_placement.png")
+        plt.close(fig)
+    if d.measured:
+        figs.update(_kurtosis_figures(d, out))
+    return figs
+
+
+def _kurtosis_figures(d, out) -> dict:
+    """The two kurtosis figures of :func:`diagnose_figures`, on matplotlib's Figure (no pyplot)."""
     import numpy as np
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D

@@ -32,6 +32,11 @@ A plain encoder (any ``nn.Module`` or callable) goes through the same engine as 
 :class:`~helpers.models.loading.LoadedModel`, keyed by the digest of its parameters (a named callable: by
 its name; an unnamed callable is recomputed on every call).
 
+Given the model's six top-1 accuracies (``accuracies``: ImageNet and the five shifts; ``clip-study
+diagnose --accuracies``), the report also places its effective robustness (Eq. 5) among the OpenCLIP
+zoo's published accuracies (:func:`helpers.chapters.openclip_zoo.placement`). With accuracies and no
+model, nothing is extracted: the report holds that placement only (a model evaluated elsewhere).
+
 The paper computes none of the placement: the rank correlations, the pool percentile and the
 nearest models are this project's (methods page), and they are only as meaningful as the pool.
 """
@@ -54,7 +59,7 @@ from helpers.config import PoolEntry, Profile, load_profile
 from helpers.store import atomic_write_json, atomic_write_text, key_of
 
 #: Bump when the report or summary would change for the same activations.
-DIAGNOSE_VERSION = 2
+DIAGNOSE_VERSION = 3
 
 #: Below this many images the mean kurtosis moves too much with the sample to place a model: the
 #: report says so (and still gives the interval). The paper averages over all 50,000 ImageNet
@@ -79,6 +84,13 @@ NEAREST = 3
 ENTRY_PREFIX = "diagnose-"
 
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+#: Files ``--accuracies`` reads (else it is ``key=value`` pairs), and how their numbers are read:
+#: ``auto`` takes them as percent when any exceeds 1, else as fractions.
+ACCURACY_FILES = (".csv", ".json", ".yaml", ".yml")
+ACCURACY_UNITS = ("auto", "fraction", "percent")
+_ACCURACY_EXAMPLE = ("imagenet=0.62,imagenet-v2=0.55,imagenet-r=0.69,imagenet-sketch=0.42,objectnet=0.44,"
+                     "imagenet-a=0.31")
 
 
 #: The OpenAI template sets a zero-shot head can average over (``--templates``): 1, the single
@@ -122,6 +134,8 @@ class DiagnoseConfig:
     write: bool = True
     yes: bool = False  # build a zero-shot head beyond CPU_HEAD_SECONDS on a CPU
     echo: Callable[[str], None] | None = print  # where the cost line goes (None: nowhere)
+    accuracies: Any = None  # six top-1 accuracies: a mapping, a CSV/JSON/YAML path or "k=v,..." (read_accuracies)
+    accuracy_units: str = "auto"  # auto | fraction | percent
 
 
 @dataclass(frozen=True)
@@ -153,6 +167,171 @@ def _duration(seconds: float) -> str:
 class DiagnoseError(ValueError):
     """Input :func:`diagnose` cannot use; the message names the folder, file, model or tag and
     what was expected."""
+
+
+# --------------------------------------------------------------------------------------------
+# The six accuracies of a model evaluated elsewhere (``--accuracies``)
+
+
+@dataclass(frozen=True)
+class Accuracies:
+    """The six top-1 accuracies given for the model, checked: ``values`` are fractions keyed and
+    ordered as :data:`helpers.config.EVAL_DATASETS`; ``units`` is how the numbers given were read
+    (``fraction`` or ``percent``) and ``why`` says on what ground; ``source`` the file or ``the
+    command line``."""
+
+    values: dict[str, float]
+    units: str
+    why: str
+    source: str
+
+
+def _accuracy_keys() -> dict[str, str]:
+    """Accepted spelling -> dataset key: the study's keys and OpenCLIP's column headers
+    (``ImageNet 1k``, ``ImageNet v2``, ...), case-insensitive, ``_`` and spaces read as ``-``."""
+    from helpers.config import EVAL_DATASETS
+    from helpers.paper.published import OPENCLIP_COLUMNS
+
+    keys = {_norm_key(k): k for k in EVAL_DATASETS}
+    keys.update({_norm_key(v): k for k, v in OPENCLIP_COLUMNS.items()})
+    return keys
+
+
+def _norm_key(key) -> str:
+    return re.sub(r"[\s_]+", "-", str(key).strip().lower())
+
+
+def _accuracy_form(spec) -> str:
+    """``mapping``, ``pairs`` (``key=value,...`` text) or ``file`` (a path, even one with ``=`` in it)."""
+    from collections.abc import Mapping
+
+    if isinstance(spec, Mapping):
+        return "mapping"
+    if isinstance(spec, str) and "=" in spec and not Path(spec).expanduser().is_file():
+        return "pairs"
+    return "file"
+
+
+def _accuracy_pairs(spec, form: str, where: str) -> list[tuple[Any, Any]]:
+    """(key, value) pairs as given: a mapping, ``key=value,...`` text, or a CSV / JSON / YAML file."""
+    if form == "mapping":
+        return list(spec.items())
+    text = str(spec)
+    if form == "pairs":
+        pairs = []
+        for item in filter(None, (t.strip() for t in text.split(","))):
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip():
+                raise DiagnoseError(f"{where}: {item!r} is not key=value; expected {_ACCURACY_EXAMPLE}")
+            pairs.append((key.strip(), value.strip()))
+        return pairs
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise DiagnoseError(f"{where} {path} {'is a folder' if path.is_dir() else 'does not exist'}; expected a CSV, "
+                            f"JSON or YAML file of the six accuracies, or key=value pairs such as {_ACCURACY_EXAMPLE}")
+    if path.suffix.lower() not in ACCURACY_FILES:
+        raise DiagnoseError(f"{where} {path}: expected a {', '.join(ACCURACY_FILES)} file (or key=value pairs), "
+                            f"got {path.suffix or 'no extension'}")
+    return _accuracy_file(path, f"{where} {path}")
+
+
+def _accuracy_file(path: Path, where: str) -> list[tuple[Any, Any]]:
+    """A CSV with a header row of keys and one row of values, or two columns (key, value; a header
+    row is skipped); a JSON or YAML mapping of key to value."""
+    import csv
+    import json
+
+    import yaml
+
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="") as f:
+            rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+        if len(rows) == 2 and len(rows[0]) == len(rows[1]) > 2:
+            return list(zip(rows[0], rows[1]))
+        if rows and all(len(r) == 2 for r in rows):
+            if not _is_number(rows[0][1]):
+                rows = rows[1:]  # a header row (dataset,accuracy)
+            return [(k, v) for k, v in rows]
+        raise DiagnoseError(f"{where}: expected a header row of the six dataset keys and one row of values, or two "
+                            f"columns (dataset, accuracy); got {len(rows)} row(s) of "
+                            f"{sorted({len(r) for r in rows}) or [0]} column(s)")
+    try:
+        data = json.loads(path.read_text()) if path.suffix.lower() == ".json" else yaml.safe_load(path.read_text())
+    except (ValueError, yaml.YAMLError) as exc:
+        kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+        raise DiagnoseError(f"{where}: not valid {kind} ({' '.join(str(exc).split())})") from None
+    if not isinstance(data, dict):
+        raise DiagnoseError(f"{where}: expected a mapping of dataset key to accuracy (imagenet: 0.62, ...), got "
+                            f"{type(data).__name__}")
+    return list(data.items())
+
+
+def _is_number(text) -> bool:
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def read_accuracies(spec, units: str = "auto") -> Accuracies:
+    """The six top-1 accuracies of a model, checked before anything else runs.
+
+    ``spec``: a mapping, ``"imagenet=0.62,imagenet-v2=0.55,..."``, or the path of a CSV (a header of
+    keys and one row, or two columns key,value), JSON or YAML (a mapping) file. Keys are those of
+    :data:`helpers.config.EVAL_DATASETS` (ImageNet and the five shifts of Section 3), or OpenCLIP's
+    column headers. ``units``: ``fraction`` ([0, 1]), ``percent`` ([0, 100]) or ``auto`` (percent
+    when any value exceeds 1). Raises :class:`DiagnoseError` naming the file or key and what was
+    expected: a missing dataset, an unknown key (with the closest known one), a key given twice, a
+    value that is not a finite number in range."""
+    from helpers.config import EVAL_DATASETS
+
+    if units not in ACCURACY_UNITS:
+        raise DiagnoseError(f"accuracy units {units!r}: expected one of {', '.join(ACCURACY_UNITS)}")
+    form = _accuracy_form(spec)
+    from_file = form == "file"
+    where = "accuracies file" if from_file else "accuracies"
+    pairs = _accuracy_pairs(spec, form, where)
+    if from_file:
+        where = f"accuracies file {Path(str(spec)).expanduser()}"
+    known, raw = _accuracy_keys(), {}
+    expected = f"expected the six keys {', '.join(EVAL_DATASETS)}"
+    for key, value in pairs:
+        k = known.get(_norm_key(key))
+        if k is None:
+            close = difflib.get_close_matches(_norm_key(key), list(EVAL_DATASETS), n=1, cutoff=0.0)
+            raise DiagnoseError(f"{where}: unknown key {str(key)!r}; the closest known name is {close[0]!r} "
+                                f"({expected})")
+        if k in raw:
+            raise DiagnoseError(f"{where}: {k} is given twice")
+        if isinstance(value, bool) or not _is_number(value):
+            raise DiagnoseError(f"{where}: {k} = {value!r} is not a number; expected a top-1 accuracy as a fraction "
+                                "in [0, 1] or a percentage in [0, 100]")
+        v = float(value)
+        if not math.isfinite(v):
+            raise DiagnoseError(f"{where}: {k} = {value} is not finite; expected a top-1 accuracy as a fraction in "
+                                "[0, 1] or a percentage in [0, 100]")
+        raw[k] = v
+    missing = [d for d in EVAL_DATASETS if d not in raw]
+    if missing:
+        raise DiagnoseError(f"{where}: no accuracy for {', '.join(missing)}; {expected} (ImageNet top-1 and the "
+                            "five shifts of Section 3)")
+    auto = units == "auto"
+    if auto:
+        above = [d for d in EVAL_DATASETS if raw[d] > 1]
+        units = "percent" if above else "fraction"
+        why = (f"read as percent because {above[0]} = {raw[above[0]]:g} is above 1" if above else
+               "read as fractions because no value is above 1 (--accuracy-units percent reads them as percent)")
+    else:
+        why = f"read as {'percent' if units == 'percent' else 'fractions'}, as --accuracy-units {units} asks"
+    top = 100.0 if units == "percent" else 1.0
+    for d in EVAL_DATASETS:
+        if not 0 <= raw[d] <= top:
+            ranges = "[0, 1] (fractions) and [0, 100] (percent)" if auto else f"[0, {top:g}] ({units}, as asked)"
+            raise DiagnoseError(f"{where}: {d} = {raw[d]:g} is outside {ranges}; expected a top-1 accuracy")
+    return Accuracies({d: raw[d] / top for d in EVAL_DATASETS}, units, why,
+                      str(Path(str(spec)).expanduser()) if from_file else "the command line" if form == "pairs"
+                      else "the mapping passed in")
 
 
 # --------------------------------------------------------------------------------------------
@@ -527,11 +706,13 @@ class Diagnosis:
     ``pool``: the pool's indicators and ER from the results tables (empty without results);
     ``correlations``: Spearman rank correlation of each indicator with ER across the pool, with its
     bootstrap interval over models; ``placement``: per indicator, the new model's percentile in
-    the pool and its nearest pool models. ``summary`` is what ``summary.json`` holds."""
+    the pool and its nearest pool models; ``zoo``: its ER among the OpenCLIP zoo, when accuracies
+    were given. A diagnosis from accuracies alone measured nothing: ``kurtosis`` and ``images`` are
+    None. ``summary`` is what ``summary.json`` holds."""
 
     label: str
     slug: str
-    images: Path
+    images: Path | None
     profile: Profile
     description: dict
     n_images: int
@@ -548,6 +729,8 @@ class Diagnosis:
     notes: list[str]
     out: Path | None = None
     figures: dict[str, Path] = field(default_factory=dict)
+    zoo: dict | None = None  # the placement among the OpenCLIP zoo (given accuracies): _zoo_placement
+    zoo_tables: Any = None  # (zoo, testbed) frames the zoo figure draws; not in the summary
 
     @property
     def report_path(self) -> Path | None:
@@ -557,8 +740,15 @@ class Diagnosis:
     def summary_path(self) -> Path | None:
         return None if self.out is None else self.out / "summary.json"
 
+    @property
+    def measured(self) -> bool:
+        """Whether indicators were measured (False: placed in the zoo from accuracies alone)."""
+        return self.kurtosis is not None
+
     def indicator_rows(self) -> list[dict]:
         """Per indicator: label, this model's value and interval, the pool's range, its percentile."""
+        if not self.measured:
+            return []
         k = self.kurtosis
         values = {"kurtosis": (k.estimate, k.low, k.high), "importance_ratio": (self.importance_ratio, None, None),
                   "unique_concepts": (self.unique_concepts, None, None)}
@@ -583,28 +773,57 @@ class Diagnosis:
 
         return pd.DataFrame(self.placement.get(indicator, {}).get("nearest", []))
 
+    def zoo_rows(self) -> list[dict]:
+        """The nearest OpenCLIP zoo models by ER (points of %), for a table; [] without accuracies."""
+        return [{"model": n["name"], "pretrained": n["pretrained"], "training data": n["family"],
+                 "ER": 100 * n["er"]} for n in (self.zoo or {}).get("nearest", [])]
+
+    def zoo_line(self) -> str:
+        """One sentence: ER, %acc, rank and percentile among the zoo, and under which coefficients."""
+        z = self.zoo
+        if z is None:
+            return "no accuracies given: not placed among the OpenCLIP zoo"
+        return (f"ER {_fmt(100 * z['er'], 1)} points, %acc {_fmt(100 * z['acc_ratio'], 1)} %; "
+                f"coefficients: {z['coefficients']['label']}; "
+                f"rank {z['rank']} of {z['of']} OpenCLIP models by ER (percentile {z['percentile']:.0f}); "
+                f"{z['zoo_above']} zoo and {z['testbed_above']} of {z['testbed']} ImageNet-trained testbed models "
+                "have a higher ER")
+
     def row(self) -> dict:
         """A flat results-table row (``Study.record``)."""
         k = self.kurtosis
-        return {"model": self.label, "images": str(self.images), "n_images": self.n_images,
-                "n_skipped": len(self.skipped), "kurtosis": k.estimate, "ci_low": k.low, "ci_high": k.high,
-                "importance_ratio": self.importance_ratio, "unique_concepts": self.unique_concepts,
-                "kurtosis_percentile": self.placement.get("kurtosis", {}).get("percentile"),
-                "weights_digest": self.description.get("weights_digest")}
+        row = {"model": self.label, "images": None if self.images is None else str(self.images),
+               "n_images": self.n_images, "n_skipped": len(self.skipped),
+               "kurtosis": k.estimate if k else None, "ci_low": k.low if k else None, "ci_high": k.high if k else None,
+               "importance_ratio": self.importance_ratio, "unique_concepts": self.unique_concepts,
+               "kurtosis_percentile": self.placement.get("kurtosis", {}).get("percentile"),
+               "weights_digest": self.description.get("weights_digest")}
+        if self.zoo is not None:
+            row.update(zoo_er=self.zoo["er"], zoo_rank=self.zoo["rank"], zoo_models=self.zoo["of"],
+                       zoo_percentile=self.zoo["percentile"])
+        return row
 
     @property
     def summary(self) -> dict:
+        """Every number of the report. ``mode``: ``indicators`` (a model was run on images) or
+        ``accuracies only`` (no images, kurtosis, indicators or pool keys); ``zoo`` when accuracies
+        were given."""
+        head = {"version": DIAGNOSE_VERSION, "mode": "indicators" if self.measured else "accuracies only",
+                "model": {"label": self.label, **self.description},
+                "profile": {"name": self.profile.name, "path": str(self.profile.path), "is_demo": self.profile.is_demo}}
+        tail = {**({"zoo": self.zoo} if self.zoo is not None else {}), "warnings": self.warnings, "notes": self.notes,
+                "files": {"report": "report.md", **{name: p.name for name, p in self.figures.items()}}}
+        if not self.measured:
+            return _json_safe({**head, **tail})
         k = self.kurtosis
         corr = {} if self.correlations is None or self.correlations.empty else {
             r["indicator"]: {key: r[key] for key in ("models", "spearman", "low", "high", "note") if key in r}
             for r in self.correlations.to_dict("records")}
         return _json_safe({
-            "version": DIAGNOSE_VERSION,
-            "model": {"label": self.label, **self.description},
+            **head,
             "images": {"folder": str(self.images), "n_images": self.n_images, "n_skipped": len(self.skipped),
                        "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
                        "n_constant": int(np.isnan(self.per_image_kurtosis).sum())},
-            "profile": {"name": self.profile.name, "path": str(self.profile.path), "is_demo": self.profile.is_demo},
             "kurtosis": {"estimate": k.estimate, "low": k.low, "high": k.high, "level": k.level, "n_boot": k.n_boot,
                          "median_per_image": float(np.nanmedian(self.per_image_kurtosis)),
                          "gaussian_reference": 3.0},
@@ -613,9 +832,7 @@ class Diagnosis:
             "concepts": self.concepts_info,
             "pool": {"models": [] if self.pool.empty else self.pool.to_dict("records"),
                      "correlations_with_er": corr, "placement": self.placement},
-            "warnings": self.warnings,
-            "notes": self.notes,
-            "files": {"report": "report.md", **{name: p.name for name, p in self.figures.items()}},
+            **tail,
         })
 
     def markdown(self, figures: bool = True) -> str:
@@ -723,9 +940,59 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+#: The heading of the report's zoo section.
+ZOO_HEADING = "Effective robustness among the OpenCLIP zoo"
+
+
+def _zoo_section(d: Diagnosis, figures: bool) -> list[str]:
+    """The report's placement among the OpenCLIP zoo: the accuracies as read, ER and %acc under the
+    profile's coefficients, rank and percentile, the counts above it, the nearest zoo models and
+    the figure."""
+    from helpers.config import EVAL_DATASETS
+    from helpers.plots import DISPLAY_NAMES
+
+    z = d.zoo
+    acc = z["accuracies"]
+    parts = [f"## {ZOO_HEADING}", "",
+             f"The six top-1 accuracies from {acc['source']}, {acc['why']}. In %:", "",
+             _table([DISPLAY_NAMES.get(k, k) for k in EVAL_DATASETS] + ["mean of 5 shifts"],
+                    [[_fmt(100 * acc["values"][k], 1) for k in EVAL_DATASETS] + [_fmt(100 * z["shifts_mean"], 1)]]), "",
+             f"- **Effective robustness, Eq. (5): {_fmt(100 * z['er'], 1)} points**; %acc "
+             f"{_fmt(100 * z['acc_ratio'], 1)} %. Coefficients: {z['coefficients']['label']}.",
+             f"- **Rank {z['rank']} of {z['of']}** OpenCLIP models by ER (1: the most robust); percentile "
+             f"{z['percentile']:.1f} (the share of zoo models with a lower ER).",
+             f"- Above it (higher ER): {z['zoo_above']} of {z['of']} zoo models and {z['testbed_above']} of "
+             f"{z['testbed']} ImageNet testbed models trained on ImageNet alone.", "",
+             "The zoo models nearest in ER:", "",
+             _table(["model", "pretrained tag", "training data", "ER (points)"],
+                    [[n["name"], f"`{n['pretrained']}`", n["family"], _fmt(100 * n["er"], 1)] for n in z["nearest"]]),
+             ""]
+    if figures and "zoo_placement" in d.figures:
+        parts += [f"![{d.label} among the OpenCLIP zoo]({d.figures['zoo_placement'].name})", ""]
+    parts += [z["sources"], ""]
+    return parts
+
+
+def _accuracies_report(d: Diagnosis, figures: bool) -> str:
+    """The report of a diagnosis from accuracies alone: the zoo placement and the notes."""
+    parts = [f"# Diagnosis: {d.label}", "",
+             "Effective robustness (Eq. 5 of Crabbé et al., *Interpreting CLIP: Insights on the Robustness to "
+             "ImageNet Distribution Shifts*, TMLR) of a model evaluated elsewhere, from its six accuracies. No model "
+             "was run: the indicators of the paper (kurtosis, importance ratio, unique concepts) need `--model` and "
+             "`--images`.", ""]
+    if d.warnings:
+        parts += ["**Warnings**", ""] + [f"- {w}" for w in d.warnings] + [""]
+    parts += _zoo_section(d, figures)
+    if d.notes:
+        parts += ["**Notes**", ""] + [f"- {n}" for n in d.notes] + [""]
+    return "\n".join(parts)
+
+
 def _report(d: Diagnosis, figures: bool) -> str:
     from helpers.config import FAMILIES
 
+    if not d.measured:
+        return _accuracies_report(d, figures)
     k = d.kurtosis
     parts = [f"# Diagnosis: {d.label}", "",
              f"Robustness indicators of Crabbé et al., *Interpreting CLIP: Insights on the Robustness to ImageNet "
@@ -768,6 +1035,8 @@ def _report(d: Diagnosis, figures: bool) -> str:
                                _fmt(n["er_percent"], 1)] for n in near]), ""]
         if figures and "kurtosis_vs_er" in d.figures:
             parts += [f"![kurtosis against ER]({d.figures['kurtosis_vs_er'].name})", ""]
+    if d.zoo is not None:
+        parts += _zoo_section(d, figures)
     parts += ["## How to read this", "",
               "The paper found outlier features (kurtosis ≫ 3) only in models robust to ImageNet's natural "
               "distribution shifts, and kurtosis near 3 in its non-robust models (Section 4, take-away 2). It is an "
@@ -775,7 +1044,9 @@ def _report(d: Diagnosis, figures: bool) -> str:
               "Privileged directions (a large importance ratio) also appear in non-robust ImageNet-Captions models, "
               "and many unique concepts do not imply robustness either (Sections 4 and 5): the paper does not use "
               "them as robustness indicators. The pool's values were measured on the profile's ImageNet test "
-              "images; a comparison assumes these images come from a similar distribution.", ""]
+              "images; a comparison assumes these images come from a similar distribution."
+              + (" The effective robustness among the OpenCLIP zoo is computed from the accuracies given, not "
+                 "from these indicators." if d.zoo is not None else ""), ""]
     if d.notes:
         parts += ["**Notes**", ""] + [f"- {n}" for n in d.notes] + [""]
     return "\n".join(parts)
@@ -812,11 +1083,21 @@ def diagnose(config: DiagnoseConfig | str | os.PathLike | None = None, model: st
     summary.json and the figures go (default ``<results_dir>/diagnose/<slug>``); ``write=False``
     writes nothing there. ``device``, ``batch_size``, ``num_workers`` default to the profile's.
 
+    ``accuracies``: the model's six top-1 accuracies (:func:`read_accuracies`: a mapping, a CSV /
+    JSON / YAML file or ``"imagenet=0.62,..."``; ``accuracy_units`` auto, fraction or percent),
+    checked before anything else: the report then places its ER (Eq. 5, the profile's
+    coefficients) among the OpenCLIP zoo. Without ``model`` and ``encoder`` that placement is all
+    it does (``name`` labels the model): no model is built and no image read.
+
     Returns a :class:`Diagnosis`. Bad input raises :class:`DiagnoseError` naming it.
     """
     cfg = config if isinstance(config, DiagnoseConfig) else DiagnoseConfig(images=config, model=model,
                                                                             pretrained=pretrained, **options)
+    # the accuracies are checked first: a typo stops here, before any model or image is touched
+    accs = read_accuracies(cfg.accuracies, cfg.accuracy_units) if cfg.accuracies is not None else None
     P, device = _profile_for(cfg)
+    if accs is not None and cfg.model is None and cfg.encoder is None:
+        return _accuracies_only(cfg, P, accs)
     subject = _subject_for(cfg, P, device)
     ds = _images_for(cfg, P)
     P = _engine_profile(P) if subject.head_kind == "zero-shot" else P
@@ -838,17 +1119,85 @@ def diagnose(config: DiagnoseConfig | str | os.PathLike | None = None, model: st
                                                            "unique_concepts": uc}, notes)
     import pandas as pd
 
+    zoo, tables = _zoo_placement(accs, P) if accs is not None else (None, None)
     d = Diagnosis(label=subject.label, slug=subject.slug, images=ds.root, profile=P, description=subject.description,
                   n_images=int(np.isfinite(per_image).sum()), skipped=skipped, per_image_kurtosis=per_image, kurtosis=kci,
                   importance_ratio=ir, unique_concepts=uc, concepts_info=concepts_info,
                   pool=df if not df.empty else pd.DataFrame(), correlations=correlations, placement=placement,
-                  warnings=warnings_, notes=notes)
-    if cfg.write:
-        d.out = Path(cfg.out).expanduser().resolve() if cfg.out is not None else P.results_dir / "diagnose" / subject.slug
-        d.figures = plots.diagnose_figures(d, d.out)
-        atomic_write_text(d.report_path, d.markdown(figures=True))
-        atomic_write_json(d.summary_path, d.summary)
+                  warnings=warnings_, notes=notes, zoo=zoo, zoo_tables=tables)
+    _write(d, cfg, P)
     return d
+
+
+def _coefficients(P: Profile) -> dict:
+    """Eq. (5)'s beta_1, beta_0 as the profile chooses (:func:`helpers.metrics.er_coefficients`,
+    as every chapter), and a label saying which."""
+    from helpers.metrics import PAPER_INTERCEPT, PAPER_SLOPE, er_coefficients, testbed_baseline
+
+    slope, intercept = er_coefficients(P)
+    baseline = P.metrics.get("baseline", "paper")
+    if baseline == "refit":
+        fit = testbed_baseline()
+        label = (f"the ImageNet testbed refit (metrics.baseline: refit): beta_1 = {slope:.3f}, beta_0 = "
+                 f"{intercept:.3f}, r {fit.r:.3f} on {fit.n} models trained on ImageNet alone")
+    elif (slope, intercept) == (PAPER_SLOPE, PAPER_INTERCEPT):
+        label = f"the paper's, Appendix A (metrics.baseline: paper): beta_1 = {slope:.2f}, beta_0 = {intercept:.2f}"
+    else:
+        label = f"the profile's metrics.er_slope and er_intercept: beta_1 = {slope:g}, beta_0 = {intercept:g}"
+    return {"baseline": baseline, "slope": float(slope), "intercept": float(intercept), "label": label}
+
+
+def _zoo_placement(accs: Accuracies, P: Profile):
+    """The model's ER among the OpenCLIP zoo (:func:`helpers.chapters.openclip_zoo.placement`)
+    under the profile's coefficients, and the (zoo, testbed) frames its figure draws."""
+    from helpers.chapters import openclip_zoo as zc
+
+    coef = _coefficients(P)
+    zoo, testbed = zc.zoo_frame(coef["slope"], coef["intercept"]), zc.testbed_frame(coef["slope"], coef["intercept"])
+    place = zc.placement(accs.values, zoo, testbed, coef["slope"], coef["intercept"])
+    place["accuracies"] = {"values": place["accuracies"], "units": accs.units, "why": accs.why, "source": accs.source}
+    place["coefficients"] = coef
+    place["sources"] = (
+        f"The zoo's numbers are real published numbers: OpenCLIP's zero-shot results ({len(zoo)} (model, pretrained "
+        "tag) pairs with all six accuracies, `docs/openclip_results.csv`, one row per model where QuickGELU weights "
+        f"are listed twice) and the ImageNet testbed's {len(testbed)} models trained on ImageNet alone "
+        "(`robustness_top1s.csv`), vendored under `helpers/reference/`. OpenCLIP's ObjectNet column is "
+        "CLIP_benchmark's variant (a 113-class head, no border crop), not the testbed's protocol this study "
+        "measures: a model scored with the testbed's protocol is compared on a slightly different ObjectNet.")
+    return place, (zoo, testbed)
+
+
+def _accuracies_only(cfg: DiagnoseConfig, P: Profile, accs: Accuracies) -> Diagnosis:
+    """A model evaluated elsewhere: its placement among the zoo from the six accuracies alone;
+    nothing is loaded, extracted or decoded."""
+    import pandas as pd
+
+    given = {"images": cfg.images, "pretrained": cfg.pretrained, "classnames": cfg.classnames,
+             "templates": cfg.templates, "head": cfg.head, "preprocess": cfg.preprocess, "limit": cfg.limit}
+    extra = [k for k, v in given.items() if v is not None]
+    if extra:
+        raise DiagnoseError(f"{', '.join(extra)}: only with a model to run (model= / --model, or encoder=); without "
+                            "one, diagnose places the accuracies given among the OpenCLIP zoo and measures nothing")
+    label = cfg.name or (Path(accs.source).stem if accs.source not in ("the command line", "the mapping passed in")
+                         else "new model")
+    zoo, tables = _zoo_placement(accs, P)
+    d = Diagnosis(label=label, slug=f"accuracies-{_slug(label)}", images=None, profile=P,
+                  description={"kind": "accuracies", "name": label, "accuracies_from": accs.source},
+                  n_images=0, skipped=[], per_image_kurtosis=np.empty(0), kurtosis=None, importance_ratio=None,
+                  unique_concepts=None, concepts_info={}, pool=pd.DataFrame(), correlations=None, placement={},
+                  warnings=[], notes=[], zoo=zoo, zoo_tables=tables)
+    _write(d, cfg, P)
+    return d
+
+
+def _write(d: Diagnosis, cfg: DiagnoseConfig, P: Profile) -> None:
+    """report.md, summary.json and the figures, under ``out`` (default ``<results_dir>/diagnose/<slug>``)."""
+    if not cfg.write:
+        return
+    d.out = Path(cfg.out).expanduser().resolve() if cfg.out is not None else P.results_dir / "diagnose" / d.slug
+    d.figures = plots.diagnose_figures(d, d.out)
+    atomic_write_text(d.report_path, d.markdown(figures=True))
+    atomic_write_json(d.summary_path, d.summary)
 
 
 def _folder_name() -> str:
@@ -1036,10 +1385,18 @@ def command_line(images, model: str, pretrained: str | None = None, profile: str
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", help="open_clip model name (e.g. ViT-B-32-quickgelu, demo-ViT-B-32)", required=True)
+    p.add_argument("--model", help="open_clip model name (e.g. ViT-B-32-quickgelu, demo-ViT-B-32); needs --images. "
+                   "Omitted with --accuracies: only the placement among the OpenCLIP zoo, nothing is run")
     p.add_argument("--pretrained", help="open_clip pretrained tag (e.g. openai) or the path of a weights file; "
                    "omitted: random initialisation (demo profile only)")
-    p.add_argument("--images", required=True, help="folder of in-distribution images, searched recursively")
+    p.add_argument("--images", help="folder of in-distribution images, searched recursively (with --model)")
+    p.add_argument("--accuracies", help="the model's six top-1 accuracies (imagenet and its five shifts): a CSV, JSON "
+                   f"or YAML file, or {_ACCURACY_EXAMPLE}; fractions or percent. The report places its effective "
+                   "robustness among the OpenCLIP zoo")
+    p.add_argument("--accuracy-units", choices=ACCURACY_UNITS, default="auto", help="how --accuracies' numbers are "
+                   "read: auto (percent when any value is above 1), fraction or percent")
+    p.add_argument("--name", help="the model's name in the report of --accuracies without --model (default: the "
+                   "file's name)")
     p.add_argument("--classnames", help="text file of class names, one per line: the zero-shot head's classes "
                    "(default: ImageNet's 1,000)")
     p.add_argument("--templates", type=int, choices=sorted(TEMPLATE_SETS), help="OpenAI templates per class: 1 ('a "
@@ -1057,13 +1414,25 @@ def add_arguments(p) -> None:
 
 
 def run_cli(args) -> int:
+    if args.model is None and args.accuracies is None:
+        raise DiagnoseError("give --model with --images (the paper's indicators), --accuracies (the placement among "
+                            "the OpenCLIP zoo), or both")
+    if args.model is not None and args.images is None:
+        raise DiagnoseError(f"--model {args.model} needs --images, the folder of in-distribution images to measure on")
+    if args.name is not None and args.model is not None:
+        raise DiagnoseError("--name labels a model given by --accuracies alone; with --model the report is labelled "
+                            "by the model and its weights")
     d = diagnose(DiagnoseConfig(args.images, model=args.model, pretrained=args.pretrained, classnames=args.classnames,
                                 templates=args.templates, profile=args.profile, out=args.out, device=args.device,
                                 batch_size=args.batch_size, limit=args.limit, skip_unreadable=args.skip_unreadable,
-                                concepts=not args.no_concepts, seed=args.seed, yes=args.yes))
-    table = d.indicators()
-    print(f"{d.label}: {d.n_images} images from {d.images}; head: {d.description.get('head', 'none')}")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))
+                                concepts=not args.no_concepts, seed=args.seed, yes=args.yes,
+                                accuracies=args.accuracies, accuracy_units=args.accuracy_units, name=args.name))
+    if d.measured:
+        print(f"{d.label}: {d.n_images} images from {d.images}; head: {d.description.get('head', 'none')}")
+        print(d.indicators().to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))
+    if d.zoo is not None:
+        print(f"{d.label} among the OpenCLIP zoo: accuracies {d.zoo['accuracies']['why']}")
+        print(f"  {d.zoo_line()}")
     for w in d.warnings:
         print(f"warning: {w}")
     for n in d.notes:

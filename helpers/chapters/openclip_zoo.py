@@ -3,7 +3,9 @@ OpenCLIP's published zero-shot results, against the ImageNet testbed's models tr
 alone. Every number comes from the two published tables vendored under ``helpers/reference/``
 (:mod:`helpers.paper.published`); nothing is run, so the chapter is real in every profile.
 
-:func:`diagnose` places a new model's six accuracies in the zoo (its ER, rank and percentile)."""
+:func:`diagnose` places a new model's six accuracies in the zoo (its ER, rank and percentile);
+:func:`placement` adds its nearest zoo models and the counts above it (``clip-study diagnose
+--accuracies``)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -121,6 +123,26 @@ def diagnose(accuracies: Mapping[str, float], zoo: pd.DataFrame, slope: float, i
     below = int((zoo["er"] < er).sum())
     return {"shifts_mean": acc_s, "er": er, "acc_ratio": accuracy_ratio(acc_s, accuracies["imagenet"]),
             "rank": int((zoo["er"] > er).sum()) + 1, "of": len(zoo), "percentile": 100 * below / len(zoo)}
+
+
+#: How many zoo models :func:`placement` lists as the nearest by ER.
+ZOO_NEAREST = 5
+
+
+def placement(accuracies: Mapping[str, float], zoo: pd.DataFrame, testbed: pd.DataFrame, slope: float,
+              intercept: float, nearest: int = ZOO_NEAREST) -> dict:
+    """:func:`diagnose` and what a report says around it: the ``nearest`` zoo models by ER (name,
+    pretrained tag, family, ER; closest first), how many zoo models and how many ImageNet-trained
+    testbed models (:func:`testbed_frame`) have a higher ER (Eq. 5), and the six accuracies used.
+    All accuracies and ERs are fractions; ``zoo`` and ``testbed`` are under the same coefficients."""
+    d = diagnose(accuracies, zoo, slope, intercept)
+    near = zoo.assign(distance=(zoo["er"] - d["er"]).abs()).nsmallest(nearest, "distance")
+    return {**d, "imagenet": float(accuracies["imagenet"]),
+            "accuracies": {k: float(accuracies[k]) for k in EVAL_DATASETS},
+            "zoo_above": int((zoo["er"] > d["er"]).sum()),
+            "testbed_above": int((testbed["er"] > d["er"]).sum()), "testbed": len(testbed),
+            "nearest": [{"name": r.name, "pretrained": r.pretrained, "family": r.family, "er": float(r.er)}
+                        for r in near.itertuples()]}
 
 
 def family_table() -> pd.DataFrame:
