@@ -782,7 +782,7 @@ def _stage_result(handle, echo) -> dict | None:
         return None
     except Exception as exc:  # noqa: BLE001 - submitit re-raises the job's error, or reports its loss
         text = str(exc)
-        m = re.search(r"DecodeError: (.*)", text, re.S)
+        m = re.search(r"DecodeError: (.*?)(?:\n-{5,}|\Z)", text, re.S)  # up to submitit's own footer
         why = m.group(1).strip() if m else f"{text.strip().splitlines()[-1] if text.strip() else type(exc).__name__}" \
             f" [scheduler state: {_scheduler_state(handle)}]"
         why = " ".join(line.strip() for line in why.splitlines() if line.strip())

@@ -201,3 +201,40 @@ def test_store_reads_follow_the_chapters_pairs():
     (probing,) = store_reads("concept_probing", [by["demo-vit-zeroshot"]], P)
     assert probing.datasets == ("imagenet", "broden") and probing.entries == (by["demo-vit-zeroshot"],)
     assert store_reads("summary", list(P.pool), P) == []
+
+
+def _demo_copy(tmp_path: Path, name: str):
+    """The demo profile with its cache and results in ``tmp_path / name`` (data and checkpoints: the
+    checkout's, which ``demo_prepared`` makes)."""
+    from conftest import REPO
+
+    raw = yaml.safe_load((REPO / "configs" / "demo.yml").read_text())
+    raw["paths"].update(cache_dir=str(tmp_path / name / "cache"), results_dir=str(tmp_path / name / "results"))
+    path = tmp_path / f"{name}.yml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_profile(path)
+
+
+def test_a_demo_section_opens_exactly_the_stores_the_stage_decoded(demo_prepared, tmp_path):
+    P = _demo_copy(tmp_path, "stage")
+    jobs = runner.plan(P, sections=["concept_probing"], entry="demo-rn-supervised")
+    ((_, specs),) = runner.stage_stores(jobs)
+    listed = {s.entry(P.cache_dir).dir.name for s in specs}
+    lines: list[str] = []
+    after_stage: dict[str, str] = {}
+
+    def echo(line: str) -> None:
+        lines.append(line)
+        if line.startswith("decode stage done"):
+            after_stage.update(_store_dirs(P))
+    summary = runner.run(jobs, echo=echo)  # on a fresh cache
+    assert [o.status for o in summary.outcomes] == ["ran"], summary.report()
+    # the stage decoded its list: ImageNet and Broden at the ResNets' geometry
+    assert set(after_stage) == listed and [(s.dataset, s.geometry) for s in specs] == \
+        [("imagenet", OPEN_CLIP_224), ("broden", OPEN_CLIP_224)]
+    # the job read exactly those stores (its activations name the store they came from) ...
+    read = {json.loads(m.read_text())["store"] for m in (P.cache_dir / "activations").rglob("manifest.json")}
+    assert read == listed
+    # ... and decoded nothing: the same committed runs, no build started, no decode bar in its log
+    assert _store_dirs(P) == after_stage and not any((P.cache_dir / "stores").glob("*/partial"))
+    assert "decode " not in Path(jobs[0].log).read_text()
