@@ -18,12 +18,12 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from helpers.config import EVAL_DATASETS, load_profile  # noqa: E402
-from helpers.data import ImageDataset  # noqa: E402
 from helpers.demo import fixtures  # noqa: E402
 from helpers.engine import extract  # noqa: E402
 from helpers.store import DecodeError, Geometry  # noqa: E402
 from helpers.workflow import runner  # noqa: E402
 from test_slurm import NOTEBOOK  # noqa: E402
+from tests.unit.test_extract import CountDecodes  # noqa: E402 - real decoder calls
 
 #: the open_clip eval geometry of the demo ResNets (three entries read it: kept on disk) and the
 #: torchvision preset of the demo ViT (one entry: removed after each pass, so not decoded ahead)
@@ -33,19 +33,6 @@ POOL = [{"id": f"rn{i}", "arch": "RN50", "family": "supervised", "pretraining": 
         for i in range(3)] + [{"id": "tv", "arch": "ViT-B-32", "family": "supervised", "pretraining": "x",
                                "source": "torchvision", "model": "demo_vit_b_32", "seed": 9}]
 N_IMAGENET = 6
-
-
-class CountDecodes:
-    """Real calls of the dataset's image decoder (num_workers 0: they run in this process)."""
-
-    def __init__(self, monkeypatch):
-        self.n = 0
-        original = ImageDataset.load_image
-
-        def counting(ds, i):
-            self.n += 1
-            return original(ds, i)
-        monkeypatch.setattr(ImageDataset, "load_image", counting)
 
 
 @pytest.fixture
