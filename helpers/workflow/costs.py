@@ -507,11 +507,13 @@ def _stores(r: _Run, st: Stage) -> None:
                         f"(~{st.cpu_hours:.1f} worker-hours; wall time with num_workers {r.profile.num_workers}: "
                         f"{st.wall_hours:.2f} h: {per})")
     by_geometry: dict[str, list[str]] = {}
+    stage_hours = 0.0  # the kept stores only: a transient one is decoded by each job that reads it
     for d, g in sorted(stores, key=lambda s: (s[1].key, s[0])):
         if keeps_store(r.profile, g):
             by_geometry.setdefault(g.key, []).append(d)
+            stage_hours += r.images.get(d, 0) / r.decode[d][0] / workers / 3600
     if by_geometry:
-        st.notes.append("decode stage of `clip-study run`, before any job: "
+        st.notes.append(f"decode stage of `clip-study run`, before any job (~{stage_hours:.2f} h wall): "
                         + "; ".join(f"{', '.join(ds)} at {g}" for g, ds in by_geometry.items()))
     if transient:
         st.notes.append(f"{transient} transient (a geometry fewer than {KEEP_STORE_MIN_ENTRIES} pool entries read, "
