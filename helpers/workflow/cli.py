@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:  # long by nature: one declaratio
     r.add_argument("--per-entry", action="store_true", help="one execution per pool entry of the slice")
     r.add_argument("--executor", default="local", choices=["local", "slurm", "submitit-local"])
     r.add_argument("--slurm", action="append", metavar="KEY=VALUE",
-                   help="submitit parameters, e.g. slurm_partition=gpu timeout_min=600 gpus_per_node=1")
+                   help="submitit parameters, e.g. slurm_partition=gpu timeout_min=600 gpus_per_node=1; "
+                   "decode_<key>=<value> for the decode stage's CPU-only job alone, e.g. decode_slurm_partition=cpu")
     r.add_argument("--param", "-p", action="append", metavar="NAME=VALUE",
                    help="notebook parameter, e.g. device=cuda data_root=/data batch_size=512 limit=1000")
     r.add_argument("--force", action="store_true", help="re-run even when up to date")

@@ -758,15 +758,18 @@ def _decode_for_submitit(job_dicts: list[dict]) -> dict:
 
 
 def _submit_stage(jobs: list[Job], executor: str, log_dir: Path, slurm: dict, echo):
-    """Submit the decode stage of ``jobs`` as one CPU-only job (no GPU asked for; ``cpus_per_task``
-    from ``slurm``, else the profiles' DataLoader workers + 1) when some store they read is not
-    committed yet; None when none is (no extra job)."""
+    """Submit the decode stage of ``jobs`` as one CPU-only job when some store they read is not
+    committed yet; None when none is (no extra job). Its parameters: the jobs' ``slurm`` ones without
+    those asking for GPUs, then the ``decode_``-prefixed ones (``decode_slurm_partition=cpu``);
+    ``cpus_per_task`` given, else the profiles' DataLoader workers + 1."""
     groups = stage_stores(jobs) if jobs else []
     missing = [(P, s) for P, specs in groups for s in specs if not s.committed(P.cache_dir)]
     if not missing:
         return None
-    cpus = slurm.get("cpus_per_task", max(P.num_workers for P, _ in groups) + 1)
-    ex = _executor(executor, log_dir, {**slurm, "cpus_per_task": cpus}, name="clip-study-decode", cpu_only=True)
+    params = {**{k: v for k, v in slurm.items() if not k.startswith(DECODE_PREFIX)},
+              **{k[len(DECODE_PREFIX):]: v for k, v in slurm.items() if k.startswith(DECODE_PREFIX)}}
+    cpus = params.setdefault("cpus_per_task", max(P.num_workers for P, _ in groups) + 1)
+    ex = _executor(executor, log_dir, params, name="clip-study-decode", cpu_only=True)
     handle = ex.submit(_decode_for_submitit, [asdict(j) for j in jobs])
     echo(f"submitted the decode stage (job {handle.job_id}, CPU only, {cpus} CPU(s)): {len(missing)} store(s) to "
          f"decode for {len(jobs)} extraction job(s), which wait for it; log {handle.paths.stdout}")
@@ -973,6 +976,8 @@ def _scheduler_state(submitted) -> str:
 SLURM_DEFAULTS = {"timeout_min": 240, "gpus_per_node": 1, "cpus_per_task": 8, "mem_gb": 64}
 #: submitit parameters that ask Slurm for GPUs: left out of the decode stage's CPU-only job.
 _GPU_PARAMETER = re.compile(r"gpu|gres", re.I)
+#: ``--slurm decode_<key>=<value>``: a parameter of the decode stage's job only (e.g. a CPU partition).
+DECODE_PREFIX = "decode_"
 
 
 def _executor(executor: str, log_dir: Path, slurm: dict, name: str = "clip-study", cpu_only: bool = False):
@@ -994,7 +999,7 @@ def _run_submitit(jobs: list[Job], executor: str, slurm: dict, echo, decode_stag
     if not jobs:
         return []
     log_dir = Path(jobs[0].log_dir) / "submitit"
-    ex = _executor(executor, log_dir, slurm)
+    ex = _executor(executor, log_dir, {k: v for k, v in slurm.items() if not k.startswith(DECODE_PREFIX)})
     outcomes: dict[str, Outcome] = {}
     handles: dict[str, Any] = {}
     # the decode stage: one CPU-only job before the extraction jobs, which wait for it (afterok)

@@ -47,13 +47,13 @@ def _submitted(jobs, job_id: int):
 def test_the_decode_job_goes_first_without_gpus_and_every_extraction_waits_for_it(fake_slurm, jobs):
     lines = []
     summary = runner.run(jobs, executor="slurm", echo=lines.append,
-                         slurm={"slurm_partition": "gpu", "gpus_per_node": 2})
+                         slurm={"slurm_partition": "gpu", "gpus_per_node": 2, "decode_slurm_partition": "cpu"})
     assert [o.status for o in summary.outcomes] == ["ran", "ran", "ran"], summary.report()
     scripts = _scripts(fake_slurm)
     assert sorted(scripts) == [4242, 4243, 4244, 4245]
     decode = _flags(scripts[4242])
     assert _submitted(jobs, 4242).function is runner._decode_for_submitit
-    assert decode["job-name"] == "clip-study-decode" and decode["partition"] == "gpu"
+    assert decode["job-name"] == "clip-study-decode" and decode["partition"] == "cpu"  # decode_slurm_partition
     # no GPU asked for; the profile's two DataLoader workers and the main process
     assert not any("gpu" in k or "gres" in k for k in decode) and decode["cpus-per-task"] == "3"
     deps = {_submitted(jobs, i).args[0]["section"]: re.search(r"^#SBATCH --dependency=afterok:([\d:]+)$", s, re.M)
@@ -61,7 +61,8 @@ def test_the_decode_job_goes_first_without_gpus_and_every_extraction_waits_for_i
     assert deps["robustness"].group(1) == "4242" and deps["outlier_features"].group(1) == "4242"
     # coca reads no images: it waits for the two tables it reads, not for the decode
     assert deps["coca"].group(1) == "4243:4244"
-    assert all(_flags(scripts[i])["gpus-per-node"] == "2" for i in scripts if i != 4242)
+    assert all(_flags(scripts[i])["gpus-per-node"] == "2" and _flags(scripts[i])["partition"] == "gpu"
+               for i in scripts if i != 4242)
     assert any(line.startswith("submitted the decode stage (job 4242, CPU only, 3 CPU(s)): 1 store(s) to decode "
                                "for 2 extraction job(s)") for line in lines)
     # the stage ran in its job: the store is committed, its log says how long it took
