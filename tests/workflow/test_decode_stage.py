@@ -228,3 +228,16 @@ def test_a_demo_section_opens_exactly_the_stores_the_stage_decoded(demo_prepared
     # ... and decoded nothing: the same committed runs, no build started, no decode bar in its log
     assert _store_dirs(P) == after_stage and not any((P.cache_dir / "stores").glob("*/partial"))
     assert "decode " not in Path(jobs[0].log).read_text()
+
+
+def test_clip_study_run_stops_before_any_job_naming_the_unreadable_file(world, capsys):
+    from helpers.workflow import cli
+
+    P, _ = world
+    bad = sorted(P.dataset_root("imagenet").rglob("*.JPEG"))[2]
+    bad.write_bytes(b"garbage")
+    assert cli.main(["run", "--profile", str(P.path), "--section", "outlier_features"]) == 2
+    err = capsys.readouterr().err
+    assert ("\nclip-study run: stopped before any job: decode stage: no job started; imagenet: 1 image(s) cannot be "
+            "decoded") in err and str(bad) in err  # (after the decode's progress bar)
+    assert not (P.results_dir / "logs").exists()  # the real notebook never started
