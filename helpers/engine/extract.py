@@ -16,6 +16,9 @@ What is produced (Section 4 and Appendix C of the paper):
 - :func:`extract_many`: several pool entries over one dataset in one pass over the uint8 store;
   :func:`extract_datasets`: one entry over several datasets with one model build.
 - :func:`accuracies`: top-1 per evaluation dataset from ``h`` and the head (Section 3, Appendix B).
+- :func:`stores_needed` / :func:`build_stores`: the uint8 stores an extraction will open, found
+  without weights, decoded ahead (``clip-study run``'s decode stage) through the same
+  :func:`open_store` an extraction calls, so that no GPU waits on a decode.
 
 How (details in :mod:`helpers.store`): a dataset is decoded, resized and centre-cropped once per
 input geometry into a uint8 store shared by every model with that geometry; each model normalises
