@@ -16,6 +16,9 @@ What is produced (Section 4 and Appendix C of the paper):
 - :func:`extract_many`: several pool entries over one dataset in one pass over the uint8 store;
   :func:`extract_datasets`: one entry over several datasets with one model build.
 - :func:`accuracies`: top-1 per evaluation dataset from ``h`` and the head (Section 3, Appendix B).
+- :func:`stores_needed` / :func:`build_stores`: the uint8 stores an extraction will open, found
+  without weights, decoded ahead (``clip-study run``'s decode stage) through the same
+  :func:`open_store` an extraction calls, so that no GPU waits on a decode.
 
 How (details in :mod:`helpers.store`): a dataset is decoded, resized and centre-cropped once per
 input geometry into a uint8 store shared by every model with that geometry; each model normalises
@@ -57,8 +60,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from helpers.config import EVAL_DATASETS, PoolEntry, Profile
-from helpers.store import (CHUNK_IMAGES, CacheEntry, Checkpoints, Geometry, ImageStore, atomic_write_json, ensure_store,
-                    key_of, store_entry, store_material)
+from helpers.store import (CHUNK_IMAGES, CacheEntry, Checkpoints, DecodeError, Geometry, ImageStore, atomic_write_json,
+                    ensure_store, key_of, store_entry, store_material)
 
 #: Bump when cached activations would change for the same model, data and settings.
 #: 2: no logits array (derived from h and the cached head); heads cached per entry.
@@ -239,7 +242,7 @@ def extract_many(entries: Iterable[PoolEntry | str], dataset_name: str, profile:
     plan = _plan(entries, dataset_name, profile, device=device, layers=layers, force=force,
                  skip_unreadable=skip_unreadable, models=models, probe_cache=keep and not force,
                  keep_models=models_per_pass is None, dataset=dataset)
-    jobs, dev, dtype, limit, dataset = plan.jobs, plan.device, plan.dtype, plan.limit, plan.dataset
+    jobs, dev, dtype, dataset = plan.jobs, plan.device, plan.dtype, plan.dataset
 
     misses = [j for j in jobs if j.loaded is None]
     ids = list(dict.fromkeys(j.entry.id for j in misses))
@@ -250,13 +253,11 @@ def extract_many(entries: Iterable[PoolEntry | str], dataset_name: str, profile:
         for geometry in dict.fromkeys(j.geometry for j in group):
             todo = [j for j in group if j.geometry == geometry]
             keep_store = keeps_store(profile, geometry)
-            sentry = store_entry(dataset_name, geometry, profile.cache_dir, plan.stores[geometry])
+            sentry = plan.stores[geometry].entry(profile.cache_dir)
             with contextlib.ExitStack() as held:
                 if not keep_store:
                     held.enter_context(sentry.reading())  # before it is opened: see remove_unused
-                store = ensure_store(dataset_name, dataset, geometry, profile.cache_dir, limit=limit,
-                                     skip_unreadable=skip_unreadable, batch_size=profile.batch_size,
-                                     num_workers=profile.num_workers, material=plan.stores[geometry])
+                store = open_store(plan.stores[geometry], profile)
                 if not keep:
                     _run_pass(todo, store, dataset_name, dev, dtype, profile, True, chunk_images, on_chunk, keep=False)
                 else:
@@ -532,6 +533,134 @@ def profile_dataset(dataset_name: str, profile: Profile) -> Any:
     return open_dataset(dataset_name, root, limit=limit)
 
 
+@dataclass(frozen=True, eq=False)
+class StoreSpec:
+    """One uint8 store an extraction reads: its dataset, input geometry and key material
+    (:func:`helpers.store.store_material`), with what :func:`open_store` needs to build it (the
+    opened dataset, its sample limit, whether unreadable images are skipped). Unpacks as
+    ``(dataset, geometry, material)``."""
+
+    dataset: str
+    geometry: Geometry
+    material: dict
+    source: Any = field(repr=False)
+    limit: int | None = None
+    skip_unreadable: bool = False
+
+    @property
+    def key(self) -> str:
+        return key_of(self.material)
+
+    @property
+    def images(self) -> int:
+        return int(self.material["n_files"])
+
+    def __iter__(self):
+        return iter((self.dataset, self.geometry, self.material))
+
+    def entry(self, cache_dir: Path) -> CacheEntry:
+        return store_entry(self.dataset, self.geometry, cache_dir, self.material)
+
+    def committed(self, cache_dir: Path) -> bool:
+        """Whether a build of this key was committed under ``cache_dir``: its manifest (written last
+        by a commit, see :mod:`helpers.store`) carries the key. A look at one small file, its arrays
+        not verified (opening the store does that): enough to decide whether to decode at all."""
+        try:
+            return json.loads((self.entry(cache_dir).dir / "manifest.json").read_text()).get("key") == self.key
+        except (OSError, ValueError):
+            return False
+
+
+def _store_spec(dataset_name: str, dataset: Any, geometry: Geometry, limit: int | None,
+                skip_unreadable: bool) -> StoreSpec:
+    """The store of ``dataset`` for ``geometry``: the one place its key material is made, for an
+    extraction (:func:`_plan`) and for the decode stage (:func:`stores_needed`) alike."""
+    return StoreSpec(dataset_name, geometry, store_material(dataset_name, dataset, geometry, limit, skip_unreadable),
+                     dataset, limit, bool(skip_unreadable))
+
+
+def open_store(spec: StoreSpec, profile: Profile, on_chunk: Callable[[int], None] | None = None) -> ImageStore:
+    """Open the store ``spec`` under the profile's cache, decoding it first (with the profile's
+    ``batch_size`` and ``num_workers``) when it is missing: what an extraction and the decode stage
+    (:func:`build_stores`) both call, so that they read and write the same entry."""
+    return ensure_store(spec.dataset, spec.source, spec.geometry, profile.cache_dir, limit=spec.limit,
+                        skip_unreadable=spec.skip_unreadable, batch_size=profile.batch_size,
+                        num_workers=profile.num_workers, material=spec.material, on_chunk=on_chunk)
+
+
+def stores_needed(profile: Profile, entries: Iterable[PoolEntry | str], datasets: Iterable[str], *,
+                  skip_unreadable: bool | None = None) -> list[StoreSpec]:
+    """The uint8 stores :func:`extract_many` opens for ``entries`` over each of ``datasets``, found
+    without loading any weights: each entry's input geometry from its preprocessing
+    (``helpers.models.preprocessing``, as :func:`keeps_store` reads it), each dataset opened as an
+    extraction opens it (:func:`profile_dataset`, the profile's limit). Only the geometries whose
+    store stays on disk (:func:`keeps_store`): a rarer one is removed after each pass, so decoding it
+    ahead would be undone. ``skip_unreadable`` None: the profile's. An entry whose preprocessing
+    cannot be resolved is left out (loading it in the job names the problem). In the order of
+    ``datasets``, then of the entries' geometries."""
+    from helpers.models import ModelError, preprocessing
+
+    skip = profile.skip_unreadable if skip_unreadable is None else skip_unreadable
+    geometries: list[Geometry] = []
+    for e in entries:
+        e = profile.entry(e) if isinstance(e, str) else e
+        try:
+            g = preprocessing(e).geometry
+        except ModelError:
+            continue
+        if g not in geometries and keeps_store(profile, g):
+            geometries.append(g)
+    out = []
+    for d in dict.fromkeys(datasets):
+        if geometries:
+            dataset = profile_dataset(d, profile)
+            out += [_store_spec(d, dataset, g, profile.limit(d), skip) for g in geometries]
+    return out
+
+
+def build_stores(profile: Profile, stores: Sequence[StoreSpec], *, echo: Callable[[str], None] = print,
+                 label: str = "decode stage") -> list[dict]:
+    """Open or decode every store of ``stores`` (:func:`open_store`, as the extraction would),
+    before any model runs: one line per store (dataset, geometry, images, ``cached`` or ``decoded
+    in N s``, and the time the stores still to decode take at the rate so far), the decode's own
+    progress bar meanwhile. Returns one record per store (dataset, geometry, images, cached,
+    seconds). An unreadable image (without ``skip_unreadable``) stops its dataset; the other
+    datasets are still decoded, then one :class:`helpers.store.DecodeError` names every bad file."""
+    stores = list({s.entry(profile.cache_dir).dir: s for s in stores}.values())
+    # opened once here: a committed store is verified now, and counted as cached, not as to do
+    cached = {id(s): s.entry(profile.cache_dir).load() is not None for s in stores}
+    todo = sum(s.images for s in stores if not cached[id(s)])
+    echo(f"{label}: {len(stores)} store(s), {sum(cached.values())} cached, {len(stores) - sum(cached.values())} "
+         f"to decode ({todo:,} images, {profile.num_workers} DataLoader worker(s)) under {profile.cache_dir / 'stores'}")
+    done, busy, failed, records = 0, 0.0, {}, []
+    for k, s in enumerate(stores, 1):
+        head = f"{label} [{k}/{len(stores)}] {s.dataset} {s.geometry.key}"
+        if s.dataset in failed:
+            echo(f"{head}: not decoded ({s.dataset} has unreadable images, above)")
+            continue
+        t0 = time.perf_counter()
+        try:
+            store = open_store(s, profile)
+        except DecodeError as exc:
+            failed[s.dataset] = str(exc)
+            echo(f"{head}: failed: {exc}")
+            continue
+        seconds = time.perf_counter() - t0
+        records.append({"dataset": s.dataset, "geometry": s.geometry.key, "images": len(store),
+                        "cached": cached[id(s)], "seconds": seconds})
+        if cached[id(s)]:
+            echo(f"{head}: {len(store):,} images, cached")
+            continue
+        done, busy = done + s.images, busy + seconds
+        rate = done / max(busy, 1e-9)
+        left = todo - done
+        echo(f"{head}: {len(store):,} images, decoded in {seconds:.1f} s ({s.images / max(seconds, 1e-9):.0f} img/s); "
+             + (f"about {left / rate:.0f} s left ({left:,} images)" if left else "all decoded"))
+    if failed:
+        raise DecodeError(f"{label}: no job started; " + "\n".join(failed.values()))
+    return records
+
+
 @dataclass
 class _Plan:
     entries: list[PoolEntry]
@@ -539,7 +668,7 @@ class _Plan:
     device: Any
     dtype: str
     limit: int | None
-    stores: dict[Geometry, dict]
+    stores: dict[Geometry, "StoreSpec"]
     jobs: list["_Job"]
     heads: dict[str, Head]
 
@@ -558,7 +687,7 @@ def _plan(entries, dataset_name: str, profile: Profile, *, device, layers, force
     # an opened dataset (diagnose's image folder) carries its own limit
     limit = profile.limit(dataset_name) if dataset is None else None
     dataset = profile_dataset(dataset_name, profile) if dataset is None else dataset
-    stores: dict[Geometry, dict] = {}
+    stores: dict[Geometry, StoreSpec] = {}
     jobs: list[_Job] = []
     heads: dict[str, Head] = {}
     for e in entries:
@@ -570,13 +699,13 @@ def _plan(entries, dataset_name: str, profile: Profile, *, device, layers, force
             info, model = describe(e, profile, dev, fresh=force)
         geometry = info.geometry
         if geometry not in stores:
-            stores[geometry] = store_material(dataset_name, dataset, geometry, limit, skip_unreadable)
+            stores[geometry] = _store_spec(dataset_name, dataset, geometry, limit, skip_unreadable)
         wanted = [("final", None)]
         if layers is not None:
             wanted.append(("layers", resolve_layers(e, info, layers)))
         for kind, names in wanted:
             cache = CacheEntry(profile.cache_dir / ("activations" if kind == "final" else "layers") / e.id,
-                               dataset_name, _material(e, info, key_of(stores[geometry]), geometry, names, dtype, limit))
+                               dataset_name, _material(e, info, stores[geometry].key, geometry, names, dtype, limit))
             jobs.append(_Job(e, info, geometry, kind, names, cache, cache.load() if probe_cache else None))
         if (keep_models or given) and any(j.loaded is None for j in jobs if j.entry is e):
             # Loaded to describe it (or given) and needed by a pass: keep it rather than load it twice.

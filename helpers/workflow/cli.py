@@ -62,8 +62,14 @@ def cmd_run(args) -> int:
     slurm = _overrides(args.slurm)
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
     limit = run_setting(profile, "job_time_limit_minutes")
-    summary = runner.run(jobs, executor=args.executor, force=args.force, slurm=slurm, gpus=gpus,
-                         time_limit_s=None if limit is None else 60 * limit)
+    from helpers.store import DecodeError
+
+    try:
+        summary = runner.run(jobs, executor=args.executor, force=args.force, slurm=slurm, gpus=gpus,
+                             time_limit_s=None if limit is None else 60 * limit, decode_stage=not args.no_decode_stage)
+    except DecodeError as exc:  # the decode stage, before any job
+        print(f"clip-study run: stopped before any job: {exc}", file=sys.stderr)
+        return 2
     print(summary.report())
     return 1 if summary.failures else 0
 
@@ -193,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:  # long by nature: one declaratio
     r.add_argument("--per-entry", action="store_true", help="one execution per pool entry of the slice")
     r.add_argument("--executor", default="local", choices=["local", "slurm", "submitit-local"])
     r.add_argument("--slurm", action="append", metavar="KEY=VALUE",
-                   help="submitit parameters, e.g. slurm_partition=gpu timeout_min=600 gpus_per_node=1")
+                   help="submitit parameters, e.g. slurm_partition=gpu timeout_min=600 gpus_per_node=1; "
+                   "decode_<key>=<value> for the decode stage's CPU-only job alone, e.g. decode_slurm_partition=cpu")
     r.add_argument("--param", "-p", action="append", metavar="NAME=VALUE",
                    help="notebook parameter, e.g. device=cuda data_root=/data batch_size=512 limit=1000")
     r.add_argument("--force", action="store_true", help="re-run even when up to date")
@@ -201,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:  # long by nature: one declaratio
                    "device at a time (each job sees only its device through CUDA_VISIBLE_DEVICES)")
     r.add_argument("--skip-unreadable", action="store_true", help="skip unreadable images (each one listed) "
                    "instead of failing the job (profile key skip_unreadable)")
+    r.add_argument("--no-decode-stage", action="store_true", help="do not decode the stores the jobs read before "
+                   "they start (in the runner's process, or as one CPU-only Slurm job): each job decodes what it misses")
     r.add_argument("--list", action="store_true", help="list the sections, backbones and entries of the profile and exit")
     r.set_defaults(func=cmd_run)
 

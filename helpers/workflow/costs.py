@@ -125,6 +125,44 @@ STAGES = ("stores", "heads", "extraction", "CKA", "forking", "finetuning", "WiSE
 CPU_STAGES = ("stores", "Broden probing")
 
 
+@dataclass(frozen=True)
+class StoreReads:
+    """Datasets whose uint8 stores a section's job reads through the input geometries of
+    ``entries``; ``skip_unreadable`` None: as the profile sets it."""
+
+    entries: tuple[PoolEntry, ...]
+    datasets: tuple[str, ...]
+    skip_unreadable: bool | None = None
+
+
+def store_reads(section: str, pool: Sequence[PoolEntry], profile: Profile) -> list[StoreReads]:
+    """What the job of ``section`` over the pool slice ``pool`` decodes, by the chapters' own rules:
+    the datasets of :data:`SECTION_DATASETS` for every entry of the slice; ``cka_layers``: both
+    models of each pair within the slice (``chapters.common.finetuning_pairs``) over the evaluation
+    sets, decoded without ``skip_unreadable`` (``engine.cka_pass``); ``wiseft``: both models of each
+    pair with either member in the slice (``chapters.wiseft.pairs``; a mixture reads its finetuned
+    model's images) over the evaluation sets, and on Broden with the supervised model of the backbone
+    (Figure 5). Other sections decode nothing from the profile's datasets."""
+    from helpers.chapters.common import finetuning_pairs, supervised_counterpart
+
+    if section in SECTION_DATASETS:
+        return [StoreReads(tuple(pool), tuple(SECTION_DATASETS[section]))]
+    if section == "cka_layers":
+        members = tuple(dict.fromkeys(x for pair in finetuning_pairs(list(pool)) for x in pair))
+        return [StoreReads(members, tuple(EVAL_DATASETS), skip_unreadable=False)] if members else []
+    if section == "wiseft":
+        from types import SimpleNamespace
+
+        from helpers.chapters.wiseft import pairs
+
+        found = pairs(SimpleNamespace(profile=profile, pool=list(pool)))
+        members = tuple(dict.fromkeys(x for pair in found for x in pair))
+        sup = tuple(s for s in dict.fromkeys(supervised_counterpart(list(profile.pool), zs.arch) for zs, _ in found)
+                    if s is not None)
+        return [StoreReads(members, tuple(EVAL_DATASETS)), StoreReads(members + sup, ("broden",))] if members else []
+    return []
+
+
 def arch_key(entry: PoolEntry) -> str:
     """The :data:`ARCHS` key of an entry: its model name without ``-quickgelu`` (an activation,
     not a size)."""
@@ -433,15 +471,9 @@ def _extraction(r: _Run, st: Stage) -> None:
 
 
 def _store_keys(r: _Run) -> set[tuple[str, object]]:
-    """(dataset, geometry) of every uint8 store the run decodes."""
-    stores = {(d, r.geometries[e.id]) for e in r.entries for d in r.need[e.id] if e.id in r.geometries}
-    for s in r.sections:
-        if s in PAIR_SECTIONS:  # both models of a pair read the stores of the evaluation sets (and Broden)
-            for zs, ft in r.pairs:
-                for d in EVAL_DATASETS + (("broden",) if s == "wiseft" and "broden" in r.images else ()):
-                    if d in r.images:
-                        stores.update((d, r.geometries[x.id]) for x in (zs, ft) if x.id in r.geometries)
-    return stores
+    """(dataset, geometry) of every uint8 store the run decodes (:func:`store_reads`)."""
+    return {(d, r.geometries[e.id]) for s in r.sections for reads in store_reads(s, r.entries, r.profile)
+            for e in reads.entries for d in reads.datasets if d in r.images and e.id in r.geometries}
 
 
 def _stores(r: _Run, st: Stage) -> None:
@@ -474,6 +506,15 @@ def _stores(r: _Run, st: Stage) -> None:
         st.notes.append(f"{kept} (dataset, geometry) store(s) kept, decoded once on CPU workers "
                         f"(~{st.cpu_hours:.1f} worker-hours; wall time with num_workers {r.profile.num_workers}: "
                         f"{st.wall_hours:.2f} h: {per})")
+    by_geometry: dict[str, list[str]] = {}
+    stage_hours = 0.0  # the kept stores only: a transient one is decoded by each job that reads it
+    for d, g in sorted(stores, key=lambda s: (s[1].key, s[0])):
+        if keeps_store(r.profile, g):
+            by_geometry.setdefault(g.key, []).append(d)
+            stage_hours += r.images.get(d, 0) / r.decode[d][0] / workers / 3600
+    if by_geometry:
+        st.notes.append(f"decode stage of `clip-study run`, before any job (~{stage_hours:.2f} h wall): "
+                        + "; ".join(f"{', '.join(ds)} at {g}" for g, ds in by_geometry.items()))
     if transient:
         st.notes.append(f"{transient} transient (a geometry fewer than {KEEP_STORE_MIN_ENTRIES} pool entries read, "
                         f"removed after each pass): {_size(st.transient_bytes)} more at the peak")
@@ -631,7 +672,10 @@ def format_stages(stages: Sequence[Stage], profile: Profile, rate: float | None 
                f"peak with transient stores {_size(peak_bytes(stages))}")
     wall = sum(s.wall_hours for s in stages)
     if wall:
-        out.append(f"  (and {wall:.2f} h of decoding wall time on the CPU workers before the device stages: stores)")
+        out.append(f"  (and {wall:.2f} h of decoding wall time on the CPU workers before the device stages: the kept "
+                   "stores are decoded by `clip-study run`'s decode stage before any job starts, in the runner's "
+                   "process or, with --executor slurm, as one CPU-only job that every extraction job waits for; "
+                   "--no-decode-stage leaves them to the jobs)")
     out.append(f"  ({assumptions(profile, rate)})")
     return out
 

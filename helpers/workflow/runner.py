@@ -678,9 +678,131 @@ def inputs_of(job: Job, jobs: list[Job]) -> list[Job]:
     return [j for j in jobs if j.section in wanted and (j.slice == job.slice or "all" in (j.slice, job.slice))]
 
 
+# ---------------------------------------------------------------- the decode stage
+
+def extracts(job: Job) -> bool:
+    """Whether ``job``'s section decodes dataset images (:func:`helpers.workflow.costs.store_reads`)."""
+    from helpers.workflow.costs import PAIR_SECTIONS, SECTION_DATASETS
+
+    return job.section in SECTION_DATASETS or job.section in PAIR_SECTIONS
+
+
+def _job_profile(job: Job, memo: dict) -> Profile:
+    """The profile as ``job`` loads it: its notebook's profile parameter and overrides (as :func:`plan`)."""
+    name = job.effective.get("profile") or job.parameters.get("profile")
+    ov = profile_overrides(job.effective)
+    key = json.dumps([name, ov], sort_keys=True, default=str)
+    if key not in memo:
+        memo[key] = load_profile(name, overrides=ov)
+    return memo[key]
+
+
+def stage_stores(jobs: list[Job]) -> list[tuple[Profile, list]]:
+    """The uint8 stores the extractions of ``jobs`` open, each once, grouped by the profile the jobs
+    load: per job, the datasets its section reads through its slice's entries
+    (:func:`helpers.workflow.costs.store_reads`) that are on disk (a missing one is the job's to
+    report, and ``clip-study plan``'s), as :func:`helpers.engine.extract.stores_needed` finds them
+    without weights (kept geometries only). Each dataset is opened once per profile."""
+    from helpers.engine import extract
+    from helpers.workflow.costs import store_reads
+
+    profiles: dict = {}
+    wanted: dict[str, tuple[Profile, dict]] = {}  # profile key -> (profile, {(dataset, skip): {entry id: entry}})
+    for job in jobs:
+        P = _job_profile(job, profiles)
+        pool = P.select(entry=job.effective.get("entry"), backbone=job.effective.get("backbone"))
+        reads = wanted.setdefault(P.digest(), (P, {}))[1]
+        for r in store_reads(job.section, pool, P):
+            for d in r.datasets:
+                if d in P.datasets and Path(P.dataset_root(d)).is_dir():
+                    reads.setdefault((d, r.skip_unreadable), {}).update({e.id: e for e in r.entries})
+    out = []
+    for P, reads in wanted.values():
+        specs = {}
+        for (d, skip), entries in reads.items():
+            for spec in extract.stores_needed(P, entries.values(), [d], skip_unreadable=skip):
+                specs.setdefault(spec.entry(P.cache_dir).dir, spec)
+        if specs:
+            out.append((P, list(specs.values())))
+    return out
+
+
+def build_stage(jobs: list[Job], echo=print) -> list[dict]:
+    """The decode stage: open or decode every store :func:`stage_stores` lists for ``jobs``
+    (:func:`helpers.engine.extract.build_stores`: one line per store, with the rate and time left),
+    before any of them starts. Nothing to list: no stage, nothing printed. An unreadable image
+    raises :class:`helpers.store.DecodeError` naming every bad file, before any job."""
+    groups = stage_stores(jobs)
+    if not groups:
+        return []
+    from helpers.engine import extract
+
+    t0 = time.time()
+    n = sum(len(specs) for _, specs in groups)
+    echo(f"decode stage: {n} store(s) that {len(jobs)} extraction job(s) read, decoded before any job starts "
+         "(CPU work; `clip-study run --no-decode-stage` leaves them to the jobs)")
+    records = []
+    for P, specs in groups:
+        records += extract.build_stores(P, specs, echo=echo)
+    decoded = [r for r in records if not r["cached"]]
+    echo(f"decode stage done in {time.time() - t0:.1f} s: {len(decoded)} store(s) decoded "
+         f"({sum(r['images'] for r in decoded):,} images), {len(records) - len(decoded)} cached")
+    return records
+
+
+def _decode_for_submitit(job_dicts: list[dict]) -> dict:
+    """The decode stage's Slurm job: :func:`build_stage` of the extraction jobs (a
+    :class:`helpers.store.DecodeError` fails it, and the jobs waiting on it are cancelled)."""
+    records = build_stage([Job(**d) for d in job_dicts])
+    return {"stores": len(records), "decoded": sum(not r["cached"] for r in records)}
+
+
+def _submit_stage(jobs: list[Job], executor: str, log_dir: Path, slurm: dict, echo):
+    """Submit the decode stage of ``jobs`` as one CPU-only job when some store they read is not
+    committed yet; None when none is (no extra job). Its parameters: the jobs' ``slurm`` ones without
+    those asking for GPUs, then the ``decode_``-prefixed ones (``decode_slurm_partition=cpu``);
+    ``cpus_per_task`` given, else the profiles' DataLoader workers + 1."""
+    groups = stage_stores(jobs) if jobs else []
+    missing = [(P, s) for P, specs in groups for s in specs if not s.committed(P.cache_dir)]
+    if not missing:
+        return None
+    params = {**{k: v for k, v in slurm.items() if not k.startswith(DECODE_PREFIX)},
+              **{k[len(DECODE_PREFIX):]: v for k, v in slurm.items() if k.startswith(DECODE_PREFIX)}}
+    cpus = params.setdefault("cpus_per_task", max(P.num_workers for P, _ in groups) + 1)
+    ex = _executor(executor, log_dir, params, name="clip-study-decode", cpu_only=True)
+    handle = ex.submit(_decode_for_submitit, [asdict(j) for j in jobs])
+    echo(f"submitted the decode stage (job {handle.job_id}, CPU only, {cpus} CPU(s)): {len(missing)} store(s) to "
+         f"decode for {len(jobs)} extraction job(s), which wait for it; log {handle.paths.stdout}")
+    return handle
+
+
+def _stage_result(handle, echo) -> dict | None:
+    """Wait for the decode stage's job: None when it completed, else what :func:`_cancelled` says
+    of the extraction jobs waiting on it (the job, and the files it could not decode)."""
+    try:
+        handle.result()
+        echo(f"decode stage done (job {handle.job_id})")
+        return None
+    except Exception as exc:  # noqa: BLE001 - submitit re-raises the job's error, or reports its loss
+        text = str(exc)
+        m = re.search(r"DecodeError: (.*?)(?:\n-{5,}|\Z)", text, re.S)  # up to submitit's own footer
+        why = m.group(1).strip() if m else f"{text.strip().splitlines()[-1] if text.strip() else type(exc).__name__}" \
+            f" [scheduler state: {_scheduler_state(handle)}]"
+        why = " ".join(line.strip() for line in why.splitlines() if line.strip())
+        echo(f"decode stage failed (job {handle.job_id}, log {handle.paths.stdout}): {why}")
+        return {"named": f"decode stage (job {handle.job_id})", "why": why}
+
+
 def run(jobs: list[Job], executor: str = "local", force: bool = False, slurm: dict | None = None,
-        echo=print, gpus: list[str] | None = None, time_limit_s: float | None = None) -> RunSummary:
+        echo=print, gpus: list[str] | None = None, time_limit_s: float | None = None,
+        decode_stage: bool = True) -> RunSummary:
     """Run the jobs that are out of date; keep going past failures and report them at the end.
+
+    First the decode stage (``decode_stage``, :func:`build_stage`): every uint8 store the due
+    extraction jobs will read is decoded before any of them starts, so no GPU waits on a decode:
+    here, in the runner's process (CPU work), locally and with ``gpus``, where an unreadable image
+    stops the run before any job (:class:`helpers.store.DecodeError`, naming the file); on Slurm as
+    one CPU-only job that every extraction job depends on (:func:`_run_submitit`).
 
     Each job is checked just before it would start, so a section that reads tables sees those
     that ran before it. ``gpus``: run up to one job per listed device at a time (each job's
@@ -699,19 +821,31 @@ def run(jobs: list[Job], executor: str = "local", force: bool = False, slurm: di
         for rd in sorted({j.results_dir for j in jobs}):
             stack.enter_context(run_lock(Path(rd), echo))
 
+        checked: dict[str, str | None] = {}  # the decode stage's checks of the extraction jobs, reused
+
+        def reason_of(job: Job) -> str | None:
+            if job.name not in checked:
+                return "forced" if force else stale_reason(job)
+            return checked.pop(job.name)
+
         def due(job: Job) -> bool:
-            reason = None if force else stale_reason(job)
-            if not force and reason is None:
+            reason = reason_of(job)
+            if reason is None:
                 summary.outcomes.append(Outcome(job, "skipped"))
                 echo(f"up to date  {job.name}")
                 return False
-            job_reason[job.name] = "forced" if force else reason
+            job_reason[job.name] = reason
             return True
 
         job_reason: dict[str, str] = {}
+        if executor == "local" and decode_stage:
+            # an extraction job's staleness does not depend on the jobs before it (it reads no
+            # tables), so its check here stands when its turn comes
+            checked.update({j.name: reason_of(j) for j in jobs if extracts(j)})
+            build_stage([j for j in jobs if extracts(j) and checked[j.name] is not None], echo)
         if executor != "local":
             todo = [j for j in jobs if due(j)]
-            summary.outcomes += _run_submitit(todo, executor, slurm or {}, echo)
+            summary.outcomes += _run_submitit(todo, executor, slurm or {}, echo, decode_stage=decode_stage)
         elif not gpus:
             last = {j.name: _last_seconds(j) for j in jobs}
             for i, job in enumerate(jobs, 1):
@@ -838,22 +972,39 @@ def _scheduler_state(submitted) -> str:
         return "unknown"
 
 
-def _run_submitit(jobs: list[Job], executor: str, slurm: dict, echo) -> list[Outcome]:
+#: The submitit parameters of a job that are not given (``--slurm KEY=VALUE``).
+SLURM_DEFAULTS = {"timeout_min": 240, "gpus_per_node": 1, "cpus_per_task": 8, "mem_gb": 64}
+#: submitit parameters that ask Slurm for GPUs: left out of the decode stage's CPU-only job.
+_GPU_PARAMETER = re.compile(r"gpu|gres", re.I)
+#: ``--slurm decode_<key>=<value>``: a parameter of the decode stage's job only (e.g. a CPU partition).
+DECODE_PREFIX = "decode_"
+
+
+def _executor(executor: str, log_dir: Path, slurm: dict, name: str = "clip-study", cpu_only: bool = False):
     import submitit
 
-    if not jobs:
-        return []
-    log_dir = Path(jobs[0].log_dir) / "submitit"
     if executor == "slurm":
         ex = submitit.AutoExecutor(folder=str(log_dir), cluster="slurm")
-        params = {"timeout_min": 240, "gpus_per_node": 1, "cpus_per_task": 8, "mem_gb": 64}
-        params.update(slurm)
-        ex.update_parameters(name="clip-study", **params)
+        params = {**SLURM_DEFAULTS, **slurm}
+        if cpu_only:
+            params = {k: v for k, v in params.items() if not _GPU_PARAMETER.search(k)}
+        ex.update_parameters(name=name, **params)
     else:
         ex = submitit.LocalExecutor(folder=str(log_dir))
         ex.update_parameters(timeout_min=int(slurm.get("timeout_min", 60)))
+    return ex
+
+
+def _run_submitit(jobs: list[Job], executor: str, slurm: dict, echo, decode_stage: bool = True) -> list[Outcome]:
+    if not jobs:
+        return []
+    log_dir = Path(jobs[0].log_dir) / "submitit"
+    ex = _executor(executor, log_dir, {k: v for k, v in slurm.items() if not k.startswith(DECODE_PREFIX)})
     outcomes: dict[str, Outcome] = {}
     handles: dict[str, Any] = {}
+    # the decode stage: one CPU-only job before the extraction jobs, which wait for it (afterok)
+    decode = _submit_stage([j for j in jobs if extracts(j)], executor, log_dir, slurm, echo) if decode_stage else None
+    stage_error = _stage_result(decode, echo) if decode is not None and executor != "slurm" else None
 
     def collect(job: Job) -> Outcome:
         if job.name not in outcomes:
@@ -865,8 +1016,13 @@ def _run_submitit(jobs: list[Job], executor: str, slurm: dict, echo) -> list[Out
         inputs = [j for j in inputs_of(job, jobs) if j.name in handles or j.name in outcomes]
         if executor == "slurm":  # Slurm holds the job until every input completed (afterok)
             ids = [str(handles[j.name].job_id) for j in inputs if j.name in handles]
+            if decode is not None and extracts(job):
+                ids.insert(0, str(decode.job_id))
             ex.update_parameters(slurm_dependency="afterok:" + ":".join(ids) if ids else None)
         else:  # the local executor knows no dependencies: the runner waits for the inputs itself
+            if stage_error and extracts(job):
+                outcomes[job.name] = _cancelled(job, [], handles, echo, **stage_error)
+                continue
             failed = [j for j in inputs if collect(j).status == "failed"]
             if failed:
                 outcomes[job.name] = _cancelled(job, failed, handles, echo)
@@ -874,8 +1030,14 @@ def _run_submitit(jobs: list[Job], executor: str, slurm: dict, echo) -> list[Out
         handles[job.name] = ex.submit(_execute_for_submitit, asdict(job))
     submitted = sum(j.name in handles for j in jobs)
     echo(f"submitted {submitted} job(s); logs in {log_dir}; per-job logs under {jobs[0].log_dir}")
+    if decode is not None and executor == "slurm":
+        stage_error = _stage_result(decode, echo)
     for job in jobs:
         if job.name in outcomes:
+            continue
+        if stage_error and extracts(job):  # pending for ever behind the failed decode job: cancel it
+            handles[job.name].cancel(check=False)
+            outcomes[job.name] = _cancelled(job, [], handles, echo, **stage_error)
             continue
         # an input that failed leaves its readers pending for ever (afterok never holds): cancel them
         failed = [j for j in inputs_of(job, jobs) if j.name in outcomes and outcomes[j.name].status == "failed"]
@@ -902,10 +1064,12 @@ def _submitit_outcome(job: Job, sj) -> Outcome:
         return Outcome(job, "failed", 0.0, error)
 
 
-def _cancelled(job: Job, failed: list[Job], handles: dict, echo) -> Outcome:
-    """The outcome of a reader whose input failed: not run, its record marked failed, naming the input."""
-    named = ", ".join(f"{j.name}" + (f" (job {handles[j.name].job_id})" if j.name in handles else "") for j in failed)
-    error = f"cancelled: its input {named} failed; fix that and run again"
+def _cancelled(job: Job, failed: list[Job], handles: dict, echo, named: str = "", why: str = "") -> Outcome:
+    """The outcome of a reader whose input failed: not run, its record marked failed, naming the
+    input (``failed``, or ``named``: the decode stage) and, when given, ``why`` it failed."""
+    named = named or ", ".join(f"{j.name}" + (f" (job {handles[j.name].job_id})" if j.name in handles else "")
+                               for j in failed)
+    error = f"cancelled: its input {named} failed{f' ({why})' if why else ''}; fix that and run again"
     provenance.mark_failed(Path(job.record), error, job.section, job.slice)
     echo(f"cancelled {job.name}: input {named} failed")
     return Outcome(job, "failed", 0.0, error)
