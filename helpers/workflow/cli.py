@@ -22,6 +22,17 @@ import sys
 from helpers.config import ConfigError, load_profile, run_setting
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def _overrides(items: list[str] | None) -> dict:
     import yaml
 
@@ -61,12 +72,20 @@ def cmd_run(args) -> int:
         return 2
     slurm = _overrides(args.slurm)
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+    if args.jobs > 1 and (gpus or args.executor != "local" or profile.device != "cpu"):
+        print(f"clip-study run: --jobs shares this machine's CPU cores between jobs of a CPU profile; profile "
+              f"{args.profile!r} runs on {profile.device!r}"
+              + (" (use --gpus 0,1,... for one job per GPU)" if profile.device != "cpu" else
+                 f" with --{'gpus' if gpus else 'executor ' + args.executor}, which schedules the jobs itself"),
+              file=sys.stderr)
+        return 2
     limit = run_setting(profile, "job_time_limit_minutes")
     from helpers.store import DecodeError
 
     try:
         summary = runner.run(jobs, executor=args.executor, force=args.force, slurm=slurm, gpus=gpus,
-                             time_limit_s=None if limit is None else 60 * limit, decode_stage=not args.no_decode_stage)
+                             time_limit_s=None if limit is None else 60 * limit, decode_stage=not args.no_decode_stage,
+                             cpu_jobs=args.jobs)
     except DecodeError as exc:  # the decode stage, before any job
         print(f"clip-study run: stopped before any job: {exc}", file=sys.stderr)
         return 2
@@ -206,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:  # long by nature: one declaratio
     r.add_argument("--force", action="store_true", help="re-run even when up to date")
     r.add_argument("--gpus", metavar="0,1,2,3", help="one GPU node without Slurm: run up to one job per listed "
                    "device at a time (each job sees only its device through CUDA_VISIBLE_DEVICES)")
+    r.add_argument("--jobs", type=_positive_int, default=1, metavar="N", help="a CPU profile: run up to N jobs at "
+                   "a time, each with an equal share of the cores (the demo: make book uses 2)")
     r.add_argument("--skip-unreadable", action="store_true", help="skip unreadable images (each one listed) "
                    "instead of failing the job (profile key skip_unreadable)")
     r.add_argument("--no-decode-stage", action="store_true", help="do not decode the stores the jobs read before "

@@ -41,7 +41,7 @@ def build_book() -> Path:
         cli = [sys.executable, "-m", "helpers.workflow.cli"]
         _run(*cli, "demo-data", "--profile", "demo")
         _run(*cli, "prepare-demo", "--profile", "demo")
-        _run(*cli, "run", "--profile", "demo")
+        _run(*cli, "run", "--profile", "demo", "--jobs", "2")  # as make book runs it
         _run(*cli, "render", "--profile", "demo")
         _run("make", "mathjax")
         _run(str(BIN / "jupyter-book"), "build", ".", "--builder", "html", "-W", "-n", "--keep-going")
