@@ -13,6 +13,7 @@
     clip-study wiseft --profile paper --entry <finetuned id>            # Appendix I
     torchrun --nproc_per_node=8 -m helpers.workflow.cli finetune --profile paper --entry <id>  # multi-GPU
     clip-study diagnose --model ViT-B-32-quickgelu --pretrained openai --images <folder> --profile paper
+    clip-study diagnose --accuracies accuracies.csv --name my-model  # its ER among the OpenCLIP zoo
 """
 from __future__ import annotations
 
