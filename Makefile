@@ -67,8 +67,11 @@ book: run mathjax
 #   tests/book       the demo book built with -W and checked page by page in headless Chromium
 #   tests/realarch   every chapter on the real architectures (make test-full)
 #   marker gpu       CUDA paths, skipped without a device (benchmarks/gpu_check.sh runs them)
+# Two pytest-xdist workers: most tests wait on a child process (a kernel, a browser, a job) with one
+# core busy; the tests that read the built book share one worker (xdist_group "book").
+TEST_WORKERS ?= 2
 test: env browser
-	$(PY) -m pytest -ra --durations=15
+	$(PY) -m pytest -ra --durations=15 -n $(TEST_WORKERS) --dist loadgroup
 
 # every unit and oracle test, no notebook execution (under 3 minutes on 2 idle cores)
 test-fast: env

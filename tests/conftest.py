@@ -54,12 +54,18 @@ def demo_prepared():
     a fresh clone without the book having been built first. A subprocess, not a call: training in
     this process would inherit a test's thread count, and the weights (so the book's numbers) would
     differ in the last bits from what ``make data`` writes."""
+    import fcntl
     import subprocess
     import sys
 
     from helpers.config import load_profile
 
-    for command in ("demo-data", "prepare-demo"):
-        subprocess.run([sys.executable, "-m", "helpers.workflow.cli", command, "--profile", "demo"],
-                       cwd=REPO, check=True, capture_output=True)
+    # one pytest-xdist worker prepares, the other waits and then finds everything made
+    lock = REPO / "_cache" / ".demo-prepared.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        for command in ("demo-data", "prepare-demo"):
+            subprocess.run([sys.executable, "-m", "helpers.workflow.cli", command, "--profile", "demo"],
+                           cwd=REPO, check=True, capture_output=True)
     return load_profile("demo")

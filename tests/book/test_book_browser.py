@@ -22,7 +22,7 @@ import pytest
 
 from helpers.config import REPO_ROOT
 
-pytestmark = [pytest.mark.slow,
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("book"),
               pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
                                  reason="headless Chromium is not installed (make test installs Debian's)")]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -94,7 +94,7 @@ window.addEventListener('load', function () {
 
 
 @pytest.fixture(scope="module")
-def book():
+def book(demo_prepared):
     given = os.environ.get("CLIP_STUDY_BUILT_BOOK")
     if given:
         return Path(given).resolve()

@@ -15,7 +15,8 @@ import pytest
 
 from helpers.config import REPO_ROOT
 
-pytestmark = pytest.mark.slow
+#: one pytest-xdist worker runs every test that reads the built book: it is built once per worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("book")]
 HTML = REPO_ROOT / "_build" / "html"
 BIN = Path(sys.executable).parent
 
@@ -31,16 +32,15 @@ _BUILT: list[Path] = []
 
 
 def build_book() -> Path:
-    """`make book` without make's environment step: demo data, every section, render, MathJax
-    for the offline book, and the build with warnings as errors. Once per test session; with
+    """`make book` without make's environment step and its data step (the ``demo_prepared``
+    fixture runs `make data`'s two commands): every section, render, MathJax for the offline
+    book, and the build with warnings as errors. Once per test session; with
     ``CLIP_STUDY_BUILT_BOOK`` set, that already built book is used instead."""
     given = os.environ.get("CLIP_STUDY_BUILT_BOOK")
     if given:
         return Path(given).resolve()
     if not _BUILT:
         cli = [sys.executable, "-m", "helpers.workflow.cli"]
-        _run(*cli, "demo-data", "--profile", "demo")
-        _run(*cli, "prepare-demo", "--profile", "demo")
         _run(*cli, "run", "--profile", "demo", "--jobs", "2")  # as make book runs it
         _run(*cli, "render", "--profile", "demo")
         _run("make", "mathjax")
@@ -50,7 +50,7 @@ def build_book() -> Path:
 
 
 @pytest.fixture(scope="module")
-def built_book():
+def built_book(demo_prepared):
     return build_book()
 
 
