@@ -68,10 +68,10 @@ book: run mathjax
 #   tests/realarch   every chapter on the real architectures (make test-full)
 #   marker gpu       CUDA paths, skipped without a device (benchmarks/gpu_check.sh runs them)
 # Two pytest-xdist workers: most tests wait on a child process (a kernel, a browser, a job) with one
-# core busy; the tests that read the built book share one worker (xdist_group "book").
+# core busy. Whole files go to a worker (loadfile): tests/book/test_book.py builds the book once.
 TEST_WORKERS ?= 2
 test: env browser
-	$(PY) -m pytest -ra --durations=15 -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 # every unit and oracle test, no notebook execution (under 3 minutes on 2 idle cores)
 test-fast: env
