@@ -12,6 +12,15 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # import would be paid once per mutant instead of once per run.
 import open_clip  # noqa: E402,F401
 
+# Under pytest-xdist (make test: two workers on two cores) each worker's torch gets its share of the
+# cores: two workers with two intra-op threads each spin-wait on each other (a CLIP_benchmark
+# comparison took 108 s instead of 11 s). The processes tests start (kernels, jobs) keep torch's
+# default, so what they compute is what `make book` computes.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch  # noqa: E402
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+
 REPO = Path(__file__).resolve().parent.parent
 
 
