@@ -762,6 +762,6 @@ def _build_store(entry: CacheEntry, dataset_name: str, dataset: Any, geometry: G
                 if on_chunk is not None:
                     on_chunk(k)
     if failed:
-        raise DecodeError(f"{dataset_name}: {len(failed)} image(s) cannot be decoded (fix or remove them, or set "
-                          "skip_unreadable: true in the profile to leave them out):\n" + "\n".join(failed))
+        raise DecodeError(f"{dataset_name}: {len(failed)} image(s) cannot be decoded (fix or remove them, or leave them "
+                          "out: skip_unreadable: true in the profile, or clip-study run --skip-unreadable):\n" + "\n".join(failed))
     return part.commit({"n": rows, "resumed_at": start, "skipped": skipped}, rows=rows)
