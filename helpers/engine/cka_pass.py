@@ -32,6 +32,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from helpers.config import PoolEntry, Profile
+from helpers.engine import extract as X
+from helpers.metrics import MinibatchCKA
+from helpers.models.precision import compute_dtype
 from helpers.store import CHUNK_IMAGES, CacheEntry, ensure_store, key_of, store_material
 
 #: Bump when the stored accumulators would change for the same models, data and settings.
@@ -55,8 +58,6 @@ class PairCKA:
     @property
     def grid(self) -> np.ndarray:
         """(len(layers_x), len(layers_y)) CKA values: mean HSIC_1(K, L) / sqrt(mean HSIC_1(K, K) mean HSIC_1(L, L))."""
-        from helpers.metrics import MinibatchCKA
-
         return MinibatchCKA.ratio(self.xy, self.xx, self.yy)
 
     def same_layer(self) -> dict[str, float]:
@@ -90,9 +91,6 @@ def pair_cka(zeroshot: PoolEntry | str, finetuned: PoolEntry | str, dataset_name
     recomputes. A checkpoint is recorded every ``chunk_images`` images or
     :data:`helpers.store.CHECKPOINT_S` seconds (then ``on_chunk(k)``)."""
     import torch
-
-    from helpers.engine import extract as X
-    from helpers.models.precision import compute_dtype
 
     zs = profile.entry(zeroshot) if isinstance(zeroshot, str) else zeroshot
     ft = profile.entry(finetuned) if isinstance(finetuned, str) else finetuned
@@ -181,9 +179,6 @@ def _run(cache: CacheEntry, models: dict, entries, names, store, dataset_name: s
     """The pass (called with the cache entry's lock held): :func:`helpers.engine.extract.forward_loop`
     over both models, with the minibatch CKA sink."""
     import torch
-
-    from helpers.engine import extract as X
-    from helpers.metrics import MinibatchCKA
 
     n, bs = len(store), profile.batch_size
     names_x, names_y = names

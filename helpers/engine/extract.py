@@ -60,8 +60,15 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from helpers.config import EVAL_DATASETS, PoolEntry, Profile
-from helpers.store import (CHUNK_IMAGES, CacheEntry, Checkpoints, DecodeError, Geometry, ImageStore, atomic_write_json,
-                    ensure_store, key_of, store_entry, store_material)
+from helpers.data import accuracy, open_broden, open_dataset
+# the module, not its names: a test intercepts models.load / models.load_from_profile to prove no model is built
+import helpers.models as helpers_models
+from helpers.models import ModelError, preprocessing
+from helpers.models.precision import autocast, compute_dtype
+from helpers.store import (
+    CHUNK_IMAGES, CacheEntry, Checkpoints, DecodeError, Geometry, ImageStore, atomic_write_json, ensure_store,
+    key_of, store_entry, store_material,
+)
 
 #: Bump when cached activations would change for the same model, data and settings.
 #: 2: no logits array (derived from h and the cached head); heads cached per entry.
@@ -138,8 +145,6 @@ class Activations:
     @property
     def accuracy(self) -> float:
         """Top-1 accuracy (fraction) scored as the testbed does for this dataset (helpers.data)."""
-        from helpers.data import accuracy
-
         return float(accuracy(self.dataset_name, self.logits, self.labels, dataset=self.dataset))
 
 
@@ -301,8 +306,6 @@ _GEOMETRY_USERS: dict[str, dict] = {}
 def keeps_store(profile: Profile, geometry: Geometry) -> bool:
     """Whether the store of ``geometry`` stays on disk for ``profile`` (see
     :data:`KEEP_STORE_MIN_ENTRIES`); resolved from the pool's preprocessing, no weights read."""
-    from helpers.models import ModelError, preprocessing
-
     key = profile.digest()
     if key not in _GEOMETRY_USERS:
         counts: dict = {}
@@ -463,8 +466,6 @@ def _load(entry: PoolEntry, profile: Profile, device, fingerprint: str | None = 
     """Load an entry on ``device`` (through the profile when it is one of its pool's entries, so
     that the models helper checks it against the pool), or take it from the process memo: one
     build per job. The memo holds :data:`MODELS_IN_MEMORY` models; older ones are dropped."""
-    from helpers.models import load, load_from_profile, profile_load_options
-
     key = (entry.id, fingerprint or _fingerprint(entry, profile), str(device), profile.precision)
     with _LOADED_LOCK:
         model = _LOADED.get(key)
@@ -474,10 +475,10 @@ def _load(entry: PoolEntry, profile: Profile, device, fingerprint: str | None = 
         while len(_LOADED) >= MODELS_IN_MEMORY:
             _LOADED.popitem(last=False)  # freed before the next build, not after it
     if entry in profile.pool:
-        model = load_from_profile(profile, entry.id, device=str(device), precision=profile.precision)
+        model = helpers_models.load_from_profile(profile, entry.id, device=str(device), precision=profile.precision)
     else:
-        model = load(entry, str(device), profile.cache_dir, profile.paths.get("hf_cache"),
-                     **profile_load_options(profile))
+        model = helpers_models.load(entry, str(device), profile.cache_dir, profile.paths.get("hf_cache"),
+                                    **helpers_models.profile_load_options(profile))
     with _LOADED_LOCK:
         _LOADED[key] = model
     return model
@@ -525,8 +526,6 @@ def profile_dataset(dataset_name: str, profile: Profile) -> Any:
     """The profile's dataset, limited. Unreadable files are dropped while decoding into the store
     (not by the datasets' up-front scan, which would decode every image again on each call, cache
     hits included)."""
-    from helpers.data import open_broden, open_dataset
-
     root, limit = profile.dataset_root(dataset_name), profile.limit(dataset_name)
     if dataset_name == "broden":
         return open_broden(root, limit=limit)
@@ -598,8 +597,6 @@ def stores_needed(profile: Profile, entries: Iterable[PoolEntry | str], datasets
     ahead would be undone. ``skip_unreadable`` None: the profile's. An entry whose preprocessing
     cannot be resolved is left out (loading it in the job names the problem). In the order of
     ``datasets``, then of the entries' geometries."""
-    from helpers.models import ModelError, preprocessing
-
     skip = profile.skip_unreadable if skip_unreadable is None else skip_unreadable
     geometries: list[Geometry] = []
     for e in entries:
@@ -680,8 +677,6 @@ def _plan(entries, dataset_name: str, profile: Profile, *, device, layers, force
     import torch
 
     entries = list({e.id: e for e in (profile.entry(e) if isinstance(e, str) else e for e in entries)}.values())
-    from helpers.models.precision import compute_dtype
-
     dev = torch.device(device or profile.device)
     dtype = compute_dtype(dev, profile.precision)
     # an opened dataset (diagnose's image folder) carries its own limit
@@ -817,8 +812,6 @@ def _forward(model: Any, x8, device, dtype: str, captured: dict) -> dict:
     returned in float32 with the pooled layers the hooks captured. The logits are not computed
     here: they derive from ``h`` and the head (:attr:`Activations.logits`)."""
     import torch
-
-    from helpers.models.precision import autocast
 
     captured.clear()
     with torch.inference_mode():

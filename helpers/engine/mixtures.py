@@ -25,8 +25,12 @@ from typing import Sequence
 
 import numpy as np
 
-from helpers.config import EVAL_DATASETS, SHIFTS, PoolEntry, Profile
-from helpers.store import key_of
+from helpers.chapters import concept_probing  # the module: tests intercept its functions
+from helpers.config import EVAL_DATASETS, SHIFTS, PoolEntry, Profile, load_profile
+from helpers.engine import extract  # the module: chapters' tests intercept its functions
+from helpers.metrics import effective_robustness, er_coefficients, kurtosis
+from helpers.models import save_classifier
+from helpers.store import CacheEntry, atomic_save_npy, key_of, load_npy
 
 #: The paper's grid: 0, 0.1, ..., 1.0.
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
@@ -109,17 +113,13 @@ def summaries(profile: Profile, model, dataset: str) -> dict[str, float]:
     epoch checkpoint) on ``dataset``, from activations computed in memory and never written: only
     these two numbers are cached, under ``<cache_dir>/summaries/<id>/``, keyed by the key the
     activations would have (weights digest, head, store, dtype, ...)."""
-    from helpers.engine.extract import activation_keys, extract_many
-    from helpers.metrics import kurtosis
-    from helpers.store import CacheEntry
-
     e = model.entry
-    key = activation_keys([e], dataset, profile, models={e.id: model})[e.id]
+    key = extract.activation_keys([e], dataset, profile, models={e.id: model})[e.id]
     cache = CacheEntry(profile.cache_dir / "summaries" / e.id, dataset,
                        {"kind": "summary", "version": SUMMARY_VERSION, "activations": key})
     loaded = cache.load()
     if loaded is None:
-        acts = extract_many([e], dataset, profile, models={e.id: model}, keep=False)[e.id]
+        acts = extract.extract_many([e], dataset, profile, models={e.id: model}, keep=False)[e.id]
         with cache.lock():
             part = cache.partial({"accuracy": ((1,), "float64"), "kurtosis": ((1,), "float64")}, fresh=True)
             part.arrays["accuracy"][0] = acts.accuracy
@@ -133,18 +133,14 @@ def transient_ap(profile: Profile, model, sets=None) -> np.ndarray:
     activations computed in memory and never written; the matrix is cached where
     :func:`helpers.chapters.concept_probing.ap_matrix` caches a pool entry's (same key material:
     the activations' key, the balanced sets, the sign rule)."""
-    from helpers.chapters.concept_probing import ap_path, broden_sets, probe_activations
-    from helpers.engine.extract import activation_keys, extract_many
-    from helpers.store import atomic_save_npy, load_npy
-
-    sets = sets or broden_sets(profile)
+    sets = sets or concept_probing.broden_sets(profile)
     e, sign = model.entry, profile.metrics["concept_sign"]
-    key = activation_keys([e], "broden", profile, models={e.id: model})[e.id]
-    path = ap_path(profile, e.id, key, sets, sign)
+    key = extract.activation_keys([e], "broden", profile, models={e.id: model})[e.id]
+    path = concept_probing.ap_path(profile, e.id, key, sets, sign)
     if (cached := load_npy(path)) is not None:
         return cached
-    acts = extract_many([e], "broden", profile, models={e.id: model}, keep=False)[e.id]
-    ap = probe_activations(acts, model.head.detach().float().cpu().numpy(), sets, sign)
+    acts = extract.extract_many([e], "broden", profile, models={e.id: model}, keep=False)[e.id]
+    ap = concept_probing.probe_activations(acts, model.head.detach().float().cpu().numpy(), sets, sign)
     atomic_save_npy(path, ap)
     return ap
 
@@ -165,16 +161,10 @@ def evaluate(profile: Profile, zeroshot_id: str, finetuned_id: str, alphas: Sequ
     import pandas as pd
     from tqdm import tqdm  # plain bars: notebook widgets need ipywidgets and would warn
 
-    from helpers.engine.extract import extract_datasets, loaded_model
-    from helpers.metrics import effective_robustness, kurtosis
-    from helpers.models import save_classifier
-
     zs_entry, ft_entry = profile.entry(zeroshot_id), profile.entry(finetuned_id)
-    zs, ft = loaded_model(zs_entry, profile), loaded_model(ft_entry, profile)
+    zs, ft = extract.loaded_model(zs_entry, profile), extract.loaded_model(ft_entry, profile)
     check_compatible(zs, ft)
     concepts = broden_available(profile) if concepts is None else concepts
-    from helpers.metrics import er_coefficients  # the profile's ER line (metrics.baseline: paper | refit)
-
     er_line = er_coefficients(profile)
     if concepts:
         from helpers.chapters.concept_probing import ap_matrix, broden_sets, unique_concepts_at
@@ -187,7 +177,7 @@ def evaluate(profile: Profile, zeroshot_id: str, finetuned_id: str, alphas: Sequ
         if alpha in (0.0, 1.0):
             # The endpoints equal the pool entries bit for bit (tests/unit/test_wiseft.py): reuse their caches.
             model = zs if alpha == 0.0 else ft
-            acts = extract_datasets(model.entry, datasets, profile)
+            acts = extract.extract_datasets(model.entry, datasets, profile)
             stats = {d: {"accuracy": acts[d].accuracy, "kurtosis": kurtosis(np.asarray(acts[d].h))} for d in datasets}
         else:
             model = mixture = interpolate(zs, ft, alpha, out=mixture)
@@ -224,8 +214,6 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from helpers.config import load_profile
-
     profile = load_profile(args.profile)
     entry = profile.entry(args.entry)
     if not entry.finetuned_from:

@@ -10,6 +10,8 @@ from typing import Callable, Iterable
 import torch
 
 from helpers.config import PoolEntry
+from helpers.demo.archs import TORCHVISION_DEMO_BUILDERS
+from helpers.store import Geometry
 
 #: ``format`` field of the checkpoints written by :func:`helpers.models.weights.save_classifier`.
 CLASSIFIER_FORMAT = "clip-study-classifier/1"
@@ -74,8 +76,6 @@ def open_clip_module(model: str | None = None):
 
 def torchvision_builder(entry: PoolEntry) -> Callable:
     """The torchvision ViT builder (or demo stand-in) the entry names; :class:`ModelError` otherwise."""
-    from helpers.demo.archs import TORCHVISION_DEMO_BUILDERS
-
     if entry.model in TORCHVISION_DEMO_BUILDERS:
         return TORCHVISION_DEMO_BUILDERS[entry.model]
     import torchvision.models
@@ -116,8 +116,6 @@ class Preprocessing:
     @property
     def geometry(self):
         """The uint8 images before normalisation (one decoded store per geometry)."""
-        from helpers.store import Geometry
-
         return Geometry(self.image_size, self.interpolation, self.resize_mode, self.resize_size)
 
     @property

@@ -31,20 +31,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers.config import PoolEntry
-from helpers.models.catalogue import (SUPERVISED_FAMILIES, ZERO_SHOT_FAMILIES, CLASSIFIER_FORMAT, ModelError,
-                                      Preprocessing, check_entry, entry_label, expected_file, open_clip_config,
-                                      open_clip_module, preprocessing, quick_gelu_required, torchvision_builder)
+from helpers.models.catalogue import (
+    CLASSIFIER_FORMAT, SUPERVISED_FAMILIES, ZERO_SHOT_FAMILIES, ModelError, Preprocessing, check_entry, entry_label,
+    expected_file, open_clip_config, open_clip_module, preprocessing, quick_gelu_required, torchvision_builder,
+)
 from helpers.models.heads import cached_zero_shot_head, feature_dim, reduced_zero_shot_head
-from helpers.models.weights import (file_sha256, hash_parts, hub_weights, read_checkpoint,
-                                    unsafe_checkpoint_error)
+from helpers.models.weights import file_sha256, hash_parts, hub_weights, read_checkpoint, unsafe_checkpoint_error
+from helpers.store import pixel_transform
 
 class _Uint8Pixels:
     """PIL image -> uint8 tensor (3, S, S): the geometric half of the entry's eval transform, the
     very pixels the extraction engine's stores hold (:func:`helpers.store.pixel_transform`)."""
 
     def __init__(self, prep: Preprocessing):
-        from helpers.store import pixel_transform
-
         self._pixels = pixel_transform(prep.geometry)
 
     def __call__(self, image) -> torch.Tensor:

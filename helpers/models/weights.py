@@ -15,8 +15,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from helpers.config import PoolEntry
-from helpers.models.catalogue import (CLASSIFIER_FORMAT, MissingWeightsError, ModelError, UnsafeCheckpointError,
-                                      entry_label, expected_file, open_clip_module)
+from helpers.models.catalogue import (
+    CLASSIFIER_FORMAT, MissingWeightsError, ModelError, UnsafeCheckpointError, entry_label, expected_file,
+    open_clip_module,
+)
+from helpers.study import provenance
+from helpers.study.provenance import sha256_file
 
 if TYPE_CHECKING:
     from helpers.models.loading import LoadedModel
@@ -29,8 +33,6 @@ def hash_parts(*parts: Any) -> str:
 def file_sha256(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes (memoised per path, size and modification time;
     :func:`helpers.study.provenance.sha256_file`, shared with the provenance records)."""
-    from helpers.study.provenance import sha256_file
-
     return sha256_file(path)
 
 
@@ -48,8 +50,6 @@ def read_checkpoint(entry: PoolEntry) -> Any:
     """The entry's checkpoint file (``.safetensors`` or ``torch.save``), read with ``weights_only=True``
     and noted as an input of the current job; one clear error when missing, unsafe or unreadable."""
     path = Path(entry.checkpoint)
-    from helpers.study import provenance
-
     provenance.note_file("checkpoint", path)  # an input of the current job
     if not path.is_file():
         raise MissingWeightsError(f"{entry_label(entry)}: checkpoint file {path} not found; "

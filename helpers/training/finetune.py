@@ -28,11 +28,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from helpers.training import ddp
+from helpers.chapters.wiseft import TRAJECTORY_SECTION
 from helpers.config import Profile
-from helpers.training.loop import (Recipe, TrainResult, epoch_checkpoints, final_is_current, fit, loader_settings,
-                                   output_path, precision_for, run_dir, run_identity, single_process, training_set,
-                                   weights_digest)
+from helpers.models import load_from_profile
+from helpers.study import results
+from helpers.training import ddp
+from helpers.training.loop import (
+    Recipe, TrainResult, epoch_checkpoints, final_is_current, fit, loader_settings, output_path, precision_for,
+    run_dir, run_identity, single_process, training_set, weights_digest,
+)
 
 #: Finetuning keeps every epoch's weights: Figure 5 reads them.
 KEEP_EPOCHS_DEFAULT = "all"
@@ -71,8 +75,6 @@ def finetune(profile: Profile, entry_id: str, recipe: FinetuneRecipe | None = No
     finished run, ``last`` drops the older epochs once Figure 5's table for the entry exists).
     Resumes an interrupted run; returns at once when the checkpoint is already this run's.
     """
-    from helpers.models import load_from_profile
-
     recipe = recipe or FinetuneRecipe()
     entry = profile.entry(entry_id)
     if not entry.finetuned_from:
@@ -105,9 +107,6 @@ def finetune(profile: Profile, entry_id: str, recipe: FinetuneRecipe | None = No
 def _check_figure5_recorded(profile: Profile, entry, identity: dict) -> None:
     """Refuse to drop a finished run's older epochs before Figure 5's table for it is recorded:
     they cannot be made again without finetuning anew."""
-    from helpers.study import results
-    from helpers.chapters.wiseft import TRAJECTORY_SECTION
-
     final = output_path(profile, entry)
     older = epoch_checkpoints(run_dir(profile, entry))[:-1]
     if not older or not final_is_current(final, identity):

@@ -43,6 +43,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from helpers.config import load_profile, run_setting
+from helpers.data import open_dataset
+from helpers.models import autocast, save_classifier
+from helpers.models.precision import compute_dtype
 from helpers.training import ddp
 
 #: What a resume state (``resume_<k>.pt``) holds beyond the classifier fields of ``save_classifier``.
@@ -480,8 +484,6 @@ def fit(model, dataset, recipe: Recipe, run_dir: str | os.PathLike, final: str |
     from torch.nn.parallel import DistributedDataParallel
     from tqdm import tqdm  # plain bars: notebook widgets need ipywidgets and would warn
 
-    from helpers.models import save_classifier
-
     if keep_epochs not in KEEP_EPOCHS:
         raise ValueError(f"keep_epochs must be one of {', '.join(KEEP_EPOCHS)}, found {keep_epochs!r}")
     ctx = ctx or ddp.Context(0, 1, 0, torch.device("cpu"))
@@ -600,8 +602,6 @@ def _resume(model, optimizer, scheduler, scaler, run_dir: Path, identity, ctx: d
 def _save_epoch(model, optimizer, scheduler, scaler, run_dir: Path, epoch: int, step: int, identity, history,
                 ctx: ddp.Context, keep_epochs: str, final_extra) -> tuple[Path, Path]:
     """The epoch's weights file and its resume state, written by the main process; returns both paths."""
-    from helpers.models import save_classifier
-
     rngs = _gather_rng(ctx)
     path, resume = epoch_path(run_dir, epoch), resume_path(run_dir, epoch)
     if ctx.is_main:
@@ -630,8 +630,6 @@ def _train_step(net, model, x8, y, optimizer, params, scaler, recipe: Recipe, ct
 
     import torch
     import torch.nn.functional as F
-
-    from helpers.models import autocast
 
     label, step, epoch, i, n, last_good = where
     optimizer.zero_grad(set_to_none=True)
@@ -669,8 +667,6 @@ def _train_step(net, model, x8, y, optimizer, params, scaler, recipe: Recipe, ct
 
 def loader_settings(profile) -> dict:
     """The training loader's and the accumulation's profile settings, as :func:`fit` takes them."""
-    from helpers.config import run_setting
-
     return {"num_workers": profile.num_workers, "persistent_workers": run_setting(profile, "persistent_workers"),
             "prefetch_factor": run_setting(profile, "prefetch_factor"),
             "accumulation_steps": run_setting(profile, "accumulation_steps")}
@@ -720,8 +716,6 @@ def output_path(profile, entry) -> Path:
 
 def training_set(profile, limit: int | None = None):
     """The profile's ImageNet training set (``limit``: a class-balanced subset, for demos)."""
-    from helpers.data import open_dataset
-
     return open_dataset("imagenet-train", profile.dataset_root("imagenet-train"), limit=limit)
 
 
@@ -734,8 +728,6 @@ def single_process(profile) -> ddp.Context:
 
 def precision_for(profile, ctx: ddp.Context) -> str:
     """The profile's autocast precision on CUDA; fp32 elsewhere (:func:`helpers.models.precision.compute_dtype`)."""
-    from helpers.models.precision import compute_dtype
-
     return compute_dtype(ctx.device, profile.precision)
 
 
@@ -782,8 +774,6 @@ def recipe_from_args(args, defaults: Recipe) -> Recipe:
 
 def run_cli(args, train: Callable, defaults: Recipe) -> int:
     """Join the ``torchrun`` process group if there is one, train, report, leave the group."""
-    from helpers.config import load_profile
-
     profile = load_profile(args.profile)
     ctx = ddp.setup(args.device or profile.device)
     try:

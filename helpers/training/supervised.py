@@ -26,10 +26,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
-from helpers.training import ddp
 from helpers.config import Profile
-from helpers.training.loop import (Recipe, TrainResult, fit, loader_settings, output_path, precision_for, run_dir,
-                                   run_identity, single_process, training_set, weights_digest)
+from helpers.models import load
+from helpers.training import ddp
+from helpers.training.loop import (
+    Recipe, TrainResult, fit, loader_settings, output_path, precision_for, run_dir, run_identity, single_process,
+    training_set, weights_digest,
+)
 
 #: Nothing reads the epochs of a run from scratch: keep the newest only.
 KEEP_EPOCHS_DEFAULT = "last"
@@ -59,8 +62,6 @@ def initial_model(profile: Profile, entry_id: str):
     """The untrained classifier of a supervised entry: its architecture's image tower and a linear
     head with bias, randomly initialised from ``entry.seed`` (whatever ``checkpoint:`` says: that
     file is what training produces)."""
-    from helpers.models import load
-
     entry = profile.entry(entry_id)
     if entry.family != "supervised":
         raise ValueError(f"profile {profile.name!r}: entry {entry.id!r} is of family {entry.family!r}; "
