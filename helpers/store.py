@@ -154,31 +154,35 @@ def content_digest(path: Path) -> str:
 #: A stamp vouches only for a file whose ctime is at least this much older than the stamp.
 RACY_S = 2.0
 
+
 def _stamp_path(path: Path) -> Path:
     return path.with_name(path.name + ".verified")
 
 
-def _identity(path: Path) -> dict:
-    st = os.stat(path)
-    return {"inode": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
+def _identity(version: tuple) -> dict:
+    """What a stamp records of a file, from its :func:`_version` (one stat serves both)."""
+    _, size, mtime_ns, inode, ctime_ns = version
+    return {"inode": inode, "size": size, "mtime_ns": mtime_ns, "ctime_ns": ctime_ns}
 
 
 def stamp_verified(path: Path, digest: str) -> None:
     """Record that ``path`` now holds the bytes of ``digest`` (call right after hashing or writing
     them). Best effort: a read-only cache only loses the saving."""
     path = Path(path)
-    _DIGESTS[_version(path)] = digest
+    version = _version(path)
+    _DIGESTS[version] = digest
     with contextlib.suppress(OSError):
-        atomic_write_json(_stamp_path(path), {"digest": digest, **_identity(path)})
+        atomic_write_json(_stamp_path(path), {"digest": digest, **_identity(version)})
 
 
-def _stamped_digest(path: Path) -> str | None:
-    """The digest a valid stamp vouches for (None: no stamp, a damaged one, or a changed file)."""
+def _stamped_digest(path: Path, version: tuple) -> str | None:
+    """The digest a valid stamp vouches for the file at ``version`` (None: no stamp, a damaged
+    one, or a changed file)."""
     if os.environ.get(REHASH_ENV) == "1":
         return None
     try:
         stamp_path = _stamp_path(path)
-        stamp, identity = json.loads(stamp_path.read_text()), _identity(path)
+        stamp, identity = json.loads(stamp_path.read_text()), _identity(version)
         if {k: stamp.get(k) for k in identity} != identity:
             return None
         # both times from the same file system's clock
@@ -197,11 +201,12 @@ def verified(path: Path, digest: str | None) -> bool:
         return False
     path = Path(path)
     try:
-        if _version(path) in _DIGESTS:
-            return _DIGESTS[_version(path)] == digest
-        stamped = _stamped_digest(path)
+        version = _version(path)
+        if version in _DIGESTS:
+            return _DIGESTS[version] == digest
+        stamped = _stamped_digest(path, version)
         if stamped is not None:
-            _DIGESTS[_version(path)] = stamped
+            _DIGESTS[version] = stamped
             return stamped == digest
         if content_digest(path) != digest:
             return False
@@ -322,6 +327,15 @@ class CacheEntry:
                     return None
             return m, arrays
         return None
+
+    def committed(self) -> bool:
+        """Whether a build of this key was committed: its manifest (written last by a commit)
+        carries the key. One small file read; the arrays are neither opened nor verified
+        (:meth:`load` does that), so this only decides whether there is anything to build."""
+        try:
+            return json.loads((self.dir / _MANIFEST).read_text()).get("key") == self.key
+        except (OSError, ValueError):
+            return False
 
     def _discard(self, run: str) -> None:
         """Withdraw a damaged commit: remove the manifest if it still names ``run`` (a concurrent

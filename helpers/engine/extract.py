@@ -561,13 +561,9 @@ class StoreSpec:
         return store_entry(self.dataset, self.geometry, cache_dir, self.material)
 
     def committed(self, cache_dir: Path) -> bool:
-        """Whether a build of this key was committed under ``cache_dir``: its manifest (written last
-        by a commit, see :mod:`helpers.store`) carries the key. A look at one small file, its arrays
-        not verified (opening the store does that): enough to decide whether to decode at all."""
-        try:
-            return json.loads((self.entry(cache_dir).dir / "manifest.json").read_text()).get("key") == self.key
-        except (OSError, ValueError):
-            return False
+        """Whether a build of this store was committed under ``cache_dir``
+        (:meth:`helpers.store.CacheEntry.committed`: its arrays not verified, opening it does that)."""
+        return self.entry(cache_dir).committed()
 
 
 def _store_spec(dataset_name: str, dataset: Any, geometry: Geometry, limit: int | None,
