@@ -13,7 +13,8 @@ Notebook-facing (what a chapter or a fork imports)
   - :mod:`helpers.plots`     every figure
   - :mod:`helpers.paper`     the paper's own values and claims, set beside this run's
 The engine (what computes; no chapter logic)
-  - :mod:`helpers.engine`    extraction (the one forward pass), the CKA pass, WiSE-FT mixtures
+  - :mod:`helpers.engine`    extraction (the one forward pass), Broden probing, the CKA pass,
+                             WiSE-FT mixtures
   - :mod:`helpers.models`    pool entries to modules: catalogue and traps, weights, heads, loading
   - :mod:`helpers.data`      ImageNet, its five shifts and Broden over their real on-disk layouts
   - :mod:`helpers.store`     the shared uint8 image stores and atomic, resumable cache entries
@@ -36,6 +37,7 @@ Eq. (1) kurtosis                           :func:`helpers.metrics.outliers.kurto
 Eq. (2) importance                         :func:`helpers.metrics.directions.importance`
 Eq. (3) importance ratio                   :func:`helpers.metrics.directions.importance_ratio`
 AP of a direction for a concept (Sec. 5)   :func:`helpers.metrics.concepts.concept_ap`
+AP matrix of a model on Broden (Sec. 5)    :func:`helpers.engine.probing.ap_matrix`
 Eq. (4) unique concepts                    :func:`helpers.metrics.concepts.unique_concepts`
 Eq. (5) effective robustness               :func:`helpers.metrics.robustness.effective_robustness`
 CKA per layer (App. C)                     :class:`helpers.metrics.cka.MinibatchCKA`,

@@ -26,7 +26,7 @@ resumable cache, the progress bars and model loading are those of every chapter
 activations land under ``<cache_dir>/stores/folder-...`` and ``<cache_dir>/activations/diagnose-<slug>/``,
 so a rerun loads no model and runs no forward pass. The head comes from the classifier checkpoint
 or the zero-shot head cache (:func:`helpers.models.head_without_model`), and Eq. (4) is probed by
-:func:`helpers.chapters.concept_probing.probe_activations`, as for the pool.
+:func:`helpers.engine.probing.probe_activations`, as for the pool.
 
 A plain encoder (any ``nn.Module`` or callable) goes through the same engine as an in-memory
 :class:`~helpers.models.loading.LoadedModel`, keyed by the digest of its parameters (a named callable: by
@@ -1327,9 +1327,9 @@ def _kurtosis(h: np.ndarray, label: str, P: Profile, warnings_: list[str], notes
 def _concepts(subject: _Subject, P: Profile, W: np.ndarray, device: str, warnings_: list[str],
               notes: list[str]) -> tuple[int | None, dict]:
     """Eq. (4): unique Broden concepts of the right singular vectors of W, probed as for the pool
-    (Section 5; :func:`helpers.chapters.concept_probing.probe_activations`: same balanced sets, AP
+    (Section 5; :func:`helpers.engine.probing.probe_activations`: same balanced sets, AP
     threshold and sign rule) on the subject's Broden activations from the engine."""
-    from helpers.chapters.concept_probing import broden_sets, probe_activations, unique_concepts_at
+    from helpers.engine.probing import broden_sets, probe_activations, unique_concepts_at
     from helpers.data import DatasetLayoutError
 
     broden = P.datasets.get("broden")

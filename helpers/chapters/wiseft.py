@@ -129,7 +129,7 @@ def concept_trajectory(study, threshold: float | None = None) -> tuple[pd.DataFr
     per pair, epoch and region) and notes on the pairs that could not be traced."""
     from helpers.engine.extract import loaded_model
     from helpers.engine.mixtures import broden_available, transient_ap
-    from helpers.chapters.concept_probing import ap_matrix, broden_sets, concept_set
+    from helpers.engine.probing import ap_matrix, broden_sets, concept_set
 
     P = study.profile
     threshold = P.metrics["concept_threshold"] if threshold is None else threshold

@@ -25,9 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
-from helpers.chapters import concept_probing  # the module: tests intercept its functions
 from helpers.config import EVAL_DATASETS, SHIFTS, PoolEntry, Profile, load_profile
-from helpers.engine import extract  # the module: chapters' tests intercept its functions
+from helpers.engine import extract, probing  # the modules: tests intercept their functions
 from helpers.metrics import effective_robustness, er_coefficients, kurtosis
 from helpers.models import save_classifier
 from helpers.store import CacheEntry, atomic_save_npy, key_of, load_npy
@@ -131,16 +130,16 @@ def summaries(profile: Profile, model, dataset: str) -> dict[str, float]:
 def transient_ap(profile: Profile, model, sets=None) -> np.ndarray:
     """AP matrix (directions x concepts, Section 5) of an in-memory model on Broden, from
     activations computed in memory and never written; the matrix is cached where
-    :func:`helpers.chapters.concept_probing.ap_matrix` caches a pool entry's (same key material:
+    :func:`helpers.engine.probing.ap_matrix` caches a pool entry's (same key material:
     the activations' key, the balanced sets, the sign rule)."""
-    sets = sets or concept_probing.broden_sets(profile)
+    sets = sets or probing.broden_sets(profile)
     e, sign = model.entry, profile.metrics["concept_sign"]
     key = extract.activation_keys([e], "broden", profile, models={e.id: model})[e.id]
-    path = concept_probing.ap_path(profile, e.id, key, sets, sign)
+    path = probing.ap_path(profile, e.id, key, sets, sign)
     if (cached := load_npy(path)) is not None:
         return cached
     acts = extract.extract_many([e], "broden", profile, models={e.id: model}, keep=False)[e.id]
-    ap = concept_probing.probe_activations(acts, model.head.detach().float().cpu().numpy(), sets, sign)
+    ap = probing.probe_activations(acts, model.head.detach().float().cpu().numpy(), sets, sign)
     atomic_save_npy(path, ap)
     return ap
 
@@ -167,9 +166,7 @@ def evaluate(profile: Profile, zeroshot_id: str, finetuned_id: str, alphas: Sequ
     concepts = broden_available(profile) if concepts is None else concepts
     er_line = er_coefficients(profile)
     if concepts:
-        from helpers.chapters.concept_probing import ap_matrix, broden_sets, unique_concepts_at
-
-        sets = broden_sets(profile)
+        sets = probing.broden_sets(profile)
     shifts = [d for d in datasets if d in SHIFTS]
     rows, mixture = [], None
     for alpha in tqdm(list(alphas), desc=f"WiSE-FT {zs_entry.id} -> {ft_entry.id}", unit="alpha"):
@@ -194,8 +191,8 @@ def evaluate(profile: Profile, zeroshot_id: str, finetuned_id: str, alphas: Sequ
         if "imagenet" in stats and len(shifts) == len(SHIFTS):
             row["er"] = effective_robustness(row["shifts_mean"], row["imagenet"], *er_line)
         if concepts:
-            ap = ap_matrix(model.entry, profile, sets) if alpha in (0.0, 1.0) else transient_ap(profile, model, sets)
-            row["unique_concepts"] = unique_concepts_at(ap, profile.metrics["concept_threshold"])
+            ap = probing.ap_matrix(model.entry, profile, sets) if alpha in (0.0, 1.0) else transient_ap(profile, model, sets)
+            row["unique_concepts"] = probing.unique_concepts_at(ap, profile.metrics["concept_threshold"])
         rows.append(row)
     return pd.DataFrame(rows)
 

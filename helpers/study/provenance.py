@@ -18,7 +18,7 @@ plain ``papermill`` call. The notebook's kernel records, in this process-level r
 :func:`finish` (the last cell of every chapter, ``S.finish()``) writes the record to
 ``<results_dir>/provenance/<section>/<slice>.json`` with ``status: complete``; :func:`begin` (called
 by :func:`helpers.study.open_study`) first marks it ``running``, so a job that dies leaves a record
-that is not complete and the tables it claimed are not trusted (:func:`helpers.study.results.scan`).
+that is not complete and the tables it claimed are not trusted (:func:`scan_tables`).
 The runner (:func:`check`) re-hashes each recorded input and skips the job only if all are unchanged;
 a new, unused module in ``helpers/`` changes nothing.
 """
@@ -33,6 +33,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable
+
+from helpers.config import load_profile
+from helpers.store import atomic_write_text
 
 FORMAT = 1
 HELPERS_DIR = Path(__file__).resolve().parent.parent
@@ -78,8 +81,6 @@ def read_record(path: Path) -> dict | None:
 
 
 def write_record(path: Path, record: dict) -> None:
-    from helpers.store import atomic_write_text
-
     atomic_write_text(Path(path), json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
 
 
@@ -91,6 +92,55 @@ def all_records(results_dir: Path) -> list[tuple[Path, dict]]:
         if r is not None:
             out.append((p, r))
     return out
+
+
+
+# ---------------------------------------------------------------- which tables the records vouch for
+
+def table_claims(results_dir: Path) -> dict[str, list[tuple[str, str, str]]]:
+    """Table path (relative to results_dir) -> [(status, sha256, job)] of every record claiming it."""
+    out: dict[str, list] = {}
+    for p, r in all_records(results_dir):
+        job = f"{r.get('section')}[{r.get('slice')}]"
+        for rel, sha in (r.get("tables_written") or {}).items():
+            out.setdefault(rel, []).append((r.get("status"), sha, job))
+    return out
+
+
+def scan_tables(results_dir: Path, section: str, entries: Iterable[str] | None = None) -> list[dict]:
+    """Every table of a section (optionally only some entries) with its trust status:
+    ``ok`` (vouched for by a readable, complete record of the job that wrote it, for exactly these
+    bytes, or written by this process), ``failed`` (claimed by a job that failed or did not finish:
+    stale) or ``unvouched`` (no readable record claims it, or a complete record claims other bytes:
+    a missing, truncated or inconsistent record trusts nothing)."""
+    results_dir = Path(results_dir)
+    folder = results_dir / "tables" / section
+    wanted = None if entries is None else set(entries)
+    claims = table_claims(results_dir) if folder.exists() else {}
+    written = RECORDER.written
+    rows = []
+    for csv in sorted(folder.glob("*.csv")) if folder.exists() else []:
+        if wanted is not None and csv.stem not in wanted:
+            continue
+        data = csv.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        rel = csv.relative_to(results_dir).as_posix()
+        cl = claims.get(rel, [])
+        if written.get(str(csv.resolve())) == sha or any(s == "complete" and h == sha for s, h, _ in cl):
+            status, job = "ok", next((j for s, h, j in cl if s == "complete" and h == sha), "")
+        elif any(s != "complete" for s, _, _ in cl):
+            status, job = "failed", next(j for s, _, j in cl if s != "complete")
+        else:
+            status, job = "unvouched", next((j for _, _, j in cl), "")
+        rows.append({"entry": csv.stem, "path": csv, "sha256": sha, "status": status, "job": job})
+    return rows
+
+
+def tables_digest(results_dir: Path, section: str, entries: Iterable[str] | None) -> str:
+    """What a :func:`helpers.study.results.load` of these tables returns, as a digest (the provenance
+    of a reader: a job that read them is out of date when it changes)."""
+    ok = [f"{r['entry']}\t{r['sha256']}" for r in scan_tables(results_dir, section, entries) if r["status"] == "ok"]
+    return hashlib.sha256("\n".join(ok).encode()).hexdigest()
 
 
 def mark_failed(path: Path, error: str, section: str, label: str) -> None:
@@ -260,7 +310,7 @@ _MAPPING_SUFFIXES = (".csv", ".json")
 def loader_reads(rel_dir: str, name: str) -> bool:
     """Whether a dataset loader reads the file ``name`` in the folder ``rel_dir`` (relative to the
     dataset's root): an image, a CSV / JSON mapping, or any file under a ``mappings`` folder."""
-    from helpers.data.base import IMAGE_EXTENSIONS
+    from helpers.data.base import IMAGE_EXTENSIONS  # lazy: helpers.data imports torch, this module must not
 
     low = name.lower()
     return (low.endswith(IMAGE_EXTENSIONS) or low.endswith(_MAPPING_SUFFIXES)
@@ -469,12 +519,8 @@ def finish(section: str | None = None, profile: str | None = None) -> Path | Non
     if R.job is None:
         if section is None:
             return None
-        from helpers.config import load_profile
-
         P = load_profile(profile or "demo")
         begin(section, P, {"profile": profile or "demo"}, {"name": profile or "demo", "overrides": {}}, "all")
-    from helpers.study import results
-
     sources = kernel_sources()
     job = dict(R.job)
     job["notebook"] = dict(job["notebook"], code_sha256=code_digest(sources) if sources is not None else None)
@@ -484,8 +530,8 @@ def finish(section: str | None = None, profile: str | None = None) -> Path | Non
     job["files"] = dict(R.files)
     job["caches"] = dict(R.caches)
     job["other"] = dict(R.other)
-    # table queries are re-evaluated now, after this job's own writes (see results.query_digest)
-    job["tables_read"] = {k: dict(q, digest=results.query_digest(R.results_dir, q["section"], q["entries"]))
+    # table queries are re-evaluated now, after this job's own writes (see tables_digest)
+    job["tables_read"] = {k: dict(q, digest=tables_digest(R.results_dir, q["section"], q["entries"]))
                           for k, q in sorted(R.queries.items())}
     base = R.results_dir.resolve()
     job["tables_written"] = {Path(a).relative_to(base).as_posix(): _sha(Path(a).read_bytes())
@@ -503,7 +549,6 @@ def check(record: dict | None, *, notebook_digest_: str, parameters: dict[str, A
     """Why a job is out of date (None: up to date). ``record``: the job's record;
     ``notebook_digest_``: :func:`notebook_digest` of its source; ``parameters``: the effective
     values the runner would pass. Every recorded input is re-hashed."""
-    from helpers.study import results
 
     if record is None:
         return "never ran"
@@ -545,6 +590,6 @@ def check(record: dict | None, *, notebook_digest_: str, parameters: dict[str, A
         if not p.exists() or _sha(p.read_bytes()) != sha:
             return f"table {rel} changed or removed since this job wrote it"
     for key, q in record.get("tables_read", {}).items():
-        if results.query_digest(Path(q["results_dir"]), q["section"], q["entries"]) != q["digest"]:
+        if tables_digest(Path(q["results_dir"]), q["section"], q["entries"]) != q["digest"]:
             return f"tables read from {q['section']} changed"
     return None

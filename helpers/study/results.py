@@ -51,58 +51,13 @@ def record(profile: Profile, section: str, entry_id: str,
     return path
 
 
-def _claims(results_dir: Path) -> dict[str, list[tuple[str, str, str]]]:
-    """Table path (relative to results_dir) -> [(status, sha256, job)] of every record claiming it."""
-    out: dict[str, list] = {}
-    for p, r in provenance.all_records(results_dir):
-        job = f"{r.get('section')}[{r.get('slice')}]"
-        for rel, sha in (r.get("tables_written") or {}).items():
-            out.setdefault(rel, []).append((r.get("status"), sha, job))
-    return out
-
-
-def scan(results_dir: Path, section: str, entries: Iterable[str] | None = None) -> list[dict]:
-    """Every table of a section (optionally only some entries) with its trust status:
-    ``ok`` (vouched for by a readable, complete record of the job that wrote it, for exactly these
-    bytes, or written by this process), ``failed`` (claimed by a job that failed or did not finish:
-    stale) or ``unvouched`` (no readable record claims it, or a complete record claims other bytes:
-    a missing, truncated or inconsistent record trusts nothing)."""
-    results_dir = Path(results_dir)
-    folder = results_dir / "tables" / section
-    wanted = None if entries is None else set(entries)
-    claims = _claims(results_dir) if folder.exists() else {}
-    written = provenance.RECORDER.written
-    rows = []
-    for csv in sorted(folder.glob("*.csv")) if folder.exists() else []:
-        if wanted is not None and csv.stem not in wanted:
-            continue
-        data = csv.read_bytes()
-        sha = hashlib.sha256(data).hexdigest()
-        rel = csv.relative_to(results_dir).as_posix()
-        cl = claims.get(rel, [])
-        if written.get(str(csv.resolve())) == sha or any(s == "complete" and h == sha for s, h, _ in cl):
-            status, job = "ok", next((j for s, h, j in cl if s == "complete" and h == sha), "")
-        elif any(s != "complete" for s, _, _ in cl):
-            status, job = "failed", next(j for s, _, j in cl if s != "complete")
-        else:
-            status, job = "unvouched", next((j for _, _, j in cl), "")
-        rows.append({"entry": csv.stem, "path": csv, "sha256": sha, "status": status, "job": job})
-    return rows
-
-
-def query_digest(results_dir: Path, section: str, entries: Iterable[str] | None) -> str:
-    """What a :func:`load` of these tables returns, as a digest (the provenance of a reader)."""
-    ok = [f"{r['entry']}\t{r['sha256']}" for r in scan(results_dir, section, entries) if r["status"] == "ok"]
-    return hashlib.sha256("\n".join(ok).encode()).hexdigest()
-
-
 def load(profile: Profile, section: str, entries: Iterable[str] | None = None) -> pd.DataFrame:
     """The trusted recorded tables of a section (optionally only some entries), in pool order."""
     wanted = None if entries is None else sorted(entries)
     provenance.note("table_query", f"{section}:{','.join(wanted) if wanted is not None else '*'}",
                     {"section": section, "entries": wanted, "results_dir": str(profile.results_dir)})
     order = {e.id: i for i, e in enumerate(profile.pool)}
-    frames = [pd.read_csv(r["path"]) for r in scan(profile.results_dir, section, wanted) if r["status"] == "ok"]
+    frames = [pd.read_csv(r["path"]) for r in provenance.scan_tables(profile.results_dir, section, wanted) if r["status"] == "ok"]
     if not frames:
         return pd.DataFrame(columns=["profile", "section", "entry"])
     df = pd.concat(frames, ignore_index=True)
@@ -113,7 +68,7 @@ def status(profile: Profile, section: str, entries: Iterable[str]) -> pd.DataFra
     """For each wanted entry without a trusted table of ``section``: ``failed`` (its job failed or
     did not finish; the job is named), ``unvouched`` (no sound record of its job claims it) or
     ``missing`` (no table)."""
-    found = {r["entry"]: r for r in scan(profile.results_dir, section, entries)}
+    found = {r["entry"]: r for r in provenance.scan_tables(profile.results_dir, section, entries)}
     rows = []
     for e in entries:
         r = found.get(e)

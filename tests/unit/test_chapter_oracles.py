@@ -30,6 +30,7 @@ from sklearn.metrics import average_precision_score
 
 from conftest import write_profile
 from helpers.engine import extract
+from helpers.engine import probing as engine_probing
 from helpers.paper import values as paper_values
 from helpers.study import results
 from helpers.chapters import (coca, concept_probing, outlier_features, privileged_directions, pruning,
@@ -113,6 +114,21 @@ def plant_heads(monkeypatch, module, heads: dict):
         _check_call(e, P)
         return heads[e.id]
     monkeypatch.setattr(module, "head", head)
+
+
+def plant_engine(monkeypatch, heads: dict, table: dict):
+    """``heads`` and ``table`` (as for :func:`plant_heads` and :func:`plant_embeddings`) served where
+    the engine reads cached activations and heads (``extract.activations``, ``extract.head``)."""
+    def activations(e, dataset, P, **_):
+        _check_call(e, P)
+        return table[(e.id, dataset)]
+
+    def head(e, P, device=None):
+        _check_call(e, P)
+        W, b, normalize = heads[e.id]
+        return Head(np.asarray(W), b, normalize, f"planted-{e.id}")
+    monkeypatch.setattr(extract, "activations", activations)
+    monkeypatch.setattr(extract, "head", head)
 
 
 def er_by_hand(acc_shift: float, acc_in: float) -> float:
@@ -340,7 +356,7 @@ def broden_world():
         selection[rng.choice(neg, size=min(len(pos), len(neg)), replace=False), c] = True
     concepts = pd.DataFrame({"number": np.arange(1, 6), "name": CONCEPTS,
                              "category": ["texture", "color", "scene", "material", "object"]})
-    return concept_probing.BrodenSets(concepts, presence, selection, pd.DataFrame(), key="planted-broden")
+    return engine_probing.BrodenSets(concepts, presence, selection, pd.DataFrame(), key="planted-broden")
 
 
 #: per entry, {direction index: (concept, strength)}: a projection = strength * presence + noise;
@@ -399,9 +415,11 @@ def probing(tmp_path, monkeypatch):
         calls.append(P)
         return sets
     monkeypatch.setattr(concept_probing, "broden_sets", broden_sets)
+    monkeypatch.setattr(engine_probing, "broden_sets", broden_sets)  # ap_matrix without sets reads them here
     monkeypatch.setattr(concept_probing, "_test_broden_calls", calls, raising=False)
     plant_heads(monkeypatch, concept_probing, heads)
     plant_embeddings(monkeypatch, concept_probing, table)
+    plant_engine(monkeypatch, heads, table)  # the AP matrix reads the engine's activations and heads
     study = make_study(tmp_path, concept_probing.SECTION, ids=list(ENCODES))
     return study, sets, heads, table, planted
 
@@ -410,26 +428,26 @@ def test_probe_activations_is_sklearn_ap_in_brodens_order(probing):
     study, sets, heads, table, planted = probing
     for e in ENCODES:
         expected = sklearn_ap(planted[e], sets)
-        got = concept_probing.probe_activations(table[(e, "broden")], heads[e][0], sets, "both")
+        got = engine_probing.probe_activations(table[(e, "broden")], heads[e][0], sets, "both")
         np.testing.assert_allclose(got, expected, atol=1e-9, equal_nan=True)
         # the chapter's cached path gives the same matrix, and reads it back from the cache
-        np.testing.assert_allclose(concept_probing.ap_matrix(study.profile.entry(e), study.profile, sets), expected,
+        np.testing.assert_allclose(engine_probing.ap_matrix(study.profile.entry(e), study.profile, sets), expected,
                                    atol=1e-9, equal_nan=True)
     entry = study.profile.entry("RN50-openai")
-    ap = concept_probing.ap_matrix(entry, study.profile, sets)
+    ap = engine_probing.ap_matrix(entry, study.profile, sets)
     assert ap[0, 0] == ap[1, 1] == 1.0 and np.isnan(ap[:, 4]).all()
     # without sets it reads the profile's; the cache is keyed by the activations and the sign rule
-    np.testing.assert_array_equal(concept_probing.ap_matrix(entry, study.profile), ap)
+    np.testing.assert_array_equal(engine_probing.ap_matrix(entry, study.profile), ap)
     positive = replace(study.profile, metrics={**study.profile.metrics, "concept_sign": "positive"})
-    ap_pos = concept_probing.ap_matrix(entry, positive, sets)
+    ap_pos = engine_probing.ap_matrix(entry, positive, sets)
     assert (ap_pos[~np.isnan(ap)] <= ap[~np.isnan(ap)]).all() and not np.array_equal(ap_pos, ap, equal_nan=True)
     assert len(list((study.profile.cache_dir / "concepts" / entry.id).glob("*.npy"))) == 2
     # new activations for the entry (re-extracted weights): a new AP matrix, not the cached one
     other = table[("RN50-openai-ft", "broden")]
     table[("RN50-openai", "broden")] = Activations("RN50-openai", "broden", other.h, other.labels,
                                                    {"key": "re-extracted"}, head=other.head, dataset=other.dataset)
-    fresh = concept_probing.ap_matrix(entry, study.profile, sets)
-    expected = concept_probing.probe_activations(other, heads["RN50-openai"][0], sets, "both")
+    fresh = engine_probing.ap_matrix(entry, study.profile, sets)
+    expected = engine_probing.probe_activations(other, heads["RN50-openai"][0], sets, "both")
     np.testing.assert_allclose(fresh, expected, equal_nan=True)
     assert not np.allclose(fresh, ap, equal_nan=True)
 
@@ -474,7 +492,7 @@ def test_concept_probing_tables_from_planted_concepts(probing):
     assert "sky" in expected["supervised"]
     # Eq. (4)'s threshold is inclusive, and a concept without a balanced set (NaN) is never encoded
     edge = np.array([[0.9, 0.5, np.nan, 0.2, np.nan], [0.1, 0.8999, np.nan, 0.95, np.nan]])
-    assert concept_probing.concept_set(edge, sets, 0.9) == {"striped", "wood"}
+    assert engine_probing.concept_set(edge, sets, 0.9) == {"striped", "wood"}
 
     poly, top = concept_probing.paper_comparison(run, profile=study.profile)  # the paper's threshold, 0.9, by default
     poly = poly.set_index("paper model")
@@ -507,7 +525,7 @@ def test_top_concepts_keep_column_order_among_tied_aps(probing, monkeypatch):
     study, _, _, _, _ = probing
     n = len(TIED_ROW)
     names = [f"concept{c}" for c in range(n)]
-    many = concept_probing.BrodenSets(pd.DataFrame({"number": np.arange(1, n + 1), "name": names,
+    many = engine_probing.BrodenSets(pd.DataFrame({"number": np.arange(1, n + 1), "name": names,
                                                     "category": ["object"] * n}),
                                       np.ones((N_BRODEN, n), bool), np.ones((N_BRODEN, n), bool),
                                       pd.DataFrame(), key="tied")
@@ -526,7 +544,7 @@ def test_top_concepts_keep_column_order_among_tied_aps(probing, monkeypatch):
 def test_concept_counts_at_each_threshold_from_a_planted_ap(probing, monkeypatch):
     study, sets, _, _, _ = probing
     n = 7  # more concepts than directions (RANK = 5), so the two axes cannot be confused
-    planted = concept_probing.BrodenSets(pd.DataFrame({"number": np.arange(1, n + 1), "name": [f"c{c}" for c in range(n)],
+    planted = engine_probing.BrodenSets(pd.DataFrame({"number": np.arange(1, n + 1), "name": [f"c{c}" for c in range(n)],
                                                        "category": ["object"] * n}),
                                          np.ones((N_BRODEN, n), bool), np.ones((N_BRODEN, n), bool), pd.DataFrame(),
                                          key="planted-ap")
@@ -990,7 +1008,7 @@ def test_broden_sets_are_the_planted_concepts_balanced_and_cached(tmp_path, monk
     root, truth = fixtures.write_broden(tmp_path / "broden", n_images=24)
     P = load_profile(write_profile(tmp_path, pool=POOL, datasets={"broden": str(root)},
                                    metrics={"broden_min_positives": 3, "seed": 5}))
-    sets = concept_probing.broden_sets(P)
+    sets = engine_probing.broden_sets(P)
     files = open_broden(root).files
     numbers = sets.concepts["number"].tolist()
     # presence: the concepts written into each image, in Broden's image order
@@ -1018,7 +1036,7 @@ def test_broden_sets_are_the_planted_concepts_balanced_and_cached(tmp_path, monk
                                                   "min_positives": 3, "seed": 5}
     # read back from the cache: the masks are not decoded again
     monkeypatch.setattr(BrodenDataset, "balanced_sets", lambda *a, **k: pytest.fail("recomputed a cached set"))
-    again = concept_probing.broden_sets(P)
+    again = engine_probing.broden_sets(P)
     assert again.key == sets.key and list(again.concepts.columns) == list(sets.concepts.columns)
     np.testing.assert_array_equal(again.selection, sets.selection)
     np.testing.assert_array_equal(again.presence, sets.presence)
@@ -1027,11 +1045,11 @@ def test_broden_sets_are_the_planted_concepts_balanced_and_cached(tmp_path, monk
     # other balancing parameters: another key
     P2 = load_profile(write_profile(tmp_path, pool=POOL, datasets={"broden": str(root)},
                                     metrics={"broden_min_positives": 4, "seed": 5}))
-    assert concept_probing.broden_sets(P2).key != sets.key
+    assert engine_probing.broden_sets(P2).key != sets.key
     # the profile's image limit for Broden applies (and is part of the key)
     P3 = load_profile(write_profile(tmp_path, pool=POOL, datasets={"broden": str(root)}, limits={"broden": 12},
                                     metrics={"broden_min_positives": 3, "seed": 5}))
-    limited = concept_probing.broden_sets(P3)
+    limited = engine_probing.broden_sets(P3)
     assert limited.presence.shape[0] == 12 and limited.key != sets.key
     assert json_of(P3.cache_dir / "broden" / limited.key / "manifest.json")["limit"] == 12
 

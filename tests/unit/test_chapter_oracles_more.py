@@ -25,8 +25,9 @@ import torch
 
 from conftest import write_profile
 from helpers.engine import extract
+from helpers.engine import probing as engine_probing
 from helpers.study import results
-from helpers.chapters import cka_layers, common, concept_probing, robustness, summary, wiseft
+from helpers.chapters import cka_layers, common, robustness, summary, wiseft
 from helpers.config import EVAL_DATASETS, REPO_ROOT, SHIFTS, PoolEntry, Profile, load_profile
 from helpers.engine.extract import Head
 from helpers.models import save_classifier
@@ -540,7 +541,7 @@ def trajectory_world(tmp_path, monkeypatch, **metrics):
     P = study.profile
     ft = P.entry("RN50-openai-ft")
     write_run(run_dir(P, ft), final, ft.id, epochs=2, losses=[1.0, 0.5])
-    sets = concept_probing.BrodenSets(pd.DataFrame({"number": range(1, 14), "name": TRAJ_CONCEPTS,
+    sets = engine_probing.BrodenSets(pd.DataFrame({"number": range(1, 14), "name": TRAJ_CONCEPTS,
                                                     "category": ["texture"] * 13}),
                                       np.zeros((4, 13), bool), np.ones((4, 13), bool), pd.DataFrame(), key="planted")
     cached = {"RN50-openai": planted_ap(C_ZERO), "RN50-supervised": planted_ap(C_SUP),
@@ -564,8 +565,8 @@ def trajectory_world(tmp_path, monkeypatch, **metrics):
         return {"RN50-openai-ft.epoch1": planted_ap(C_EPOCH1), "RN50-yfcc15m-ft.epoch1": planted_ap({0, 7, 8}),
                 "RN50-yfcc15m-ft.epoch2": planted_ap({8, 9})}[model.entry.id]
     monkeypatch.setattr(engine, "broden_available", lambda profile: profile is P)
-    monkeypatch.setattr(concept_probing, "broden_sets", lambda profile: sets if profile is P else pytest.fail("P"))
-    monkeypatch.setattr(concept_probing, "ap_matrix", ap_matrix)
+    monkeypatch.setattr(engine_probing, "broden_sets", lambda profile: sets if profile is P else pytest.fail("P"))
+    monkeypatch.setattr(engine_probing, "ap_matrix", ap_matrix)
     monkeypatch.setattr(engine, "transient_ap", transient_ap)
     monkeypatch.setattr(extract, "loaded_model", loaded_model)
     return study, calls

@@ -218,7 +218,7 @@ def test_indicators_match_independent_oracles_on_planted_inputs(study):
     (scipy) all recomputed from embeddings computed here, image by image."""
     from scipy.stats import kurtosis
 
-    from helpers.chapters.concept_probing import broden_sets
+    from helpers.engine.probing import broden_sets
     from helpers.data import open_broden
 
     P = study["profile"]

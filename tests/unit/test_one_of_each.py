@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from helpers.chapters.concept_probing import unique_concepts_at
+from helpers.engine.probing import unique_concepts_at
 from helpers.config import REPO_ROOT
 from helpers.metrics import kurtosis_interval
 

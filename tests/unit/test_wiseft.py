@@ -124,7 +124,7 @@ def _unique_concepts_by_hand(h, W, sets, threshold):
 def test_sweep_values_equal_the_mixtures_recomputed_from_their_embeddings(profile):
     from scipy.stats import kurtosis as scipy_kurtosis
 
-    from helpers.chapters.concept_probing import broden_sets
+    from helpers.engine.probing import broden_sets
 
     # Two same-architecture entries with fast random heads stand for the pair: the plumbing is the same.
     alphas = [0.0, 0.5, 1.0]

@@ -136,7 +136,7 @@ def test_unchanged_jobs_are_skipped_and_changes_rerun(study):
     rec = json.loads(jobs[0].record and open(jobs[0].record).read())
     assert rec["status"] == "complete" and rec["parameters"]["entry"] is None
     assert "helpers.study" in rec["modules"] and "helpers.workflow.runner" not in rec["modules"]
-    assert rec["tables_written"] == {f"tables/echo/{e}.csv": results.scan(P.results_dir, "echo", [e])[0]["sha256"]
+    assert rec["tables_written"] == {f"tables/echo/{e}.csv": provenance.scan_tables(P.results_dir, "echo", [e])[0]["sha256"]
                                      for e in ("m1", "m2")}
     # a different slice, a changed notebook, a changed parameter and --force all run again
     assert runner.stale_reason(runner.plan(P, sections=["echo"], backbone="RN50", notebook_dir=nbdir)[0]) == "never ran"
