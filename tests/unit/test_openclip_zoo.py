@@ -128,6 +128,42 @@ def test_ranked_tables(zoo):
     assert bottom["ER"].max() <= 100 * zoo["er"].nsmallest(10).max() + 1e-9
 
 
+def test_pct_table_in_percent_with_every_shift_on_request(zoo):
+    raw = _raw()
+    row = zoo[(zoo.name == "ViT-L-14") & (zoo.pretrained == "openai")]
+    six = raw[("ViT-L-14", "openai")]
+    short, wide = zoo_ch.pct_table(row), zoo_ch.pct_table(row, per_dataset=True)
+    assert list(short.columns) == ["model", "family", "ImageNet", "mean of 5 shifts", "ER", "%acc"]
+    assert list(wide.columns) == ["model", "family", "ImageNet", "imagenet-v2", "imagenet-r", "imagenet-sketch",
+                                  "objectnet", "imagenet-a", "mean of 5 shifts", "ER", "%acc"]
+    got = wide.iloc[0]
+    assert got["model"] == "ViT-L-14 openai" and got["family"] == row["family"].iloc[0]
+    assert [got[c] for c in ("ImageNet", "imagenet-v2", "imagenet-r", "imagenet-sketch", "objectnet", "imagenet-a")] \
+        == pytest.approx([100 * v for v in six], abs=1e-9)
+    assert got["mean of 5 shifts"] == pytest.approx(100 * sum(six[1:]) / 5, abs=1e-9)
+    assert got["ER"] == pytest.approx(100 * _er_by_hand(six), abs=1e-9)
+    assert got["%acc"] == pytest.approx(100 * sum(six[1:]) / 5 / six[0], abs=1e-9)
+    assert short.iloc[0][["ImageNet", "ER", "%acc"]].tolist() == got[["ImageNet", "ER", "%acc"]].tolist()
+    assert row["imagenet"].iloc[0] == six[0]  # the zoo frame itself stays in fractions
+
+
+def test_activation_matches_flags_only_a_paper_value_that_matches_plain_gelu():
+    import numpy as np
+    import pandas as pd
+
+    table = pd.DataFrame({
+        "entry": ["gelu-hit", "both-match", "quick-match", "neither", "no-paper", "no-gelu-row", "half-up"],
+        "ImageNet: paper": [60.0, 63.0, 63.0, 70.0, np.nan, 60.0, 61.0],
+        "ImageNet: OpenCLIP": [62.96, 63.2, 62.6, 64.0, 55.0, 61.0, 61.7],
+        "ImageNet: OpenCLIP, plain GELU": [60.2, 62.8, 55.0, 65.0, 55.0, np.nan, 60.5]})
+    # by hand: rounded plain GELU equals the paper's value and rounded QuickGELU does not
+    # (60.2 -> 60 = 60, 62.96 -> 63 != 60; 62.8 -> 63 = 63 but 63.2 -> 63 too; 60.5 -> 60 != 61)
+    assert zoo_ch.activation_matches(table) == ["gelu-hit"]
+    assert zoo_ch.activation_matches(table.assign(**{"ImageNet: paper": 61.0}).iloc[[6]]) == []
+    flipped = table.assign(**{"ImageNet: OpenCLIP, plain GELU": [60.2, 62.8, 55.0, 70.4, 55.0, np.nan, 61.4]})
+    assert zoo_ch.activation_matches(flipped) == ["gelu-hit", "neither", "half-up"]
+
+
 def test_pool_beside_zoo_covers_every_pool_entry_with_openclip_weights(zoo):
     P = load_profile("paper")
     want = {e.id for e in P.pool if e.pretrained}

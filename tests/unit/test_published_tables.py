@@ -226,3 +226,27 @@ def test_the_robustness_chapter_and_pruning_use_the_chosen_line(tmp_path, monkey
         b1, b0 = fit.slope, fit.intercept
     acc_s = (0.50 + 0.45 + 0.40 + 0.35 + 0.30) / 5
     assert er == pytest.approx(acc_s - 1 / (1 + math.exp(-(b1 * math.log(0.60 / 0.40) + b0))), abs=1e-12)
+
+
+def test_testbed_subset_fits_against_an_independent_linregress():
+    """The robustness chapter's table of refits on subsets of the testbed, each row against scipy's
+    linregress on the raw CSV rows, the subsets chosen by the testbed's own model types."""
+    types = runpy.run_path(str(published.TESTBED_MODEL_TYPES))["model_types_map"]
+    rows = [r for r in _raw_rows(published.TESTBED_TOP1S) if all(r[c] != "" for c in SIX)]
+    kind = {r["model"]: types[r["model"]].name for r in rows}
+    subsets = [("all trained on ImageNet alone (the refit)", lambda t: t != "MORE_DATA"),
+               ("  without the low-accuracy checkpoints", lambda t: t not in ("MORE_DATA", "LOW_ACCURACY_CNN")),
+               ("  standard training only", lambda t: t == "STANDARD"),
+               ("  standard training and low-accuracy checkpoints", lambda t: t in ("STANDARD", "LOW_ACCURACY_CNN")),
+               ("trained with more data (excluded)", lambda t: t == "MORE_DATA")]
+    table = robustness.testbed_subset_fits()
+    assert list(table["testbed models"]) == [label for label, _ in subsets]
+    for (label, keep), got in zip(subsets, table.itertuples(index=False)):
+        chosen = [r for r in rows if keep(kind[r["model"]])]
+        x = np.array([float(r["val"]) / 100 for r in chosen])
+        y = np.array([sum(float(r[c]) for c in SIX[1:]) / 500 for r in chosen])
+        want = stats.linregress(np.log(x / (1 - x)), np.log(y / (1 - y)))
+        assert got.n == len(chosen), label
+        assert (got.slope, got.intercept, got.r) == pytest.approx((want.slope, want.intercept, want.rvalue), abs=1e-10)
+        assert got[2] == f"{100 * x.min():.0f}-{100 * x.max():.0f}", label
+    assert table["n"].iloc[0] == 287 and table["n"].iloc[-1] == 42
