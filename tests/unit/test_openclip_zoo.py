@@ -147,6 +147,22 @@ def test_pct_table_in_percent_with_every_shift_on_request(zoo):
     assert row["imagenet"].iloc[0] == six[0]  # the zoo frame itself stays in fractions
 
 
+def test_below_counts_models_at_or_under_an_er_per_family(zoo):
+    raw = _raw()
+    er_of = {k: _er_by_hand(v) for k, v in raw.items()}
+    cut = sorted(zoo["er"])[40]  # a zoo model's own ER: "at or below" includes it
+    table = zoo_ch.below(zoo, cut)
+    assert list(table.columns) == ["family", "models", "best ImageNet top-1 (%)"]
+    assert list(table["models"]) == sorted(table["models"], reverse=True)
+    assert table["models"].sum() == 41
+    for fam, got in table.set_index("family").iterrows():
+        mine = zoo[zoo.family == fam]
+        keys = [(n, t) for n, t in zip(mine.name, mine.pretrained) if er_of[(n, t)] <= cut + 1e-15]
+        assert got["models"] == len(keys), fam
+        assert got["best ImageNet top-1 (%)"] == pytest.approx(100 * max(raw[k][0] for k in keys), abs=1e-9), fam
+    assert zoo_ch.below(zoo, -1.0).empty
+
+
 def test_activation_matches_flags_only_a_paper_value_that_matches_plain_gelu():
     import numpy as np
     import pandas as pd
