@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterable
 
 from helpers.config import FAMILIES, REPO_ROOT, Profile, load_profile
-from helpers.workflow.runner import NOTEBOOK_DIR, notebooks
+from helpers.workflow.sections import NOTEBOOK_DIR, notebooks
 
 RENDER_DIR = REPO_ROOT / "rendered"
 

@@ -96,7 +96,7 @@ def cmd_run(args) -> int:
 
 def slice_listing(profile) -> str:
     """Sections, backbones and entries a run of ``profile`` can select (``run --list``, ``run --help``)."""
-    from helpers.workflow.runner import notebooks
+    from helpers.workflow.sections import notebooks
 
     by_arch: dict[str, list[str]] = {}
     for e in profile.pool:

@@ -48,7 +48,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+# helpers.engine, .models, .data and .training import torch (about 2 s): they are imported inside the
+# functions that use them, so `clip-study --help`, a refused flag and the job loop start without it
 from helpers.config import EVAL_DATASETS, PoolEntry, Profile
+from helpers.workflow.sections import PAIR_SECTIONS, SECTION_DATASETS, notebooks, store_reads
+from helpers.store import Geometry, pixel_transform
 from helpers.paper.published import IMAGES as DATASET_IMAGES  # noqa: F401 - the published sizes, one table
 
 GB = 1e9
@@ -113,54 +117,9 @@ ARCHS: dict[str, ArchCost] = {
     "vit_b_32": _measured(768, 8.82, 87.46, 25, 76_800),
 }
 
-#: Datasets whose h each section reads, per pool entry of its slice (the chapter modules).
-SECTION_DATASETS = {
-    "robustness": EVAL_DATASETS, "outlier_features": ("imagenet",), "privileged_directions": ("imagenet",),
-    "concept_probing": ("imagenet", "broden"), "pruning": EVAL_DATASETS, "forking": ("imagenet",),
-}
-#: Sections over (zero-shot, finetuned) pairs: their forwards are in-memory (no h cached).
-PAIR_SECTIONS = ("wiseft", "cka_layers")
 STAGES = ("stores", "heads", "extraction", "CKA", "forking", "finetuning", "WiSE-FT", "Broden probing")
 #: Stages done by CPU workers (their hours column reads ``CPU``).
 CPU_STAGES = ("stores", "Broden probing")
-
-
-@dataclass(frozen=True)
-class StoreReads:
-    """Datasets whose uint8 stores a section's job reads through the input geometries of
-    ``entries``; ``skip_unreadable`` None: as the profile sets it."""
-
-    entries: tuple[PoolEntry, ...]
-    datasets: tuple[str, ...]
-    skip_unreadable: bool | None = None
-
-
-def store_reads(section: str, pool: Sequence[PoolEntry], profile: Profile) -> list[StoreReads]:
-    """What the job of ``section`` over the pool slice ``pool`` decodes, by the chapters' own rules:
-    the datasets of :data:`SECTION_DATASETS` for every entry of the slice; ``cka_layers``: both
-    models of each pair within the slice (``chapters.common.finetuning_pairs``) over the evaluation
-    sets, decoded without ``skip_unreadable`` (``engine.cka_pass``); ``wiseft``: both models of each
-    pair with either member in the slice (``chapters.wiseft.pairs``; a mixture reads its finetuned
-    model's images) over the evaluation sets, and on Broden with the supervised model of the backbone
-    (Figure 5). Other sections decode nothing from the profile's datasets."""
-    from helpers.chapters.common import finetuning_pairs, supervised_counterpart
-
-    if section in SECTION_DATASETS:
-        return [StoreReads(tuple(pool), tuple(SECTION_DATASETS[section]))]
-    if section == "cka_layers":
-        members = tuple(dict.fromkeys(x for pair in finetuning_pairs(list(pool)) for x in pair))
-        return [StoreReads(members, tuple(EVAL_DATASETS), skip_unreadable=False)] if members else []
-    if section == "wiseft":
-        from types import SimpleNamespace
-
-        from helpers.chapters.wiseft import pairs
-
-        found = pairs(SimpleNamespace(profile=profile, pool=list(pool)))
-        members = tuple(dict.fromkeys(x for pair in found for x in pair))
-        sup = tuple(s for s in dict.fromkeys(supervised_counterpart(list(profile.pool), zs.arch) for zs, _ in found)
-                    if s is not None)
-        return [StoreReads(members, tuple(EVAL_DATASETS)), StoreReads(members + sup, ("broden",))] if members else []
-    return []
 
 
 def arch_key(entry: PoolEntry) -> str:
@@ -305,8 +264,6 @@ def measure_decode_rate(dataset, n: int = 16, image_size: int = 224) -> float | 
     ``n`` images spread over the dataset, after one warm-up image. None for an empty dataset."""
     import time
 
-    from helpers.store import Geometry, pixel_transform
-
     total = len(dataset.files)
     if total == 0:
         return None
@@ -391,8 +348,6 @@ def _run(profile, entries, sections, images, geometries, to_train, train_images,
 
     entries = list(profile.pool if entries is None else entries)
     if sections is None:
-        from helpers.workflow.runner import notebooks
-
         sections = list(notebooks())
     if images is None:  # the published sizes under the profile's limits, of the datasets it names
         images = {d: limited(d, n) for d, n in DATASET_IMAGES.items() if d in profile.datasets}

@@ -29,7 +29,11 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from helpers.workflow import costs
+# helpers.engine, .models, .data and .training import torch (about 2 s): they are imported inside the
+# functions that use them, so `clip-study --help`, a refused flag and the job loop start without it
+from helpers.paper import published
+from helpers.workflow import costs, cuda_check
+from helpers.workflow.sections import PAIR_SECTIONS, SECTION_DATASETS, close_sections, notebooks
 from helpers.config import EVAL_DATASETS, REPO_ROOT, ConfigError, PoolEntry, Profile, checkpoint_status, load_profile
 
 
@@ -74,15 +78,11 @@ class Report:
 
 
 def _sections(requested: list[str] | None, report: Report) -> list[str]:
-    from helpers.workflow.runner import notebooks
-
     known = list(notebooks())
     if not requested:
         return known
     for s in requested:
         if s not in known:
-            from helpers.workflow.runner import close_sections
-
             report.problems.append(f"--section {s}: no such section{close_sections([s], known)}; expected one of "
                                    f"{', '.join(known)}")
     return [s for s in known if s in requested]
@@ -110,8 +110,8 @@ def _datasets_needed(sections: list[str], entries: list[PoolEntry], profile: Pro
     ids = {e.id for e in entries}
     has_pairs = any(e.finetuned_from in ids for e in entries)
     for s in sections:
-        names = list(costs.SECTION_DATASETS.get(s, ()))
-        if s in costs.PAIR_SECTIONS and has_pairs:
+        names = list(SECTION_DATASETS.get(s, ()))
+        if s in PAIR_SECTIONS and has_pairs:
             names += list(EVAL_DATASETS) + (["broden"] if s == "wiseft" and "broden" in profile.datasets else [])
         for d in names:
             need.setdefault(d, []).append(s)
@@ -262,7 +262,6 @@ def _check_dataset(profile: Profile, name: str, readers: list[str], report: Repo
     """Open one dataset in its layout; compare its size with the published one (kind: paper).
     Returns the number of images the run will use (after the profile's limit), None if unusable."""
     from helpers.data import DatasetLayoutError, open_dataset
-    from helpers.paper import published
 
     row = {"dataset": name, "folder": None, "images": None, "classes": None, "status": "", "readers": readers}
     report.datasets.append(row)
@@ -410,7 +409,6 @@ def check(profile: Profile | str | os.PathLike, sections: list[str] | None = Non
     need = _datasets_needed(report.sections, entries, profile)
     if to_train:
         need.setdefault("imagenet-train", []).append("clip-study finetune / train-supervised")
-    from helpers.paper import published
 
     images: dict[str, int] = {}
     for name in [d for d in (*EVAL_DATASETS, "broden", "imagenet-train") if d in need]:
@@ -428,8 +426,6 @@ def check(profile: Profile | str | os.PathLike, sections: list[str] | None = Non
 
 def _check_cuda(profile: Profile, report: Report, facts) -> None:
     """The CUDA stack first (:mod:`helpers.workflow.cuda_check`): build, driver, devices, index, bf16."""
-    from helpers.workflow import cuda_check
-
     if cuda_check.device_index(profile.device) is None:
         return
     found = cuda_check.check(profile.device, profile.precision, facts or cuda_check.probe())

@@ -36,24 +36,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+# helpers.engine, .models, .data and .training import torch (about 2 s): they are imported inside the
+# functions that use them, so `clip-study --help`, a refused flag and the job loop start without it
 from helpers.study import provenance
 from helpers.study import PROFILE_PARAMETERS as PROFILE_OVERRIDE_KEYS
 from helpers.study import ParameterError, check_parameters  # noqa: F401 - the one parameter rule
-from helpers.config import REPO_ROOT, ConfigError, Profile, load_profile
-
-NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-#: Sections that read other sections' tables, and which: the lists their chapters load
-#: (``coca``'s three ``results.load`` calls, ``summary.CATALOGUE``'s chapters,
-#: ``diagnose.POOL_SECTIONS``; a test holds them equal). With ``gpus`` these run after every other
-#: job, in paper order; on Slurm each is submitted with ``--dependency=afterok:`` on exactly the jobs
-#: of the sections it reads (:func:`reads`).
-READS: dict[str, tuple[str, ...]] = {
-    "coca": ("robustness", "outlier_features", "concept_probing"),
-    "summary": ("robustness", "outlier_features", "privileged_directions", "concept_probing", "pruning",
-                "wiseft", "coca", "cka_layers"),
-    "diagnose": ("robustness", "outlier_features", "privileged_directions", "concept_probing"),
-}
-READS_TABLES = set(READS)
+from helpers.study import profile_overrides  # the profile keys a notebook's parameters override (as open_study)
+from helpers.config import REPO_ROOT, Profile, load_profile
+# what each section reads (notebooks, other sections' tables, datasets); runner.notebooks stays a name here
+from helpers.workflow.sections import (NOTEBOOK_DIR, PAIR_SECTIONS, READS, SECTION_DATASETS,  # noqa: F401
+                                       close_sections, notebooks, store_reads)
 
 #: Console lines that are kept in the job log but not shown: the kernel's start-up notice,
 #: papermill's parameter-parsing notices, and ipykernel's shutdown message on a finished job.
@@ -63,14 +55,6 @@ QUIET = re.compile(r"Kernel is running over TCP without encryption|Unable to par
 _LOG_ONLY = "\x01"  # child -> parent: a line for the log only (cell outputs)
 
 
-
-
-def notebooks(folder: Path = NOTEBOOK_DIR) -> dict[str, Path]:
-    """Section name → MyST notebook, in paper order (``01_robustness.md`` → ``robustness``)."""
-    out = {}
-    for p in sorted(folder.glob("[0-9][0-9]_*.md")):
-        out[p.stem.split("_", 1)[1]] = p
-    return out
 
 
 def _declared_parameters(md_path: Path) -> dict[str, Any]:
@@ -146,13 +130,6 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def profile_overrides(params: dict[str, Any]) -> dict[str, Any]:
-    """The profile keys a notebook's parameters override (what ``open_study`` applies)."""
-    from helpers.study import profile_overrides as ov
-
-    return ov(params)
-
-
 def _profile_arg(profile: Profile) -> str:
     # a named profile is passed by name, so executed notebooks do not carry local paths
     named = profile.path.parent == REPO_ROOT / "configs" and profile.path.stem == profile.name
@@ -171,13 +148,7 @@ def _empty_slice_message(profile: Profile, entry: str | None, backbone: str | No
     return None
 
 
-def close_sections(unknown: Iterable[str], available: Iterable[str]) -> str:
-    """"; did you mean ..." for misspelt section names (difflib's close matches), as for models."""
-    import difflib
 
-    avail = list(available)
-    hints = [f"{u!r} -> {', '.join(m)}" for u in unknown if (m := difflib.get_close_matches(u, avail, n=3, cutoff=0.6))]
-    return f" (did you mean: {'; '.join(hints)})" if hints else ""
 
 
 def plan(profile: Profile, sections: Iterable[str] | None = None, entry: str | None = None,
@@ -684,9 +655,7 @@ def inputs_of(job: Job, jobs: list[Job]) -> list[Job]:
 # ---------------------------------------------------------------- the decode stage
 
 def extracts(job: Job) -> bool:
-    """Whether ``job``'s section decodes dataset images (:func:`helpers.workflow.costs.store_reads`)."""
-    from helpers.workflow.costs import PAIR_SECTIONS, SECTION_DATASETS
-
+    """Whether ``job``'s section decodes dataset images (:func:`helpers.workflow.sections.store_reads`)."""
     return job.section in SECTION_DATASETS or job.section in PAIR_SECTIONS
 
 
@@ -703,11 +672,10 @@ def _job_profile(job: Job, memo: dict) -> Profile:
 def stage_stores(jobs: list[Job]) -> list[tuple[Profile, list]]:
     """The uint8 stores the extractions of ``jobs`` open, each once, grouped by the profile the jobs
     load: per job, the datasets its section reads through its slice's entries
-    (:func:`helpers.workflow.costs.store_reads`) that are on disk (a missing one is the job's to
+    (:func:`helpers.workflow.sections.store_reads`) that are on disk (a missing one is the job's to
     report, and ``clip-study plan``'s), as :func:`helpers.engine.extract.stores_needed` finds them
     without weights (kept geometries only). Each dataset is opened once per profile."""
     from helpers.engine import extract
-    from helpers.workflow.costs import store_reads
 
     profiles: dict = {}
     wanted: dict[str, tuple[Profile, dict]] = {}  # profile key -> (profile, {(dataset, skip): {entry id: entry}})

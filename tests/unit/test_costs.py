@@ -19,7 +19,7 @@ def paper():
 
 
 def test_paper_cache_fits_and_equals_its_parts_by_hand(paper):
-    from helpers.workflow.runner import notebooks
+    from helpers.workflow.sections import notebooks
 
     est = costs.estimate(paper, paper.pool, list(notebooks()))
     stages = {s.name: s for s in est}

@@ -174,7 +174,7 @@ def test_plan_lists_the_stage(world):
 
 
 def test_store_reads_follow_the_chapters_pairs():
-    from helpers.workflow.costs import store_reads
+    from helpers.workflow.sections import store_reads
 
     P = load_profile("demo")
     by = {e.id: e for e in P.pool}
