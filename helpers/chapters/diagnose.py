@@ -42,21 +42,39 @@ nearest models are this project's (methods page), and they are only as meaningfu
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import difflib
 import hashlib
+import json
 import math
 import os
 import re
+import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+import pandas as pd
+import yaml
 
 from helpers import plots
-from helpers.config import PoolEntry, Profile, load_profile
-from helpers.store import atomic_write_json, atomic_write_text, key_of
+from helpers.chapters import openclip_zoo as zc
+from helpers.chapters.summary import pool_indicators
+from helpers.metrics import (PAPER_INTERCEPT, PAPER_SLOPE, er_coefficients, importance_ratio, kurtosis_interval,
+                             rank_correlation, svd_head, testbed_baseline)
+from helpers.paper.published import OPENCLIP_COLUMNS
+from helpers.plots import DISPLAY_NAMES
+from helpers.study import Study, results
+from helpers.engine import flops  # light: the FLOP table, torch only when an architecture is measured
+from helpers.config import EVAL_DATASETS, FAMILIES, REPO_ROOT, PoolEntry, Profile, load_profile
+from helpers.store import DecodeError, atomic_write_json, atomic_write_text, key_of
+
+# helpers.models, helpers.data, the engine's extraction and probing, torch and open_clip are imported
+# inside the functions that measure a model: `clip-study diagnose --accuracies` places a model
+# evaluated elsewhere without them (about 1.5 s)
 
 #: Bump when the report or summary would change for the same activations.
 DIAGNOSE_VERSION = 3
@@ -141,7 +159,7 @@ class DiagnoseConfig:
 @dataclass(frozen=True)
 class HeadPlan:
     """The zero-shot head a diagnosis builds: classes x templates through the text tower, and what
-    that costs on the device (:mod:`helpers.workflow.costs`' FLOPs per prompt at its assumed rate)."""
+    that costs on the device (:mod:`helpers.engine.flops`: FLOPs per prompt at its assumed rate)."""
 
     classes: int
     templates: int
@@ -189,9 +207,6 @@ class Accuracies:
 def _accuracy_keys() -> dict[str, str]:
     """Accepted spelling -> dataset key: the study's keys and OpenCLIP's column headers
     (``ImageNet 1k``, ``ImageNet v2``, ...), case-insensitive, ``_`` and spaces read as ``-``."""
-    from helpers.config import EVAL_DATASETS
-    from helpers.paper.published import OPENCLIP_COLUMNS
-
     keys = {_norm_key(k): k for k in EVAL_DATASETS}
     keys.update({_norm_key(v): k for k, v in OPENCLIP_COLUMNS.items()})
     return keys
@@ -203,8 +218,6 @@ def _norm_key(key) -> str:
 
 def _accuracy_form(spec) -> str:
     """``mapping``, ``pairs`` (``key=value,...`` text) or ``file`` (a path, even one with ``=`` in it)."""
-    from collections.abc import Mapping
-
     if isinstance(spec, Mapping):
         return "mapping"
     if isinstance(spec, str) and "=" in spec and not Path(spec).expanduser().is_file():
@@ -238,10 +251,7 @@ def _accuracy_pairs(spec, form: str, where: str) -> list[tuple[Any, Any]]:
 def _accuracy_file(path: Path, where: str) -> list[tuple[Any, Any]]:
     """A CSV with a header row of keys and one row of values, or two columns (key, value; a header
     row is skipped); a JSON or YAML mapping of key to value."""
-    import csv
-    import json
 
-    import yaml
 
     if path.suffix.lower() == ".csv":
         with open(path, newline="") as f:
@@ -284,8 +294,6 @@ def read_accuracies(spec, units: str = "auto") -> Accuracies:
     when any value exceeds 1). Raises :class:`DiagnoseError` naming the file or key and what was
     expected: a missing dataset, an unknown key (with the closest known one), a key given twice, a
     value that is not a finite number in range."""
-    from helpers.config import EVAL_DATASETS
-
     if units not in ACCURACY_UNITS:
         raise DiagnoseError(f"accuracy units {units!r}: expected one of {', '.join(ACCURACY_UNITS)}")
     form = _accuracy_form(spec)
@@ -494,23 +502,21 @@ def _head_plan(entry: PoolEntry, classnames: list[str] | None, templates: int | 
                device: str) -> HeadPlan:
     """The head actually built: explicit class names / templates, else the profile's (a smoke
     profile's reduced head), else ImageNet's 1,000 classes x 80 templates; and its cost."""
-    from helpers.workflow import costs
-
     if classnames is None and templates is None and P.zero_shot_classes is not None:
-        k, t = costs.head_prompts(P)
+        k, t = flops.head_prompts(P)
         desc = (f"zero-shot head of profile {P.name!r}: {k} ImageNet classes x {t} OpenAI template(s) from the text "
-                f"tower, the other {costs.N_CLASSES - k} rows seeded random (a smoke profile's head)")
+                f"tower, the other {flops.N_CLASSES - k} rows seeded random (a smoke profile's head)")
     else:
-        k = len(classnames) if classnames is not None else costs.N_CLASSES
-        t = templates if templates is not None else costs.head_prompts(P)[1] if classnames is None else 80
+        k = len(classnames) if classnames is not None else flops.N_CLASSES
+        t = templates if templates is not None else flops.head_prompts(P)[1] if classnames is None else 80
         which = f"{k:,} class names" if classnames is not None else "ImageNet's 1,000 classes"
         desc = f"zero-shot head over {which} x {t} OpenAI template{'s' * (t > 1)}" + (
             " (as the pool's)" if classnames is None and t == 80 else "")
     try:
-        per_prompt = costs.arch_cost(entry).text_gflops * 1e9
+        per_prompt = flops.arch_cost(entry).text_gflops * 1e9
     except Exception:  # noqa: BLE001 - a model the meta device cannot count: the time is unknown
         per_prompt = None
-    rate = costs.flops_per_second(dataclasses.replace(P, device=device))
+    rate = flops.flops_per_second(dataclasses.replace(P, device=device))
     return HeadPlan(k, t, desc, None if not per_prompt else k * t * per_prompt / rate, device)
 
 
@@ -652,7 +658,6 @@ def _extract(subject: _Subject, dataset_name: str, P: Profile, device: str, data
     """The subject's activations on one dataset, through the study's engine."""
     from helpers import models
     from helpers.engine.extract import NonFiniteActivations, extract_many
-    from helpers.store import DecodeError
 
     given = {subject.entry.id: subject.model} if subject.model is not None else None
     try:
@@ -763,14 +768,10 @@ class Diagnosis:
 
     def indicators(self):
         """:meth:`indicator_rows` as a DataFrame."""
-        import pandas as pd
-
         return pd.DataFrame(self.indicator_rows())
 
     def nearest(self, indicator: str = "kurtosis"):
         """The pool models whose ``indicator`` is closest to this model's, with their ER (%)."""
-        import pandas as pd
-
         return pd.DataFrame(self.placement.get(indicator, {}).get("nearest", []))
 
     def zoo_rows(self) -> list[dict]:
@@ -867,9 +868,6 @@ def _json_safe(x):
 def pool_table(profile: Profile, pool: Iterable[PoolEntry] | None = None):
     """The pool's per-model ER, %acc and indicators from the results tables
     (:func:`helpers.chapters.summary.pool_indicators`), restricted to ``pool`` (default: all)."""
-    from helpers.chapters.summary import pool_indicators
-    from helpers.study import Study
-
     entries = list(profile.pool if pool is None else pool)
     df = pool_indicators(Study(profile, entries, "diagnose"))
     if df.empty:
@@ -878,8 +876,6 @@ def pool_table(profile: Profile, pool: Iterable[PoolEntry] | None = None):
 
 
 def _missing_sections(profile: Profile) -> list[str]:
-    from helpers.study import results
-
     return [s for s in POOL_SECTIONS if results.load(profile, s).empty]
 
 
@@ -891,9 +887,7 @@ def _run_command(profile: Profile, sections: Sequence[str]) -> str:
 def _placement(df, new: dict, n_boot: int, seed: int) -> tuple[Any, dict, list[str]]:
     """Rank correlation of each indicator with ER across the pool, and the new model's percentile
     and nearest pool models per indicator."""
-    import pandas as pd
 
-    from helpers.metrics import rank_correlation
 
     corr, place, notes = [], {}, []
     for col, (label, eq, log) in INDICATORS.items():
@@ -948,9 +942,6 @@ def _zoo_section(d: Diagnosis, figures: bool) -> list[str]:
     """The report's placement among the OpenCLIP zoo: the accuracies as read, ER and %acc under the
     profile's coefficients, rank and percentile, the counts above it, the nearest zoo models and
     the figure."""
-    from helpers.config import EVAL_DATASETS
-    from helpers.plots import DISPLAY_NAMES
-
     z = d.zoo
     acc = z["accuracies"]
     parts = [f"## {ZOO_HEADING}", "",
@@ -989,8 +980,6 @@ def _accuracies_report(d: Diagnosis, figures: bool) -> str:
 
 
 def _report(d: Diagnosis, figures: bool) -> str:
-    from helpers.config import FAMILIES
-
     if not d.measured:
         return _accuracies_report(d, figures)
     k = d.kurtosis
@@ -1117,8 +1106,6 @@ def diagnose(config: DiagnoseConfig | str | os.PathLike | None = None, model: st
     W, ir, uc, concepts_info = _head_indicators(cfg, subject, P, acts, h, device, warnings_, notes)
     df, correlations, placement = _place(cfg, P, ds.root, {"kurtosis": kci.estimate, "importance_ratio": ir,
                                                            "unique_concepts": uc}, notes)
-    import pandas as pd
-
     zoo, tables = _zoo_placement(accs, P) if accs is not None else (None, None)
     d = Diagnosis(label=subject.label, slug=subject.slug, images=ds.root, profile=P, description=subject.description,
                   n_images=int(np.isfinite(per_image).sum()), skipped=skipped, per_image_kurtosis=per_image, kurtosis=kci,
@@ -1132,8 +1119,6 @@ def diagnose(config: DiagnoseConfig | str | os.PathLike | None = None, model: st
 def _coefficients(P: Profile) -> dict:
     """Eq. (5)'s beta_1, beta_0 as the profile chooses (:func:`helpers.metrics.er_coefficients`,
     as every chapter), and a label saying which."""
-    from helpers.metrics import PAPER_INTERCEPT, PAPER_SLOPE, er_coefficients, testbed_baseline
-
     slope, intercept = er_coefficients(P)
     baseline = P.metrics.get("baseline", "paper")
     if baseline == "refit":
@@ -1150,8 +1135,6 @@ def _coefficients(P: Profile) -> dict:
 def _zoo_placement(accs: Accuracies, P: Profile):
     """The model's ER among the OpenCLIP zoo (:func:`helpers.chapters.openclip_zoo.placement`)
     under the profile's coefficients, and the (zoo, testbed) frames its figure draws."""
-    from helpers.chapters import openclip_zoo as zc
-
     coef = _coefficients(P)
     zoo, testbed = zc.zoo_frame(coef["slope"], coef["intercept"]), zc.testbed_frame(coef["slope"], coef["intercept"])
     place = zc.placement(accs.values, zoo, testbed, coef["slope"], coef["intercept"])
@@ -1170,8 +1153,6 @@ def _zoo_placement(accs: Accuracies, P: Profile):
 def _accuracies_only(cfg: DiagnoseConfig, P: Profile, accs: Accuracies) -> Diagnosis:
     """A model evaluated elsewhere: its placement among the zoo from the six accuracies alone;
     nothing is loaded, extracted or decoded."""
-    import pandas as pd
-
     given = {"images": cfg.images, "pretrained": cfg.pretrained, "classnames": cfg.classnames,
              "templates": cfg.templates, "head": cfg.head, "preprocess": cfg.preprocess, "limit": cfg.limit}
     extra = [k for k, v in given.items() if v is not None]
@@ -1264,8 +1245,6 @@ def _images_for(cfg: DiagnoseConfig, P: Profile):
 
 def _head_indicators(cfg: DiagnoseConfig, subject: _Subject, P: Profile, acts, h, device, warnings_, notes):
     """W, the importance ratio of Eq. (3) and the unique concepts of Eq. (4), where there is a head."""
-    from helpers.metrics import importance_ratio, svd_head
-
     W = _head(subject, P, acts, device)
     ir = importance_ratio(W, h, svd=svd_head(W)) if W is not None else None
     if W is None:
@@ -1305,8 +1284,6 @@ def _place(cfg: DiagnoseConfig, P: Profile, folder: Path, new: dict, notes: list
 def _kurtosis(h: np.ndarray, label: str, P: Profile, warnings_: list[str], notes: list[str]):
     """Eq. (1) per image and the mean's percentile bootstrap interval over images. Constant vectors
     have no kurtosis (NaN) and are left out of the mean."""
-    from helpers.metrics import kurtosis_interval
-
     if h.shape[1] < 2:
         raise DiagnoseError(f"{label}: features have d = {h.shape[1]}; kurtosis needs at least 2 components")
     try:
@@ -1365,13 +1342,9 @@ def command_line(images, model: str, pretrained: str | None = None, profile: str
     """The ``clip-study diagnose`` command equivalent to a :func:`diagnose` call (options given as
     their argument names: ``classnames``, ``out``, ``device``, ``batch_size``, ``limit``, ...;
     None and False are left out, True becomes a flag)."""
-    import shlex
-
     args = ["clip-study", "diagnose", "--profile", str(profile), "--model", model]
     if pretrained is not None:
         args += ["--pretrained", str(pretrained)]
-    from helpers.config import REPO_ROOT
-
     # the command runs from the repository root: a path inside it is shown relative (no machine path)
     shown = Path(images).resolve()
     args += ["--images", str(shown.relative_to(REPO_ROOT) if shown.is_relative_to(REPO_ROOT) else images)]

@@ -463,6 +463,9 @@ def fit(model, dataset, recipe: Recipe, run_dir: str | os.PathLike, final: str |
         precision: str = "fp32", num_workers: int = 0, restart: bool = False, final_extra: dict | None = None,
         keep_epochs: str = "all", on_epoch_end: Callable[[int, Path, dict], None] | None = None,
         persistent_workers: bool = True, prefetch_factor: int = 4, accumulation_steps: int = 1) -> TrainResult:
+    # about 80 lines of code under the docstring: the epoch loop stays whole so that resuming, DDP,
+    # the per-epoch save and the final classifier read in one place (the step, the data and the
+    # resume are their own functions)
     """Train ``model`` (a :class:`helpers.models.loading.LoadedModel`: encoder, head and bias trained
     together) on ``dataset`` (an ``ImageDataset`` giving ``(PIL image, label)``, e.g.
     ``open_dataset("imagenet-train", root)``) with ``recipe``.

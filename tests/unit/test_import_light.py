@@ -150,3 +150,20 @@ def test_the_study_layer_has_no_import_cycle_even_inside_functions():
     cycle = _find_cycle(study)
     assert cycle is None, "import cycle in helpers.study: " + " -> ".join(cycle)
 
+
+
+@pytest.mark.parametrize("room, upper", [
+    # the workflow drives the notebooks; nothing it drives imports it back (not even lazily)
+    (("helpers.chapters", "helpers.engine", "helpers.models", "helpers.data", "helpers.metrics", "helpers.study",
+      "helpers.paper", "helpers.training", "helpers.demo", "helpers.plots", "helpers.store", "helpers.config"),
+     "helpers.workflow"),
+    # the engine and what sits under it compute for the chapters and never call a chapter
+    (("helpers.engine", "helpers.models", "helpers.data", "helpers.metrics", "helpers.store", "helpers.config",
+      "helpers.study", "helpers.paper"), "helpers.chapters"),
+])
+def test_lower_rooms_never_import_upper_ones(room, upper):
+    graph = _graph(_every_import)
+    offenders = sorted(f"{m} -> {t}" for m, edges in graph.items() if m.startswith(room)
+                       for t in edges if t.startswith(upper))
+    assert not offenders, offenders
+    assert any(t.startswith(upper) for m, edges in graph.items() if not m.startswith(room) for t in edges)
