@@ -35,7 +35,7 @@ from helpers.config import PoolEntry, Profile
 from helpers.engine import extract as X
 from helpers.metrics import MinibatchCKA
 from helpers.models.precision import compute_dtype
-from helpers.store import CHUNK_IMAGES, CacheEntry, ensure_store, key_of, store_material
+from helpers.store import CHUNK_IMAGES, CacheEntry
 
 #: Bump when the stored accumulators would change for the same models, data and settings.
 CKA_VERSION = 1
@@ -107,19 +107,20 @@ def pair_cka(zeroshot: PoolEntry | str, finetuned: PoolEntry | str, dataset_name
     batch = batch or default_batch(len(dataset.files))
     if batch < 4:
         raise ValueError(f"CKA minibatches need at least 4 images; got batch={batch}")
-    smat = store_material(dataset_name, dataset, ix.geometry, limit, False)
+    # the store every extraction of this dataset and geometry opens: the profile's skip_unreadable
+    # included, so a dataset with an undecodable file is one store, read by both passes alike
+    spec = X.store_spec(dataset_name, dataset, ix.geometry, limit, profile.skip_unreadable)
     material = {"kind": "pair-cka", "version": CKA_VERSION, "extract_version": X.EXTRACT_VERSION,
                 "x": {"entry": zs.id, "weights_digest": ix.weights_digest, "image_mean": list(ix.image_mean),
                       "image_std": list(ix.image_std)},
                 "y": {"entry": ft.id, "weights_digest": iy.weights_digest, "image_mean": list(iy.image_mean),
                       "image_std": list(iy.image_std)},
-                "store": key_of(smat), "geometry": ix.geometry.key, "layers_x": names_x, "layers_y": names_y,
+                "store": spec.key, "geometry": ix.geometry.key, "layers_x": names_x, "layers_y": names_y,
                 "dtype": dtype, "limit": limit, "cka_batch": batch, "forward_batch": profile.batch_size}
     cache = CacheEntry(profile.cache_dir / "cka" / f"{zs.id}--{ft.id}", dataset_name, material)
     loaded = None if force else cache.load()
     if loaded is None:
-        store = ensure_store(dataset_name, dataset, ix.geometry, profile.cache_dir, limit=limit,
-                             batch_size=profile.batch_size, num_workers=profile.num_workers, material=smat)
+        store = X.open_store(spec, profile)
         with cache.lock():
             loaded = None if force else cache.load()  # another process may have finished it meanwhile
             if loaded is None:

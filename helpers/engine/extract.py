@@ -566,7 +566,7 @@ class StoreSpec:
         return self.entry(cache_dir).committed()
 
 
-def _store_spec(dataset_name: str, dataset: Any, geometry: Geometry, limit: int | None,
+def store_spec(dataset_name: str, dataset: Any, geometry: Geometry, limit: int | None,
                 skip_unreadable: bool) -> StoreSpec:
     """The store of ``dataset`` for ``geometry``: the one place its key material is made, for an
     extraction (:func:`_plan`) and for the decode stage (:func:`stores_needed`) alike."""
@@ -607,7 +607,7 @@ def stores_needed(profile: Profile, entries: Iterable[PoolEntry | str], datasets
     for d in dict.fromkeys(datasets):
         if geometries:
             dataset = profile_dataset(d, profile)
-            out += [_store_spec(d, dataset, g, profile.limit(d), skip) for g in geometries]
+            out += [store_spec(d, dataset, g, profile.limit(d), skip) for g in geometries]
     return out
 
 
@@ -690,7 +690,7 @@ def _plan(entries, dataset_name: str, profile: Profile, *, device, layers, force
             info, model = describe(e, profile, dev, fresh=force)
         geometry = info.geometry
         if geometry not in stores:
-            stores[geometry] = _store_spec(dataset_name, dataset, geometry, limit, skip_unreadable)
+            stores[geometry] = store_spec(dataset_name, dataset, geometry, limit, skip_unreadable)
         wanted = [("final", None)]
         if layers is not None:
             wanted.append(("layers", resolve_layers(e, info, layers)))

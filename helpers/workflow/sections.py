@@ -66,7 +66,7 @@ def store_reads(section: str, pool: Sequence[PoolEntry], profile: Profile) -> li
     """What the job of ``section`` over the pool slice ``pool`` decodes, by the chapters' own rules:
     the datasets of :data:`SECTION_DATASETS` for every entry of the slice; ``cka_layers``: both
     models of each pair within the slice (``chapters.common.finetuning_pairs``) over the evaluation
-    sets, decoded without ``skip_unreadable`` (``engine.cka_pass``); ``wiseft``: both models of each
+    sets (``engine.cka_pass``, the extraction's own stores); ``wiseft``: both models of each
     pair with either member in the slice (``chapters.wiseft.pairs``; a mixture reads its finetuned
     model's images) over the evaluation sets, and on Broden with the supervised model of the backbone
     (Figure 5). Other sections decode nothing from the profile's datasets."""
@@ -74,7 +74,7 @@ def store_reads(section: str, pool: Sequence[PoolEntry], profile: Profile) -> li
         return [StoreReads(tuple(pool), tuple(SECTION_DATASETS[section]))]
     if section == "cka_layers":
         members = tuple(dict.fromkeys(x for pair in finetuning_pairs(list(pool)) for x in pair))
-        return [StoreReads(members, tuple(EVAL_DATASETS), skip_unreadable=False)] if members else []
+        return [StoreReads(members, tuple(EVAL_DATASETS))] if members else []
     if section == "wiseft":
         found = pairs(SimpleNamespace(profile=profile, pool=list(pool)))
         members = tuple(dict.fromkeys(x for pair in found for x in pair))

@@ -96,6 +96,31 @@ def test_interrupted_pass_resumes_to_the_same_accumulators(profile_path, tmp_pat
         np.testing.assert_array_equal(getattr(resumed, k), getattr(whole, k))
 
 
+def test_an_undecodable_image_is_left_out_as_the_extraction_leaves_it(profile_path, tmp_path):
+    """With the profile's skip_unreadable, the CKA pass reads the extraction's store: one store, the
+    bad file left out of both (the pass itself equals the layer-cache path: the first test)."""
+    import shutil
+
+    from helpers.store import DecodeError
+
+    data = tmp_path / "data"
+    shutil.copytree(profile_path.parent / "data", data)
+    bad = sorted((data / "imagenet" / "val" / CLASSES[1]).iterdir())[2]
+    bad.write_bytes(bad.read_bytes()[:300])  # a truncated download
+    strict = load_profile(profile_path, overrides={"paths.data_root": str(data), "paths.cache_dir": str(tmp_path / "c0")})
+    with pytest.raises(DecodeError, match=str(bad)):
+        cka_pass.pair_cka("p-vit-zs", "p-vit-ft", "imagenet", strict)
+    P = load_profile(profile_path, overrides={"paths.data_root": str(data), "paths.cache_dir": str(tmp_path / "c1"),
+                                              "skip_unreadable": True})
+    acts = extract.activations("p-vit-zs", "imagenet", P)
+    assert len(acts.h) == N - 1 and len(acts.manifest["skipped"]) == 1
+    got = cka_pass.pair_cka("p-vit-zs", "p-vit-ft", "imagenet", P)
+    assert len(list((P.cache_dir / "stores").glob("imagenet-*/manifest.json"))) == 1  # no second store
+    # 17 images in minibatches of 4: four batches, the trailing image dropped (18 would give four too,
+    # so the store's length is checked through the manifest the pass records)
+    assert got.n_batches == 4 and got.manifest["n"] == N - 1 and got.manifest["images_used"] == 16
+
+
 def test_minibatch_partition_drops_a_trailing_batch_below_four():
     assert cka_pass.minibatch_bounds(18, 4) == [(0, 4), (4, 8), (8, 12), (12, 16)]
     assert cka_pass.minibatch_bounds(21, 4) == [(0, 4), (4, 8), (8, 12), (12, 16), (16, 20)]

@@ -178,10 +178,10 @@ def test_store_reads_follow_the_chapters_pairs():
 
     P = load_profile("demo")
     by = {e.id: e for e in P.pool}
-    # CKA: pairs within the slice, decoded without skip_unreadable (engine.cka_pass)
+    # CKA: pairs within the slice, over the extraction's own stores (the profile's skip_unreadable)
     (cka,) = store_reads("cka_layers", P.select(backbone="RN50"), P)
     assert [e.id for e in cka.entries] == ["demo-rn-zeroshot", "demo-rn-finetuned"]
-    assert cka.datasets == EVAL_DATASETS and cka.skip_unreadable is False
+    assert cka.datasets == EVAL_DATASETS and cka.skip_unreadable is None
     assert store_reads("cka_layers", [by["demo-rn-finetuned"]], P) == []  # its parent is not in the slice
     # WiSE-FT: pairs with either member in the slice; Broden with the backbone's supervised model
     evals, broden = store_reads("wiseft", [by["demo-rn-finetuned"]], P)
