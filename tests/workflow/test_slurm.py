@@ -22,7 +22,7 @@ import pickle
 import re
 import stat
 import sys
-import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -166,6 +166,15 @@ def fake_slurm(tmp_path, monkeypatch):
     SlurmJob.watcher.clear()
     yield state
     SlurmJob.watcher.clear()
+
+
+def settled_states(state: Path, timeout: float = 20.0) -> dict[int, str]:
+    """Job id -> the fake Slurm's state, once no job reads RUNNING: the fake's batch script records
+    the exit status just after submitit's result file, which the runner may have read already."""
+    deadline = time.monotonic() + timeout
+    while any(p.read_text().strip() == "RUNNING" for p in state.glob("*.state")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return {int(p.stem): p.read_text().strip() for p in state.glob("*.state")}
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pickle
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import yaml
 from helpers.config import load_profile
 from helpers.demo import fixtures
 from helpers.workflow import runner
-from test_slurm import NOTEBOOK, _scripts, fake_slurm  # noqa: F401 (fixture)
+from test_slurm import NOTEBOOK, _scripts, fake_slurm, settled_states  # noqa: F401 (fixture)
 
 POOL = [{"id": f"rn{i}", "arch": "RN50", "family": "supervised", "pretraining": "x", "model": "demo-RN50", "seed": i}
         for i in range(3)]
@@ -91,12 +90,7 @@ def test_a_failed_decode_cancels_the_extraction_jobs_naming_it_and_the_file(fake
         assert str(bad) in error and error.endswith("; fix that and run again")
     assert out["coca"].error == ("cancelled: its input robustness[all] (job 4243), outlier_features[all] (job 4244) "
                                  "failed; fix that and run again")
-    # (the fake's batch script records the exit status just after submitit's result file: wait for it)
-    deadline = time.monotonic() + 20
-    while (fake_slurm / "4242.state").read_text().strip() == "RUNNING" and time.monotonic() < deadline:
-        time.sleep(0.1)
-    states = {int(p.stem): p.read_text().strip() for p in fake_slurm.glob("*.state")}
-    assert states == {4242: "FAILED", 4243: "CANCELLED", 4244: "CANCELLED", 4245: "CANCELLED"}
+    assert settled_states(fake_slurm) == {4242: "FAILED", 4243: "CANCELLED", 4244: "CANCELLED", 4245: "CANCELLED"}
     assert not any(Path(j.output).exists() for j in jobs)  # no notebook ran
     assert any(line.startswith("decode stage failed (job 4242") and str(bad) in line for line in lines)
 

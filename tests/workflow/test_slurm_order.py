@@ -14,7 +14,7 @@ import yaml
 
 from helpers.config import load_profile
 from helpers.workflow import runner
-from test_slurm import NOTEBOOK, _scripts, fake_slurm  # noqa: F401 (fixture)
+from test_slurm import NOTEBOOK, _scripts, fake_slurm, settled_states  # noqa: F401 (fixture)
 
 SECTIONS = ("01_robustness", "07_coca", "09_summary")
 
@@ -77,8 +77,7 @@ def test_a_failed_input_cancels_its_readers_naming_it(fake_slurm, jobs, monkeypa
     # summary reads both: the one that failed and the one cancelled in turn
     assert out["summary"].error.startswith("cancelled: its input robustness[all] (job 4242), coca[all] (job 4243)")
     # Slurm marked the notebook's job FAILED, and the readers were cancelled before they ran
-    states = {int(p.stem): p.read_text().strip() for p in fake_slurm.glob("*.state")}
-    assert states == {4242: "FAILED", 4243: "CANCELLED", 4244: "CANCELLED"}
+    assert settled_states(fake_slurm) == {4242: "FAILED", 4243: "CANCELLED", 4244: "CANCELLED"}
     assert not Path(out["coca"].job.output).exists() and not Path(out["summary"].job.output).exists()
     assert "cancelled coca[all]: input robustness[all] (job 4242) failed" in lines
 
