@@ -192,7 +192,7 @@ def main() -> None:
     print(costs.total_line(report.stages))
     if args.arch_table:
         print("\nper-architecture costs (torch.utils.flop_counter, one 224 px image, meta device), "
-              "the rows of helpers.workflow.costs.ARCHS:")
+              "the rows of helpers.engine.flops.ARCHS:")
         for m in costs.ARCHS:
             src = "torchvision" if m.startswith("vit_") else "open_clip"
             e = PoolEntry(id="t", arch=m, family="supervised", pretraining="x", model=m, source=src)

@@ -110,7 +110,7 @@ def main() -> None:
 
         # (c) the GPU ratio at the costs module's assumed rate
         rate = costs.GPU_TFLOPS["bf16"] * 1e12
-        print(f"(c) GPU (assumed {costs.GPU_TFLOPS['bf16']:g} TFLOP/s bf16, helpers.workflow.costs), verification at "
+        print(f"(c) GPU (assumed {costs.GPU_TFLOPS['bf16']:g} TFLOP/s bf16, helpers.engine.flops), verification at "
               f"this machine's {size / v / 1e9:.2f} GB/s:")
         pool = len(load_profile("paper").pool)
         for arch in ("ViT-B-32", "ViT-B-16", "ViT-L-14"):

@@ -475,15 +475,15 @@ def assumptions(profile: Profile, rate: float | None = None) -> str:
     """How the hours column was computed, for the line under the table."""
     if rate is not None:
         return (f"{'GPU' if str(profile.device).startswith('cuda') else 'CPU'}-hours: FLOPs per image of each "
-                f"architecture (helpers.workflow.costs.ARCHS) at the measured {rate / 1e12:.3g} effective TFLOP/s "
+                f"architecture (helpers.engine.flops.ARCHS) at the measured {rate / 1e12:.3g} effective TFLOP/s "
                 f"(--rate; training at x{TRAIN_EFFICIENCY:g} of that rate)")
     if str(profile.device).startswith("cuda"):
-        return (f"GPU-hours: FLOPs per image of each architecture (helpers.workflow.costs.ARCHS, counted with "
+        return (f"GPU-hours: FLOPs per image of each architecture (helpers.engine.flops.ARCHS, counted with "
                 f"torch.utils.flop_counter) at {GPU_TFLOPS[profile.precision]:g} effective TFLOP/s "
                 f"({profile.precision}, an A100-class GPU; training at x{TRAIN_EFFICIENCY:g} of that rate); "
                 "recalibrate with --rate <img/s>img/s:<arch> from the bare-forward img/s benchmarks/gpu_check.sh "
                 "prints on yours")
-    return (f"CPU-hours: FLOPs per image of each architecture (helpers.workflow.costs.ARCHS) at {CPU_TFLOPS:g} "
+    return (f"CPU-hours: FLOPs per image of each architecture (helpers.engine.flops.ARCHS) at {CPU_TFLOPS:g} "
             "TFLOP/s, measured encode_image times on 2 CPU threads")
 
 
