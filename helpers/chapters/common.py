@@ -6,9 +6,6 @@ import numpy as np
 
 from helpers.config import PoolEntry, Profile
 
-ZEROSHOT = ("robust_zeroshot_clip", "coca_zeroshot")
-FINETUNED = ("finetuned_clip", "coca_finetuned")
-
 
 def meta(e: PoolEntry) -> dict:
     """Columns every results row carries, so pool-level tables need no join with the profile."""

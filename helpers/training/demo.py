@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import time
 
-from helpers.chapters.common import FINETUNED
 from helpers.config import Profile
+from helpers.models import FINETUNED_FAMILIES
 from helpers.training.finetune import FinetuneRecipe, finetune
 from helpers.training.supervised import SupervisedRecipe, train_supervised
 
@@ -30,7 +30,7 @@ DEMO_SUPERVISED = SupervisedRecipe(epochs=2, batch_size=16, lr=1e-3, warmup_step
 def demo_jobs(profile: Profile) -> list[tuple[str, str]]:
     """``(kind, entry id)`` of every entry the demo trains: the finetuned entries that name their
     zero-shot parent, and the supervised CLIP ResNets (the paper's ViTs use torchvision weights)."""
-    jobs = [("finetune", e.id) for e in profile.pool if e.family in FINETUNED and e.finetuned_from]
+    jobs = [("finetune", e.id) for e in profile.pool if e.family in FINETUNED_FAMILIES and e.finetuned_from]
     jobs += [("supervised", e.id) for e in profile.pool
              if e.family == "supervised" and e.source == "open_clip" and e.arch.startswith("RN")]
     return jobs
