@@ -12,7 +12,8 @@ import colorsys
 import re
 from os import PathLike
 
-from helpers.paper.compare import backbone_order
+from helpers.metrics import logit
+from helpers.paper.compare import backbone_order, counterparts, in_paper_order, paper_id
 from helpers.config import FAMILIES
 
 FAMILY_COLORS = {
@@ -206,8 +207,6 @@ def _stand_in_note(run) -> str:
 
 def _with_counterparts(run, profile):
     """``run`` with the paper entry each row is compared with and whether it is a stand-in."""
-    from helpers.paper.compare import counterparts, in_paper_order
-
     links = counterparts(profile)
     df = run.drop(columns=[c for c in ("paper_entry", "stand_in") if c in run]).merge(links, on="entry", how="left")
     df["paper_entry"] = df["paper_entry"].fillna(df["entry"])
@@ -331,8 +330,6 @@ def baseline_plot(points, slope: float, intercept: float, fit=None):
     import matplotlib.pyplot as plt
     import numpy as np
     import seaborn as sns
-
-    from helpers.metrics import logit
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
     df = points.assign(family_label=points["family"].map(FAMILIES), x=lambda d: logit(d.imagenet),
@@ -474,8 +471,6 @@ def testbed_baseline_plot(testbed, fit, slope: float, intercept: float):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from helpers.metrics import logit
-
     df = testbed.assign(shifts_mean=testbed[["imagenet-v2", "imagenet-r", "imagenet-sketch", "objectnet",
                                              "imagenet-a"]].mean(axis=1))
     df = df[(df.imagenet > 0) & (df.imagenet < 1) & (df.shifts_mean > 0) & (df.shifts_mean < 1)]
@@ -514,8 +509,6 @@ def distributions(df, value: str, xlabel: str, title: str, profile, log: bool = 
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from helpers.paper.compare import in_paper_order
-
     order = list(in_paper_order(df[["entry"]].drop_duplicates(), profile)["entry"])
     df = df.assign(family_label=df["family"].map(FAMILIES))
     fig, ax = plt.subplots(figsize=(8.5, 0.45 * len(order) + 1.5))
@@ -535,8 +528,6 @@ def ranked_profiles(df, x: str, y: str, xlabel: str, ylabel: str, title: str, pr
     one panel per backbone in the paper's order, one line per model in its own shade and marker."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
-
-    from helpers.paper.compare import in_paper_order
 
     entries = in_paper_order(df[["entry", "family"]].drop_duplicates("entry"), profile)
     styles = entry_styles(entries)
@@ -568,8 +559,6 @@ def ranked_profiles(df, x: str, y: str, xlabel: str, ylabel: str, title: str, pr
 def threshold_sweep(table, profile, value: str = "unique_concepts", ylabel: str = "unique concepts"):
     """Footnote 3: a value against the AP threshold, one line per model (own shade and marker)."""
     import matplotlib.pyplot as plt
-
-    from helpers.paper.compare import in_paper_order
 
     table = in_paper_order(table, profile)
     styles = entry_styles(table)
@@ -859,8 +848,6 @@ def sweep_figure(table: pd.DataFrame, series: dict[str, str], ylabel: str, title
     mixtures' endpoints are the pool entries (or, in the demo, the models they stand in for)."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
-
-    from helpers.paper.compare import paper_id
 
     labels = list(dict.fromkeys(table["pair"])) if "pair" in table else []
     if not labels or not any(c in table for c in series.values()):
