@@ -886,11 +886,19 @@ def sweep_figure(table: pd.DataFrame, series: dict[str, str], ylabel: str, title
     return fig
 
 
+#: Figure 5's regions of the Venn diagram of Figure 4 (fractions of C_fine), in the paper's order
+#: and colours (:data:`helpers.chapters.wiseft.REGIONS` reads the names from here)
+TRAJECTORY_REGIONS = {
+    "zero-shot only": "#1f77b4",           # C_fine ∩ C_zero \ C_sup (blue in the paper)
+    "zero-shot and supervised": "#2ca02c",  # C_fine ∩ C_zero ∩ C_sup (green)
+    "supervised only": "#ff7f0e",           # C_fine ∩ C_sup \ C_zero
+    "finetuned only": "#7f7f7f",            # C_fine \ (C_zero ∪ C_sup)
+}
+
+
 def trajectory_figure(table: pd.DataFrame):
     """Figure 5: per pair, the fraction of C_fine in each region against the finetuning epoch."""
     import matplotlib.pyplot as plt
-
-    from helpers.chapters.wiseft import REGIONS
 
     labels = list(dict.fromkeys(table["pair"]))
     cols = min(len(labels), 2)
@@ -900,7 +908,7 @@ def trajectory_figure(table: pd.DataFrame):
         ax.set_visible(False)
     for ax, label in zip(axes.flat, labels):
         sub = table[table["pair"] == label]
-        for k, (region, color) in enumerate(REGIONS.items()):
+        for k, (region, color) in enumerate(TRAJECTORY_REGIONS.items()):
             r = sub[sub["region"] == region].sort_values("epoch")
             # own marker and dash per region, the first drawn on top and each later one wider and
             # larger beneath it: equal shares (blue on green) stay visible as a line with a halo

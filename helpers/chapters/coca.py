@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from helpers.paper import values as paper_values
+from helpers.paper.compare import beside
 from helpers.study import results
 
 SECTION = "coca"
@@ -44,15 +45,11 @@ QUANTITIES = {"imagenet": "Table 3: ImageNet top-1 (%)", "er": "Table 3: effecti
 
 def beside_paper(run: pd.DataFrame, profile) -> dict[str, pd.DataFrame]:
     """Per quantity of Tables 3-5, the paper's CoCa value beside this run's counterpart's."""
-    from helpers.paper.compare import beside
-
     return {caption: beside(run, paper_values.coca_tables(), column, profile) for column, caption in QUANTITIES.items()}
 
 
 def bars_frame(run: pd.DataFrame, profile) -> pd.DataFrame:
     """Tables 3-5 as one row per paper model, ``<quantity> paper`` and ``<quantity> run`` columns."""
-    from helpers.paper.compare import beside
-
     frames = None
     for column in QUANTITIES:
         b = beside(run, paper_values.coca_tables(), column, profile)[["paper model", "this run's model", "paper", "this run"]]

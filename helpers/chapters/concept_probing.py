@@ -7,7 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from helpers.paper import compare
 from helpers.paper import values as paper_values
+from helpers.paper.compare import beside, counterparts, in_paper_order, model_label
 from helpers.config import Profile
 from helpers.metrics import importance, polysemanticity
 from helpers.chapters.common import embeddings, head, meta
@@ -69,8 +71,6 @@ def venn_comparison(venns: dict[str, dict[str, set[str]]]) -> tuple[pd.DataFrame
     """Figure 4's region sizes: the two the paper prints in its text (smallest and largest over
     its four backbones) beside this run's, one column per backbone of ``venns`` (as from
     :func:`venn_sets`), and the claim that the region shared by all three is the largest."""
-    from helpers.paper import compare
-
     regions = {arch: compare.venn_regions(s) for arch, s in venns.items()}
     view = compare.PAPER_VENN_TEXT.assign(**{f"this run {a}": [r[k] for k in compare.PAPER_VENN_TEXT["region"]]
                                              for a, r in regions.items()})
@@ -82,8 +82,6 @@ def paper_comparison(table: pd.DataFrame, threshold: float = 0.9, profile: Profi
     """(Table 7 beside this run's polysemanticity, Table 6 beside this run's top-3 concepts), one
     row per paper model with a counterpart in this run (its id or the entry standing in for it);
     Table 6 in long form, one row per (model, rank), each concept with its AP)."""
-    from helpers.paper.compare import beside, counterparts, in_paper_order, model_label
-
     run = at_threshold(table, threshold)
     poly = beside(run, paper_values.polysemanticity(), "polysemanticity", profile)
     links = counterparts(profile).set_index("entry")["paper_entry"]

@@ -13,9 +13,11 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from helpers.config import EVAL_DATASETS, SHIFTS
+from helpers.config import EVAL_DATASETS, SHIFTS, load_profile
 from helpers.metrics import accuracy_ratio, effective_robustness
 from helpers.paper import published
+from helpers.paper.compare import paper_id
+from helpers.study.provenance import slice_label
 
 SECTION = "openclip_zoo"
 
@@ -161,9 +163,6 @@ def family_table() -> pd.DataFrame:
 def paper_pool(study, entry: str | None = None, backbone: str | None = None) -> list:
     """The paper profile's pool entries to mark in the zoo: all of them, or those of the slice's
     ``backbone``, or the one ``entry`` is (or, in the demo, stands in for)."""
-    from helpers.config import load_profile
-    from helpers.paper.compare import paper_id
-
     pool = load_profile("paper").pool
     if entry is not None:
         ids = {paper_id(e) for e in study.pool}
@@ -205,6 +204,4 @@ def banner(profile, slope: float, intercept: float, n_zoo: int, n_testbed: int) 
 def table_id(kind: str, entry: str | None = None, backbone: str | None = None) -> str:
     """The results-table id of this chapter's ``kind`` table for a slice (the rings differ per
     slice, so each slice writes its own table: ``zoo-all``, ``zoo-backbone-RN50``, ...)."""
-    from helpers.study.provenance import slice_label
-
     return f"{kind}-{slice_label(entry, backbone)}"

@@ -11,10 +11,12 @@ import warnings
 
 import pandas as pd
 
+from helpers.paper import published
 from helpers.paper import values as paper_values
+from helpers.paper.compare import beside, in_paper_order
 from helpers.config import EVAL_DATASETS, PUBLISHED_TOLERANCE, PoolEntry
-from helpers.metrics import (accuracy_ratio, effective_robustness, er_coefficients,  # noqa: F401 - the notebook calls them here
-                             mean_shift_accuracy, testbed_baseline)
+from helpers.metrics import (PAPER_INTERCEPT, PAPER_SLOPE, accuracy_ratio, effective_robustness,  # noqa: F401
+                             er_coefficients, fit_baseline_table, mean_shift_accuracy, testbed_baseline)  # the notebook calls some here
 
 SECTION = "robustness"
 
@@ -65,6 +67,8 @@ def flagged(run: pd.DataFrame) -> pd.DataFrame:
 def skipped_files(study, datasets=EVAL_DATASETS) -> pd.DataFrame:
     """Every image left out as unreadable (``skip_unreadable``), read from the manifests of the
     slice's cached activations: one row per (dataset, file), with the entries whose numbers lack it."""
+    # the engine is imported where it runs: the zoo chapter imports this module for paper_frame and
+    # must not record the extraction code in its provenance (nor load torch)
     from helpers.engine import extract
 
     rows: dict[tuple[str, str], dict] = {}
@@ -105,8 +109,6 @@ def measure(study) -> pd.DataFrame:
 
 def testbed_refit_line(fit) -> str:
     """The line the robustness chapter prints beside the paper's coefficients."""
-    from helpers.metrics import PAPER_INTERCEPT, PAPER_SLOPE
-
     return (f"baseline refit on {fit.n} testbed models: slope {fit.slope:.2f}, intercept {fit.intercept:.2f}, "
             f"r {fit.r:.3f}   (paper, Appendix A: slope {PAPER_SLOPE:.2f}, intercept {PAPER_INTERCEPT:.2f}, r 0.99)")
 
@@ -115,9 +117,6 @@ def testbed_subset_fits() -> pd.DataFrame:
     """The refit on nested subsets of the testbed's ImageNet-only models, to show what the slope
     depends on: the low-accuracy checkpoints (early epochs, subsampled ImageNet) anchor the line's
     lower end; the standard-training models alone span 57-87 % ImageNet top-1 only."""
-    from helpers.metrics import fit_baseline_table
-    from helpers.paper import published
-
     tb = published.testbed_accuracies()
     subsets = {
         "all trained on ImageNet alone (the refit)": tb["imagenet_only"],
@@ -146,16 +145,12 @@ def paper_frame() -> pd.DataFrame:
 def side_by_side(run: pd.DataFrame, paper: pd.DataFrame, value: str, profile) -> pd.DataFrame:
     """One row per paper model with a counterpart in this run (its own id, or the entry that stands
     in for it): the paper's value, this run's and their difference, in points of %."""
-    from helpers.paper.compare import beside
-
     return beside(run, paper.assign(**{value: 100 * paper[value]}), value, profile, scale=100)
 
 
 def wide_accuracy_table(run: pd.DataFrame, profile) -> pd.DataFrame:
     """This run's per-dataset accuracies (%), one column per dataset as in Tables 1-2, in the
     paper's model order."""
-    from helpers.paper.compare import in_paper_order
-
     cols = [c for c in (*EVAL_DATASETS, "shifts_mean", "er", "acc_ratio") if c in run]
     out = in_paper_order(run[["entry", *cols]], profile)
     out[cols] = out[cols] * 100

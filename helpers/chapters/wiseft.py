@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 
 from helpers.study import results
-from helpers.config import PoolEntry, Profile
+from helpers.config import REPO_ROOT, PoolEntry, Profile
 from helpers.chapters.common import meta, supervised_counterpart
+from helpers.plots import TRAJECTORY_REGIONS
 
 SECTION = "wiseft"
 #: Figure 5's table (one per finetuned entry) lives beside the sweep's, under its own section.
@@ -21,13 +22,9 @@ TRAJECTORY_SECTION = "finetuning_concepts"
 #: Figure 16 of the paper holds the pretraining sets whose zero-shot models are weak.
 LOW_ACCURACY_PRETRAINING = ("YFCC-15M", "CC-12M")
 
-#: Figure 5's regions of the Venn diagram of Figure 4, as fractions of C_fine (paper's colours).
-REGIONS = {
-    "zero-shot only": "#1f77b4",           # C_fine ∩ C_zero \ C_sup (blue in the paper)
-    "zero-shot and supervised": "#2ca02c",  # C_fine ∩ C_zero ∩ C_sup (green)
-    "supervised only": "#ff7f0e",           # C_fine ∩ C_sup \ C_zero
-    "finetuned only": "#7f7f7f",            # C_fine \ (C_zero ∪ C_sup)
-}
+#: Figure 5's regions of the Venn diagram of Figure 4, as fractions of C_fine, in the paper's order
+#: (their colours are the figure's: :data:`helpers.plots.TRAJECTORY_REGIONS`)
+REGIONS = tuple(TRAJECTORY_REGIONS)
 
 
 def pairs(study) -> list[tuple[PoolEntry, PoolEntry]]:
@@ -46,8 +43,6 @@ def _shown_path(path) -> str:
     """A checkpoint path as the book prints it: relative to the repository (never a machine's
     absolute path), or just its last three parts when it lives elsewhere."""
     from pathlib import Path
-
-    from helpers.config import REPO_ROOT
 
     path = Path(path)
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(Path(*path.parts[-3:]))

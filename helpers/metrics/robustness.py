@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from helpers.config import SHIFTS
+
 #: beta_1 and beta_0 of Eq. (5): the line Crabbé et al. fit on Taori et al.'s ImageNet-trained testbed.
 PAPER_SLOPE = 0.76
 PAPER_INTERCEPT = -1.49
@@ -99,8 +101,6 @@ def fit_baseline_table(table, imagenet: str = "imagenet", shifts=None) -> Baseli
     ImageNet-A accuracy can be 0, whose logit is -inf), then :func:`fit_baseline` on
     (ACC(I), ACC(S)). Appendix A fits it on the testbed's models trained on ImageNet alone.
     """
-    from helpers.config import SHIFTS
-
     shifts = list(SHIFTS if shifts is None else shifts)
     missing = [c for c in [imagenet, *shifts] if c not in table]
     if missing:
@@ -113,6 +113,8 @@ def testbed_baseline() -> BaselineFit:
     """Eq. (5)'s baseline refitted (Appendix A) on the ImageNet testbed's published accuracies:
     every model trained on ImageNet alone (the testbed's type is not "trained with more data"),
     ACC(S) the mean of the five shifts before the logit (:func:`fit_baseline_table`)."""
+    # imported here: every chapter imports metrics, and only the jobs that refit should record (and
+    # be re-run for) the published tables' reader in their provenance
     from helpers.paper import published
 
     tb = published.testbed_accuracies()
@@ -131,8 +133,6 @@ def er_coefficients(profile) -> tuple[float, float]:
 
 def mean_shift_accuracy(accs: dict[str, float], shifts=None) -> float:
     """ACC(S): the plain mean of the five shift accuracies (Section 3), refusing a missing shift."""
-    from helpers.config import SHIFTS
-
     shifts = SHIFTS if shifts is None else shifts
     missing = [s for s in shifts if s not in accs or accs[s] is None or np.isnan(accs[s])]
     if missing:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from helpers.metrics import accuracy_ratio, effective_robustness
+
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference"
 
 
@@ -22,8 +24,6 @@ def accuracies() -> pd.DataFrame:
     ``er`` is recomputed from the printed (rounded) accuracies with Eq. (5) and the paper's
     beta_1 = 0.76, beta_0 = -1.49; for CoCa (Table 3) the printed ER is used.
     """
-    from helpers.metrics import accuracy_ratio, effective_robustness
-
     df = _read("paper_accuracies.csv").copy()
     has_shift = df["shifts_mean"].notna()
     df["er"] = float("nan")

@@ -677,7 +677,7 @@ def test_trajectory_figure_and_wide_table_show_the_long_table():
             epochs = sorted(sub.epoch.unique())
             assert [ln.get_label() for ln in ax.get_lines()] == list(wiseft.REGIONS)
             for ln, region in zip(ax.get_lines(), wiseft.REGIONS):
-                assert ln.get_color() == wiseft.REGIONS[region]  # the paper's colour of each region
+                assert ln.get_color() == plots.TRAJECTORY_REGIONS[region]  # the paper's colour of each region
                 r = sub[sub.region == region].sort_values("epoch")
                 np.testing.assert_allclose(ln.get_xdata(), epochs)
                 np.testing.assert_allclose(ln.get_ydata(), 100 * r.fraction.to_numpy(), rtol=1e-12)
