@@ -25,6 +25,7 @@ from helpers.data.imagenet import (open_imagenet, open_imagenet_a, open_imagenet
                        open_imagenet_v2)
 from helpers.data.objectnet import ObjectNetDataset, open_objectnet  # noqa: F401
 from helpers.data.scoring import accuracy, correct, label_space  # noqa: F401
+from helpers.study import provenance
 
 #: Names :func:`open_dataset` accepts (``helpers.config.DATASETS`` and ``folder``).
 OPENABLE = ("imagenet", "imagenet-train", "imagenet-v2", "imagenet-r", "imagenet-sketch", "objectnet",
@@ -43,7 +44,7 @@ def open_dataset(name: str, root: str | Path, transform: Callable | None = None,
     dropped and listed in ``.skipped`` (so a later pass never fails half-way).
     """
     root = Path(root)
-    _provenance().note_dataset(name, root)  # every file at any depth of root: the job's input
+    provenance.note_dataset(name, root)  # every file at any depth of root: the job's input
     kw = dict(transform=transform, skip_unreadable=skip_unreadable, limit=limit)
     if name in ("imagenet", "imagenet-train"):
         return open_imagenet(name, root, **kw)
@@ -66,11 +67,5 @@ def open_dataset(name: str, root: str | Path, transform: Callable | None = None,
 
 def open_broden(root: str | Path, **kw) -> BrodenDataset:
     """Broden (:func:`.broden.open_broden`), recorded as an input of the current job."""
-    _provenance().note_dataset("broden", root)
+    provenance.note_dataset("broden", root)
     return _open_broden(root, **kw)
-
-
-def _provenance():
-    from helpers.study import provenance
-
-    return provenance

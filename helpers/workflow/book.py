@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Iterable
 
 from helpers.config import FAMILIES, REPO_ROOT, Profile, load_profile
+from helpers.study import provenance
 from helpers.workflow.sections import NOTEBOOK_DIR, notebooks
 
 RENDER_DIR = REPO_ROOT / "rendered"
@@ -61,8 +62,6 @@ def adopt(profile: Profile, notebook: Path) -> Path:
     section comes from papermill's record of the input notebook (``NN_<section>.ipynb``), the slice
     from its parameters. Refuses a notebook papermill did not finish."""
     import nbformat
-
-    from helpers.study import provenance
 
     nb = nbformat.read(notebook, as_version=4)
     meta = nb.metadata.get("papermill") or {}

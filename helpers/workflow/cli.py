@@ -21,6 +21,7 @@ import argparse
 import sys
 
 from helpers.config import ConfigError, load_profile, run_setting
+from helpers.store import DecodeError
 
 
 def _positive_int(text: str) -> int:
@@ -81,8 +82,6 @@ def cmd_run(args) -> int:
               file=sys.stderr)
         return 2
     limit = run_setting(profile, "job_time_limit_minutes")
-    from helpers.store import DecodeError
-
     try:
         summary = runner.run(jobs, executor=args.executor, force=args.force, slurm=slurm, gpus=gpus,
                              time_limit_s=None if limit is None else 60 * limit, decode_stage=not args.no_decode_stage,

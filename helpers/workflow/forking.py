@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from helpers.config import REPO_ROOT, PoolEntry
+from helpers.config import REPO_ROOT, PoolEntry, load_profile
 from helpers.store import atomic_write_text
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -157,8 +157,6 @@ def run_cli(args) -> int:
     print(f"created {rel} from {TEMPLATE.relative_to(REPO_ROOT)} (section {args.name!r})")
     print(f"added `{line}` to {TOC.name} under {PART!r}")
     ipynb = rel.with_suffix(".ipynb")
-    from helpers.config import load_profile
-
     results = load_profile("demo").results_dir
     executed = results / "executed" / args.name / "all.ipynb"
     shown = executed.relative_to(REPO_ROOT) if executed.is_relative_to(REPO_ROOT) else executed
