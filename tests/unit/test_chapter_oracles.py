@@ -436,6 +436,8 @@ def test_probe_activations_is_sklearn_ap_in_brodens_order(probing):
     entry = study.profile.entry("RN50-openai")
     ap = engine_probing.ap_matrix(entry, study.profile, sets)
     assert ap[0, 0] == ap[1, 1] == 1.0 and np.isnan(ap[:, 4]).all()
+    (cached,) = (study.profile.cache_dir / "concepts" / entry.id).glob("*.npy")  # the matrix itself is cached
+    np.testing.assert_array_equal(np.load(cached), ap)
     # without sets it reads the profile's; the cache is keyed by the activations and the sign rule
     np.testing.assert_array_equal(engine_probing.ap_matrix(entry, study.profile), ap)
     positive = replace(study.profile, metrics={**study.profile.metrics, "concept_sign": "positive"})

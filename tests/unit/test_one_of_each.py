@@ -50,11 +50,26 @@ def test_kurtosis_interval_leaves_constant_vectors_out():
 
 def test_kurtosis_interval_of_one_usable_image_has_no_bounds_and_all_constant_raises():
     h = np.array([[1.0, 2.0, 3.0, 10.0], [4.0, 4.0, 4.0, 4.0]])
-    per_image, ci = kurtosis_interval(h, n_boot=50)
+    per_image, ci = kurtosis_interval(h, n_boot=50, level=0.9)
     assert ci.estimate == pytest.approx(scipy.stats.kurtosis(h[0], fisher=False, bias=True))
-    assert math.isnan(ci.low) and math.isnan(ci.high)
-    with pytest.raises(ValueError, match="every activation vector in h is constant"):
+    assert math.isnan(ci.low) and math.isnan(ci.high) and (ci.level, ci.n_boot) == (0.9, 50)
+    with pytest.raises(ValueError) as refused:
         kurtosis_interval(np.ones((3, 4)))
+    assert str(refused.value) == "every activation vector in h is constant: kurtosis is undefined"
+
+
+def test_kurtosis_interval_of_two_usable_images_is_a_bootstrap_and_its_defaults_are_1000_draws_seed_0():
+    h = np.array([[1.0, 2.0, 3.0, 10.0], [4.0, 4.0, 4.0, 4.0], [0.0, 5.0, 1.0, 1.0]])
+    per_image, ci = kurtosis_interval(h, n_boot=400, seed=3, level=0.8)
+    kept = per_image[[0, 2]]
+    assert (ci.low, ci.high) == pytest.approx(tuple(_oracle_interval(kept, 400, 3, level=0.8)), rel=1e-12)
+    assert ci.low < ci.high and (ci.level, ci.n_boot) == (0.8, 400)
+    rng = np.random.default_rng(5)
+    h = rng.standard_t(df=5, size=(25, 12))
+    _, default = kurtosis_interval(h)
+    per_image, _ = kurtosis_interval(h, n_boot=7)
+    low, high = _oracle_interval(per_image, 1000, 0)
+    assert (default.low, default.high, default.level, default.n_boot) == pytest.approx((low, high, 0.95, 1000), rel=1e-12)
 
 
 def test_unique_concepts_at_counts_concepts_some_direction_encodes_and_never_a_nan_column():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 
+import numpy as np
 import pytest
 
 from helpers.chapters import openclip_zoo as zoo_ch
@@ -109,6 +110,58 @@ def test_takeaway_counts(zoo, testbed):
     assert col.startswith(f"ER > {best.model} (")
     assert total[col] == sum(e > best.er for e in ers)
     assert counts.drop(index="all")["models"].sum() == 113
+    # every row by hand: strict ">" in both counts, the median in points, families by median
+    # (descending) and "all" last, a fresh 0..n index, the reference's ER in the header
+    table = zoo_ch.takeaway_counts(zoo, testbed)
+    assert col == f"ER > {best.model} ({100 * best.er:.1f})"
+    assert list(table.columns) == ["family", "models", "ER > 0", col, "median ER (points)"]
+    assert list(table.index) == list(range(len(table))) and table["family"].iloc[-1] == "all"
+    medians = list(table["median ER (points)"].iloc[:-1])
+    assert medians == sorted(medians, reverse=True)
+    by_family = {}
+    for k, e in zip(kept, ers):
+        by_family.setdefault(zoo[(zoo.name == k[0]) & (zoo.pretrained == k[1])].iloc[0]["family"], []).append(e)
+    for _, row in table.iloc[:-1].iterrows():
+        mine = by_family[row["family"]]
+        assert row["models"] == len(mine)
+        assert row["ER > 0"] == sum(e > 0 for e in mine)
+        assert row[col] == sum(e > best.er for e in mine)
+        assert row["median ER (points)"] == pytest.approx(100 * float(np.median(mine)), abs=1e-9)
+    tie = zoo.assign(er=np.where(zoo.index == zoo.index[0], 0.0, zoo["er"]))  # an ER of exactly 0 is not > 0
+    tied = zoo_ch.takeaway_counts(tie, testbed).set_index("family").loc["all"]
+    assert tied["ER > 0"] == int((tie["er"] > 0).sum()) == int((tie["er"] >= 0).sum()) - 1
+    at_best = zoo.assign(er=np.where(zoo.index == zoo.index[0], best.er, zoo["er"]))
+    assert zoo_ch.takeaway_counts(at_best, testbed).set_index("family").loc["all"][col] == \
+        int((at_best["er"] >= best.er).sum()) - 1
+
+
+def test_family_table_columns_and_counts(zoo):
+    table = zoo_ch.family_table()
+    assert list(table.columns) == ["matched on", "prefix", "family", "zoo models"]
+    assert set(table["matched on"]) == {"pretrained tag", "model name"}
+    tags = table[table["matched on"] == "pretrained tag"]
+    assert list(zip(tags["prefix"], tags["family"])) == list(published.DATA_FAMILIES)
+    names = table[table["matched on"] == "model name"]
+    assert list(zip(names["prefix"], names["family"])) == list(published.DATA_FAMILIES_BY_MODEL)
+
+
+def test_zoo_frame_labels_links_and_testbed_index(zoo, testbed):
+    assert (zoo["label"] == zoo["name"] + " " + zoo["pretrained"]).all()
+    # OpenAI's QuickGELU weights are listed under the plain name; the pool entry loads "-quickgelu"
+    P = load_profile("paper")
+    quick = [e for e in P.pool if e.pretrained and e.model.endswith("-quickgelu")]
+    assert quick
+    for e in quick:
+        row = zoo[(zoo.base == e.model.removesuffix("-quickgelu")) & (zoo.pretrained == e.pretrained)]
+        assert list(row["paper_entry"]) == [e.id], e.id
+    assert zoo["paper_entry"].notna().sum() == len({(e.model, e.pretrained) for e in P.pool if e.pretrained})
+    assert "index" not in testbed.columns and list(testbed.index) == list(range(len(testbed)))
+
+
+def test_table_ids_name_the_slice():
+    assert zoo_ch.table_id("zoo") == "zoo-all"
+    assert zoo_ch.table_id("zoo", backbone="RN50") == "zoo-backbone-RN50"
+    assert zoo_ch.table_id("rings", entry="RN50-openai") == "rings-RN50-openai"
 
 
 def test_best_testbed_model_by_hand(testbed):
@@ -126,6 +179,19 @@ def test_ranked_tables(zoo):
     assert list(top["ER"]) == sorted(top["ER"], reverse=True)
     assert top["ER"].min() >= 100 * zoo["er"].nlargest(10).min() - 1e-9
     assert bottom["ER"].max() <= 100 * zoo["er"].nsmallest(10).max() + 1e-9
+
+
+def test_placement_counts_strictly_higher_ers_and_names_every_missing_shift(zoo, testbed):
+    best = zoo_ch.best_testbed(testbed)
+    six = {d: float(best[d]) for d in ("imagenet", "imagenet-v2", "imagenet-r", "imagenet-sketch", "objectnet",
+                                       "imagenet-a")}
+    place = zoo_ch.placement(six, zoo, testbed, B1, B0)
+    assert place["er"] == pytest.approx(best["er"], abs=1e-15)
+    assert place["testbed_above"] == 0 and place["testbed"] == len(testbed)  # the best ties itself: not above
+    assert place["zoo_above"] == int((zoo["er"] > place["er"]).sum())
+    with refuses(KeyError, "'diagnose: no accuracy for imagenet-r, imagenet-a (need imagenet, imagenet-v2, "
+                 "imagenet-r, imagenet-sketch, objectnet, imagenet-a)'"):
+        zoo_ch.diagnose({k: v for k, v in six.items() if k not in ("imagenet-r", "imagenet-a")}, zoo, B1, B0)
 
 
 def test_pct_table_in_percent_with_every_shift_on_request(zoo):
@@ -190,6 +256,19 @@ def test_pool_beside_zoo_covers_every_pool_entry_with_openclip_weights(zoo):
     assert row["ImageNet: OpenCLIP"] == pytest.approx(100 * raw[("ViT-B-32-quickgelu", "laion400m_e32")][0])
     assert row["ImageNet: OpenCLIP, plain GELU"] == pytest.approx(100 * raw[("ViT-B-32", "laion400m_e32")][0])
     assert row["ImageNet: paper"] == 60
+    assert list(table.columns) == ["entry", "OpenCLIP model", "ImageNet: OpenCLIP", "ImageNet: paper",
+                                   "ImageNet: OpenCLIP, plain GELU", "shifts: OpenCLIP", "shifts: paper",
+                                   "ER: OpenCLIP", "ER: paper"]
+    six = raw[("ViT-B-32-quickgelu", "laion400m_e32")]
+    assert row["OpenCLIP model"] == "ViT-B-32-quickgelu laion400m_e32"
+    assert row["shifts: OpenCLIP"] == pytest.approx(100 * sum(six[1:]) / 5, abs=1e-9)
+    assert row["ER: OpenCLIP"] == pytest.approx(100 * _er_by_hand(six), abs=1e-9)
+    paper = robustness.paper_frame().set_index("entry").loc["ViT-B-32-laion400m"]
+    assert row["shifts: paper"] == pytest.approx(100 * paper["shifts_mean"], abs=1e-9)
+    assert row["ER: paper"] == pytest.approx(100 * paper["er"], abs=1e-9)
+    # a pool entry the paper's tables do not print (CoCa has no shift mean): NaN, not an error
+    coca = table.set_index("entry").filter(like="coca", axis=0)
+    assert coca["shifts: paper"].isna().all() and coca["ImageNet: paper"].notna().all()
 
 
 def test_diagnose_places_a_model_in_the_zoo(zoo):

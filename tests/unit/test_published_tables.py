@@ -163,6 +163,16 @@ def test_fit_baseline_table_averages_before_the_logit():
     assert (fit.slope, fit.intercept) == pytest.approx(tuple(want), abs=1e-12)
 
 
+def test_fit_baseline_table_names_every_missing_column():
+    import pandas as pd
+
+    t = pd.DataFrame({"imagenet": [0.5, 0.6], "imagenet-v2": [0.4, 0.5], "imagenet-r": [0.3, 0.35],
+                      "imagenet-sketch": [0.2, 0.25]})
+    with pytest.raises(KeyError) as refused:
+        fit_baseline_table(t)
+    assert refused.value.args == ("fit_baseline_table: no column objectnet, imagenet-a",)
+
+
 @pytest.mark.parametrize("choice", ["paper", "refit"])
 def test_er_under_each_baseline_choice(tmp_path, choice):
     P = load_profile(write_profile(tmp_path, metrics={"baseline": choice}))
@@ -240,13 +250,14 @@ def test_testbed_subset_fits_against_an_independent_linregress():
                ("  standard training and low-accuracy checkpoints", lambda t: t in ("STANDARD", "LOW_ACCURACY_CNN")),
                ("trained with more data (excluded)", lambda t: t == "MORE_DATA")]
     table = robustness.testbed_subset_fits()
+    assert list(table.columns) == ["testbed models", "n", "ImageNet top-1 range (%)", "slope", "intercept", "r"]
     assert list(table["testbed models"]) == [label for label, _ in subsets]
-    for (label, keep), got in zip(subsets, table.itertuples(index=False)):
+    for (label, keep), (_, got) in zip(subsets, table.iterrows()):
         chosen = [r for r in rows if keep(kind[r["model"]])]
         x = np.array([float(r["val"]) / 100 for r in chosen])
         y = np.array([sum(float(r[c]) for c in SIX[1:]) / 500 for r in chosen])
         want = stats.linregress(np.log(x / (1 - x)), np.log(y / (1 - y)))
-        assert got.n == len(chosen), label
-        assert (got.slope, got.intercept, got.r) == pytest.approx((want.slope, want.intercept, want.rvalue), abs=1e-10)
-        assert got[2] == f"{100 * x.min():.0f}-{100 * x.max():.0f}", label
+        assert got["n"] == len(chosen), label
+        assert (got["slope"], got["intercept"], got["r"]) == pytest.approx((want.slope, want.intercept, want.rvalue), abs=1e-10)
+        assert got["ImageNet top-1 range (%)"] == f"{100 * x.min():.0f}-{100 * x.max():.0f}", label
     assert table["n"].iloc[0] == 287 and table["n"].iloc[-1] == 42
