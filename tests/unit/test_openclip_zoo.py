@@ -145,10 +145,12 @@ def test_family_table_columns_and_counts(zoo):
     assert list(zip(names["prefix"], names["family"])) == list(published.DATA_FAMILIES_BY_MODEL)
 
 
-def test_zoo_frame_labels_links_and_testbed_index(zoo, testbed):
+def test_zoo_frame_labels_links_and_testbed_index():
+    # built here, not by the module's fixtures: mutation testing links a function to the tests that call it
+    P = load_profile("paper")
+    zoo, testbed = zoo_ch.zoo_frame(B1, B0, P.pool), zoo_ch.testbed_frame(B1, B0)
     assert (zoo["label"] == zoo["name"] + " " + zoo["pretrained"]).all()
     # OpenAI's QuickGELU weights are listed under the plain name; the pool entry loads "-quickgelu"
-    P = load_profile("paper")
     quick = [e for e in P.pool if e.pretrained and e.model.endswith("-quickgelu")]
     assert quick
     for e in quick:
@@ -242,6 +244,10 @@ def test_activation_matches_flags_only_a_paper_value_that_matches_plain_gelu():
     # (60.2 -> 60 = 60, 62.96 -> 63 != 60; 62.8 -> 63 = 63 but 63.2 -> 63 too; 60.5 -> 60 != 61)
     assert zoo_ch.activation_matches(table) == ["gelu-hit"]
     assert zoo_ch.activation_matches(table.assign(**{"ImageNet: paper": 61.0}).iloc[[6]]) == []
+    # a row whose other columns hold NaN (CoCa has no paper shift mean) is still compared
+    coca = pd.DataFrame({"entry": ["coca-like"], "ImageNet: paper": [64.0], "ImageNet: OpenCLIP": [66.3],
+                         "ImageNet: OpenCLIP, plain GELU": [64.1], "shifts: paper": [np.nan]})
+    assert zoo_ch.activation_matches(pd.concat([table, coca], ignore_index=True)) == ["gelu-hit", "coca-like"]
     flipped = table.assign(**{"ImageNet: OpenCLIP, plain GELU": [60.2, 62.8, 55.0, 70.4, 55.0, np.nan, 61.4]})
     assert zoo_ch.activation_matches(flipped) == ["gelu-hit", "neither", "half-up"]
 
@@ -307,3 +313,6 @@ def test_banner_says_the_numbers_are_published():
     text = zoo_ch.banner(P, 0.76, -1.49, 113, 287)
     assert text.startswith("```{admonition} Which run produced these numbers")
     assert "Published accuracies, in every profile" in text and "metrics.baseline: paper" in text
+    assert "287 ImageNet testbed models trained on ImageNet alone (`robustness_top1s.csv`), vendored under " \
+           "`helpers/reference/`: nothing on this page comes from the demo's stand-ins." in text
+    assert text.endswith("beta_1 0.76, beta_0 -1.49) and which pool models are ringed.\n```")

@@ -161,6 +161,11 @@ def test_fit_baseline_table_averages_before_the_logit():
     y = t.iloc[:, 1:].mean(axis=1).to_numpy()
     want = np.polyfit(np.log(t.imagenet / (1 - t.imagenet)), np.log(y / (1 - y)), 1)
     assert (fit.slope, fit.intercept) == pytest.approx(tuple(want), abs=1e-12)
+    # the shifts a caller names are the ones averaged (here two, without ImageNet-A's zero)
+    two = fit_baseline_table(t, shifts=["imagenet-r", "objectnet"])
+    y2 = t[["imagenet-r", "objectnet"]].mean(axis=1).to_numpy()
+    want2 = np.polyfit(np.log(t.imagenet / (1 - t.imagenet)), np.log(y2 / (1 - y2)), 1)
+    assert (two.slope, two.intercept) == pytest.approx(tuple(want2), abs=1e-12)
 
 
 def test_fit_baseline_table_names_every_missing_column():
