@@ -145,7 +145,7 @@ def test_family_table_columns_and_counts(zoo):
     assert list(zip(names["prefix"], names["family"])) == list(published.DATA_FAMILIES_BY_MODEL)
 
 
-def test_zoo_frame_labels_links_and_testbed_index():
+def test_zoo_and_testbed_frames_built_here_labels_links_and_index():
     # built here, not by the module's fixtures: mutation testing links a function to the tests that call it
     P = load_profile("paper")
     zoo, testbed = zoo_ch.zoo_frame(B1, B0, P.pool), zoo_ch.testbed_frame(B1, B0)
