@@ -40,7 +40,10 @@ counter = os.path.join(state, "next_id")
 job = int(open(counter).read()) if os.path.exists(counter) else 4242
 open(counter, "w").write(str(job + 1))
 script = sys.argv[-1]
-shutil.copy(script, os.path.join(state, f"sbatch-{job}.sh"))
+# the job runs this copy, taken now, as Slurm does: submitit renames the file it passed as soon as
+# sbatch answers, and a job started from the original path could find it gone (a race under load)
+copy = os.path.join(state, f"sbatch-{job}.sh")
+shutil.copy(script, copy)
 with open(os.path.join(state, "sbatch-calls.txt"), "a") as f:
     f.write(" ".join(sys.argv[1:]) + "\n")
 status = os.path.join(state, f"{job}.state")
@@ -57,7 +60,7 @@ else:
     hold = "".join(f"while :; do s=$(cat {os.path.join(state, d + '.state')!r}); case $s in COMPLETED) break;; "
                    f"PENDING|RUNNING) sleep 0.2;; *) exit 0;; esac; done; " for d in deps)
     hold += f"[ \"$(cat {status!r})\" = CANCELLED ] && exit 0; echo RUNNING > {status!r}; "
-    finish = hold + f"bash {script!r}; rc=$?; if [ $rc = 0 ]; then s=COMPLETED; else s=FAILED; fi; echo $s > {status!r}"
+    finish = hold + f"bash {copy!r}; rc=$?; if [ $rc = 0 ]; then s=COMPLETED; else s=FAILED; fi; echo $s > {status!r}"
     subprocess.Popen(["bash", "-c", finish], env=env, start_new_session=True,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 print(f"Submitted batch job {job}")
