@@ -47,20 +47,30 @@ shutil.copy(script, copy)
 with open(os.path.join(state, "sbatch-calls.txt"), "a") as f:
     f.write(" ".join(sys.argv[1:]) + "\n")
 status = os.path.join(state, f"{job}.state")
+
+
+def replace_state(value):  # whole or not at all: a concurrent reader never sees an empty state
+    open(status + ".tmp", "w").write(value)
+    os.replace(status + ".tmp", status)
+
+
 if os.environ.get("FAKE_SLURM_NODE_FAILS"):
-    open(status, "w").write("NODE_FAIL")  # the node died before the job started: no result file
+    replace_state("NODE_FAIL")  # the node died before the job started: no result file
 else:
     # --dependency=afterok:A:B: held PENDING until A and B completed; for ever if one did not
     # (Slurm's DependencyNeverSatisfied), until scancel
     deps = re.findall(r"^#SBATCH --dependency=afterok:([\d:]+)$", open(script).read(), re.M)
     deps = deps[0].split(":") if deps else []
-    open(status, "w").write("PENDING" if deps else "RUNNING")
+    replace_state("PENDING" if deps else "RUNNING")
     env = dict(os.environ, SLURM_JOB_ID=str(job), SLURM_NTASKS="1", SLURM_JOB_NUM_NODES="1", SLURM_NODEID="0",
                SLURM_JOB_NODELIST="fake-node0", SLURM_PROCID="0", SLURM_LOCALID="0")
+    # states are replaced whole (written beside, then renamed): a reader never sees an empty file,
+    # which the hold loop would take for a failed dependency and never start the job
+    put = lambda value: f"echo {value} > {status!r}.tmp && mv -f {status!r}.tmp {status!r}"
     hold = "".join(f"while :; do s=$(cat {os.path.join(state, d + '.state')!r}); case $s in COMPLETED) break;; "
-                   f"PENDING|RUNNING) sleep 0.2;; *) exit 0;; esac; done; " for d in deps)
-    hold += f"[ \"$(cat {status!r})\" = CANCELLED ] && exit 0; echo RUNNING > {status!r}; "
-    finish = hold + f"bash {copy!r}; rc=$?; if [ $rc = 0 ]; then s=COMPLETED; else s=FAILED; fi; echo $s > {status!r}"
+                   f"PENDING|RUNNING|'') sleep 0.2;; *) exit 0;; esac; done; " for d in deps)
+    hold += f"[ \"$(cat {status!r})\" = CANCELLED ] && exit 0; {put('RUNNING')}; "
+    finish = hold + f"bash {copy!r}; rc=$?; if [ $rc = 0 ]; then s=COMPLETED; else s=FAILED; fi; {put('$s')}"
     subprocess.Popen(["bash", "-c", finish], env=env, start_new_session=True,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 print(f"Submitted batch job {job}")
@@ -112,7 +122,9 @@ SCANCEL = r'''
 import os, sys
 state = os.environ["FAKE_SLURM_STATE"]
 for job in sys.argv[1:]:
-    open(os.path.join(state, f"{job}.state"), "w").write("CANCELLED")
+    path = os.path.join(state, f"{job}.state")
+    open(path + ".tmp", "w").write("CANCELLED")
+    os.replace(path + ".tmp", path)  # whole: the job's hold loop never reads an empty state
 '''
 
 NOTEBOOK = """\
