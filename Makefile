@@ -75,7 +75,7 @@ test: env browser
 
 # every unit and oracle test, no notebook execution (under 3 minutes on 2 idle cores)
 test-fast: env
-	$(PY) -m pytest -ra -q tests/unit -m "not slow"
+	$(PY) -m pytest -ra -q tests/unit -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 # The full-size tier: every chapter on the real architectures at 224 px with random weights
 # (configs/smoke-real.yml; about 20 minutes on 2 CPU cores), kept out of `make test`.
