@@ -34,6 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from helpers.engine import flops  # noqa: E402
 from helpers.workflow import costs  # noqa: E402
 from helpers.engine import extract
 from helpers import models
@@ -108,7 +109,7 @@ def _cka_and_head(args, P, batches, device, dtype, n, entries, tmp) -> None:
               f"finite {bool(torch.isfinite(full).all())}")
     print(f"\n(c) zero-shot head, ViT-B-32 text tower, {len(texts)} prompts: build {t_head:.2f} s vs bare text "
           f"forward {t_text:.2f} s -> ratio {t_text / t_head:.3f}; {len(texts) / t_head:.0f} prompts/s here, so "
-          f"{costs.N_CLASSES * costs.N_TEMPLATES / (len(texts) / t_head) / 3600:.2f} h for the 80,000 prompts "
+          f"{flops.HEAD_PROMPTS / (len(texts) / t_head) / 3600:.2f} h for the 80,000 prompts "
           f"of one head on this device")
 
 
@@ -196,7 +197,7 @@ def main() -> None:
         for m in costs.ARCHS:
             src = "torchvision" if m.startswith("vit_") else "open_clip"
             e = PoolEntry(id="t", arch=m, family="supervised", pretraining="x", model=m, source=src)
-            c = costs.measure_arch(e, device="meta")
+            c = flops.measure_arch(e, device="meta")
             print(f'    "{m}": _measured({c.d_H}, {c.image_gflops:.2f}, {c.image_params / 1e6:.2f}, {c.layers}, '
                   f"{c.layer_bytes:_}" + (f", {c.text_gflops:.2f}, {c.text_params / 1e6:.2f}" if c.text_params else "")
                   + "),")

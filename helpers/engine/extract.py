@@ -567,7 +567,7 @@ class StoreSpec:
 
 
 def store_spec(dataset_name: str, dataset: Any, geometry: Geometry, limit: int | None,
-                skip_unreadable: bool) -> StoreSpec:
+               skip_unreadable: bool) -> StoreSpec:
     """The store of ``dataset`` for ``geometry``: the one place its key material is made, for an
     extraction (:func:`_plan`) and for the decode stage (:func:`stores_needed`) alike."""
     return StoreSpec(dataset_name, geometry, store_material(dataset_name, dataset, geometry, limit, skip_unreadable),

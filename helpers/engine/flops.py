@@ -19,6 +19,8 @@ CPU_TFLOPS = 0.2
 N_CLASSES = 1_000
 N_TEMPLATES = 80
 HEAD_PROMPTS = N_CLASSES * N_TEMPLATES
+
+
 @dataclass(frozen=True)
 class ArchCost:
     """Per-image costs of one image tower at 224 px (counted by :func:`measure_arch`) and of its

@@ -94,7 +94,6 @@ def all_records(results_dir: Path) -> list[tuple[Path, dict]]:
     return out
 
 
-
 # ---------------------------------------------------------------- which tables the records vouch for
 
 def table_claims(results_dir: Path) -> dict[str, list[tuple[str, str, str]]]:
@@ -549,7 +548,6 @@ def check(record: dict | None, *, notebook_digest_: str, parameters: dict[str, A
     """Why a job is out of date (None: up to date). ``record``: the job's record;
     ``notebook_digest_``: :func:`notebook_digest` of its source; ``parameters``: the effective
     values the runner would pass. Every recorded input is re-hashed."""
-
     if record is None:
         return "never ran"
     if record.get("status") != "complete":

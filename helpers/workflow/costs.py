@@ -52,9 +52,8 @@ from typing import Mapping, Sequence
 # helpers.engine, .models, .data and .training import torch (about 2 s): they are imported inside the
 # functions that use them, so `clip-study --help`, a refused flag and the job loop start without it
 from helpers.config import EVAL_DATASETS, PoolEntry, Profile
-# the FLOP model is the engine's (diagnose reads it too); plan's stages read it under these names
-from helpers.engine.flops import (ARCHS, CPU_TFLOPS, GPU_TFLOPS, HEAD_PROMPTS, N_CLASSES, N_TEMPLATES,  # noqa: F401
-                                  ArchCost, arch_cost, arch_key, flops_per_second, head_prompts, measure_arch)
+from helpers.engine.flops import (ARCHS, CPU_TFLOPS, GPU_TFLOPS, N_CLASSES, ArchCost, arch_cost, arch_key,
+                                  flops_per_second, head_prompts)
 from helpers.workflow.sections import PAIR_SECTIONS, SECTION_DATASETS, notebooks, store_reads
 from helpers.store import Geometry, pixel_transform
 from helpers.paper.published import IMAGES as DATASET_IMAGES  # noqa: F401 - the published sizes, one table

@@ -43,9 +43,8 @@ from helpers.study import PROFILE_PARAMETERS as PROFILE_OVERRIDE_KEYS
 from helpers.study import ParameterError, check_parameters  # noqa: F401 - the one parameter rule
 from helpers.study import profile_overrides  # the profile keys a notebook's parameters override (as open_study)
 from helpers.config import REPO_ROOT, Profile, load_profile
-# what each section reads (notebooks, other sections' tables, datasets); runner.notebooks stays a name here
-from helpers.workflow.sections import (NOTEBOOK_DIR, PAIR_SECTIONS, READS, SECTION_DATASETS,  # noqa: F401
-                                       close_sections, notebooks, store_reads)
+from helpers.workflow.sections import (NOTEBOOK_DIR, PAIR_SECTIONS, READS, SECTION_DATASETS, close_sections,
+                                       notebooks, store_reads)
 
 #: Console lines that are kept in the job log but not shown: the kernel's start-up notice,
 #: papermill's parameter-parsing notices, and ipykernel's shutdown message on a finished job.

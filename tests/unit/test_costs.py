@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 
+from helpers.engine import flops
 from helpers.workflow import costs
 from helpers.config import PoolEntry, load_profile
 
@@ -43,7 +44,7 @@ def test_layer_cache_cost_is_four_bytes_per_pooled_value():
 
 def test_unknown_architectures_are_counted_on_the_meta_device():
     demo = PoolEntry(id="d", arch="ViT-B-32", family="supervised", pretraining="x", model="demo-ViT-B-32")
-    meta, cpu = costs.measure_arch(demo, "meta"), costs.measure_arch(demo, "cpu")
+    meta, cpu = flops.measure_arch(demo, "meta"), flops.measure_arch(demo, "cpu")
     assert (meta.d_H, meta.layers, meta.layer_bytes, meta.image_params) == (cpu.d_H, cpu.layers, cpu.layer_bytes,
                                                                            cpu.image_params)
     assert meta.d_H == 64 and meta.layer_bytes == 4 * (2 * 2 * 64 + 64)  # 2 blocks x (cls, mean) x 64 + h
@@ -77,7 +78,7 @@ def test_the_measured_table_equals_the_published_profiles():
 
 def test_the_table_is_what_measure_arch_counts():
     e = PoolEntry(id="v", arch="ViT-B-32", family="robust_zeroshot_clip", pretraining="x", model="ViT-B-32")
-    got, row = costs.measure_arch(e), costs.ARCHS["ViT-B-32"]
+    got, row = flops.measure_arch(e), flops.ARCHS["ViT-B-32"]
     assert (got.d_H, got.layers, got.layer_bytes) == (row.d_H, row.layers, row.layer_bytes)
     assert (round(got.image_gflops, 2), round(got.image_params / 1e6, 2), round(got.text_gflops, 2)) == (
         row.image_gflops, row.image_params / 1e6, row.text_gflops)

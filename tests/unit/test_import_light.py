@@ -151,7 +151,6 @@ def test_the_study_layer_has_no_import_cycle_even_inside_functions():
     assert cycle is None, "import cycle in helpers.study: " + " -> ".join(cycle)
 
 
-
 @pytest.mark.parametrize("room, upper", [
     # the workflow drives the notebooks; nothing it drives imports it back (not even lazily)
     (("helpers.chapters", "helpers.engine", "helpers.models", "helpers.data", "helpers.metrics", "helpers.study",

@@ -232,7 +232,6 @@ def test_below_counts_models_at_or_under_an_er_per_family(zoo):
 
 
 def test_activation_matches_flags_only_a_paper_value_that_matches_plain_gelu():
-    import numpy as np
     import pandas as pd
 
     table = pd.DataFrame({
@@ -273,7 +272,7 @@ def test_pool_beside_zoo_covers_every_pool_entry_with_openclip_weights(zoo):
     paper = robustness.paper_frame().set_index("entry").loc["ViT-B-32-laion400m"]
     assert row["shifts: paper"] == pytest.approx(100 * paper["shifts_mean"], abs=1e-9)
     assert row["ER: paper"] == pytest.approx(100 * paper["er"], abs=1e-9)
-    # a pool entry the paper's tables do not print (CoCa has no shift mean): NaN, not an error
+    # a value the paper's tables do not print (CoCa's mean shift accuracy): NaN, not an error
     coca = table.set_index("entry").filter(like="coca", axis=0)
     assert coca["shifts: paper"].isna().all() and coca["ImageNet: paper"].notna().all()
 
